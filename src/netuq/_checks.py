@@ -1,0 +1,169 @@
+"""Shared validators: one place for the checks and the one error format.
+
+Messages follow ``"`name` must be <expected>, got <found>"`` so users see at once which
+argument is wrong and why. Validation happens at the public boundary; inner code trusts it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = [
+    "as_tensor",
+    "check_probs",
+    "check_logits",
+    "check_labels",
+    "check_scores",
+    "flatten_valid",
+    "move_class_last",
+    "float_dtype",
+]
+
+PROB_SUM_TOL = 1e-3
+
+
+def as_tensor(x: Any, name: str) -> torch.Tensor:
+    """Return ``x`` as a tensor (numpy arrays and sequences are converted, tensors kept)."""
+    if isinstance(x, torch.Tensor):
+        return x
+    try:
+        import numpy as np
+
+        if isinstance(x, np.ndarray):
+            return torch.from_numpy(x)
+        return torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"`{name}` must be a tensor or array, got {type(x).__name__}") from err
+
+
+def float_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype to compute in: float64 stays float64, everything else (half, bf16) is float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _check_float(x: torch.Tensor, name: str) -> None:
+    if not x.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating-point tensor, got dtype {x.dtype}")
+
+
+def _check_finite(x: torch.Tensor, name: str) -> None:
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        kinds = []
+        if bool(torch.isnan(x).any()):
+            kinds.append("NaN")
+        if bool(torch.isinf(x).any()):
+            kinds.append("Inf")
+        raise ValueError(f"`{name}` must be finite, got {bad} {'/'.join(kinds)} value(s)")
+
+
+def _check_rank(x: torch.Tensor, name: str, min_ndim: int, what: str) -> None:
+    if x.ndim < min_ndim:
+        raise ValueError(f"`{name}` must have shape {what}, got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"`{name}` must not be empty, got shape {tuple(x.shape)}")
+
+
+def check_logits(logits: Any, name: str = "logits", *, min_ndim: int = 2) -> torch.Tensor:
+    """Validate logits of shape (N, C, ...): floating point, finite, non-empty."""
+    logits = as_tensor(logits, name)
+    _check_float(logits, name)
+    _check_rank(logits, name, min_ndim, "(N, C) or (N, C, ...)" if min_ndim == 2 else f"with >= {min_ndim} dims")
+    _check_finite(logits, name)
+    return logits
+
+
+def check_probs(probs: Any, name: str = "probs", *, dim: int = 1, min_ndim: int = 2) -> torch.Tensor:
+    """Validate probabilities of shape (N, C, ...): floats in [0, 1] summing to 1 over ``dim``."""
+    probs = as_tensor(probs, name)
+    _check_float(probs, name)
+    _check_rank(probs, name, min_ndim, "(N, C) or (N, C, ...)" if min_ndim == 2 else "(S, N, C, ...)")
+    _check_finite(probs, name)
+    lo, hi = float(probs.min()), float(probs.max())
+    if lo < 0.0 or hi > 1.0 + PROB_SUM_TOL:
+        raise ValueError(f"`{name}` must be probabilities in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
+    sums = probs.sum(dim=dim, dtype=torch.float64)
+    err = float((sums - 1.0).abs().max())
+    if err > PROB_SUM_TOL:
+        raise ValueError(
+            f"`{name}` must sum to 1 over the class dimension (dim {dim}, tolerance {PROB_SUM_TOL}), "
+            f"got sums off by up to {err:.4g}; pass softmax(logits), not logits"
+        )
+    return probs
+
+
+def check_scores(scores: Any, name: str) -> torch.Tensor:
+    """Validate a 1-D (or flattenable) finite score vector and return it flattened."""
+    scores = as_tensor(scores, name)
+    if scores.dtype == torch.bool:
+        scores = scores.to(torch.float32)
+    if scores.numel() == 0:
+        raise ValueError(f"`{name}` must not be empty, got shape {tuple(scores.shape)}")
+    if scores.is_floating_point():
+        _check_finite(scores, name)
+    return scores.reshape(-1)
+
+
+def check_labels(
+    labels: Any,
+    num_classes: int,
+    expected_shape: tuple[int, ...] | torch.Size,
+    *,
+    ignore_index: int | None = None,
+    name: str = "labels",
+    probs_name: str = "probs",
+) -> torch.Tensor:
+    """Validate integer labels of shape ``expected_shape`` with values in [0, C) or ``ignore_index``."""
+    labels = as_tensor(labels, name)
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"`{name}` must be an integer tensor, got dtype {labels.dtype}")
+    if tuple(labels.shape) != tuple(expected_shape):
+        raise ValueError(
+            f"`{name}` must have shape {tuple(expected_shape)} to match `{probs_name}` "
+            f"(the class dimension removed), got shape {tuple(labels.shape)}"
+        )
+    if labels.numel() == 0:
+        raise ValueError(f"`{name}` must not be empty, got shape {tuple(labels.shape)}")
+    valid = labels if ignore_index is None else labels[labels != ignore_index]
+    if valid.numel() == 0:
+        raise ValueError(f"`{name}` must contain at least one value other than ignore_index={ignore_index}")
+    lo, hi = int(valid.min()), int(valid.max())
+    if lo < 0 or hi >= num_classes:
+        extra = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
+        raise ValueError(f"`{name}` must be integers in [0, {num_classes}){extra}, got values in [{lo}, {hi}]")
+    return labels
+
+
+def move_class_last(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, ...) -> (M, C) with M = N * prod(...)."""
+    if x.ndim == 2:
+        return x
+    return x.movedim(1, -1).reshape(-1, x.shape[1])
+
+
+def flatten_valid(
+    values: torch.Tensor, labels: torch.Tensor, ignore_index: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flatten (N, C, ...) values and (N, ...) labels to (M, C) and (M,), dropping ``ignore_index``."""
+    flat = move_class_last(values)
+    flat_labels = labels.reshape(-1)
+    if ignore_index is not None:
+        keep = flat_labels != ignore_index
+        if not bool(keep.all()):
+            flat, flat_labels = flat[keep], flat_labels[keep]
+    return flat, flat_labels.long()
+
+
+def validate_probs_labels(
+    probs: Any, labels: Any, ignore_index: int | None, *, validate_args: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate a (probs, labels) pair and return them flattened to (M, C), (M,) without ignored pixels."""
+    if validate_args:
+        probs = check_probs(probs)
+        labels = check_labels(labels, probs.shape[1], probs.shape[:1] + probs.shape[2:], ignore_index=ignore_index)
+    else:
+        probs, labels = as_tensor(probs, "probs"), as_tensor(labels, "labels")
+    return flatten_valid(probs, labels, ignore_index)

@@ -1,0 +1,276 @@
+"""`Prediction`: what every netuq method returns.
+
+A prediction holds the mean predictive distribution p̄ and the running sums needed for the
+decomposition *total = aleatoric + epistemic* (Depeweg et al. 2018):
+
+* ``log Σ_s p_s`` kept in log space (``logaddexp``), so ``log_probs`` is exact and finite even
+  where a class probability underflows float32 — calibrators can use it as logits;
+* ``Σ_s H[p_s]`` (sum of per-sample entropies) for the aleatoric part;
+* vote counts of each sample's argmax for the variation ratio;
+* the sample count.
+
+Memory is therefore independent of the number of samples S unless ``keep_samples=True``.
+Shapes: (N, C) for classification, (N, C, H, W) (or any (N, C, ...)) for segmentation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import torch
+
+from ._checks import check_logits, check_probs, float_dtype
+
+__all__ = ["Prediction"]
+
+
+class Prediction:
+    """Mean predictive distribution plus the sufficient statistics of its uncertainty.
+
+    Build it from one tensor (``Prediction(probs)``, ``Prediction.from_logits(z)``), from stacked
+    samples (``Prediction.from_samples(s)``), or incrementally (``Prediction()`` then
+    ``add(probs_s)`` / ``add_logits(z_s)`` once per sample or with a leading sample axis).
+
+    Args:
+        probs: optional (N, C, ...) probabilities to start from (one sample).
+        keep_samples: keep every sample (needed only for ``samples``/``std``); memory grows with S.
+        scores: optional method-specific per-example scores, e.g. ``{"confidence": c}`` for a
+            learned confidence head or ``{"sigma": σ}`` for a heteroscedastic head, each (N, ...).
+
+    Example:
+        >>> pred = Prediction(keep_samples=True)
+        >>> pred.add(torch.tensor([[1.0, 0.0]])); pred.add(torch.tensor([[0.0, 1.0]]))
+        >>> pred.probs, pred.num_samples
+        (tensor([[0.5000, 0.5000]]), 2)
+        >>> pred.entropy, pred.aleatoric, pred.epistemic
+        (tensor([0.6931]), tensor([0.]), tensor([0.6931]))
+    """
+
+    def __init__(
+        self,
+        probs: torch.Tensor | None = None,
+        *,
+        keep_samples: bool = False,
+        scores: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
+        self.keep_samples = bool(keep_samples)
+        self.scores: dict[str, torch.Tensor] = dict(scores or {})
+        self._log_sum: torch.Tensor | None = None  # (N, C, ...) log Σ_s p_s
+        self._entropy_sum: torch.Tensor | None = None  # (N, ...) Σ_s H[p_s]
+        self._votes: torch.Tensor | None = None  # (N, C, ...) int32 argmax counts
+        self._samples: list[torch.Tensor] = []
+        self._count = 0
+        if probs is not None:
+            self.add(probs)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor, **kwargs) -> Prediction:
+        """A one-sample prediction from (N, C, ...) logits (softmax over dim 1).
+
+        Example:
+            >>> Prediction.from_logits(torch.tensor([[0.0, 0.0]])).probs
+            tensor([[0.5000, 0.5000]])
+        """
+        pred = cls(**kwargs)
+        pred.add_logits(logits)
+        return pred
+
+    @classmethod
+    def from_samples(cls, samples: torch.Tensor, *, logits: bool = False, **kwargs) -> Prediction:
+        """A prediction from stacked (S, N, C, ...) probabilities (or logits with ``logits=True``).
+
+        Example:
+            >>> s = torch.tensor([[[0.9, 0.1]], [[0.5, 0.5]]])
+            >>> Prediction.from_samples(s).probs
+            tensor([[0.7000, 0.3000]])
+        """
+        pred = cls(**kwargs)
+        if logits:
+            pred.add_logits(samples, stacked=True)
+        else:
+            pred.add(samples, stacked=True)
+        return pred
+
+    @classmethod
+    def cat(cls, predictions: Iterable[Prediction]) -> Prediction:
+        """Concatenate predictions of consecutive batches along N (same number of samples each).
+
+        Example:
+            >>> a, b = Prediction(torch.tensor([[1.0, 0.0]])), Prediction(torch.tensor([[0.2, 0.8]]))
+            >>> Prediction.cat([a, b]).probs
+            tensor([[1.0000, 0.0000],
+                    [0.2000, 0.8000]])
+        """
+        preds = list(predictions)
+        if not preds:
+            raise ValueError("`predictions` must contain at least one Prediction, got none")
+        counts = {p._count for p in preds}
+        if len(counts) != 1 or 0 in counts:
+            raise ValueError(f"`predictions` must all hold the same (non-zero) number of samples, got {sorted(counts)}")
+        out = cls(keep_samples=all(p.keep_samples for p in preds))
+        out._count = preds[0]._count
+        out._log_sum = torch.cat([p._log_sum for p in preds])
+        out._entropy_sum = torch.cat([p._entropy_sum for p in preds])
+        out._votes = torch.cat([p._votes for p in preds])
+        if out.keep_samples:
+            out._samples = [torch.cat([p.samples for p in preds], dim=1)]
+        keys = set.intersection(*(set(p.scores) for p in preds))
+        out.scores = {k: torch.cat([p.scores[k] for p in preds]) for k in sorted(keys)}
+        return out
+
+    def add(self, probs: torch.Tensor, *, stacked: bool = False, validate_args: bool = True) -> None:
+        """Add one sample of probabilities (N, C, ...), or several (k, N, C, ...) with ``stacked=True``.
+
+        Probabilities are stored through their logarithm, so adding is exact in log space.
+        """
+        if validate_args:
+            probs = check_probs(probs, "probs", dim=2 if stacked else 1, min_ndim=3 if stacked else 2)
+        p = probs.to(float_dtype(probs))
+        self._accumulate(torch.log(p), p, stacked)
+
+    def add_logits(self, logits: torch.Tensor, *, stacked: bool = False, validate_args: bool = True) -> None:
+        """Add one sample of logits (N, C, ...) (softmax over C), or (k, N, C, ...) with ``stacked=True``."""
+        if validate_args:
+            logits = check_logits(logits, "logits", min_ndim=3 if stacked else 2)
+        z = logits.to(float_dtype(logits))
+        log_p = torch.log_softmax(z, dim=2 if stacked else 1)
+        self._accumulate(log_p, log_p.exp(), stacked)
+
+    def add_log_probs(self, log_probs: torch.Tensor, *, stacked: bool = False) -> None:
+        """Add normalised log-probabilities (N, C, ...) (or (k, N, C, ...) with ``stacked=True``)."""
+        lp = log_probs.to(float_dtype(log_probs))
+        self._accumulate(lp, lp.exp(), stacked)
+
+    def _accumulate(self, log_p: torch.Tensor, p: torch.Tensor, stacked: bool) -> None:
+        if not stacked:
+            log_p, p = log_p.unsqueeze(0), p.unsqueeze(0)
+        k = log_p.shape[0]
+        if self._log_sum is not None and log_p.shape[1:] != self._log_sum.shape:
+            raise ValueError(
+                f"`probs` must have shape {tuple(self._log_sum.shape)} like the samples already added, "
+                f"got shape {tuple(log_p.shape[1:])}"
+            )
+        chunk_log_sum = torch.logsumexp(log_p, dim=0)
+        chunk_entropy = -torch.special.xlogy(p, p).sum(2).sum(0)
+        votes_idx = log_p.argmax(2).movedim(0, 1)  # (N, k, ...)
+        if self._log_sum is None:
+            shape = log_p.shape[1:]
+            self._log_sum = chunk_log_sum
+            self._entropy_sum = chunk_entropy
+            self._votes = torch.zeros(shape, dtype=torch.int32, device=log_p.device)
+        else:
+            self._log_sum = torch.logaddexp(self._log_sum, chunk_log_sum)
+            self._entropy_sum = self._entropy_sum + chunk_entropy
+        self._votes.scatter_add_(1, votes_idx, torch.ones_like(votes_idx, dtype=torch.int32))
+        self._count += k
+        if self.keep_samples:
+            self._samples.append(p.detach())
+
+    # ------------------------------------------------------------------ properties
+    def _require(self) -> None:
+        if self._count == 0:
+            raise ValueError("this Prediction holds no samples yet: call add() or add_logits() first")
+
+    @property
+    def num_samples(self) -> int:
+        """Number of samples S accumulated so far."""
+        return self._count
+
+    @property
+    def log_probs(self) -> torch.Tensor:
+        """(N, C, ...) log of the mean probabilities, log p̄ = logsumexp_s log p_s − log S.
+
+        Finite wherever some sample gave the class a non-zero probability; usable as logits by
+        the calibrators.
+        """
+        self._require()
+        return self._log_sum - math.log(self._count)
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """(N, C, ...) mean predictive probabilities p̄ = (1/S) Σ_s p_s."""
+        return self.log_probs.exp()
+
+    @property
+    def confidence(self) -> torch.Tensor:
+        """(N, ...) top-1 probability of p̄."""
+        return self.probs.amax(1)
+
+    @property
+    def prediction(self) -> torch.Tensor:
+        """(N, ...) predicted class, argmax of p̄."""
+        self._require()
+        return self._log_sum.argmax(1)
+
+    @property
+    def entropy(self) -> torch.Tensor:
+        """(N, ...) total uncertainty H[p̄]."""
+        p = self.probs
+        return -torch.special.xlogy(p, p).sum(1)
+
+    @property
+    def aleatoric(self) -> torch.Tensor:
+        """(N, ...) expected entropy E_s H[p_s] (equals ``entropy`` for a single sample)."""
+        self._require()
+        return self._entropy_sum / self._count
+
+    @property
+    def epistemic(self) -> torch.Tensor:
+        """(N, ...) mutual information H[p̄] − E_s H[p_s], clamped at 0."""
+        return (self.entropy - self.aleatoric).clamp_min(0.0)
+
+    @property
+    def variation_ratio(self) -> torch.Tensor:
+        """(N, ...) 1 − (votes of the modal class) / S."""
+        self._require()
+        return 1.0 - self._votes.amax(1).to(self._log_sum.dtype) / self._count
+
+    @property
+    def samples(self) -> torch.Tensor | None:
+        """(S, N, C, ...) every sample's probabilities if ``keep_samples=True``, else None."""
+        if not self.keep_samples or not self._samples:
+            return None
+        if len(self._samples) > 1:
+            self._samples = [torch.cat(self._samples, dim=0)]
+        return self._samples[0]
+
+    def uncertainty(self, kind: str = "entropy") -> torch.Tensor:
+        """An uncertainty score by name, higher = less sure; ``kind`` is one of
+        ``entropy``, ``aleatoric``, ``epistemic``, ``variation_ratio``, ``1-confidence``, or a key of
+        ``scores`` prefixed with ``1-`` for confidence-like scores (e.g. ``"1-confidence_head"``).
+        """
+        simple = {
+            "entropy": lambda: self.entropy,
+            "aleatoric": lambda: self.aleatoric,
+            "epistemic": lambda: self.epistemic,
+            "variation_ratio": lambda: self.variation_ratio,
+            "1-confidence": lambda: 1.0 - self.confidence,
+        }
+        if kind in simple:
+            return simple[kind]()
+        if kind in self.scores:
+            return self.scores[kind]
+        if kind.startswith("1-") and kind[2:] in self.scores:
+            return 1.0 - self.scores[kind[2:]]
+        options = sorted(simple) + sorted(self.scores)
+        raise ValueError(f"`kind` must be one of {options}, got {kind!r}")
+
+    def to(self, device: torch.device | str) -> Prediction:
+        """Move every tensor to ``device`` (returns self)."""
+        for name in ("_log_sum", "_entropy_sum", "_votes"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.to(device))
+        self._samples = [s.to(device) for s in self._samples]
+        self.scores = {k: v.to(device) for k, v in self.scores.items()}
+        return self
+
+    def __len__(self) -> int:
+        self._require()
+        return self._log_sum.shape[0]
+
+    def __repr__(self) -> str:
+        shape = None if self._log_sum is None else tuple(self._log_sum.shape)
+        return f"Prediction(shape={shape}, num_samples={self._count}, keep_samples={self.keep_samples})"

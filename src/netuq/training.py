@@ -1,0 +1,243 @@
+"""One small, seeded training loop used by ensembles, the training-time heads and the benchmark.
+
+:func:`fit` trains any ``nn.Module`` on ``(x, y)`` batches with a loss that receives the model's
+whole output (a tensor, a tuple such as ``(mu, sigma)``, or anything else), keeps the weights
+with the lowest validation loss, optionally stops early, and returns a :class:`History`. It is
+quiet unless ``progress=True``, never touches the global RNG state (it forks it), and follows
+the device you give it.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+__all__ = ["fit", "History", "Callback", "make_loader"]
+
+Loss = Callable[[Any, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class History:
+    """What :func:`fit` did: per-epoch losses, the best epoch and its validation loss."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_val_loss: float | None = None
+    epochs_run: int = 0
+    seconds: float = 0.0
+    stopped_early: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Callback:
+    """Hooks called by :func:`fit`; override the ones you need.
+
+    ``on_batch_end(loss, output, target)`` runs after each optimiser step (the confidence
+    budget uses it); ``on_epoch_end(epoch, logs)`` runs after each epoch and may return True to
+    stop training.
+    """
+
+    def on_batch_end(self, loss: float, output: Any, target: torch.Tensor) -> None:  # noqa: B027
+        pass
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> bool | None:  # noqa: B027
+        return None
+
+
+def make_loader(
+    data: Dataset | DataLoader | Sequence[torch.Tensor],
+    *,
+    batch_size: int,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+) -> DataLoader:
+    """A DataLoader from a Dataset, a DataLoader (returned as is) or a tuple of tensors ``(x, y)``."""
+    if isinstance(data, DataLoader):
+        return data
+    if isinstance(data, (tuple, list)):
+        if not all(isinstance(t, torch.Tensor) for t in data) or len(data) < 2:
+            raise TypeError("`train_data` given as a tuple must be (x, y) tensors, got " + repr(type(data)))
+        if len({len(t) for t in data}) != 1:
+            raise ValueError(f"`train_data` tensors must have the same length, got {[len(t) for t in data]}")
+        data = TensorDataset(*data)
+    if not isinstance(data, Dataset):
+        raise TypeError(f"`train_data` must be a Dataset, DataLoader or (x, y) tuple, got {type(data).__name__}")
+    if len(data) == 0:  # type: ignore[arg-type]
+        raise ValueError("`train_data` must not be empty, got 0 samples")
+    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def _to(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to(o, device) for o in obj)
+    return obj
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def evaluate_loss(model: nn.Module, loader: Iterable, loss: Loss, device: torch.device) -> float:
+    """Mean loss over a loader in eval mode (weighted by batch size)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in loader:
+            x, y = _to(batch[0], device), _to(batch[1], device)
+            n = len(y)
+            total += float(loss(model(x), y)) * n
+            count += n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def fit(
+    model: nn.Module,
+    train_data: Dataset | DataLoader | Sequence[torch.Tensor],
+    *,
+    val_data: Dataset | DataLoader | Sequence[torch.Tensor] | None = None,
+    loss: Loss | None = None,
+    val_loss: Loss | None = None,
+    epochs: int = 10,
+    optimizer: torch.optim.Optimizer | Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    batch_size: int = 64,
+    device: torch.device | str | None = None,
+    seed: int | None = 0,
+    callbacks: Sequence[Callback] = (),
+    patience: int | None = None,
+    restore_best: bool = True,
+    grad_clip: float | None = None,
+    progress: bool = False,
+) -> History:
+    """Train ``model`` in place and return its :class:`History`.
+
+    Args:
+        model: any module; its output is passed whole to ``loss``.
+        train_data: a Dataset yielding ``(x, y, ...)``, a DataLoader, or an ``(x, y)`` tuple.
+        val_data: optional validation data; with it, the weights of the epoch with the lowest
+            validation loss are restored at the end (``restore_best``), and ``patience`` epochs
+            without improvement stop training.
+        loss: ``loss(output, y) -> scalar``; default cross-entropy.
+        val_loss: the loss used for model selection (default: ``loss``). Use the NLL here when
+            the training loss has regularisers or noise.
+        epochs: number of passes over ``train_data``.
+        optimizer: an optimizer instance, or a factory ``params -> optimizer``; default Adam(lr).
+        batch_size: used when ``train_data``/``val_data`` are not loaders.
+        device: where to train (default: where the model's parameters are).
+        seed: seeds shuffling, dropout and any noise in the loss; the global RNG state is
+            restored afterwards. ``None`` uses the current global state.
+        callbacks: :class:`Callback` objects.
+        grad_clip: clip the gradient norm to this value.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        The history: per-epoch train/validation losses, best epoch, run time.
+
+    Example:
+        >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+        >>> net = torch.nn.Linear(4, 3)
+        >>> h = fit(net, (x, y), val_data=(x, y), epochs=3, lr=0.1)
+        >>> h.epochs_run, len(h.val_loss)
+        (3, 3)
+    """
+    if epochs < 1:
+        raise ValueError(f"`epochs` must be a positive integer, got {epochs!r}")
+    if patience is not None and patience < 1:
+        raise ValueError(f"`patience` must be a positive integer or None, got {patience!r}")
+    loss_fn: Loss = loss if loss is not None else nn.functional.cross_entropy
+    select_fn: Loss = val_loss if val_loss is not None else loss_fn
+    dev = torch.device(device) if device is not None else _model_device(model)
+    model.to(dev)
+
+    devices = [dev.index or 0] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        gen = torch.Generator()
+        if seed is not None:
+            gen.manual_seed(seed)
+        train_loader = make_loader(train_data, batch_size=batch_size, shuffle=True, generator=gen)
+        val_loader = None if val_data is None else make_loader(val_data, batch_size=batch_size, shuffle=False)
+        if optimizer is None:
+            opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+        elif isinstance(optimizer, torch.optim.Optimizer):
+            opt = optimizer
+        else:
+            opt = optimizer(model.parameters())
+        history = History()
+        best_state: dict[str, torch.Tensor] | None = None
+        bad_epochs = 0
+        start = time.perf_counter()
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=epochs, desc="training", leave=False)
+        was_training = model.training
+        for epoch in range(epochs):
+            model.train()
+            total, count = 0.0, 0
+            for batch in train_loader:
+                x, y = _to(batch[0], dev), _to(batch[1], dev)
+                out = model(x)
+                value = loss_fn(out, y)
+                if not torch.isfinite(value):
+                    raise FloatingPointError(f"training loss became {float(value)} at epoch {epoch}")
+                opt.zero_grad(set_to_none=True)
+                value.backward()
+                if grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                opt.step()
+                n = len(y)
+                total += float(value.detach()) * n
+                count += n
+                for cb in callbacks:
+                    cb.on_batch_end(float(value.detach()), out, y)
+            logs = {"train_loss": total / max(count, 1)}
+            history.train_loss.append(logs["train_loss"])
+            if val_loader is not None:
+                v = evaluate_loss(model, val_loader, select_fn, dev)
+                logs["val_loss"] = v
+                history.val_loss.append(v)
+                if history.best_val_loss is None or v < history.best_val_loss or math.isnan(history.best_val_loss):
+                    history.best_val_loss, history.best_epoch = v, epoch
+                    best_state = copy.deepcopy({k: t.detach().cpu() for k, t in model.state_dict().items()})
+                    bad_epochs = 0
+                else:
+                    bad_epochs += 1
+            history.epochs_run = epoch + 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()})
+            stop = any(bool(cb.on_epoch_end(epoch, logs)) for cb in callbacks)
+            if patience is not None and bad_epochs >= patience:
+                stop = True
+            if stop:
+                history.stopped_early = epoch + 1 < epochs
+                break
+        if bar is not None:
+            bar.close()
+        if restore_best and best_state is not None:
+            model.load_state_dict(best_state)
+        model.train(was_training)
+        history.seconds = time.perf_counter() - start
+    return history
