@@ -1,0 +1,72 @@
+"""The ``netuq`` command line: argument parsing and dispatch only.
+
+Each subcommand lives in :mod:`netuq.commands` as a module with ``register(subparsers)`` and
+``run(args) -> int``. Any expected failure (bad flags, unreadable or mismatched files, bad
+values) prints one line on stderr and exits with code 2 — never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main", "build_parser"]
+
+COMMANDS = ("benchmark", "report", "calibrate", "evaluate")
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are a single line on stderr and exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise _UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+class _UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="netuq", description="Uncertainty estimation and calibration for PyTorch networks.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"netuq {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"netuq.commands.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"netuq.commands.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``netuq`` script; returns the exit code."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if getattr(args, "command", None) is None:
+            parser.print_help()
+            return 2
+        return int(args.run(args) or 0)
+    except _UsageError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("netuq: interrupted (finished results are kept; rerun to resume)", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, KeyError, OSError, RuntimeError) as err:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if isinstance(err, KeyError):
+            msg = msg.strip("'\"")
+        print(f"netuq: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
