@@ -1,0 +1,148 @@
+"""Benchmark configuration: a frozen dataclass built from defaults, a TOML file and flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BenchmarkConfig", "METHODS", "CALIBRATORS", "load_config"]
+
+METHODS = ("deterministic", "mc_dropout", "ensemble", "tta", "heteroscedastic", "confidence")
+CALIBRATORS = ("none", "temperature", "vector", "matrix")
+TASKS = ("classification", "segmentation")
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """Everything that defines a benchmark run; stored with the results.
+
+    Attributes:
+        task: "classification" (digits) or "segmentation" (digit scenes).
+        methods: which methods to run, a subset of ``METHODS``.
+        calibrators: post-hoc calibrations evaluated by the repeated 2-fold protocol.
+        seed: seeds data splits, initialisation, training and sampling.
+        epochs: training epochs for each network (ensemble members included).
+        width: channel width of the reference networks.
+        mc_samples: MC dropout samples.
+        het_samples: heteroscedastic samples (training; prediction uses 4x).
+        members: ensemble members (= k of the stratified k-fold).
+        cv_repeats: repeats of the 2-fold calibration protocol.
+        n_bins: ECE bins.
+        severities: corruption severities evaluated (1..5).
+        n_ood: number of out-of-distribution images.
+        n_scenes: number of digit scenes (segmentation).
+        scene_size: scene height and width (segmentation).
+        device: torch device string.
+        quick: a tiny run for smoke tests.
+    """
+
+    task: str = "classification"
+    methods: tuple[str, ...] = METHODS
+    calibrators: tuple[str, ...] = CALIBRATORS
+    seed: int = 0
+    epochs: int = 30
+    width: int = 16
+    batch_size: int = 64
+    lr: float = 3e-3
+    mc_samples: int = 50
+    het_samples: int = 25
+    members: int = 5
+    cv_repeats: int = 5
+    n_bins: int = 15
+    severities: tuple[int, ...] = (1, 2, 3, 4, 5)
+    n_ood: int = 500
+    n_scenes: int = 1200
+    scene_size: int = 32
+    device: str = "cpu"
+    quick: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"`task` must be one of {TASKS}, got {self.task!r}")
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ValueError(f"`methods` must be a non-empty subset of {METHODS}, got {list(self.methods)}")
+        badc = [c for c in self.calibrators if c not in CALIBRATORS]
+        if badc:
+            raise ValueError(f"`calibrators` must be a subset of {CALIBRATORS}, got {list(self.calibrators)}")
+        for name in ("epochs", "width", "batch_size", "mc_samples", "het_samples", "cv_repeats", "n_bins", "n_ood"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        if self.members < 2:
+            raise ValueError(f"`members` must be at least 2, got {self.members!r}")
+        if any(s not in (1, 2, 3, 4, 5) for s in self.severities):
+            raise ValueError(f"`severities` must be values in 1..5, got {list(self.severities)}")
+        if self.scene_size % 4:
+            raise ValueError(f"`scene_size` must be divisible by 4, got {self.scene_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    def replace(self, **changes: Any) -> BenchmarkConfig:
+        return dataclasses.replace(self, **changes)
+
+
+QUICK = {
+    "classification": {"epochs": 3, "mc_samples": 8, "het_samples": 8, "members": 2, "cv_repeats": 1,
+                       "severities": (1, 5), "n_ood": 100, "width": 8},
+    "segmentation": {"epochs": 2, "mc_samples": 4, "het_samples": 4, "members": 2, "cv_repeats": 1,
+                     "severities": (1, 5), "n_ood": 50, "n_scenes": 96, "width": 8},
+}
+SEGMENTATION_DEFAULTS = {"epochs": 12, "mc_samples": 16, "het_samples": 8, "members": 3, "cv_repeats": 2,
+                         "n_scenes": 1200}
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as err:
+        raise ValueError(f"`--config` file {path} does not exist") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"`--config` file {path} is not valid TOML: {err}") from err
+    data = data.get("benchmark", data)
+    fields = {f.name for f in dataclasses.fields(BenchmarkConfig)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ValueError(f"`--config` file {path} has unknown keys {unknown}; known keys: {sorted(fields)}")
+    return data
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> BenchmarkConfig:
+    """Defaults, then the TOML file (a ``[benchmark]`` table or top-level keys), then ``overrides``.
+
+    ``quick=True`` shrinks the run to a smoke test; ``task="segmentation"`` applies its own defaults
+    unless the file or the overrides set the value.
+
+    Example:
+        >>> load_config(task="classification", quick=True).members
+        2
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        values.update(_read_toml(Path(path)))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    task = values.get("task", "classification")
+    base: dict[str, Any] = {}
+    if task == "segmentation":
+        base.update(SEGMENTATION_DEFAULTS)
+    if values.get("quick"):
+        base.update(QUICK.get(task, QUICK["classification"]))
+    base.update(values)
+    for key in ("methods", "calibrators", "severities"):
+        if key in base and isinstance(base[key], (list, str)):
+            base[key] = tuple(base[key].split(",")) if isinstance(base[key], str) else tuple(base[key])
+    try:
+        return BenchmarkConfig(**base)
+    except TypeError as err:
+        raise ValueError(f"bad benchmark configuration: {err}") from err
