@@ -1,0 +1,210 @@
+"""How the benchmark builds, trains and wraps each method: one small recipe per method.
+
+Each recipe returns a *predictor*: a callable ``x -> netuq.Prediction`` on a batch of inputs.
+The deterministic network is trained once and shared by the deterministic baseline, MC dropout
+and TTA (they differ only at prediction time); its weights are cached in the run folder so an
+interrupted run does not retrain it. The ensemble keeps its members in the run folder too and
+resumes member by member.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..models import SmallCNN, SmallUNet
+from ..prediction import Prediction
+from ..training import fit
+from .config import BenchmarkConfig
+
+Predictor = Callable[[torch.Tensor], Prediction]
+
+IGNORE = 255
+
+
+def _save_atomic(state: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def make_network(config: BenchmarkConfig, num_classes: int) -> nn.Module:
+    """The reference network of the task: SmallCNN (digits) or SmallUNet (digit scenes)."""
+    if config.task == "segmentation":
+        return SmallUNet(1, num_classes, width=config.width, dropout=0.1)
+    return SmallCNN(1, num_classes, width=config.width, dropout=0.3)
+
+
+def _loss(config: BenchmarkConfig):
+    if config.task == "segmentation":
+        return lambda out, y: nn.functional.cross_entropy(out, y, ignore_index=IGNORE)
+    return nn.functional.cross_entropy
+
+
+def _fit_kwargs(config: BenchmarkConfig, seed_offset: int = 0) -> dict:
+    return {
+        "epochs": config.epochs,
+        "lr": config.lr,
+        "batch_size": config.batch_size,
+        "device": config.device,
+        "seed": config.seed + seed_offset,
+    }
+
+
+def train_base(config: BenchmarkConfig, data, cache: Path) -> nn.Module:
+    """Train (or load from ``cache``) the deterministic network shared by three methods."""
+    torch.manual_seed(config.seed)
+    model = make_network(config, data.num_classes)
+    if cache.exists():
+        model.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
+    else:
+        fit(model, data.train, val_data=data.val, loss=_loss(config), **_fit_kwargs(config))
+        _save_atomic(model.state_dict(), cache)
+    return model.to(config.device).eval()
+
+
+def deterministic(model: nn.Module) -> Predictor:
+    def predict(x: torch.Tensor) -> Prediction:
+        with torch.no_grad():
+            return Prediction.from_logits(model(x))
+
+    return predict
+
+
+def mc_dropout(model: nn.Module, config: BenchmarkConfig) -> Predictor:
+    from ..methods.mc_dropout import MCDropout
+
+    return MCDropout(model, samples=config.mc_samples, seed=config.seed)
+
+
+def tta(model: nn.Module, config: BenchmarkConfig) -> Predictor:
+    from .. import tta as T
+    from ..methods.tta import TTA
+
+    if config.task == "segmentation":
+        transforms = T.Compose([T.HorizontalFlip(), T.Shift(pixels=[(0, 0), (2, 2), (-2, -2)])])
+        return TTA(model, transforms, task="segmentation")
+    # 8x8 digits are not flip-invariant; small translations and contrast changes are.
+    transforms = T.Compose([T.Shift(pixels=[(0, 0), (0, 1), (1, 0), (0, -1), (-1, 0)]), T.Multiply(factors=[0.9, 1.0, 1.1])])
+    return TTA(model, transforms, task="classification")
+
+
+def ensemble(config: BenchmarkConfig, data, folder: Path) -> Predictor:
+    """Deep ensemble: stratified k-fold over train + validation, one member per fold."""
+    from ..methods.ensemble import train_ensemble
+
+    x = torch.cat([data.train[0], data.val[0]])
+    y = torch.cat([data.train[1], data.val[1]])
+    strat = None if config.task == "classification" else torch.cat([data.train_strata, data.val_strata])
+    kwargs = _fit_kwargs(config)
+    seed = kwargs.pop("seed")
+    ens = train_ensemble(
+        lambda: make_network(config, data.num_classes),
+        (x, y),
+        members=config.members,
+        split="kfold",
+        labels=strat,
+        checkpoint_dir=folder,
+        seed=seed,
+        loss=_loss(config),
+        **kwargs,
+    )
+    return ens
+
+
+class _HeadNet(nn.Module):
+    """A reference network's ``embed`` trunk followed by one or two heads."""
+
+    def __init__(self, body: nn.Module, *heads: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+        self.heads = nn.ModuleList(heads)
+
+    def forward(self, x: torch.Tensor):
+        feats = self.body.embed(x)
+        outs = [h(feats) for h in self.heads]
+        if len(outs) == 1:
+            return outs[0]
+        flat = []
+        for o in outs:
+            flat.extend(o if isinstance(o, tuple) else (o,))
+        return tuple(flat)
+
+
+def heteroscedastic(config: BenchmarkConfig, data, cache: Path) -> Predictor:
+    """Kendall & Gal (2017) head trained with the MC-sampled softmax loss."""
+    from ..methods.heteroscedastic import HeteroscedasticHead, heteroscedastic_loss, heteroscedastic_predict
+
+    spatial = config.task == "segmentation"
+    torch.manual_seed(config.seed + 1)
+    body = make_network(config, data.num_classes)
+    net = _HeadNet(body, HeteroscedasticHead(body.feature_dim, data.num_classes, spatial=spatial))
+    ignore = IGNORE if spatial else None
+    if cache.exists():
+        net.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
+    else:
+
+        def loss(out, y):
+            mu, sigma = out
+            return heteroscedastic_loss(mu, sigma, y, samples=config.het_samples, ignore_index=ignore)
+
+        def val_loss(out, y):
+            mu, _ = out
+            return nn.functional.cross_entropy(mu, y, ignore_index=IGNORE if spatial else -100)
+
+        fit(net, data.train, val_data=data.val, loss=loss, val_loss=val_loss, **_fit_kwargs(config, 1))
+        _save_atomic(net.state_dict(), cache)
+    net.to(config.device).eval()
+    gen = torch.Generator(device=config.device)
+
+    def predict(x: torch.Tensor) -> Prediction:
+        gen.manual_seed(config.seed)
+        with torch.no_grad():
+            mu, sigma = net(x)
+            return heteroscedastic_predict(mu, sigma, samples=4 * config.het_samples, generator=gen)
+
+    return predict
+
+
+def confidence(config: BenchmarkConfig, data, cache: Path) -> Predictor:
+    """DeVries & Taylor (2018) learned confidence with the hint budget."""
+    from ..methods.confidence import ConfidenceBudget, ConfidenceHead, confidence_loss, confidence_predict
+
+    spatial = config.task == "segmentation"
+    torch.manual_seed(config.seed + 2)
+    body = make_network(config, data.num_classes)
+    classifier = nn.Conv2d(body.feature_dim, data.num_classes, 1) if spatial else nn.Linear(body.feature_dim, data.num_classes)
+    net = _HeadNet(body, classifier, ConfidenceHead(body.feature_dim, spatial=spatial))
+    ignore = IGNORE if spatial else None
+    if cache.exists():
+        net.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
+    else:
+        budget = ConfidenceBudget()
+        gen = torch.Generator()
+        gen.manual_seed(config.seed)
+
+        def loss(out, y):
+            logits, conf = out
+            return confidence_loss(logits, conf, y, lmbda=budget.lmbda, ignore_index=ignore, generator=gen)
+
+        def val_loss(out, y):
+            return nn.functional.cross_entropy(out[0], y, ignore_index=IGNORE if spatial else -100)
+
+        fit(net, data.train, val_data=data.val, loss=loss, val_loss=val_loss, callbacks=[budget],
+            **_fit_kwargs(config, 2))
+        _save_atomic(net.state_dict(), cache)
+    net.to(config.device).eval()
+
+    def predict(x: torch.Tensor) -> Prediction:
+        with torch.no_grad():
+            logits, conf = net(x)
+            return confidence_predict(logits, conf)
+
+    return predict

@@ -1,0 +1,65 @@
+"""``netuq benchmark``: train and compare every method, write results and report.html."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list, got an empty value")
+    return items
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "benchmark",
+        help="train and compare all methods on embedded data; write results.json and report.html",
+        description="Train and compare MC dropout, deep ensembles, TTA, heteroscedastic and confidence heads "
+        "(with none/temperature/vector/matrix scaling) in distribution, under shift and on OOD inputs.",
+    )
+    p.add_argument("--task", choices=("classification", "segmentation"), default=None)
+    p.add_argument("--methods", type=_csv, default=None, help="comma-separated subset of methods")
+    p.add_argument("--calibrators", type=_csv, default=None, help="comma-separated subset of calibrators")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--out", default="netuq-run", help="run folder (reused to resume an interrupted run)")
+    p.add_argument("--config", default=None, help="TOML file with benchmark settings ([benchmark] table)")
+    p.add_argument("--quick", action="store_true", default=None, help="tiny smoke-test run (< 30 s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..benchmark import load_config, run_benchmark
+
+    config = load_config(
+        args.config,
+        task=args.task,
+        methods=args.methods,
+        calibrators=args.calibrators,
+        device=args.device,
+        seed=args.seed,
+        epochs=args.epochs,
+        quick=args.quick,
+    )
+    if config.device != "cpu":
+        import torch
+
+        try:
+            torch.empty(1, device=config.device)
+        except (RuntimeError, AssertionError) as err:
+            raise ValueError(f"`--device` {config.device!r} is not available here ({err})") from None
+    start = time.perf_counter()
+    results = run_benchmark(config, args.out, progress=not args.no_progress,
+                            log=lambda m: print(m, file=sys.stderr))
+    from ..report.render import summary_lines
+
+    for line in summary_lines(results):
+        print(line)
+    print(f"wrote {args.out}/report.html, results.json, results.csv in {time.perf_counter() - start:.1f} s")
+    return 0

@@ -1,0 +1,26 @@
+"""``netuq report RUN_DIR``: render report.html and figures from results.json alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("report", help="render report.html from a run folder's results.json")
+    p.add_argument("run_dir", help="a folder written by `netuq benchmark`")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ..benchmark.results import read_json
+    from ..report import render_report
+
+    root = Path(args.run_dir)
+    if not root.is_dir():
+        raise ValueError(f"`RUN_DIR` {root} is not a folder")
+    results = read_json(root / "results.json")
+    if not isinstance(results, dict) or "methods" not in results:
+        raise ValueError(f"{root / 'results.json'} is not a netuq results file (no 'methods' key)")
+    path = render_report(results, root)
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,83 @@
+import json
+
+import pytest
+
+from netuq.benchmark.config import METHODS, BenchmarkConfig, load_config
+from netuq.benchmark.results import RunDir, atomic_write_json, read_json, to_plain
+
+
+def test_defaults_and_quick():
+    cfg = load_config()
+    assert cfg.task == "classification" and cfg.methods == METHODS and cfg.members == 5
+    quick = load_config(quick=True)
+    assert quick.quick and quick.members == 2 and quick.epochs < cfg.epochs
+
+
+def test_segmentation_defaults_can_be_overridden():
+    seg = load_config(task="segmentation")
+    assert seg.task == "segmentation" and seg.n_scenes > 0
+    assert load_config(task="segmentation", epochs=3).epochs == 3
+
+
+def test_toml_file_and_flags(tmp_path):
+    path = tmp_path / "bench.toml"
+    path.write_text('[benchmark]\nseed = 7\nmethods = ["deterministic", "mc_dropout"]\nepochs = 4\n')
+    cfg = load_config(path, epochs=5)
+    assert cfg.seed == 7 and cfg.methods == ("deterministic", "mc_dropout") and cfg.epochs == 5
+
+
+def test_methods_from_comma_string():
+    assert load_config(methods="deterministic,tta").methods == ("deterministic", "tta")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"methods": ("bogus",)}, "`methods` must be a non-empty subset"),
+        ({"calibrators": ("platt",)}, "`calibrators` must be a subset"),
+        ({"task": "detection"}, "`task` must be one of"),
+        ({"epochs": 0}, "`epochs` must be a positive integer"),
+        ({"members": 1}, "`members` must be at least 2"),
+        ({"severities": (0,)}, "`severities` must be values in 1..5"),
+        ({"scene_size": 30}, "`scene_size` must be divisible by 4"),
+    ],
+)
+def test_bad_config_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        BenchmarkConfig(**kwargs)
+
+
+def test_bad_toml(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("seed = [")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_config(bad)
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("sead = 3\n")
+    with pytest.raises(ValueError, match=r"unknown keys \['sead'\]"):
+        load_config(unknown)
+    with pytest.raises(ValueError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_atomic_write_and_plain(tmp_path):
+    import torch
+
+    path = tmp_path / "sub" / "x.json"
+    atomic_write_json(path, {"a": torch.tensor([1.0, float("nan")]), "b": (1, 2), "c": float("inf")})
+    assert read_json(path) == {"a": [1.0, None], "b": [1, 2], "c": None}
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+    assert to_plain({"x": 1.5}) == {"x": 1.5}
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        read_json(tmp_path / "broken.json")
+
+
+def test_run_dir_config_mismatch(tmp_path):
+    run = RunDir(tmp_path)
+    run.check_config({"seed": 0, "epochs": 3})
+    run.check_config({"seed": 0, "epochs": 3})  # same: fine
+    with pytest.raises(ValueError, match=r"different configuration \(differs in \['seed'\]\)"):
+        run.check_config({"seed": 1, "epochs": 3})
+    run.write_part("m", {"v": 1})
+    assert run.has_part("m") and json.loads(run.part_path("m").read_text()) == {"v": 1}
