@@ -238,15 +238,15 @@ class Prediction:
 
     def uncertainty(self, kind: str = "entropy") -> torch.Tensor:
         """An uncertainty score by name, higher = less sure; ``kind`` is one of
-        ``entropy``, ``aleatoric``, ``epistemic``, ``variation_ratio``, ``1-confidence``, or a key of
-        ``scores`` prefixed with ``1-`` for confidence-like scores (e.g. ``"1-confidence_head"``).
+        ``entropy``, ``aleatoric``, ``epistemic``, ``variation_ratio``, ``1-max_prob``, or a key of
+        ``scores`` prefixed with ``1-`` for confidence-like scores (e.g. ``"1-confidence"`` for a learned confidence head).
         """
         simple = {
             "entropy": lambda: self.entropy,
             "aleatoric": lambda: self.aleatoric,
             "epistemic": lambda: self.epistemic,
             "variation_ratio": lambda: self.variation_ratio,
-            "1-confidence": lambda: 1.0 - self.confidence,
+            "1-max_prob": lambda: 1.0 - self.confidence,
         }
         if kind in simple:
             return simple[kind]()

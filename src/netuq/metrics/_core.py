@@ -12,8 +12,8 @@ NORMS = ("l1", "l2", "max")
 
 
 def bin_edges(n_bins: int, device: torch.device | None = None) -> torch.Tensor:
-    """(n_bins + 1,) equal-width edges on [0, 1] in float64."""
-    return torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64, device=device)
+    """(n_bins + 1,) equal-width edges k / n_bins on [0, 1] in float64 (correctly rounded, unlike linspace)."""
+    return torch.arange(n_bins + 1, dtype=torch.float64, device=device) / n_bins
 
 
 def bin_index(conf: torch.Tensor, n_bins: int) -> torch.Tensor:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import validate_probs_labels
+from .._checks import as_tensor, check_scores, validate_probs_labels
 from ._core import (
     bin_edges,
     binned_stats,
@@ -243,22 +243,16 @@ def reliability_bins(
 
 
 def _selective_inputs(probs, labels, scores, ignore_index, validate_args):
+    labels = as_tensor(labels, "labels")  # numpy (N, H, W) labels: len() would count only N
     p, y = validate_probs_labels(probs, labels, ignore_index, validate_args=validate_args)
     conf, correct = top1(p, y)
     if scores is not None:
-        from .._checks import as_tensor
-
         s = as_tensor(scores, "scores")
-        expected = (labels.numel() if hasattr(labels, "numel") else len(labels),)
-        if s.numel() != expected[0]:
-            raise ValueError(
-                f"`scores` must have one value per label ({expected[0]}), got shape {tuple(s.shape)}"
-            )
-        s = s.reshape(-1)
+        if s.numel() != labels.numel():
+            raise ValueError(f"`scores` must have one value per label ({labels.numel()}), got shape {tuple(s.shape)}")
+        s = check_scores(s, "scores")
         if ignore_index is not None:
-            s = s[torch.as_tensor(labels).reshape(-1) != ignore_index]
-        if not bool(torch.isfinite(s.to(torch.float64)).all()):
-            raise ValueError("`scores` must be finite, got NaN/Inf values")
+            s = s[labels.reshape(-1).to(s.device) != ignore_index]
         conf = s.to(torch.float64)
     return conf.to(torch.float64), (~correct).to(torch.float64)
 
