@@ -175,7 +175,7 @@ def heteroscedastic(config: BenchmarkConfig, data, cache: Path) -> Predictor:
 
 def confidence(config: BenchmarkConfig, data, cache: Path) -> Predictor:
     """DeVries & Taylor (2018) learned confidence with the hint budget."""
-    from ..methods.confidence import ConfidenceBudget, ConfidenceHead, confidence_loss, confidence_predict
+    from ..methods.confidence import ConfidenceBudget, ConfidenceHead, confidence_predict
 
     spatial = config.task == "segmentation"
     torch.manual_seed(config.seed + 2)
@@ -186,18 +186,8 @@ def confidence(config: BenchmarkConfig, data, cache: Path) -> Predictor:
     if cache.exists():
         net.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
     else:
-        budget = ConfidenceBudget()
-        gen = torch.Generator()
-        gen.manual_seed(config.seed)
-
-        def loss(out, y):
-            logits, conf = out
-            return confidence_loss(logits, conf, y, lmbda=budget.lmbda, ignore_index=ignore, generator=gen)
-
-        def val_loss(out, y):
-            return nn.functional.cross_entropy(out[0], y, ignore_index=IGNORE if spatial else -100)
-
-        fit(net, data.train, val_data=data.val, loss=loss, val_loss=val_loss, callbacks=[budget],
+        budget = ConfidenceBudget(beta=0.3, lmbda=0.1, ignore_index=ignore)
+        fit(net, data.train, val_data=data.val, loss=budget.loss, val_loss=budget.val_loss, callbacks=[budget],
             **_fit_kwargs(config, 2))
         _save_atomic(net.state_dict(), cache)
     net.to(config.device).eval()
