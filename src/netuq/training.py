@@ -9,7 +9,6 @@ the device you give it.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -62,20 +61,25 @@ def make_loader(
     batch_size: int,
     shuffle: bool,
     generator: torch.Generator | None = None,
+    name: str = "train_data",
 ) -> DataLoader:
-    """A DataLoader from a Dataset, a DataLoader (returned as is) or a tuple of tensors ``(x, y)``."""
+    """A DataLoader from a Dataset, a DataLoader (returned as is) or a tuple of tensors ``(x, y)``.
+
+    ``name`` is the argument name used in error messages.
+    """
     if isinstance(data, DataLoader):
         return data
     if isinstance(data, (tuple, list)):
-        if not all(isinstance(t, torch.Tensor) for t in data) or len(data) < 2:
-            raise TypeError("`train_data` given as a tuple must be (x, y) tensors, got " + repr(type(data)))
+        if len(data) < 2 or not all(isinstance(t, torch.Tensor) for t in data):
+            kinds = [type(t).__name__ for t in data]
+            raise TypeError(f"`{name}` given as a tuple must be (x, y, ...) tensors, got {kinds}")
         if len({len(t) for t in data}) != 1:
-            raise ValueError(f"`train_data` tensors must have the same length, got {[len(t) for t in data]}")
+            raise ValueError(f"`{name}` tensors must have the same length, got lengths {[len(t) for t in data]}")
         data = TensorDataset(*data)
     if not isinstance(data, Dataset):
-        raise TypeError(f"`train_data` must be a Dataset, DataLoader or (x, y) tuple, got {type(data).__name__}")
+        raise TypeError(f"`{name}` must be a Dataset, DataLoader or (x, y) tuple, got {type(data).__name__}")
     if len(data) == 0:  # type: ignore[arg-type]
-        raise ValueError("`train_data` must not be empty, got 0 samples")
+        raise ValueError(f"`{name}` must not be empty, got 0 samples")
     return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
 
@@ -152,6 +156,12 @@ def fit(
     Returns:
         The history: per-epoch train/validation losses, best epoch, run time.
 
+    Raises:
+        ValueError: ``epochs`` or ``patience`` below 1, empty data, tensors of different lengths.
+        TypeError: data that is neither a Dataset, a DataLoader nor a tuple of tensors.
+        FloatingPointError: the training loss became NaN or infinite (the model's mode is
+            restored; its weights are those of the failing step).
+
     Example:
         >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
         >>> net = torch.nn.Linear(4, 3)
@@ -176,7 +186,9 @@ def fit(
         if seed is not None:
             gen.manual_seed(seed)
         train_loader = make_loader(train_data, batch_size=batch_size, shuffle=True, generator=gen)
-        val_loader = None if val_data is None else make_loader(val_data, batch_size=batch_size, shuffle=False)
+        val_loader = (
+            None if val_data is None else make_loader(val_data, batch_size=batch_size, shuffle=False, name="val_data")
+        )
         if optimizer is None:
             opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
         elif isinstance(optimizer, torch.optim.Optimizer):
@@ -193,51 +205,55 @@ def fit(
 
             bar = tqdm(total=epochs, desc="training", leave=False)
         was_training = model.training
-        for epoch in range(epochs):
-            model.train()
-            total, count = 0.0, 0
-            for batch in train_loader:
-                x, y = _to(batch[0], dev), _to(batch[1], dev)
-                out = model(x)
-                value = loss_fn(out, y)
-                if not torch.isfinite(value):
-                    raise FloatingPointError(f"training loss became {float(value)} at epoch {epoch}")
-                opt.zero_grad(set_to_none=True)
-                value.backward()
-                if grad_clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                opt.step()
-                n = len(y)
-                total += float(value.detach()) * n
-                count += n
-                for cb in callbacks:
-                    cb.on_batch_end(float(value.detach()), out, y)
-            logs = {"train_loss": total / max(count, 1)}
-            history.train_loss.append(logs["train_loss"])
-            if val_loader is not None:
-                v = evaluate_loss(model, val_loader, select_fn, dev)
-                logs["val_loss"] = v
-                history.val_loss.append(v)
-                if history.best_val_loss is None or v < history.best_val_loss or math.isnan(history.best_val_loss):
-                    history.best_val_loss, history.best_epoch = v, epoch
-                    best_state = copy.deepcopy({k: t.detach().cpu() for k, t in model.state_dict().items()})
-                    bad_epochs = 0
-                else:
-                    bad_epochs += 1
-            history.epochs_run = epoch + 1
+        try:
+            for epoch in range(epochs):
+                model.train()
+                total, count = 0.0, 0
+                for batch in train_loader:
+                    x, y = _to(batch[0], dev), _to(batch[1], dev)
+                    out = model(x)
+                    value = loss_fn(out, y)
+                    if not torch.isfinite(value):
+                        raise FloatingPointError(f"training loss became {float(value.detach())} at epoch {epoch}")
+                    opt.zero_grad(set_to_none=True)
+                    value.backward()
+                    if grad_clip is not None:
+                        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                    opt.step()
+                    n = len(y)
+                    step_loss = float(value.detach())
+                    total += step_loss * n
+                    count += n
+                    for cb in callbacks:
+                        cb.on_batch_end(step_loss, out, y)
+                logs = {"train_loss": total / max(count, 1)}
+                history.train_loss.append(logs["train_loss"])
+                if val_loader is not None:
+                    v = evaluate_loss(model, val_loader, select_fn, dev)
+                    logs["val_loss"] = v
+                    history.val_loss.append(v)
+                    if history.best_val_loss is None or v < history.best_val_loss or math.isnan(history.best_val_loss):
+                        history.best_val_loss, history.best_epoch = v, epoch
+                        best_state = {k: t.detach().to("cpu", copy=True) for k, t in model.state_dict().items()}
+                        bad_epochs = 0
+                    else:
+                        bad_epochs += 1
+                history.epochs_run = epoch + 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()})
+                # every callback sees every epoch, even when an earlier one asks to stop
+                stop = any([bool(cb.on_epoch_end(epoch, logs)) for cb in callbacks])
+                if patience is not None and bad_epochs >= patience:
+                    stop = True
+                if stop:
+                    history.stopped_early = epoch + 1 < epochs
+                    break
+        finally:
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()})
-            stop = any(bool(cb.on_epoch_end(epoch, logs)) for cb in callbacks)
-            if patience is not None and bad_epochs >= patience:
-                stop = True
-            if stop:
-                history.stopped_early = epoch + 1 < epochs
-                break
-        if bar is not None:
-            bar.close()
+                bar.close()
+            model.train(was_training)
         if restore_best and best_state is not None:
             model.load_state_dict(best_state)
-        model.train(was_training)
         history.seconds = time.perf_counter() - start
     return history
