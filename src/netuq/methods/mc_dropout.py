@@ -1,0 +1,491 @@
+"""Monte Carlo dropout (Gal & Ghahramani, "Dropout as a Bayesian Approximation", ICML 2016).
+
+Keep dropout on at test time, average the softmax of S stochastic forward passes and read the
+uncertainty off the spread (Gal 2016, §3.3.1; Depeweg et al. 2018): total ``H[p̄]``, aleatoric
+``E_s H[p_s]``, epistemic = their difference (mutual information).
+
+How netuq samples:
+
+* **Only dropout modules become stochastic**: every ``torch.nn.modules.dropout._DropoutNd``
+  (``Dropout``, ``Dropout1d/2d/3d``, ``AlphaDropout``, ``FeatureAlphaDropout``, and
+  :class:`netuq.nn.MCDropout`) goes to train mode, every other module to eval mode (BatchNorm
+  keeps its running statistics and never updates them), and every ``training`` flag is restored
+  afterwards, even on error — see :func:`dropout_active`. ``model.train()`` is the classic bug.
+* **Batched**: the S samples are drawn by repeating the batch along dim 0 (sample-major rows:
+  rows ``s·N … s·N + N − 1`` are sample ``s``) and running several samples per forward call, at
+  most ``max_batch`` rows at a time. Dropout draws independent masks per row, so this is exact.
+* **Trunk caching**: the deterministic part before the first dropout runs once per batch, and
+  only the rest (the *head*) runs on the repeated rows. For an ``nn.Sequential`` (whose forward
+  is known to call its children in order) the split is found automatically at the first child
+  that contains a dropout module, recursing into nested ``nn.Sequential`` children. For any other
+  model, declare ``trunk=`` and ``head=`` (modules, callables, or names of the model's attributes,
+  e.g. ``trunk="features", head="head"`` for :class:`netuq.models.SmallCNN`); the output is then
+  ``head(trunk(x))`` and it is your promise that this equals ``model(x)``. netuq does not guess
+  from attribute names, since ``forward`` may do more than chain them.
+* **Seeds**: with ``seed=None`` masks come from the global RNG of the input's device, drawn by
+  the dropout modules for all rows of a forward at once. With an integer ``seed`` the global RNG
+  is forked (left untouched) and the mask of sample ``s`` in the ``j``-th dropout call of a
+  forward comes from a ``torch.Generator`` seeded with a SplitMix64 hash of ``(seed, s, j)``:
+  netuq draws the masks of ``Dropout``, ``Dropout1d/2d/3d`` and :class:`netuq.nn.MCDropout`
+  itself (keep with probability 1 − p, scale by 1/(1 − p), per element or per channel, then one
+  multiplication), and runs any other dropout module (alpha dropouts, subclasses) once per sample
+  on its rows with the device's generator so seeded. The masks depend only on the sample index,
+  not on how samples are grouped into forward calls: with a fixed seed the result is the same
+  for every ``max_batch`` ≥ N and with or without trunk caching. (If ``max_batch`` < N the batch is split into blocks of
+  rows, each sampled with its own derived seed; a dropout input whose first dimension is not a
+  multiple of the samples per forward — e.g. a sequence-first layout — draws one seeded mask for
+  the whole call.) Seeded sampling patches the dropout modules' ``forward`` for the duration of
+  the call (restored on exit): do not run one model from several threads while it samples.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+
+import torch
+from torch import nn
+from torch.nn.modules.dropout import _DropoutNd
+
+from ..nn import MCDropout as MCDropoutLayer
+from ..nn import mc_sampling
+from ..prediction import Prediction
+
+__all__ = ["MCDropout", "dropout_active", "stochastic_modules"]
+
+# Rows per forward when ``max_batch`` is None: as many samples (or TTA views) as keep the stacked
+# input (the trunk output when cached) under this many elements, and at least one sample (N rows).
+# CPU kernels slow down once activations leave the caches, accelerators want big batches:
+# 2**18 elements on CPU (e.g. 330 rows of 28 x 28, 64 of 64 x 64), 2**21 elsewhere.
+DEFAULT_ELEMENTS = {"cpu": 2**18, "other": 2**21}
+
+
+def _default_chunk(per_row: int, n: int, device: torch.device) -> int:
+    """Samples (views) per forward when ``max_batch`` is None: ≥ 1, stacked input ≤ the budget."""
+    budget = DEFAULT_ELEMENTS["cpu" if device.type == "cpu" else "other"]
+    return max(1, budget // (max(1, per_row) * n))
+
+
+def _balanced(per_forward: int, total: int) -> int:
+    """The smallest chunk size that needs as few chunks as ``per_forward`` does (50 by 41 -> 25 + 25)."""
+    per_forward = max(1, min(per_forward, total))
+    return -(-total // -(-total // per_forward))
+
+
+_MASK64 = (1 << 64) - 1
+_DROPOUT_NAMES = "torch.nn.Dropout, Dropout1d/2d/3d, AlphaDropout, FeatureAlphaDropout or netuq.nn.MCDropout"
+
+
+def stochastic_modules(*modules: nn.Module) -> list[nn.Module]:
+    """The dropout modules (``_DropoutNd`` instances) inside ``modules``, each once, in order.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout2d(0.1), nn.AlphaDropout(0.2))
+        >>> [type(m).__name__ for m in stochastic_modules(net)]
+        ['Dropout2d', 'AlphaDropout']
+    """
+    seen: set[int] = set()
+    out = []
+    for root in modules:
+        for m in root.modules():
+            if isinstance(m, _DropoutNd) and id(m) not in seen:
+                seen.add(id(m))
+                out.append(m)
+    return out
+
+
+def _require_dropout(modules: Sequence[nn.Module], name: str = "model") -> list[nn.Module]:
+    found = stochastic_modules(*modules)
+    if not found:
+        kinds = ", ".join(type(m).__name__ for m in modules)
+        raise ValueError(
+            f"`{name}` must contain a dropout module ({_DROPOUT_NAMES}), got none in {kinds}; "
+            "functional F.dropout calls are invisible to MC dropout: replace them by netuq.nn.MCDropout"
+        )
+    return found
+
+
+@contextmanager
+def dropout_active(model: nn.Module, *more: nn.Module) -> Iterator[list[nn.Module]]:
+    """Context manager: dropout modules in train mode, everything else in eval mode.
+
+    Inside the block every ``_DropoutNd`` of ``model`` (and of ``more``) is stochastic, every
+    other module (BatchNorm, …) is in eval mode so no running statistic changes, and
+    :func:`netuq.nn.mc_active` is true so :class:`netuq.nn.MCDropout` layers sample too. On exit,
+    even on error, every module's ``training`` flag is restored to what it was.
+
+    Args:
+        model: the network.
+        *more: further modules to switch (e.g. a separate head).
+
+    Yields:
+        the list of dropout modules that were switched on.
+
+    Raises:
+        ValueError: no dropout module found.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Dropout(0.5)).train()
+        >>> with dropout_active(net):
+        ...     [m.training for m in net]
+        [False, False, True]
+        >>> [m.training for m in net]
+        [True, True, True]
+    """
+    roots = (model, *more)
+    drops = _require_dropout(roots)
+    seen: set[int] = set()
+    saved: list[tuple[nn.Module, bool]] = []
+    for root in roots:
+        for m in root.modules():
+            if id(m) not in seen:
+                seen.add(id(m))
+                saved.append((m, m.training))
+    try:
+        for m, _ in saved:
+            m.training = isinstance(m, _DropoutNd)
+        with mc_sampling():
+            yield drops
+    finally:
+        for m, flag in saved:
+            m.training = flag
+
+
+# ---------------------------------------------------------------------------- seeded sampling
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def _derive(seed: int, *keys: int) -> int:
+    """A 63-bit seed hashed from ``seed`` and integer keys (SplitMix64 chaining)."""
+    h = _splitmix64(seed & _MASK64)
+    for k in keys:
+        h = _splitmix64(h ^ (k & _MASK64))
+    return h >> 1
+
+
+def _seed_device(device: torch.device, seed: int) -> None:
+    """Seed the default generator of ``device`` (the one dropout kernels draw from)."""
+    if device.type == "cpu":
+        torch.default_generator.manual_seed(seed)
+        return
+    mod = getattr(torch, device.type)
+    gens = getattr(mod, "default_generators", None)
+    if gens:
+        gens[device.index if device.index is not None else mod.current_device()].manual_seed(seed)
+    else:  # pragma: no cover - e.g. mps: one global generator
+        mod.manual_seed(seed)
+
+
+@contextmanager
+def _forked_rng(device: torch.device) -> Iterator[None]:
+    if device.type == "cpu":
+        with torch.random.fork_rng(devices=[]):
+            yield
+        return
+    mod = getattr(torch, device.type)  # pragma: no cover - needs an accelerator
+    index = device.index if device.index is not None else mod.current_device()  # pragma: no cover
+    with torch.random.fork_rng(devices=[index], device_type=device.type):  # pragma: no cover
+        yield
+
+
+class _SeedState:
+    """Which samples the current forward holds; read by the patched dropout forwards."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.offset = 0  # index of the first sample in this forward
+        self.k = 1  # samples in this forward
+        self.calls = 0  # dropout calls so far in this forward
+
+
+# Dropout types whose masks netuq draws itself (same rule as torch: keep with probability 1 − p,
+# scale by 1 / (1 − p); per element, or per channel for the feature dropouts on batched input of
+# the given rank). Others (alpha dropouts, subclasses, other ranks) run their own forward per sample.
+_MASKED: dict[type, int | None] = {
+    nn.Dropout: None,
+    MCDropoutLayer: None,
+    nn.Dropout1d: 3,
+    nn.Dropout2d: 4,
+    nn.Dropout3d: 5,
+}
+
+
+def _masked_dropout(m: _DropoutNd, x: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+    """Dropout of ``x`` (k·n rows, sample-major) with sample i's mask drawn from seed ``seeds[i]``."""
+    p, k = float(m.p), len(seeds)
+    if p == 0.0 or x.numel() == 0:
+        return x
+    if p == 1.0:
+        return x.mul_(0) if m.inplace else x * 0
+    feature = _MASKED[type(m)] is not None
+    mask = torch.empty(x.shape[:2] + (1,) * (x.ndim - 2) if feature else x.shape, dtype=x.dtype, device=x.device)
+    gen = torch.Generator(device=x.device)
+    n = x.shape[0] // k
+    for i, seed in enumerate(seeds):
+        gen.manual_seed(seed)
+        mask[i * n : (i + 1) * n].bernoulli_(1.0 - p, generator=gen)
+    mask.div_(1.0 - p)
+    return x.mul_(mask) if m.inplace else x * mask
+
+
+@contextmanager
+def _seeded_dropout(modules: Sequence[nn.Module], state: _SeedState) -> Iterator[None]:
+    """Patch each dropout module's forward to draw per-sample seeded masks (restored on exit)."""
+    patched: list[tuple[nn.Module, bool, object]] = []
+
+    def make(m: nn.Module, orig: Callable) -> Callable:
+        rank = _MASKED.get(type(m), 0)
+
+        def forward(x, *args, **kwargs):
+            j = state.calls
+            state.calls += 1
+            k = state.k
+            if not isinstance(x, torch.Tensor) or x.ndim == 0 or x.shape[0] % k:
+                if isinstance(x, torch.Tensor):
+                    _seed_device(x.device, _derive(state.seed, 1, state.offset, k, j))
+                return orig(x, *args, **kwargs)
+            seeds = [_derive(state.seed, 0, state.offset + i, j) for i in range(k)]
+            if not args and not kwargs and (rank is None or rank == x.ndim) and x.is_floating_point():
+                return _masked_dropout(m, x, seeds)
+            n = x.shape[0] // k
+            outs = []
+            for i, seed in enumerate(seeds):
+                _seed_device(x.device, seed)
+                outs.append(orig(x[i * n : (i + 1) * n], *args, **kwargs))
+            return outs[0] if k == 1 else torch.cat(outs)
+
+        return forward
+
+    try:
+        for m in modules:
+            patched.append((m, "forward" in m.__dict__, m.__dict__.get("forward")))
+            m.forward = make(m, m.forward)
+        yield
+    finally:
+        for m, had, prev in patched:
+            if had:
+                m.forward = prev
+            else:
+                del m.forward
+
+
+# ---------------------------------------------------------------------------- trunk / head
+def _is_plain_sequential(m: object) -> bool:
+    return isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward
+
+
+def _has_dropout(m: nn.Module) -> bool:
+    return any(isinstance(sub, _DropoutNd) for sub in m.modules())
+
+
+def _split_sequential(seq: nn.Sequential) -> tuple[list[nn.Module], list[nn.Module]]:
+    """Children before the first one holding dropout (recursing into plain Sequentials), and the rest."""
+    mods = list(seq)
+    for i, m in enumerate(mods):
+        if _has_dropout(m):
+            if _is_plain_sequential(m):
+                trunk, head = _split_sequential(m)
+                return mods[:i] + trunk, head + mods[i + 1 :]
+            return mods[:i], mods[i:]
+    return mods, []
+
+
+class _Chain:
+    def __init__(self, modules: Sequence[nn.Module]) -> None:
+        self.modules = list(modules)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        for m in self.modules:
+            x = m(x)
+        return x
+
+
+def _resolve_part(model: nn.Module, part: object, name: str) -> Callable:
+    if isinstance(part, str):
+        if not hasattr(model, part):
+            raise ValueError(f"`{name}` must name an attribute of the model, got {part!r} ({type(model).__name__})")
+        part = getattr(model, part)
+    if not callable(part):
+        raise TypeError(f"`{name}` must be a module, a callable or an attribute name, got {type(part).__name__}")
+    return part
+
+
+def _check_int(value: object, name: str, low: int, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"`{name}` must be an integer >= {low}{' or None' if allow_none else ''}, got {value!r}")
+
+
+class MCDropout:
+    """Monte Carlo dropout around a trained model (Gal & Ghahramani 2016).
+
+    Calling the wrapper on a batch runs ``samples`` stochastic forward passes (dropout modules
+    on, everything else in eval mode, gradients off) and returns a :class:`netuq.Prediction`
+    with the mean of the softmax over samples and the decomposition total = aleatoric +
+    epistemic. The model's ``training`` flags are left as they were. See the module docstring
+    for batching, trunk caching and seeding.
+
+    Args:
+        model: an ``nn.Module`` with at least one dropout module, (N, ...) -> logits (N, C) or
+            (N, C, H, W) (any (N, C, ...)).
+        samples: number of stochastic passes S (Gal 2016 uses 50; gains level off around 40).
+        keep_samples: keep all S probability maps (``pred.samples``); memory grows with S.
+        max_batch: at most this many rows per forward call (several samples of the batch are
+            stacked along dim 0). None: as many samples as keep the repeated input (the trunk
+            output when cached) under 2**18 elements on CPU, 2**21 on other devices, at least
+            one. Activations grow with the rows: lower it for large segmentation models.
+        seed: integer for reproducible masks that do not depend on ``max_batch`` (≥ N) or trunk
+            caching; the global RNG is left untouched. None: the global RNG.
+        trunk: deterministic first part (module, callable, or attribute name of ``model``) run
+            once per batch; requires ``head``; must not use dropout (checked when it is a module,
+            not for a plain callable such as ``model.embed``). Auto-detected for
+            ``nn.Sequential`` models.
+        head: the rest, run on the repeated rows; ``head(trunk(x))`` must equal ``model(x)``.
+        no_grad: run under ``torch.no_grad()`` (default). False keeps the graph (e.g. for input
+            gradients).
+
+    Raises:
+        ValueError: no dropout module; bad ``samples``/``max_batch``; ``trunk`` without ``head``;
+            a ``trunk`` module containing dropout (it would be sampled once for all samples).
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3)).eval()
+        >>> mc = MCDropout(net, samples=20, seed=0)
+        >>> mc.caches_trunk  # Linear + ReLU run once, Dropout + Linear on 20 x 5 rows
+        True
+        >>> x = torch.randn(5, 4)
+        >>> pred = mc(x)
+        >>> pred.probs.shape, pred.epistemic.shape, pred.num_samples
+        (torch.Size([5, 3]), torch.Size([5]), 20)
+        >>> torch.equal(pred.probs, mc(x).probs), net.training
+        (True, False)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        samples: int = 50,
+        *,
+        keep_samples: bool = False,
+        max_batch: int | None = None,
+        seed: int | None = None,
+        trunk: nn.Module | Callable | str | None = None,
+        head: nn.Module | Callable | str | None = None,
+        no_grad: bool = True,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+        _check_int(samples, "samples", 1)
+        _check_int(max_batch, "max_batch", 1, allow_none=True)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+            raise TypeError(f"`seed` must be an integer or None, got {type(seed).__name__}")
+        if (trunk is None) != (head is None):
+            raise ValueError(
+                f"`trunk` and `head` must be given together, got trunk={'set' if trunk is not None else None}, "
+                f"head={'set' if head is not None else None}"
+            )
+        self.model = model
+        self.samples = int(samples)
+        self.keep_samples = bool(keep_samples)
+        self.max_batch = None if max_batch is None else int(max_batch)
+        self.seed = None if seed is None else int(seed)
+        self.no_grad = bool(no_grad)
+
+        roots: list[nn.Module] = [model]
+        self._trunk: Callable | None = None
+        self._head: Callable = model
+        if trunk is not None:
+            t = _resolve_part(model, trunk, "trunk")
+            h = _resolve_part(model, head, "head")
+            if isinstance(t, nn.Module) and _has_dropout(t):
+                raise ValueError(
+                    f"`trunk` must not contain dropout modules (they would be sampled once for all samples), "
+                    f"got {', '.join(type(m).__name__ for m in stochastic_modules(t))}"
+                )
+            if isinstance(h, nn.Module):
+                _require_dropout([h], "head")
+            roots += [p for p in (t, h) if isinstance(p, nn.Module)]
+            self._trunk, self._head = t, h
+        elif _is_plain_sequential(model):
+            t_mods, h_mods = _split_sequential(model)
+            if t_mods and h_mods:
+                self._trunk, self._head = _Chain(t_mods), _Chain(h_mods)
+        self._roots = roots
+        _require_dropout(roots)
+
+    @property
+    def caches_trunk(self) -> bool:
+        """Whether a deterministic trunk runs once per batch (declared or found in a Sequential)."""
+        return self._trunk is not None
+
+    def __repr__(self) -> str:
+        return (
+            f"MCDropout({type(self.model).__name__}, samples={self.samples}, max_batch={self.max_batch}, "
+            f"seed={self.seed}, caches_trunk={self.caches_trunk})"
+        )
+
+    def __call__(self, x: torch.Tensor) -> Prediction:
+        """Sample the model on a batch.
+
+        Args:
+            x: (N, ...) model input.
+
+        Returns:
+            Prediction with ``probs`` (N, C, ...), ``entropy``/``aleatoric``/``epistemic``/
+            ``variation_ratio`` (N, ...), and ``samples`` (S, N, C, ...) if ``keep_samples``.
+        """
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"`x` must be a tensor, got {type(x).__name__}")
+        if x.ndim == 0 or x.shape[0] == 0:
+            raise ValueError(f"`x` must have shape (N, ...) with N >= 1, got shape {tuple(x.shape)}")
+        with ExitStack() as stack:
+            if self.no_grad:
+                stack.enter_context(torch.no_grad())
+            drops = stack.enter_context(dropout_active(*self._roots))
+            state = None
+            if self.seed is not None:
+                stack.enter_context(_forked_rng(x.device))
+                _seed_device(x.device, _derive(self.seed, 2))
+                state = _SeedState(self.seed)
+                stack.enter_context(_seeded_dropout(drops, state))
+            n = x.shape[0]
+            if self.max_batch is not None and self.max_batch < n:
+                preds = []
+                for start in range(0, n, self.max_batch):
+                    if state is not None:
+                        state.seed = _derive(self.seed, 3, start)
+                    preds.append(self._sample(x[start : start + self.max_batch], state))
+                return Prediction.cat(preds)
+            return self._sample(x, state)
+
+    def _sample(self, x: torch.Tensor, state: _SeedState | None) -> Prediction:
+        n = x.shape[0]
+        feats = self._trunk(x) if self._trunk is not None else x
+        if not isinstance(feats, torch.Tensor) or feats.ndim == 0 or feats.shape[0] != n:
+            shape = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
+            raise ValueError(f"`trunk` must return a tensor with the batch (N={n}) first, got {shape}")
+        if self.max_batch is not None:
+            per_forward = max(1, self.max_batch // n)
+        else:
+            per_forward = _default_chunk(math.prod(feats.shape[1:]), n, feats.device)
+        per_forward = _balanced(per_forward, self.samples)
+        pred = Prediction(keep_samples=self.keep_samples)
+        reps = (1,) * (feats.ndim - 1)
+        for start in range(0, self.samples, per_forward):
+            k = min(per_forward, self.samples - start)
+            if state is not None:
+                state.offset, state.k, state.calls = start, k, 0
+            out = self._head(feats.repeat(k, *reps) if k > 1 else feats)
+            if not isinstance(out, torch.Tensor) or out.ndim < 2 or out.shape[0] != k * n:
+                shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ValueError(f"`model` must return logits of shape (N, C, ...) with N = {k * n} rows, got {shape}")
+            pred.add_logits(out.reshape(k, n, *out.shape[1:]), stacked=True)
+        return pred

@@ -1,0 +1,343 @@
+"""Test-time augmentation: invertible transforms, exact sizes, ttach parity, merges, batching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import netuq
+from netuq import tta
+from netuq.models import SmallCNN, SmallUNet
+
+ttach = pytest.importorskip("ttach")
+
+
+class Softmaxed(nn.Module):
+    """ttach merges raw outputs: give it probabilities to compare with netuq's merge of softmax."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x).softmax(1)
+
+
+class Counting(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.rows: list[int] = []
+
+    def forward(self, x):
+        self.rows.append(x.shape[0])
+        return self.model(x)
+
+
+def _cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return SmallCNN(3, 5, width=4).eval()
+
+
+def _unet() -> nn.Module:
+    torch.manual_seed(0)
+    return SmallUNet(3, 4, width=4).eval()
+
+
+def _pixelwise() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Conv2d(3, 4, 1).eval()
+
+
+# ----------------------------------------------------------------------------- transforms
+def test_identity_only_compose_equals_model():
+    x = torch.randn(2, 3, 8, 12)
+    ident = tta.Compose([tta.Rotate90([0]), tta.Multiply([1]), tta.Scale([1])])
+    assert len(ident) == 1 and ident.views[0].is_identity
+    for model, task in ((_cnn(), "classification"), (_unet(), "segmentation")):
+        pred = netuq.TTA(model, ident, task=task)(x)
+        assert torch.equal(pred.log_probs, model(x).log_softmax(1))
+        assert pred.num_samples == 1
+
+
+def test_identity_is_always_included_first():
+    assert tta.HorizontalFlip().params == (False, True)
+    assert tta.Rotate90([90, 270]).params == (0, 90, 270)
+    assert tta.Scale([0.5, 2]).params == (1, 0.5, 2)
+    assert tta.Multiply([0.9]).params == (1, 0.9)
+    assert tta.Add([0.1]).params == (0, 0.1)
+    assert tta.Shift([2, (1, -3)]).params == ((0, 0), (2, 2), (1, -3))
+    c = tta.Compose([tta.HorizontalFlip(), tta.Scale([0.5]), tta.Add([1.0])])
+    assert len(c) == 8 and c.views[0].is_identity and not c.views[1].is_identity
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 1, 4, 9), (1, 2, 6, 6)])
+def test_every_d4_element_is_inverted_exactly(shape):
+    x = torch.randn(shape)
+    seen = set()
+    for v in tta.d4():
+        y = v.augment(x)
+        assert y.shape[-2:] == v.output_size(shape[-2:])
+        assert torch.equal(v.deaugment(y, shape[-2:]), x)
+        seen.add(tuple(y.flatten().tolist()))
+    assert len(seen) == 8  # eight distinct images: the whole group
+
+
+@settings(max_examples=25)
+@given(
+    h=st.integers(1, 7),
+    w=st.integers(1, 7),
+    dy=st.integers(-9, 9),
+    dx=st.integers(-9, 9),
+    flip=st.booleans(),
+    angle=st.sampled_from([0, 90, 180, 270, -90, 450]),
+)
+def test_chains_with_circular_shift_invert_exactly(h, w, dy, dx, flip, angle):
+    x = torch.arange(2 * h * w, dtype=torch.float32).reshape(1, 2, h, w)
+    v = tta.View([tta.VerticalFlip(), tta.Rotate90([angle]), tta.Shift([(dy, dx)])], [flip, angle, (dy, dx)])
+    assert torch.equal(v.deaugment(v.augment(x), (h, w)), x)
+
+
+def test_rotate90_matches_torch_direction_and_ttach():
+    x = torch.randn(1, 1, 3, 4)
+    for angle in (90, 180, 270):
+        ours = tta.Rotate90([angle]).augment(x, angle)
+        assert torch.equal(ours, ttach.Rotate90([angle]).apply_aug_image(x, angle=angle))
+        assert torch.equal(ours, torch.rot90(x, angle // 90, (2, 3)))
+
+
+def test_shift_zero_padding():
+    x = torch.arange(1.0, 13.0).reshape(1, 1, 3, 4)
+    s = tta.Shift([(1, -1)], mode="zeros")
+    y = s.augment(x, (1, -1))
+    assert y[0, 0].tolist() == [[0, 0, 0, 0], [2, 3, 4, 0], [6, 7, 8, 0]]
+    back = s.deaugment(y, (1, -1), (3, 4))
+    # the shifted-out first column and last row copy the nearest predicted pixel
+    assert back[0, 0].tolist() == [[2, 2, 3, 4], [6, 6, 7, 8], [6, 6, 7, 8]]
+
+
+def test_scale_returns_exact_original_size():
+    x = torch.randn(1, 3, 224, 224)
+    s = tta.Scale([0.9, 1.1, 0.75])
+    for scale in s.params:
+        y = s.augment(x, scale)
+        assert y.shape[-2:] == (round(224 * scale),) * 2
+        assert s.deaugment(y, scale, (224, 224)).shape[-2:] == (224, 224)
+    # ttach's 1/s rescaling turns 224 into 223 (int(201 / 0.9) = 223)
+    t = ttach.Scale([0.9], interpolation="bilinear")
+    assert t.apply_deaug_mask(t.apply_aug_image(x, scale=0.9), scale=0.9).shape[-1] == 223
+    pred = netuq.TTA(_pixelwise(), s, task="segmentation")(x)
+    assert pred.probs.shape == (1, 4, 224, 224)
+
+
+def test_scale_and_rotation_on_non_square_images_come_back_to_the_frame():
+    x = torch.randn(2, 3, 13, 21)
+    c = tta.Compose([tta.Rotate90([90]), tta.Scale([0.5, 1.3]), tta.HorizontalFlip()])
+    pred = netuq.TTA(_pixelwise(), c, task="segmentation")(x)
+    assert pred.probs.shape == (2, 4, 13, 21) and pred.num_samples == 12
+    # a per-pixel model on a constant image gives the same probabilities at every pixel and view
+    const = torch.ones(1, 3, 13, 21)
+    ref = _pixelwise()(const).softmax(1)
+    torch.testing.assert_close(netuq.TTA(_pixelwise(), c, task="segmentation")(const).probs, ref)
+
+
+# ----------------------------------------------------------------------------- the wrapper
+@pytest.mark.parametrize(
+    "transforms",
+    [tta.d4(), tta.flips(), tta.Compose([tta.Shift([(1, 2), -3])])],
+    ids=["d4", "flips", "shift"],
+)
+def test_pixelwise_model_is_equivariant_so_tta_mean_equals_model(transforms):
+    model = _pixelwise()
+    x = torch.randn(2, 3, 6, 10)
+    pred = netuq.TTA(model, transforms, task="segmentation")(x)
+    torch.testing.assert_close(pred.probs, model(x).softmax(1), atol=1e-6, rtol=0)
+    assert float(pred.epistemic.max()) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: [m.HorizontalFlip(), m.VerticalFlip()],
+        lambda m: [m.Rotate90(angles=[0, 90, 180, 270])],
+        lambda m: [m.HorizontalFlip(), m.Multiply(factors=[0.9, 1.1])],
+        lambda m: [m.Add(values=[-0.2, 0.3]), m.Rotate90(angles=[180])],
+    ],
+    ids=["flips", "rot90", "flip-multiply", "add-rot180"],
+)
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_mean_equals_ttach_merge_of_softmax(make, task):
+    model = _cnn() if task == "classification" else _unet()
+    wrapper = ttach.ClassificationTTAWrapper if task == "classification" else ttach.SegmentationTTAWrapper
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = wrapper(Softmaxed(model), ttach.Compose(make(ttach)), merge_mode="mean")(x)
+    ours = netuq.TTA(model, tta.Compose(make(tta)), task=task)(x)
+    from_ttach = netuq.TTA(model, ttach.Compose(make(ttach)), task=task)(x)
+    torch.testing.assert_close(ours.probs, expected, atol=2e-6, rtol=0)
+    torch.testing.assert_close(from_ttach.probs, expected, atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("merge", ["gmean", "tsharpen", "max"])
+def test_other_merges_equal_renormalised_ttach(merge):
+    model = _unet()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        raw = ttach.SegmentationTTAWrapper(Softmaxed(model), ttach.aliases.d4_transform(), merge_mode=merge)(x)
+    expected = raw / raw.sum(1, keepdim=True)  # ttach does not renormalise
+    pred = netuq.TTA(model, tta.d4(), task="segmentation", merge=merge)(x)
+    torch.testing.assert_close(pred.probs, expected, atol=2e-6, rtol=1e-5)
+    assert pred.num_samples == 1
+    views = netuq.TTA(model, tta.d4(), task="segmentation")(x)
+    torch.testing.assert_close(pred.scores["view_epistemic"], views.epistemic)
+    torch.testing.assert_close(pred.uncertainty("view_aleatoric"), views.aleatoric)
+    torch.testing.assert_close(pred.scores["view_variation_ratio"], views.variation_ratio)
+
+
+def test_gmean_and_tsharpen_stay_finite_where_ttach_does_not():
+    class Sharp(nn.Module):
+        def forward(self, x):
+            return 300.0 * x[:, :3].flatten(1)
+
+    x = torch.randn(4, 3, 1, 1)
+    compose = ttach.Compose([ttach.Multiply([-1])])
+    with torch.no_grad():
+        on_logits = ttach.ClassificationTTAWrapper(Sharp(), compose, merge_mode="gmean")(x)
+        on_probs = ttach.ClassificationTTAWrapper(Softmaxed(Sharp()), compose, merge_mode="gmean")(x)
+    assert bool(torch.isnan(on_logits).any())  # square root of a product of negative logits
+    assert bool((on_probs.sum(1) == 0).all())  # the product of probabilities underflowed
+    for merge in ("gmean", "tsharpen", "max", "mean"):
+        pred = netuq.TTA(Sharp(), tta.Multiply([-1]), merge=merge)(x)
+        assert bool(torch.isfinite(pred.log_probs).all()) and bool(torch.isfinite(pred.entropy).all())
+        torch.testing.assert_close(pred.probs.sum(1), torch.ones(4))
+
+
+def test_generic_ttach_transform_five_crops():
+    model = _cnn()
+    x = torch.randn(2, 3, 10, 10)
+    compose = ttach.Compose([ttach.HorizontalFlip(), ttach.FiveCrops(6, 6)])
+    with torch.no_grad():
+        expected = ttach.ClassificationTTAWrapper(Softmaxed(model), compose)(x)
+    pred = netuq.TTA(model, compose)(x)
+    torch.testing.assert_close(pred.probs, expected, atol=2e-6, rtol=0)
+    assert pred.num_samples == 10
+
+
+def test_mean_decomposition_across_views_by_hand():
+    model = _cnn()
+    x = torch.randn(3, 3, 8, 8)
+    pred = netuq.TTA(model, tta.d4(), keep_samples=True)(x)
+    p = torch.stack([model(v.augment(x)).softmax(1) for v in tta.d4()]).detach()
+    torch.testing.assert_close(pred.samples, p, atol=1e-6, rtol=0)
+    p_bar = p.mean(0)
+    total = -(p_bar * p_bar.log()).sum(1)
+    aleatoric = -(p * p.log()).sum(2).mean(0)
+    torch.testing.assert_close(pred.probs, p_bar, atol=1e-6, rtol=0)
+    torch.testing.assert_close(pred.entropy, total, atol=1e-5, rtol=0)
+    torch.testing.assert_close(pred.aleatoric, aleatoric, atol=1e-5, rtol=0)
+    torch.testing.assert_close(pred.epistemic, (total - aleatoric).clamp_min(0), atol=1e-5, rtol=0)
+
+
+def test_keep_samples_in_compose_order_on_non_square_inputs():
+    model = _unet()
+    x = torch.randn(1, 3, 8, 12)
+    pred = netuq.TTA(model, tta.d4(), task="segmentation", keep_samples=True)(x)
+    expected = torch.stack([v.deaugment(model(v.augment(x)), (8, 12)).softmax(1) for v in tta.d4()]).detach()
+    torch.testing.assert_close(pred.samples, expected, atol=1e-6, rtol=0)
+
+
+def test_views_are_batched_and_bounded_by_max_batch():
+    model = Counting(_pixelwise())
+    square, wide = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 12)
+    ref = netuq.TTA(model, tta.d4(), task="segmentation")(square)
+    assert model.rows == [16]  # all 8 views of 2 images in one forward
+    model.rows.clear()
+    netuq.TTA(model, tta.d4(), task="segmentation")(wide)
+    assert model.rows == [8, 8]  # 0/180° views and 90/270° views have different sizes
+    for max_batch, rows in ((2, [2] * 8), (5, [4, 4, 4, 4]), (1, [1] * 16)):
+        model.rows.clear()
+        pred = netuq.TTA(model, tta.d4(), task="segmentation", max_batch=max_batch)(square)
+        assert model.rows == rows
+        torch.testing.assert_close(pred.probs, ref.probs, atol=1e-6, rtol=0)
+        torch.testing.assert_close(pred.epistemic, ref.epistemic, atol=1e-6, rtol=0)
+
+
+def test_model_mode_is_left_alone():
+    model = _cnn().train()
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    netuq.TTA(model, tta.flips())(torch.randn(2, 3, 8, 8))
+    assert all(m.training for m in model.modules())  # TTA runs the model as it is given
+    assert int(bn.num_batches_tracked) == 1  # one batched forward, in the mode the user chose
+    model.eval()
+    netuq.TTA(model, tta.flips())(torch.randn(2, 3, 8, 8))
+    assert not any(m.training for m in model.modules())
+
+
+def test_transform_arguments_accepted():
+    model = _cnn()
+    x = torch.randn(1, 3, 8, 8)
+    a = netuq.TTA(model, tta.HorizontalFlip())(x)
+    b = netuq.TTA(model, [tta.HorizontalFlip()])(x)
+    c = netuq.TTA(model, tta.Compose([tta.HorizontalFlip()]))(x)
+    assert torch.equal(a.probs, b.probs) and torch.equal(b.probs, c.probs)
+
+
+# ----------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    ("make", "err", "match"),
+    [
+        (lambda: tta.Rotate90([45]), ValueError, "`angles` must be integer multiples of 90, got 45"),
+        (lambda: tta.Scale([0]), ValueError, "`scales` must be positive finite numbers, got 0"),
+        (lambda: tta.Scale([2], interpolation="cubic"), ValueError, "`interpolation` must be one of"),
+        (lambda: tta.Multiply([float("nan")]), ValueError, "`factors` must be finite numbers"),
+        (lambda: tta.Add(["a"]), ValueError, "`values` must be finite numbers, got 'a'"),
+        (lambda: tta.Shift([(1, 2, 3)]), ValueError, r"`pixels` must be ints or \(dy, dx\) pairs"),
+        (lambda: tta.Shift([1], mode="reflect"), ValueError, "`mode` must be one of"),
+        (lambda: tta.Compose([]), ValueError, "`transforms` must contain at least one transform"),
+        (lambda: tta.Compose([tta.HorizontalFlip, 1]), TypeError, "must be netuq.tta.Transform instances"),
+        (lambda: tta.as_compose("d4"), TypeError, "`transforms` must be a netuq.tta.Compose"),
+        (lambda: tta.Rotate90([]), ValueError, "`params` of Rotate90 must not be empty"),
+    ],
+)
+def test_transform_errors(make, err, match):
+    with pytest.raises(err, match=match):
+        make()
+
+
+def test_shift_zeros_too_large():
+    with pytest.raises(ValueError, match="`pixels` must be smaller than the image"):
+        tta.Shift([5], mode="zeros").augment(torch.zeros(1, 1, 4, 4), (5, 5))
+
+
+def test_wrapper_errors():
+    model = _cnn()
+    with pytest.raises(ValueError, match="`merge` must be one of \\['mean', 'gmean', 'max', 'tsharpen'\\], got 'sum'"):
+        netuq.TTA(model, tta.flips(), merge="sum")
+    with pytest.raises(ValueError, match="`task` must be one of"):
+        netuq.TTA(model, tta.flips(), task="detection")
+    with pytest.raises(ValueError, match="`keep_samples=True` needs merge='mean'"):
+        netuq.TTA(model, tta.flips(), merge="gmean", keep_samples=True)
+    with pytest.raises(ValueError, match="`max_batch` must be an integer >= 1 or None"):
+        netuq.TTA(model, tta.flips(), max_batch=0)
+    with pytest.raises(TypeError, match="`model` must be callable"):
+        netuq.TTA(3, tta.flips())
+    t = netuq.TTA(model, tta.flips())
+    with pytest.raises(ValueError, match=r"`x` must have shape \(N, C, H, W\) with N >= 1, got shape \(3, 8, 8\)"):
+        t(torch.zeros(3, 8, 8))
+    with pytest.raises(TypeError, match="`x` must be a tensor"):
+        t("image")
+    with pytest.raises(ValueError, match=r"must return \(N, C, H, W\) logits for task='segmentation'"):
+        netuq.TTA(model, tta.flips(), task="segmentation")(torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="with N = 4 rows, got"):
+        netuq.TTA(lambda x: x.mean(0, keepdim=True).flatten(1), tta.flips())(torch.zeros(1, 3, 2, 2))
+    with pytest.raises(ValueError, match="`logits` must be finite"):
+        netuq.TTA(lambda x: x.flatten(1) / 0.0, tta.flips())(torch.zeros(1, 3, 2, 2))
+
+    def shrinking(x):  # outputs whose size depends on the view in a way de-augmentation cannot undo
+        return torch.zeros(x.shape[0], 2, x.shape[-2] // 2, x.shape[-1])
+
+    with pytest.raises(ValueError, match="`model` outputs must have the same shape for every view"):
+        netuq.TTA(shrinking, tta.d4(), task="segmentation")(torch.zeros(1, 3, 4, 8))
