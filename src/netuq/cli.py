@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("netuq: interrupted (finished results are kept; rerun to resume)", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, KeyError, OSError, RuntimeError) as err:
+    except (ValueError, TypeError, KeyError, OSError, RuntimeError, ImportError) as err:
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if isinstance(err, KeyError):
             msg = msg.strip("'\"")

@@ -81,6 +81,9 @@ def deterministic(model: nn.Module) -> Predictor:
 def mc_dropout(model: nn.Module, config: BenchmarkConfig) -> Predictor:
     from ..methods.mc_dropout import MCDropout
 
+    if config.task == "classification":
+        # SmallCNN's dropout sits before the classifier: run the `features` trunk once, not S times.
+        return MCDropout(model, samples=config.mc_samples, seed=config.seed, trunk="features", head="head")
     return MCDropout(model, samples=config.mc_samples, seed=config.seed)
 
 
@@ -89,10 +92,10 @@ def tta(model: nn.Module, config: BenchmarkConfig) -> Predictor:
     from ..methods.tta import TTA
 
     if config.task == "segmentation":
-        transforms = T.Compose([T.HorizontalFlip(), T.Shift(pixels=[(0, 0), (2, 2), (-2, -2)])])
+        transforms = T.Compose([T.HorizontalFlip(), T.Shift([(2, 2), (-2, -2)])])
         return TTA(model, transforms, task="segmentation")
-    # 8x8 digits are not flip-invariant; small translations and contrast changes are.
-    transforms = T.Compose([T.Shift(pixels=[(0, 0), (0, 1), (1, 0), (0, -1), (-1, 0)]), T.Multiply(factors=[0.9, 1.0, 1.1])])
+    # 8x8 digits are not flip-invariant; one-pixel translations and contrast changes are.
+    transforms = T.Compose([T.Shift([(0, 1), (1, 0), (0, -1), (-1, 0)], mode="zeros"), T.Multiply([0.9, 1.1])])
     return TTA(model, transforms, task="classification")
 
 

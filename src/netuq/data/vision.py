@@ -1,0 +1,264 @@
+"""Real image data sets from a local folder: MNIST, Fashion-MNIST and CIFAR-10.
+
+Nothing is downloaded unless asked. With torchvision installed (``pip install netuq[vision]``)
+its dataset classes read the files; without it, a built-in reader understands the same
+on-disk formats that torchvision's downloads leave behind:
+
+* MNIST / Fashion-MNIST: IDX files (plain or ``.gz``) in ``<data_dir>/MNIST/raw/`` or
+  ``<data_dir>/FashionMNIST/raw/``: ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+  ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``.
+* CIFAR-10: the "python version" pickle batches in ``<data_dir>/cifar-10-batches-py/``:
+  ``data_batch_1`` .. ``data_batch_5``, ``test_batch``, ``batches.meta``. The built-in reader
+  unpickles with a restricted unpickler that only rebuilds numpy arrays and plain containers.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .digits import ClassificationData, Split, _check_size
+
+__all__ = ["VISION_DATASETS", "load_torchvision", "read_idx", "read_mnist", "read_cifar10"]
+
+VISION_DATASETS = ("mnist", "fashionmnist", "cifar10")
+_FOLDERS = {"mnist": "MNIST", "fashionmnist": "FashionMNIST"}
+_FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+_CIFAR = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_HINT = "install torchvision (`pip install netuq[vision]`) and download it with `download=True`"
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format), plain or gzip-compressed, into a numpy array.
+
+    Example:
+        >>> import tempfile, os
+        >>> p = os.path.join(tempfile.mkdtemp(), "x-idx1-ubyte")
+        >>> _ = open(p, "wb").write(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 8, 9]))
+        >>> read_idx(p).tolist()
+        [7, 8, 9]
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path} is not an IDX file (bad magic number {data[:4].hex()})")
+    ndim = data[3]
+    dims = np.frombuffer(data, dtype=">u4", count=ndim, offset=4).astype(np.int64)
+    dtype = np.dtype(_IDX_DTYPES[data[2]])
+    expected = int(np.prod(dims)) * dtype.itemsize
+    offset = 4 + 4 * ndim
+    if len(data) - offset != expected:
+        raise ValueError(f"{path} is truncated or corrupt: expected {expected} data bytes, got {len(data) - offset}")
+    return np.frombuffer(data, dtype=dtype, offset=offset).reshape(tuple(dims)).astype(dtype.newbyteorder("="))
+
+
+def _find(folder: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"no {stem}[.gz] in {folder}; {_HINT}")
+
+
+def read_mnist(data_dir: str | Path, *, train: bool = True, folder: str = "MNIST") -> tuple[np.ndarray, np.ndarray]:
+    """Read MNIST-format IDX files from ``<data_dir>/<folder>/raw/`` without torchvision.
+
+    Args:
+        data_dir: the root folder given to torchvision (``root=``).
+        train: the training files (``train-*``) or the test files (``t10k-*``).
+        folder: ``"MNIST"`` or ``"FashionMNIST"``.
+
+    Returns:
+        ``(images, labels)``: (N, 28, 28) uint8 and (N,) int64.
+    """
+    raw = Path(data_dir) / folder / "raw"
+    prefix = "train" if train else "t10k"
+    images = read_idx(_find(raw, f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(_find(raw, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
+    if images.ndim != 3 or labels.shape != (len(images),):
+        raise ValueError(f"{raw}: images {images.shape} and labels {labels.shape} do not match")
+    return images, labels
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles only numpy arrays and plain containers (CIFAR batches need nothing more)."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("builtins", "bytearray"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} from a data file")
+
+
+def _load_pickle(path: Path) -> dict:
+    with open(path, "rb") as fh:
+        return _ArrayUnpickler(io.BytesIO(fh.read()), encoding="bytes").load()
+
+
+def _key(d: dict, name: str):
+    for k in (name, name.encode()):
+        if k in d:
+            return d[k]
+    raise ValueError(f"CIFAR batch has no {name!r} entry (keys: {sorted(map(str, d))})")
+
+
+def read_cifar10(data_dir: str | Path, *, train: bool = True) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Read CIFAR-10 python batches from ``<data_dir>/cifar-10-batches-py/`` without torchvision.
+
+    Returns:
+        ``(images, labels, class_names)``: (N, 3, 32, 32) uint8, (N,) int64, 10 names.
+    """
+    folder = Path(data_dir) / "cifar-10-batches-py"
+    names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+    xs, ys = [], []
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            raise FileNotFoundError(f"no {name} in {folder}; {_HINT}")
+        batch = _load_pickle(path)
+        xs.append(np.asarray(_key(batch, "data"), dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(_key(batch, "labels"), dtype=np.int64))
+    classes = _CIFAR
+    meta = folder / "batches.meta"
+    if meta.is_file():
+        raw = _key(_load_pickle(meta), "label_names")
+        classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in raw)
+    return np.concatenate(xs), np.concatenate(ys), classes
+
+
+def _read_torchvision(name: str, root: Path, train: bool, download: bool):
+    import torchvision.datasets as tvd
+
+    cls = {"mnist": tvd.MNIST, "fashionmnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[name]
+    try:
+        ds = cls(root=str(root), train=train, download=download)
+    except RuntimeError as err:  # torchvision: "Dataset not found. You can use download=True ..."
+        raise FileNotFoundError(f"{name} not found under {root} ({err})") from None
+    if name == "cifar10":
+        return np.asarray(ds.data).transpose(0, 3, 1, 2), np.asarray(ds.targets, np.int64), tuple(ds.classes)
+    return ds.data.numpy(), ds.targets.numpy().astype(np.int64), None
+
+
+def _subsample(x: np.ndarray, y: np.ndarray, count: int | None, seed: int, name: str):
+    if count is None:
+        return x, y
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"`{name}` must be a positive integer or None, got {count!r}")
+    if count >= len(y):
+        return x, y
+    from .digits import _split_off
+
+    _, keep = _split_off(np.arange(len(y)), y, count, seed)
+    keep = np.sort(keep)
+    return x[keep], y[keep]
+
+
+def load_torchvision(
+    name: str,
+    data_dir: str | Path,
+    *,
+    seed: int = 0,
+    val_size: float | int = 0.1,
+    max_train: int | None = None,
+    max_test: int | None = None,
+    backend: str = "auto",
+    download: bool = False,
+) -> ClassificationData:
+    """Load MNIST, Fashion-MNIST or CIFAR-10 from a local folder as :class:`ClassificationData`.
+
+    The official test set is the test split; the validation split is carved out of the official
+    training set, stratified by class with ``seed``.
+
+    Args:
+        name: ``"mnist"``, ``"fashionmnist"`` or ``"cifar10"``.
+        data_dir: the folder torchvision downloads into (its ``root``).
+        seed: seed of the validation split and of the optional subsampling.
+        val_size: fraction (or count) of the training set held out for validation.
+        max_train: keep at most this many training+validation images (stratified subsample).
+        max_test: keep at most this many test images (stratified subsample).
+        backend: ``"auto"`` (torchvision when installed, else the built-in reader),
+            ``"torchvision"`` or ``"builtin"``.
+        download: let torchvision download missing files (needs torchvision).
+
+    Returns:
+        :class:`ClassificationData` with x (N, C, H, W) float32 in [0, 1] (C = 1 for the MNISTs,
+        3 for CIFAR-10) and y (N,) int64.
+
+    Raises:
+        ImportError: ``backend="torchvision"`` or ``download=True`` without torchvision.
+        FileNotFoundError: the files are not in ``data_dir``.
+
+    Example:
+        >>> load_torchvision("svhn", "data")
+        Traceback (most recent call last):
+        ...
+        ValueError: `name` must be one of ('mnist', 'fashionmnist', 'cifar10'), got 'svhn'
+    """
+    key = str(name).lower().replace("-", "").replace("_", "")
+    if key not in VISION_DATASETS:
+        raise ValueError(f"`name` must be one of {VISION_DATASETS}, got {name!r}")
+    if backend not in ("auto", "torchvision", "builtin"):
+        raise ValueError(f"`backend` must be one of ('auto', 'torchvision', 'builtin'), got {backend!r}")
+    root = Path(data_dir)
+    use_tv = False
+    if backend != "builtin":
+        try:
+            import torchvision  # noqa: F401
+
+            use_tv = True
+        except ImportError:
+            if backend == "torchvision" or download:
+                raise ImportError(
+                    "torchvision is not installed; `pip install netuq[vision]` to read or download "
+                    f"{name} with torchvision (the built-in reader needs the files in {root})"
+                ) from None
+    elif download:
+        raise ValueError("`download=True` needs the torchvision backend, got backend='builtin'")
+
+    def read(train: bool):
+        if use_tv:
+            return _read_torchvision(key, root, train, download)
+        if key == "cifar10":
+            return read_cifar10(root, train=train)
+        x, y = read_mnist(root, train=train, folder=_FOLDERS[key])
+        return x, y, None
+
+    x_tr, y_tr, classes = read(True)
+    x_te, y_te, _ = read(False)
+    if classes is None:
+        classes = _FASHION if key == "fashionmnist" else tuple(str(d) for d in range(10))
+    x_tr, y_tr = _subsample(x_tr, y_tr, max_train, seed, "max_train")
+    x_te, y_te = _subsample(x_te, y_te, max_test, seed, "max_test")
+    from .digits import _split_off
+
+    n_val = _check_size(val_size, "val_size", len(y_tr))
+    tr, va = _split_off(np.arange(len(y_tr)), y_tr, n_val, seed)
+
+    def part(x: np.ndarray, y: np.ndarray, idx=None) -> Split:
+        if idx is not None:
+            idx = np.sort(idx)
+            x, y = x[idx], y[idx]
+        if x.ndim == 3:
+            x = x[:, None]
+        return Split(torch.from_numpy(x.astype(np.float32) / 255.0), torch.from_numpy(y.astype(np.int64)))
+
+    return ClassificationData(part(x_tr, y_tr, tr), part(x_tr, y_tr, va), part(x_te, y_te), tuple(classes), key)

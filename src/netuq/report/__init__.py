@@ -1,0 +1,47 @@
+"""The benchmark report: figures and tables drawn from a results dict (``results.json``).
+
+Compute and presentation are kept apart: the benchmark runner computes every number and stores
+it as plain data following :mod:`netuq.report.schema` (read that module's docstring for the
+exact layout); this package only draws and tabulates it, and never recomputes a metric.
+
+* :mod:`netuq.report.plots`: one function per figure, each taking data and an optional
+  matplotlib ``ax`` and returning the figure (matplotlib imported lazily, no pyplot).
+* :func:`render_report`: report.html (self-contained), report.md, figures/*.png, results.csv.
+* :func:`write_csv`, :func:`summary_lines`, :func:`validate_results`.
+
+Example:
+    >>> from netuq.report import example_results, summary_lines
+    >>> print(summary_lines(example_results(methods=("mc_dropout", "ensemble")))[0])
+    Lowest NLL: MC dropout + temperature scaling (0.736 ± 0.008); deep ensemble + temperature scaling (0.739 ± 0.009)
+    is within one standard deviation.
+"""
+
+from .plots import (
+    method_colors,
+    ood_histogram,
+    reliability_diagram,
+    risk_coverage_plot,
+    roc_plot,
+    segmentation_grid,
+    shift_plot,
+)
+from .render import main_table, render_report, summary_lines, to_markdown, write_csv
+from .schema import SCHEMA_VERSION, example_results, validate_results
+
+__all__ = [
+    "render_report",
+    "write_csv",
+    "summary_lines",
+    "to_markdown",
+    "main_table",
+    "validate_results",
+    "example_results",
+    "SCHEMA_VERSION",
+    "reliability_diagram",
+    "shift_plot",
+    "risk_coverage_plot",
+    "ood_histogram",
+    "roc_plot",
+    "segmentation_grid",
+    "method_colors",
+]

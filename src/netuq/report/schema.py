@@ -1,0 +1,343 @@
+"""The results schema: what ``netuq benchmark`` writes to ``results.json`` and the report reads.
+
+Plain JSON data only (dicts, lists, str, int, float, bool, null); no NaN or Infinity (write
+``null``). Mappings keep their insertion order, which is the display order. Everything marked
+*optional* may be left out: the report skips what is missing.
+
+Top level::
+
+    {
+      "schema": 1,                               # int, this layout's version
+      "task": "classification" | "segmentation",
+      "config": {KEY: JSON, ...},                # the run configuration (BenchmarkConfig.to_dict())
+      "data": {KEY: JSON, ...},                  # optional: e.g. {"train": 988, "val": 270, "test": 539}
+      "runtime_s": {                             # optional
+        "total_this_run": float,                 #   any number here is listed as a run total
+        "methods": {METHOD: {PHASE: float}}      #   e.g. {"train": 12.3, "evaluate": 1.4}
+      },
+      "methods": {METHOD: MethodResults, ...}    # at least one
+    }
+
+``METHOD`` is a method key (``"deterministic"``, ``"mc_dropout"``, ``"ensemble"``, ``"tta"``,
+``"heteroscedastic"``, ``"confidence"`` or anything else). ``MethodResults``::
+
+    {
+      "label": str,                              # optional display name (default: from the key)
+      "metrics": {NAME: float|null},             # uncalibrated, whole test set: netuq.metrics.evaluate()
+                                                 #   accuracy, nll, brier, ece, mce, adaptive_ece,
+                                                 #   classwise_ece, aurc
+      "in_distribution": {                       # the main table: repeated 2-fold CV on the test set
+        CAL: {METRIC: Stat}                      #   CAL in "none", "temperature", "vector", "matrix";
+      },                                         #   METRIC at least nll, ece, brier, accuracy
+      "temperature": float,                      # optional: T of temperature scaling fitted on val
+      "reliability": {NAME: Bins},               # optional: NAME "uncalibrated", "temperature", ...
+      "risk_coverage": {"coverage": [float], "risk": [float]},            # optional, downsampled
+      "misclassification": {SCORE: {"auroc": float|null, "aupr"?: float|null}},  # optional
+      "shift": {KIND: [ShiftRow, ...]},          # optional: KIND in netuq.data.SHIFTS
+      "ood": {SCORE: {"auroc": float, "aupr": float, "fpr95": float}},    # optional
+      "ood_hist": {SCORE: {"edges": [B + 1 floats], "in": [B], "out": [B]}},  # optional
+      "roc": {SCORE: {"fpr": [float], "tpr": [float]}},                   # optional, downsampled
+      "segmentation_examples": SegExamples,      # optional (segmentation)
+      "runtime_s": {PHASE: float}                # optional
+    }
+
+    Stat     = {"mean": float|null, "std": float|null}          # std null when not repeated
+    Bins     = netuq.metrics.ReliabilityBins.to_dict():
+               {"edges": [n_bins + 1], "counts": [n_bins] ints,
+                "confidence": [n_bins] float|null, "accuracy": [n_bins] float|null}
+               (+ optional "ece": float, shown in the diagram's title)
+    ShiftRow = {"severity": int (0 = clean, 1..5), "accuracy": float, "ece": float, "nll": float,
+                "entropy_mean": float, optional "brier", "ece_temperature" (ECE after the
+                temperature scaling fitted on clean validation data), any other float}
+    SegExamples = {"image": K x H x W floats in [0, 1] (or K x H x W x 3),
+                   "label": K x H x W ints (255 = ignore), "prediction": K x H x W ints,
+                   "entropy": K x H x W floats, "epistemic": K x H x W floats | null,
+                   "anomaly": K x H x W 0/1 | null}
+
+Conventions:
+
+* ``SCORE`` names an uncertainty score where *higher means less sure*: ``"max_prob"``
+  (1 − max probability), ``"entropy"``, ``"mutual_information"``, ``"confidence"`` (1 − the
+  learned confidence), ``"sigma"``. OOD inputs (or anomaly pixels) are the positive class of
+  AUROC/AUPR; ``fpr95`` is the fraction of OOD inputs accepted when 95% of in-distribution
+  inputs are (lower is better). ``misclassification`` scores wrong predictions as positives.
+* ``ood_hist`` holds binned scores of in-distribution (``in``) and OOD (``out``) inputs on
+  shared ``edges``, as fractions (each sums to 1) or counts.
+* Lower is better for nll, ece, mce, adaptive_ece, classwise_ece, brier, aurc and fpr95; higher
+  for accuracy, auroc and aupr.
+
+:func:`validate_results` checks this layout; :func:`example_results` builds a small, realistic
+example (used by the tests and the documentation).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "TASKS",
+    "CALIBRATION_ORDER",
+    "LOWER_IS_BETTER",
+    "HIGHER_IS_BETTER",
+    "validate_results",
+    "example_results",
+]
+
+SCHEMA_VERSION = 1
+TASKS = ("classification", "segmentation")
+CALIBRATION_ORDER = ("none", "uncalibrated", "temperature", "vector", "matrix")
+LOWER_IS_BETTER = frozenset(
+    {"nll", "ece", "mce", "adaptive_ece", "classwise_ece", "brier", "aurc", "fpr95", "ece_temperature"}
+)
+HIGHER_IS_BETTER = frozenset({"accuracy", "auroc", "aupr"})
+
+
+def _fail(path: str, expected: str, value: Any) -> None:
+    found = type(value).__name__ if not isinstance(value, (int, float, str)) else repr(value)
+    raise ValueError(f"`{path}` must be {expected}, got {found}")
+
+
+def _mapping(value: Any, path: str) -> Mapping:
+    if not isinstance(value, Mapping):
+        _fail(path, "a mapping", value)
+    return value
+
+
+def _number(value: Any, path: str, *, nullable: bool = True) -> None:
+    if value is None and nullable:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        _fail(path, "a finite number" + (" or null" if nullable else ""), value)
+
+
+def _numbers(value: Any, path: str, length: int | None = None) -> int:
+    if not isinstance(value, (list, tuple)):
+        _fail(path, "a list of numbers", value)
+    for i, v in enumerate(value):
+        _number(v, f"{path}[{i}]")
+    if length is not None and len(value) != length:
+        raise ValueError(f"`{path}` must have {length} values, got {len(value)}")
+    return len(value)
+
+
+def _no_nan(value: Any, path: str) -> None:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"`{path}` must be finite or null (JSON has no NaN), got {value}")
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                _fail(f"{path} key", "a string", k)
+            _no_nan(v, f"{path}[{k!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _no_nan(v, f"{path}[{i}]")
+    elif not (value is None or isinstance(value, (str, int, bool))):
+        _fail(path, "plain JSON data (dict, list, str, number, bool, null)", value)
+
+
+def validate_results(results: Any) -> dict:
+    """Check that ``results`` follows the schema of this module; return it unchanged.
+
+    Raises:
+        ValueError: naming the first offending entry, e.g. ``"`results['methods']['ens']['ood']
+            ['entropy']['auroc']` must be a finite number or null, got nan"``.
+
+    Example:
+        >>> validate_results({"task": "classification", "methods": {}})
+        Traceback (most recent call last):
+        ...
+        ValueError: `results['methods']` must have at least one method, got 0
+    """
+    _mapping(results, "results")
+    task = results.get("task")
+    if task not in TASKS:
+        raise ValueError(f"`results['task']` must be one of {TASKS}, got {task!r}")
+    methods = _mapping(results.get("methods"), "results['methods']")
+    if not methods:
+        raise ValueError("`results['methods']` must have at least one method, got 0")
+    for key in ("config", "data", "runtime_s"):
+        if key in results:
+            _mapping(results[key], f"results[{key!r}]")
+    for name, m in methods.items():
+        base = f"results['methods'][{name!r}]"
+        _mapping(m, base)
+        for cal, stats in _mapping(m.get("in_distribution", {}), f"{base}['in_distribution']").items():
+            for metric, stat in _mapping(stats, f"{base}['in_distribution'][{cal!r}]").items():
+                p = f"{base}['in_distribution'][{cal!r}][{metric!r}]"
+                _mapping(stat, p)
+                if "mean" not in stat:
+                    raise ValueError(f"`{p}` must have a 'mean' entry, got keys {sorted(stat)}")
+                _number(stat["mean"], p + "['mean']")
+                _number(stat.get("std"), p + "['std']")
+        for metric, v in _mapping(m.get("metrics", {}), f"{base}['metrics']").items():
+            _number(v, f"{base}['metrics'][{metric!r}]")
+        for cal, bins in _mapping(m.get("reliability", {}), f"{base}['reliability']").items():
+            p = f"{base}['reliability'][{cal!r}]"
+            _mapping(bins, p)
+            n = _numbers(bins.get("edges"), p + "['edges']") - 1
+            for key in ("counts", "confidence", "accuracy"):
+                _numbers(bins.get(key), f"{p}[{key!r}]", n)
+        curves = [("risk_coverage", ("coverage", "risk"), False)]
+        curves += [("roc", ("fpr", "tpr"), True), ("ood_hist", ("in", "out"), True)]
+        for key, (a, b), per_score in curves:
+            if key not in m:
+                continue
+            items = _mapping(m[key], f"{base}[{key!r}]").items() if per_score else [(None, m[key])]
+            for score, curve in items:
+                p = f"{base}[{key!r}]" + ("" if score is None else f"[{score!r}]")
+                _mapping(curve, p)
+                n = _numbers(curve.get(a), f"{p}[{a!r}]")
+                _numbers(curve.get(b), f"{p}[{b!r}]", n)
+                if key == "ood_hist":
+                    _numbers(curve.get("edges"), f"{p}['edges']", n + 1)
+        for key in ("ood", "misclassification"):
+            for score, vals in _mapping(m.get(key, {}), f"{base}[{key!r}]").items():
+                for metric, v in _mapping(vals, f"{base}[{key!r}][{score!r}]").items():
+                    _number(v, f"{base}[{key!r}][{score!r}][{metric!r}]")
+        for kind, rows in _mapping(m.get("shift", {}), f"{base}['shift']").items():
+            if not isinstance(rows, (list, tuple)):
+                _fail(f"{base}['shift'][{kind!r}]", "a list of rows", rows)
+            for i, row in enumerate(rows):
+                p = f"{base}['shift'][{kind!r}][{i}]"
+                _mapping(row, p)
+                sev = row.get("severity")
+                if isinstance(sev, bool) or not isinstance(sev, int):
+                    _fail(p + "['severity']", "an integer", sev)
+                for metric, v in row.items():
+                    if metric != "severity":
+                        _number(v, f"{p}[{metric!r}]")
+    _no_nan(results, "results")
+    return results  # type: ignore[return-value]
+
+
+def example_results(task: str = "classification", *, methods=("deterministic", "mc_dropout", "ensemble"), seed=0):
+    """A small, realistic results dict following the schema, computed with ``netuq.metrics`` on
+    synthetic predictions (better methods are made better calibrated). For tests and docs.
+
+    Example:
+        >>> r = example_results()
+        >>> sorted(r["methods"]), r["task"]
+        (['deterministic', 'ensemble', 'mc_dropout'], 'classification')
+    """
+    import torch
+
+    from .. import metrics as M
+
+    if task not in TASKS:
+        raise ValueError(f"`task` must be one of {TASKS}, got {task!r}")
+    gen = torch.Generator().manual_seed(seed)
+    n, c = 400, 10
+    y = torch.randint(0, c, (n,), generator=gen)
+    base = torch.randn(n, c, generator=gen)
+    base[torch.arange(n), y] += 3.0
+
+    def down(t, k=51):
+        idx = torch.linspace(0, t.numel() - 1, min(k, t.numel())).round().long()
+        return t[idx].tolist()
+
+    out: dict[str, Any] = {}
+    for j, name in enumerate(methods):
+        sharp = 2.2 - 0.4 * j  # over-confident first, better calibrated later
+        noise = torch.randn(n, c, generator=gen) * 0.8
+        raw = base + noise
+        logits = raw * sharp
+        probs = logits.softmax(1)
+        ev = M.evaluate(probs, y)
+        scales = torch.linspace(0.2, 2.0, 37)
+        nlls = torch.stack([torch.nn.functional.cross_entropy(raw * s, y) for s in scales])
+        t_probs = (raw * scales[int(nlls.argmin())]).softmax(1)  # "temperature scaling" on the test set
+        ev_t = M.evaluate(t_probs, y)
+
+        def stat(v, spread, j=j):
+            return {"mean": float(v), "std": float(spread * (1.0 + 0.1 * j))}
+
+        in_dist = {
+            "none": {k: stat(ev[k], 0.01) for k in ("nll", "ece", "brier", "accuracy")},
+            "temperature": {k: stat(ev_t[k], 0.008) for k in ("nll", "ece", "brier", "accuracy")},
+        }
+        ood_logits = torch.randn(200, c, generator=gen) * sharp * (0.8 + 0.1 * j)
+        ood_probs = ood_logits.softmax(1)
+        scores_in = {"max_prob": 1 - probs.max(1).values, "entropy": -(probs * probs.clamp_min(1e-12).log()).sum(1)}
+        scores_out = {
+            "max_prob": 1 - ood_probs.max(1).values,
+            "entropy": -(ood_probs * ood_probs.clamp_min(1e-12).log()).sum(1),
+        }
+        ood, hist, roc = {}, {}, {}
+        for s in scores_in:
+            a, b = scores_in[s], scores_out[s]
+            ood[s] = {"auroc": M.auroc(b, a), "aupr": M.aupr(b, a), "fpr95": M.fpr_at_tpr(-a, -b, tpr=0.95)}
+            lo, hi = float(torch.minimum(a.min(), b.min())), float(torch.maximum(a.max(), b.max()))
+            edges = torch.linspace(lo, hi, 21)
+            hist[s] = {
+                "edges": edges.tolist(),
+                "in": (torch.histc(a, 20, lo, hi) / a.numel()).tolist(),
+                "out": (torch.histc(b, 20, lo, hi) / b.numel()).tolist(),
+            }
+            fpr, tpr = M.roc_curve(b, a)
+            roc[s] = {"fpr": down(fpr), "tpr": down(tpr)}
+        cov, risk = M.risk_coverage_curve(probs, y)
+        wrong = probs.argmax(1) != y
+        shift = {}
+        for i, kind in enumerate(("rotation", "gaussian_noise", "blur", "pixel_dropout")):
+            rows = []
+            for sev in (1, 2, 3, 4, 5):
+                f = 1.0 + 0.15 * sev * (1 + 0.2 * i)
+                acc = max(0.1, ev["accuracy"] - 0.08 * sev * (1 + 0.1 * i))
+                rows.append({
+                    "severity": sev,
+                    "accuracy": acc,
+                    "ece": ev["ece"] * f + 0.02 * sev / (1 + j),
+                    "nll": ev["nll"] * f,
+                    "brier": ev["brier"] * f,
+                    "ece_temperature": ev_t["ece"] * f,
+                    "entropy_mean": float(scores_in["entropy"].mean()) * f,
+                })
+            shift[kind] = rows
+        out[name] = {
+            "method": name,
+            "metrics": ev,
+            "in_distribution": in_dist,
+            "temperature": float(sharp / scales[int(nlls.argmin())]),
+            "reliability": {
+                "uncalibrated": M.reliability_bins(probs, y).to_dict(),
+                "temperature": M.reliability_bins(t_probs, y).to_dict(),
+            },
+            "risk_coverage": {"coverage": down(cov), "risk": down(risk)},
+            "misclassification": {s: {"auroc": M.auroc(u[wrong], u[~wrong])} for s, u in scores_in.items()},
+            "shift": shift,
+            "ood": ood,
+            "ood_hist": hist,
+            "roc": roc,
+            "runtime_s": {"train": 1.5 + j, "evaluate": 0.3 + 0.2 * j},
+        }
+        if task == "segmentation":
+            k, h = 2, 16
+            image = torch.rand(k, h, h, generator=gen)
+            label = (image * 4).long()
+            label[:, :3, :3] = 255
+            anomaly = torch.zeros(k, h, h, dtype=torch.long)
+            anomaly[:, :3, :3] = 1
+            ent = torch.rand(k, h, h, generator=gen)
+            out[name]["segmentation_examples"] = {
+                "image": image.tolist(),
+                "label": label.tolist(),
+                "prediction": (image * 4).long().clamp(max=3).tolist(),
+                "entropy": ent.tolist(),
+                "epistemic": (ent * 0.3).tolist() if name != "deterministic" else None,
+                "anomaly": anomaly.tolist(),
+            }
+    return {
+        "schema": SCHEMA_VERSION,
+        "task": task,
+        "config": {"task": task, "methods": list(methods), "seed": seed, "epochs": 3, "n_bins": 15},
+        "data": {"train": 988, "val": 270, "test": n, "num_classes": c},
+        "runtime_s": {
+            "total_this_run": float(sum(2.0 + 1.2 * j for j in range(len(methods)))),
+            "methods": {m: out[m]["runtime_s"] for m in methods},
+        },
+        "methods": out,
+    }
