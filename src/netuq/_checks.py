@@ -88,10 +88,10 @@ def check_probs(probs: Any, name: str = "probs", *, dim: int = 1, min_ndim: int 
     _check_finite(probs, name)
     # bfloat16 keeps 8 significant bits: rounding a softmax to it moves the sum by up to eps/2.
     tol = max(PROB_SUM_TOL, torch.finfo(probs.dtype).eps)
-    lo, hi = float(probs.min()), float(probs.max())
+    lo, hi = (float(v) for v in torch.aminmax(probs))
     if lo < 0.0 or hi > 1.0 + tol:
         raise ValueError(f"`{name}` must be probabilities in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
-    sums = probs.sum(dim=dim, dtype=torch.float64)
+    sums = probs.sum(dim=dim, dtype=float_dtype(probs))  # float32 rounding (~1e-6) is far below the tolerance
     err = float((sums - 1.0).abs().max())
     if err > tol:
         raise ValueError(

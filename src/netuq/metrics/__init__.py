@@ -16,6 +16,18 @@ from .functional import (
     risk_coverage_curve,
 )
 
+_STREAMING = ("CalibrationError", "UncertaintyMetrics")
+
+
+def __getattr__(name: str):
+    # The streaming metrics subclass torchmetrics.Metric, and importing torchmetrics imports
+    # matplotlib when it is installed: load them on first use so `import netuq` stays light.
+    if name in _STREAMING:
+        from . import streaming
+
+        return getattr(streaming, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "accuracy",
     "nll",
@@ -33,4 +45,6 @@ __all__ = [
     "aupr",
     "fpr_at_tpr",
     "roc_curve",
+    "CalibrationError",
+    "UncertaintyMetrics",
 ]
