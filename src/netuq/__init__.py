@@ -9,8 +9,26 @@ Example:
     [0, 0]
 """
 
-from . import measures, metrics
+from . import calibration, data, measures, metrics, report, tta
+from . import nn as nn  # netuq.nn: public, but not in __all__ (a star import must not shadow torch.nn)
 from .exceptions import NotFittedError
+from .methods.confidence import (
+    ConfidenceBudget,
+    ConfidenceClassifier,
+    ConfidenceHead,
+    confidence_loss,
+    confidence_perturbation,
+    confidence_predict,
+)
+from .methods.ensemble import Ensemble, train_ensemble
+from .methods.heteroscedastic import (
+    HeteroscedasticClassifier,
+    HeteroscedasticHead,
+    heteroscedastic_loss,
+    heteroscedastic_predict,
+)
+from .methods.mc_dropout import MCDropout
+from .methods.tta import TTA
 from .prediction import Prediction
 
 __version__ = "0.1.0"
@@ -20,5 +38,23 @@ __all__ = [
     "NotFittedError",
     "measures",
     "metrics",
+    "calibration",
+    "tta",  # netuq.nn is importable but not in __all__: `from netuq import *` must not shadow torch.nn
+    "data",
+    "report",
+    "MCDropout",
+    "TTA",
+    "HeteroscedasticHead",
+    "HeteroscedasticClassifier",
+    "heteroscedastic_loss",
+    "heteroscedastic_predict",
+    "ConfidenceHead",
+    "ConfidenceClassifier",
+    "ConfidenceBudget",
+    "confidence_loss",
+    "confidence_predict",
+    "confidence_perturbation",
+    "Ensemble",
+    "train_ensemble",
     "__version__",
 ]

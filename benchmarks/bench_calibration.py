@@ -1,0 +1,225 @@
+"""Calibration fits: speed and exactness of netuq against a plain LBFGS baseline and peers.
+
+Part 1, temperature scaling on N = 50,000 x C = 1,000 float32 logits (overconfident, ~75 %
+accuracy, seeded): fit time, passes over the logits (forward evaluations), fitted T, final NLL
+and its gap to an independent float64 solve (scipy.optimize.minimize_scalar on β = 1/T).
+Compared: netuq.TemperatureScaling; a gpleiss/temperature_scaling-style baseline (torch LBFGS,
+lr = 0.01, max_iter = 50 on T, start 1.5); netcal's TemperatureScaling and TorchUncertainty's
+TemperatureScaler when importable.
+
+Part 2, vector and matrix scaling on N = 10,000 x C = 100 (+ a held-out set of the same size
+from the same generator): fit time, train NLL, held-out NLL for netuq (unregularised, ODIR
+"auto") and the peers when importable.
+
+Run: ``.venv/bin/python benchmarks/bench_calibration.py`` (or ``make bench``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from netuq.calibration import MatrixScaling, TemperatureScaling, VectorScaling
+
+
+def make_logits(n: int, c: int, *, seed: int, scale: float):
+    """Seeded overconfident logits with ~75 % accuracy.
+
+    Uniform labels; latent scores N(0, 1) plus a margin on the true class (tuned per C for ~75 %
+    top-1 accuracy); the logits are ``scale`` times the scores, so the fitted temperature is > 1
+    when ``scale`` exceeds the scores' own well-calibrated scale.
+    """
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(n, c, generator=g)
+    y = torch.randint(0, c, (n,), generator=g)
+    # Offset m chosen so that P(z_y > max_{c != y} z_c) ~ accuracy for Gaussian noise.
+    m = {1000: 3.9, 100: 3.05}.get(c, 3.0)  # margin for ~75 % accuracy
+    base[torch.arange(n), y] += m
+    return (scale * base).contiguous(), y
+
+
+def nll_at(z64: torch.Tensor, y: torch.Tensor, t: float) -> float:
+    return float(F.cross_entropy(z64 / t, y))
+
+
+def reference_temperature(z: torch.Tensor, y: torch.Tensor):
+    """Independent float64 solve: scipy bounded Brent on β, chunked float64 NLL."""
+    from scipy.optimize import minimize_scalar
+
+    z64 = z.double()
+    zy = z64.gather(1, y[:, None]).squeeze(1)
+    rows = 2048
+
+    def f(beta):  # chunked float64 NLL(β) = mean(logsumexp(β z) − β z_y)
+        total = 0.0
+        for s in range(0, len(y), rows):
+            total += float((torch.logsumexp(beta * z64[s : s + rows], 1) - beta * zy[s : s + rows]).sum())
+        return total / len(y)
+
+    res = minimize_scalar(f, bounds=(1e-2, 10.0), method="bounded", options={"xatol": 1e-9, "maxiter": 500})
+    return 1.0 / res.x, res.fun, z64, res.nfev
+
+
+def baseline_lbfgs(z: torch.Tensor, y: torch.Tensor):
+    """gpleiss/temperature_scaling: nn.Parameter T = 1.5, LBFGS(lr=0.01, max_iter=50), CE(z / T)."""
+    t = torch.nn.Parameter(torch.ones(1) * 1.5)
+    opt = torch.optim.LBFGS([t], lr=0.01, max_iter=50)
+    evals = 0
+
+    def closure():
+        nonlocal evals
+        evals += 1
+        opt.zero_grad()
+        loss = F.cross_entropy(z / t, y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(t.detach()), evals
+
+
+def netcal_ts(z: torch.Tensor, y: torch.Tensor):
+    """netcal 1.x: fits w in softmax(w · log p) with scipy.optimize.minimize (numerical gradients)."""
+    import sys
+
+    from netcal.scaling import TemperatureScaling as NC
+
+    alr = sys.modules["netcal.scaling.AbstractLogisticRegression"]  # the module (its class shadows the name)
+
+    probs = torch.softmax(z.double(), 1).numpy()  # netcal takes probabilities; float64 (float32 stalls)
+    model = NC(detection=False, use_cuda=False)
+    evals, minimize = 0, alr.minimize
+
+    def counting_minimize(fun, *args, **kwargs):
+        def counted(*a):
+            nonlocal evals
+            evals += 1
+            return fun(*a)
+
+        return minimize(counted, *args, **kwargs)
+
+    alr.minimize = counting_minimize
+    try:
+        model.fit(probs, y.numpy(), tensorboard=False)
+    finally:
+        alr.minimize = minimize
+    w = float(np.asarray(model.weights).reshape(-1)[0])  # multiplies log p, i.e. 1 / T on the logits
+    return 1.0 / w, evals
+
+
+def tu_ts(z: torch.Tensor, y: torch.Tensor):
+    """TorchUncertainty (API as documented for 0.x; not exercised here: it needs torchvision)."""
+    from torch.utils.data import DataLoader, TensorDataset
+    from torch_uncertainty.post_processing import TemperatureScaler
+
+    scaler = TemperatureScaler(model=torch.nn.Identity())
+    scaler.fit(DataLoader(TensorDataset(z, y), batch_size=len(y)))
+    return float(scaler.temperature[0]), None
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
+
+
+def part1() -> None:
+    n, c = 50_000, 1_000
+    z, y = make_logits(n, c, seed=0, scale=8.0)
+    acc = float((z.argmax(1) == y).float().mean())
+    print(f"temperature scaling, N = {n:,}, C = {c:,} float32, accuracy {acc:.3f}")
+    (t_ref, f_ref, z64, nfev), t_scipy = timed(reference_temperature, z, y)
+    print(
+        f"reference (scipy minimize_scalar bounded on beta, float64, xatol 1e-9): T = {t_ref:.8f}, "
+        f"NLL = {f_ref:.10f} ({nfev} evaluations, {t_scipy:.1f} s)"
+    )
+    rows = []
+    TemperatureScaling().fit(z[:100], y[:100])  # warm-up (first-call overheads)
+    ts, secs = timed(lambda: TemperatureScaling().fit(z, y))
+    rows.append(("netuq TemperatureScaling", secs, ts.n_passes_ + 1, ts.temperature_))
+    (t_b, evals), secs = timed(baseline_lbfgs, z, y)
+    rows.append(("LBFGS lr=0.01 max_iter=50 (gpleiss)", secs, evals, t_b))
+    for name, fn in (("netcal TemperatureScaling", netcal_ts), ("TorchUncertainty TemperatureScaler", tu_ts)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                (t_p, evals), secs = timed(fn, z, y)
+            rows.append((name, secs, evals, t_p))
+        except ImportError as err:
+            print(f"{name}: skipped: not installed ({type(err).__name__}: {err})")
+        except Exception as err:  # a peer's API change must not hide the other figures
+            print(f"{name}: failed: {type(err).__name__}: {err}")
+    print(f"{'method':<38}{'time s':>8}{'passes':>8}{'T':>12}{'NLL':>14}{'NLL gap':>10}{'time x':>8}")
+    base_time = rows[0][1]
+    for name, secs, passes, t in rows:
+        f = nll_at(z64, y, t) if math.isfinite(t) and t > 0 else float("nan")
+        p = "-" if passes is None else str(passes)
+        print(f"{name:<38}{secs:>8.3f}{p:>8}{t:>12.6f}{f:>14.8f}{f - f_ref:>10.1e}{secs / base_time:>8.1f}")
+    print("passes: evaluations of NLL (+ derivatives) over all logits; netuq adds 1 for centring the logits")
+
+
+def part2() -> None:
+    n, c = 10_000, 100
+    z, y = make_logits(2 * n, c, seed=1, scale=6.0)
+    ztr, ytr, zte, yte = z[:n], y[:n], z[n:], y[n:]
+    print(
+        f"\nvector / matrix scaling, N = {n:,} train + {n:,} held-out, C = {c} float32, "
+        f"accuracy {float((zte.argmax(1) == yte).float().mean()):.3f}"
+    )
+    rows = [("uncalibrated", 0.0, float(F.cross_entropy(ztr, ytr)), float(F.cross_entropy(zte, yte)))]
+    MatrixScaling().fit(ztr[:50, :5], ytr[:50] % 5)  # warm-up: first use of torch.optim imports torch._dynamo
+
+    def run(name, make):
+        cal, secs = timed(lambda: make().fit(ztr, ytr))
+        rows.append((name, secs, float(F.cross_entropy(cal(ztr), ytr)), float(F.cross_entropy(cal(zte), yte))))
+        return cal
+
+    run("netuq TemperatureScaling", TemperatureScaling)
+    run("netuq VectorScaling", VectorScaling)
+    run("netuq MatrixScaling (unregularised)", MatrixScaling)
+    ms = run("netuq MatrixScaling (ODIR auto)", lambda: MatrixScaling(odir="auto"))
+    print(
+        f"ODIR auto chose (lambda, mu) = {ms.odir_}; inner-CV NLL per grid point: "
+        + ", ".join(f"{k[0]:g}: {v:.4f}" for k, v in ms.odir_scores_.items())
+    )
+    try:
+        from torch_uncertainty.post_processing import MatrixScaler, VectorScaler  # noqa: F401
+    except ImportError as err:
+        print(f"TorchUncertainty vector/matrix scalers: skipped: not installed ({type(err).__name__})")
+    try:
+        from netcal.scaling import LogisticCalibration  # noqa: F401
+
+        print(
+            "netcal LogisticCalibration: not run: it fits with scipy.optimize.minimize without gradients "
+            f"(finite differences over {2 * c} or {c * c + c} parameters per step), far beyond this time budget"
+        )
+    except ImportError:
+        print("netcal: skipped: not installed")
+    print(f"{'method':<38}{'time s':>8}{'train NLL':>12}{'held-out NLL':>14}")
+    for name, secs, tr, te in rows:
+        print(f"{name:<38}{secs:>8.3f}{tr:>12.5f}{te:>14.5f}")
+    by = {r[0]: r for r in rows}
+    m, o = by["netuq MatrixScaling (unregularised)"], by["netuq MatrixScaling (ODIR auto)"]
+    print(
+        f"held-out NLL, ODIR / unregularised matrix: {o[3] / m[3]:.3f}; train NLL gap (overfit) unregularised: "
+        f"{m[3] - m[2]:.4f}, ODIR: {o[3] - o[2]:.4f}"
+    )
+
+
+if __name__ == "__main__":
+    import os
+
+    # Default 1 thread: on a small shared machine OpenMP threads fighting other processes slow every
+    # method down many-fold; set NETUQ_BENCH_THREADS to measure with more.
+    torch.set_num_threads(int(os.environ.get("NETUQ_BENCH_THREADS", "1")))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    part1()
+    part2()
+    print(f"\ntotal {time.perf_counter() - start:.1f} s")
