@@ -151,8 +151,11 @@ def run_benchmark(
     results["runtime_s"]["methods"] = {m: p.get("runtime_s", {}) for m, p in results["methods"].items()}
     atomic_write_json(run.root / "results.json", results)
     if render:
-        from ..report import render_report, write_csv
+        from ..report import render_report
+
+        render_report(results, run.root)  # report.html, report.md, figures/, results.csv
+    else:
+        from ..report import write_csv
 
         write_csv(results, run.root / "results.csv")
-        render_report(results, run.root)
     return results

@@ -1,0 +1,141 @@
+"""End-to-end checks of `netuq benchmark`: files, schema, resume, reproducibility, and the
+qualitative findings of the literature on the default run (marked slow; still run by make test)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from netuq.benchmark import load_config, run_benchmark
+from netuq.benchmark import runner as runner_module
+from netuq.cli import main
+from netuq.report import validate_results
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quick")
+    rc = main(["benchmark", "--quick", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    return out
+
+
+def test_quick_run_writes_everything(quick_run, capsys):
+    for name in ("results.json", "results.csv", "report.html", "report.md", "config.json"):
+        assert (quick_run / name).is_file(), name
+    results = json.loads((quick_run / "results.json").read_text())
+    validate_results(results)
+    assert list(results["methods"]) == list(load_config(quick=True).methods)
+    for part in results["methods"].values():
+        assert set(part["in_distribution"]) == {"none", "temperature", "vector", "matrix"}
+        assert 0.0 <= part["metrics"]["accuracy"] <= 1.0
+        assert part["shift"] and part["ood"]
+    html = (quick_run / "report.html").read_text()
+    figures = list((quick_run / "figures").glob("*.png"))
+    assert figures and html.count("data:image/png;base64,") >= len(figures)
+    assert "<table" in html
+    rows = (quick_run / "results.csv").read_text().splitlines()
+    assert len(rows) > len(results["methods"])
+
+
+def test_report_command_renders_from_results_alone(quick_run, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "results.json").write_text((quick_run / "results.json").read_text())
+    assert main(["report", str(copy)]) == 0
+    assert (copy / "report.html").is_file()
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_rerun_reuses_finished_parts(quick_run):
+    before = {p.name: p.stat().st_mtime_ns for p in (quick_run / "parts").glob("*.json")}
+    assert main(["benchmark", "--quick", "--out", str(quick_run), "--no-progress"]) == 0
+    after = {p.name: p.stat().st_mtime_ns for p in (quick_run / "parts").glob("*.json")}
+    assert before == after
+
+
+def test_interrupted_run_resumes(tmp_path, monkeypatch):
+    config = load_config(quick=True, methods=("deterministic", "mc_dropout", "confidence"))
+    calls = []
+    real = runner_module.evaluate_method
+
+    def flaky(method, *args, **kwargs):
+        calls.append(method)
+        if method == "mc_dropout" and calls.count("mc_dropout") == 1:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C in the middle of the run
+        return real(method, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "evaluate_method", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(config, tmp_path, render=False)
+    assert [p.stem for p in (tmp_path / "parts").glob("*.json")] == ["deterministic"]
+    first = (tmp_path / "parts" / "deterministic.json").read_bytes()
+    assert (tmp_path / "models" / "base.pt").is_file()  # the trained network survives the interruption
+    results = run_benchmark(config, tmp_path, render=False)
+    assert calls == ["deterministic", "mc_dropout", "mc_dropout", "confidence"]
+    assert (tmp_path / "parts" / "deterministic.json").read_bytes() == first
+    assert list(results["methods"]) == ["deterministic", "mc_dropout", "confidence"]
+
+
+def test_same_seed_same_results(tmp_path):
+    config = load_config(quick=True, methods=("deterministic", "mc_dropout"), calibrators=("none", "temperature"))
+    a = run_benchmark(config, tmp_path / "a", render=False)
+    b = run_benchmark(config, tmp_path / "b", render=False)
+    for method in config.methods:
+        assert a["methods"][method]["metrics"] == b["methods"][method]["metrics"]
+        assert a["methods"][method]["in_distribution"] == b["methods"][method]["in_distribution"]
+        assert a["methods"][method]["ood"] == b["methods"][method]["ood"]
+
+
+def test_changed_config_in_same_folder_is_refused(quick_run, capsys):
+    assert main(["benchmark", "--quick", "--seed", "3", "--out", str(quick_run), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "different configuration" in err
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["benchmark", "--methods", "bogus"], "`methods` must be a non-empty subset"),
+        (["benchmark", "--task", "detection"], "invalid choice"),
+        (["benchmark", "--seed", "x"], "invalid int value"),
+        (["benchmark", "--device", "nonsense"], "--device"),
+        (["benchmark", "--config", "/nonexistent.toml"], "does not exist"),
+    ],
+)
+def test_bad_flags_one_line_exit_2(argv, match, capsys, tmp_path):
+    assert main(argv + ["--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and match in err
+
+
+@pytest.mark.slow
+def test_default_run_reproduces_the_literature(tmp_path_factory):
+    """The qualitative findings of Guo et al. 2017, Lakshminarayanan et al. 2017 and Ovadia et al. 2019."""
+    out = tmp_path_factory.mktemp("default")
+    results = run_benchmark(load_config(), out, render=False)
+    m = results["methods"]
+    for name, part in m.items():
+        ind = part["in_distribution"]
+        # Temperature scaling lowers ECE versus uncalibrated (held-out halves of the 2-fold protocol).
+        assert ind["temperature"]["nll"]["mean"] <= ind["none"]["nll"]["mean"] + 1e-9, name
+    det_ece = m["deterministic"]["in_distribution"]
+    assert det_ece["temperature"]["ece"]["mean"] < det_ece["none"]["ece"]["mean"]
+    # The ensemble's NLL is lower than a single member's (here: the deterministic network).
+    assert m["ensemble"]["metrics"]["nll"] < m["deterministic"]["metrics"]["nll"]
+    # Accuracy falls and uncertainty rises with shift severity (averaged over corruption kinds).
+    for name, part in m.items():
+        rows = [r for kind in part["shift"].values() for r in kind]
+        by_sev = {}
+        for r in rows:
+            by_sev.setdefault(r["severity"], []).append(r)
+        acc = [sum(r["accuracy"] for r in by_sev[s]) / len(by_sev[s]) for s in sorted(by_sev)]
+        ent = [sum(r["entropy_mean"] for r in by_sev[s]) / len(by_sev[s]) for s in sorted(by_sev)]
+        assert acc[0] > acc[-1] and acc[0] > m[name]["metrics"]["accuracy"] - 0.15, name
+        assert ent[-1] > ent[0], name
+    # MC dropout and ensembles separate OOD inputs better than chance.
+    for name in ("mc_dropout", "ensemble"):
+        assert m[name]["ood"]["entropy"]["auroc"] > 0.6, name
+        assert m[name]["ood"]["mutual_information"]["auroc"] > 0.6, name
