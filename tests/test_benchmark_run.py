@@ -117,14 +117,18 @@ def test_default_run_reproduces_the_literature(tmp_path_factory):
     out = tmp_path_factory.mktemp("default")
     results = run_benchmark(load_config(), out, render=False)
     m = results["methods"]
-    for name, part in m.items():
-        ind = part["in_distribution"]
-        # Temperature scaling lowers ECE versus uncalibrated (held-out halves of the 2-fold protocol).
-        assert ind["temperature"]["nll"]["mean"] <= ind["none"]["nll"]["mean"] + 1e-9, name
-    det_ece = m["deterministic"]["in_distribution"]
-    assert det_ece["temperature"]["ece"]["mean"] < det_ece["none"]["ece"]["mean"]
-    # The ensemble's NLL is lower than a single member's (here: the deterministic network).
-    assert m["ensemble"]["metrics"]["nll"] < m["deterministic"]["metrics"]["nll"]
+    # Temperature scaling lowers ECE versus uncalibrated (held-out halves of the 2-fold protocol),
+    # for the methods whose raw probabilities are miscalibrated, and on average over all methods.
+    ind = {name: part["in_distribution"] for name, part in m.items()}
+    for name in ("deterministic", "mc_dropout", "ensemble", "tta"):
+        assert ind[name]["temperature"]["ece"]["mean"] < ind[name]["none"]["ece"]["mean"], name
+    mean_ts = sum(i["temperature"]["ece"]["mean"] for i in ind.values()) / len(ind)
+    mean_none = sum(i["none"]["ece"]["mean"] for i in ind.values()) / len(ind)
+    assert mean_ts < 0.8 * mean_none
+    # The ensemble's NLL is lower than its members' (each member evaluated alone on the test set).
+    members = m["ensemble"]["members"]
+    assert len(members) == 5
+    assert m["ensemble"]["metrics"]["nll"] < min(member["nll"] for member in members)
     # Accuracy falls and uncertainty rises with shift severity (averaged over corruption kinds).
     for name, part in m.items():
         rows = [r for kind in part["shift"].values() for r in kind]
@@ -133,8 +137,8 @@ def test_default_run_reproduces_the_literature(tmp_path_factory):
             by_sev.setdefault(r["severity"], []).append(r)
         acc = [sum(r["accuracy"] for r in by_sev[s]) / len(by_sev[s]) for s in sorted(by_sev)]
         ent = [sum(r["entropy_mean"] for r in by_sev[s]) / len(by_sev[s]) for s in sorted(by_sev)]
-        assert acc[0] > acc[-1] and acc[0] > m[name]["metrics"]["accuracy"] - 0.15, name
-        assert ent[-1] > ent[0], name
+        assert all(a >= b - 0.02 for a, b in zip(acc, acc[1:])) and acc[0] - acc[-1] > 0.3, name
+        assert all(a <= b + 0.02 for a, b in zip(ent, ent[1:])) and ent[-1] > ent[0], name
     # MC dropout and ensembles separate OOD inputs better than chance.
     for name in ("mc_dropout", "ensemble"):
         assert m[name]["ood"]["entropy"]["auroc"] > 0.6, name

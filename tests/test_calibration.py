@@ -417,3 +417,38 @@ def test_repr_and_get_params():
     ms = MatrixScaling(odir=(1.0, 2.0), cv=4)
     assert repr(ms) == "MatrixScaling(odir=(1.0, 2.0), cv=4, max_iter=500, tol=1e-07)"
     assert type(ms)(**ms.get_params()).get_params() == ms.get_params()
+
+
+# ----------------------------------------------------------------------------- probabilities instead of logits
+PROBS_MSG = r"`logits` look like probabilities \(every row in \[0, 1\] sums to 1\); pass logits, or log\(probs\)"
+
+
+@pytest.mark.parametrize("cls", CALIBRATORS)
+def test_fit_on_probabilities_raises(cls):
+    z, y = overconfident(60, 3, seed=21)
+    with pytest.raises(ValueError, match=PROBS_MSG):
+        cls().fit(z.softmax(1), y)
+    seg = z.view(6, 10, 3).movedim(2, 1).softmax(1)  # (N, C, W) probabilities, labels (N, W)
+    with pytest.raises(ValueError, match=PROBS_MSG):
+        cls().fit(seg, y.view(6, 10))
+    with pytest.raises(ValueError, match=PROBS_MSG):
+        cls().fit(z.softmax(1).to(torch.bfloat16), y)  # bfloat16 rounding of the sums stays within tolerance
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cls().fit(z.softmax(1).log(), y)  # log(probs) is a valid input
+
+
+def test_values_in_unit_interval_that_are_not_probabilities_are_logits():
+    g = torch.Generator().manual_seed(22)
+    z = torch.rand(200, 3, generator=g)  # in [0, 1], rows do not sum to 1
+    y = torch.multinomial((8 * z).softmax(1), 1, generator=g).squeeze(1)
+    ts = TemperatureScaling().fit(z, y)
+    assert 0.01 < ts.temperature_ < 100 and ts.nll_after_ < ts.nll_before_
+    with pytest.raises(ValueError, match="at least 2 classes"):  # C = 1 is refused before the probability check
+        TemperatureScaling().fit(torch.ones(5, 1), torch.zeros(5, dtype=torch.long))
+
+
+def test_cross_validate_on_probabilities_raises():
+    z, y = overconfident(60, 3, seed=23)
+    with pytest.raises(ValueError, match=PROBS_MSG):
+        netuq.calibration.cross_validate(TemperatureScaling, z.softmax(1), y, repeats=1)

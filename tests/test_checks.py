@@ -193,11 +193,11 @@ def test_check_labels_custom_names():
 
 # ------------------------------------------------------------------------------- logits, scores
 def test_logits_errors_through_prediction():
-    with pytest.raises(ValueError, match=r"`logits` must be finite, got 1 NaN value"):
-        Prediction.from_logits(torch.tensor([[0.0, float("nan")]]))
+    with pytest.raises(ValueError, match=r"`logits` must not contain NaN, got 1 NaN value"):
+        Prediction.from_logits(torch.tensor([[0.0, float("nan")]]))  # -inf is allowed (masked class), NaN not
     with pytest.raises(ValueError, match=r"`logits` must have shape \(N, C\) or \(N, C, \.\.\.\), got shape \(2,\)"):
         Prediction.from_logits(torch.tensor([0.0, 1.0]))
-    with pytest.raises(ValueError, match=r"`logits` must have shape with >= 3 dims, got shape \(1, 2\)"):
+    with pytest.raises(ValueError, match=r"`logits` must have shape \(k, N, C, \.\.\.\), got shape \(1, 2\)"):
         Prediction.from_samples(torch.zeros(1, 2), logits=True)
     with pytest.raises(TypeError, match=r"`logits` must be a floating-point tensor, got dtype torch.int64"):
         Prediction.from_logits(torch.tensor([[1, 2]]))

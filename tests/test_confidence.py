@@ -303,6 +303,19 @@ def test_trains_with_fit_classification_budget_and_predict():
     assert model.training and pred.scores["confidence"].shape == (4,)
 
 
+@pytest.mark.parametrize("epsilon", [0.0, 0.01])
+def test_predict_restores_each_module_flag_exactly(epsilon):
+    """Regression: predict restored with self.train(was), unfreezing a BatchNorm the user froze."""
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8))
+    model = ConfidenceClassifier(backbone, nn.Linear(8, 4), ConfidenceHead(8)).train()
+    backbone[1].eval()
+    stats_before = backbone[1].running_mean.clone()
+    model.predict(torch.randn(4, 3), epsilon=epsilon)
+    assert model.training and backbone[0].training and not backbone[1].training
+    assert torch.equal(backbone[1].running_mean, stats_before)
+
+
 def test_trains_with_fit_segmentation_ignore_index():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(8, 1, 8, 8, generator=g)

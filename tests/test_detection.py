@@ -146,3 +146,23 @@ def test_errors(fn):
 def test_fpr_at_tpr_range(bad):
     with pytest.raises(ValueError, match=r"`tpr` must be in \(0, 1\], got"):
         metrics.fpr_at_tpr(torch.tensor([1.0]), torch.tensor([0.0]), tpr=bad)
+
+
+@pytest.mark.parametrize("bad, kind", [("a", "str"), (True, "bool"), (None, "NoneType"), ([0.9], "list")])
+def test_fpr_at_tpr_type(bad, kind):
+    with pytest.raises(TypeError, match=rf"`tpr` must be a number in \(0, 1\], got {kind}"):
+        metrics.fpr_at_tpr(torch.tensor([1.0]), torch.tensor([0.0]), tpr=bad)
+
+
+def test_fpr_at_tpr_accepts_numpy_and_int():
+    pos, neg = torch.tensor([0.9, 0.6]), torch.tensor([0.7, 0.1])
+    assert metrics.fpr_at_tpr(pos, neg, tpr=np.float64(0.95)) == 0.5
+    assert metrics.fpr_at_tpr(pos, neg, tpr=np.float32(0.5)) == 0.0
+    assert metrics.fpr_at_tpr(pos, neg, tpr=1) == 0.5
+
+
+@pytest.mark.parametrize("fn", [metrics.roc_curve, metrics.aupr, metrics.fpr_at_tpr, metrics.auroc])
+def test_documented_with_args_and_returns(fn):
+    doc = fn.__doc__
+    assert "Args:" in doc and "positive:" in doc and "negative:" in doc and ("Returns:" in doc or fn is metrics.auroc)
+    assert "Example:" in doc

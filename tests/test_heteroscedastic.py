@@ -20,7 +20,13 @@ from scipy import stats
 from torch import nn
 
 import netuq
-from netuq import HeteroscedasticClassifier, HeteroscedasticHead, heteroscedastic_loss, heteroscedastic_predict
+from netuq import (
+    HeteroscedasticClassifier,
+    HeteroscedasticHead,
+    heteroscedastic_loss,
+    heteroscedastic_nll,
+    heteroscedastic_predict,
+)
 from netuq.models import SmallCNN, SmallUNet
 from netuq.training import fit
 
@@ -421,6 +427,66 @@ def test_spatial_head_trains_with_fit_segmentation_ignore_index():
     assert math.isfinite(h.train_loss[0])
 
 
+def test_heteroscedastic_nll_is_the_predictive_nll_with_fixed_noise():
+    g = torch.Generator().manual_seed(3)
+    mu = torch.randn(6, 4, dtype=torch.float64, generator=g)
+    sigma = torch.rand(6, 4, dtype=torch.float64, generator=g) * 2
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    got = heteroscedastic_nll(mu, sigma, y, samples=40, seed=7)
+    # independent reference: the documented noise, mean of the sampled softmaxes, −log of the label's entry
+    eps = torch.cat(contract_noise(7, [40], mu.shape))
+    p_bar = torch.softmax(mu + sigma * eps, 2).mean(0)
+    torch.testing.assert_close(got, -p_bar[torch.arange(6), y].log().mean(), rtol=1e-12, atol=1e-12)
+    assert float(got) == float(heteroscedastic_nll(mu, sigma, y, samples=40, seed=7))  # common random numbers
+    assert float(got) != float(heteroscedastic_nll(mu, sigma, y, samples=40, seed=8))
+    per = heteroscedastic_nll(mu, sigma, y, samples=40, seed=7, reduction="none")
+    assert per.shape == (6,)
+    torch.testing.assert_close(per.mean(), got)
+
+
+def test_heteroscedastic_nll_is_val_loss_for_any_model_segmentation_ignore_index():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 4, 5, generator=g)
+    y = torch.randint(0, 3, (3, 4, 5), generator=g)
+    y[0, 0] = 255
+    torch.manual_seed(0)
+    clf = HeteroscedasticClassifier(
+        nn.Conv2d(2, 4, 1), HeteroscedasticHead(4, 3, spatial=True), ignore_index=255, val_samples=16, temperature=1.4
+    )
+    plain = nn.Sequential(clf.backbone, clf.head)  # not a HeteroscedasticClassifier, same (mu, sigma)
+    with torch.no_grad():
+        out = plain(x)
+        ref = clf.val_loss(clf(x), y)
+    got = heteroscedastic_nll(*out, y, samples=16, temperature=1.4, ignore_index=255)
+    assert float(got) == float(ref)
+    per = heteroscedastic_nll(*out, y, samples=16, temperature=1.4, ignore_index=255, reduction="none")
+    assert float(per[0, 0].abs().max()) == 0.0
+
+
+def test_heteroscedastic_nll_errors():
+    mu, sigma, y = torch.zeros(2, 3), torch.ones(2, 3), torch.tensor([0, 1])
+    with pytest.raises(TypeError, match="`mu` must be a tensor, got list"):
+        heteroscedastic_nll([[0.0, 0.0]], sigma, y)
+    with pytest.raises(TypeError, match="`seed` must be an integer, got float"):
+        heteroscedastic_nll(mu, sigma, y, seed=0.5)
+    with pytest.raises(TypeError, match="`seed` must be an integer, got bool"):
+        heteroscedastic_nll(mu, sigma, y, seed=True)
+    with pytest.raises(ValueError, match="`samples` must be a positive integer, got 0"):
+        heteroscedastic_nll(mu, sigma, y, samples=0)
+
+
+def test_predict_restores_each_module_flag_exactly():
+    """Regression: predict restored with self.train(was), unfreezing a BatchNorm the user froze."""
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8))
+    model = HeteroscedasticClassifier(backbone, HeteroscedasticHead(8, 3)).train()
+    backbone[1].eval()
+    stats_before = backbone[1].running_mean.clone()
+    model.predict(torch.randn(4, 3), samples=5)
+    assert model.training and backbone[0].training and not backbone[1].training
+    assert torch.equal(backbone[1].running_mean, stats_before)
+
+
 def test_classifier_errors():
     with pytest.raises(TypeError, match="`backbone` must be an nn.Module, got function"):
         HeteroscedasticClassifier(lambda x: x, HeteroscedasticHead(2, 2))
@@ -429,5 +495,7 @@ def test_classifier_errors():
 
 
 def test_exported_names():
-    for name in ("HeteroscedasticHead", "HeteroscedasticClassifier", "heteroscedastic_loss", "heteroscedastic_predict"):
+    names = ("HeteroscedasticHead", "HeteroscedasticClassifier", "heteroscedastic_loss", "heteroscedastic_predict")
+    for name in (*names, "heteroscedastic_nll"):
         assert name in netuq.__all__ and hasattr(netuq, name)
+        assert name in netuq.methods.__all__ and hasattr(netuq.methods, name)

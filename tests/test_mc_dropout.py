@@ -191,6 +191,46 @@ def test_seeded_feature_masks_are_per_channel(inplace):
     assert abs(float((maps[..., 0] == 0).float().mean()) - 0.25) < 0.05
 
 
+def _inplace_net(inplace: bool) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.5, inplace=inplace), nn.Linear(16, 3)).eval()
+
+
+@pytest.mark.parametrize("max_batch", [8, 16, None])
+def test_inplace_dropout_equals_out_of_place(max_batch):
+    """Regression: with one sample per forward the cached trunk output was passed itself and in-place
+    dropout wrote into it, so later samples were dropped on top of earlier ones."""
+    x = torch.randn(8, 4)
+    ref = netuq.MCDropout(_inplace_net(False), 50, seed=0, keep_samples=True)(x)
+    got = netuq.MCDropout(_inplace_net(True), 50, max_batch=max_batch, seed=0, keep_samples=True)(x)
+    torch.testing.assert_close(got.samples, ref.samples, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("seed", [None, 1])
+@pytest.mark.parametrize("max_batch", [2, None])
+def test_inplace_dropout_leaves_the_input_untouched(seed, max_batch):
+    net = nn.Sequential(nn.Dropout(0.5, inplace=True), nn.Linear(4, 3)).eval()
+    x = torch.ones(2, 4)
+    netuq.MCDropout(net, 5, max_batch=max_batch, seed=seed)(x)
+    assert torch.equal(x, torch.ones(2, 4))
+
+
+def test_unseeded_inplace_dropout_does_not_accumulate_on_the_cached_trunk():
+    """Every sample drops about half the units, not 1 - 0.5**(s + 1) of them."""
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(x.clone())
+            return x[:, :3]
+
+    net = nn.Sequential(nn.Linear(4, 200), nn.Softplus(), nn.Dropout(0.5, inplace=True), Probe()).eval()
+    netuq.MCDropout(net, 6, max_batch=10)(torch.randn(10, 4))
+    assert len(seen) == 6
+    for rows in seen:
+        assert abs(float((rows == 0).float().mean()) - 0.5) < 0.05
+
+
 def test_functional_dropout_layer():
     layer = netuq.nn.MCDropout(0.5)
     x = torch.ones(4, 100)
@@ -432,7 +472,7 @@ def test_call_errors():
         netuq.MCDropout(Pool(), samples=2)(torch.zeros(3, 4))
     with pytest.raises(ValueError, match="`trunk` must return a tensor with the batch"):
         netuq.MCDropout(Pool(), samples=2, trunk=lambda x: x[:1], head=Pool())(torch.zeros(3, 4))
-    with pytest.raises(ValueError, match="`logits` must be finite"):
+    with pytest.raises(ValueError, match="`logits` must (be finite|not contain NaN)"):
         netuq.MCDropout(nn.Sequential(nn.Dropout(0.1)), samples=2)(torch.full((2, 3), float("nan")))
 
 

@@ -176,3 +176,41 @@ def test_variation_ratio_invariant_to_class_permutation(seed):
     s = _random_samples(S=6, N=8, C=4, seed=seed, scale=0.5)
     perm = torch.randperm(4, generator=torch.Generator().manual_seed(seed))
     torch.testing.assert_close(measures.variation_ratio(s[:, :, perm]), measures.variation_ratio(s))
+
+
+# ------------------------------------------------------------------ regressions
+def test_entropy_of_one_hot_is_positive_zero():
+    one_hot = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    samples = torch.stack([one_hot, one_hot])
+    for value in (
+        measures.entropy(one_hot),
+        measures.expected_entropy(samples),
+        measures.mutual_information(samples),
+        measures.entropy(torch.ones(2, 1)),  # C = 1
+    ):
+        assert torch.equal(value, torch.zeros(2)) and not value.signbit().any()
+    assert str(measures.entropy(one_hot[:1])) == "tensor([0.])"
+
+
+def _variation_ratio_reference(samples):
+    """1 − modal count / S by an explicit loop over samples (one-hot counting)."""
+    votes = sum(torch.nn.functional.one_hot(s.argmax(1), s.shape[1]) for s in samples)  # (N, ..., C)
+    return 1.0 - votes.amax(-1).double() / samples.shape[0]
+
+
+@pytest.mark.parametrize("S, C, spatial", [(7, 2, ()), (1, 4, ()), (9, 3, (4, 5)), (2, 6, (3,))])
+def test_variation_ratio_votes_against_reference(S, C, spatial):
+    s = _random_samples(S, 5, C, *spatial, seed=S + C)
+    out = measures.variation_ratio(s)
+    assert out.shape == (5, *spatial) and out.dtype == torch.float64
+    torch.testing.assert_close(out, _variation_ratio_reference(s))
+
+
+def test_variation_ratio_takes_logits_only_without_validation():
+    g = torch.Generator().manual_seed(3)
+    z = 3 * torch.randn(6, 4, 3, generator=g)
+    with pytest.raises(ValueError, match=r"`samples` must be probabilities in \[0, 1\]"):
+        measures.variation_ratio(z)
+    torch.testing.assert_close(measures.variation_ratio(z, validate_args=False), measures.variation_ratio(z.softmax(2)))
+    doc = measures.variation_ratio.__doc__.lower()
+    assert "logits" in doc and "validate_args=false" in doc

@@ -356,3 +356,24 @@ def test_evaluate_keys_and_values():
 def test_validate_args_false_accepts_logits_for_accuracy():
     logits = torch.tensor([[2.0, -1.0], [0.5, 3.0]])
     assert metrics.accuracy(logits, torch.tensor([0, 0]), validate_args=False) == 0.5
+
+
+# ------------------------------------------------------------------ regressions
+def test_equal_mass_bins_match_numpy_array_split():
+    from netuq.metrics.functional import _equal_mass_bin_index
+
+    for n in range(1, 41):
+        for n_bins in (1, 2, 3, 7, 15, 40, 50):
+            parts = np.array_split(np.arange(n), min(n_bins, n))
+            expected = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)])
+            got = _equal_mass_bin_index(n, n_bins, torch.device("cpu"))
+            assert got.dtype == torch.int64 and got.tolist() == expected.tolist(), (n, n_bins)
+
+
+@pytest.mark.parametrize(
+    "name", ["nll", "brier", "mce", "adaptive_ece", "classwise_ece", "aurc", "risk_coverage_curve", "evaluate"]
+)
+def test_documented_with_shapes_args_and_returns(name):
+    doc = getattr(metrics, name).__doc__
+    assert "Args:" in doc and "Returns:" in doc and "Example:" in doc
+    assert "probs: (N, C) or (N, C, ...)" in doc and "labels: (N,) or (N, ...)" in doc

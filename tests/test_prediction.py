@@ -233,3 +233,93 @@ def test_chunking_does_not_matter(split, seed):
     torch.testing.assert_close(a.log_probs, b.log_probs, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(a.epistemic, b.epistemic, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(a.variation_ratio, b.variation_ratio)
+
+
+# ------------------------------------------------------------------ regressions
+def test_entropy_of_one_hot_is_positive_zero():
+    pred = Prediction(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    pred.add(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    for name in ("entropy", "aleatoric", "epistemic"):
+        value = getattr(pred, name)
+        assert torch.equal(value, torch.zeros(2)) and not value.signbit().any(), name
+    assert str(Prediction(torch.tensor([[1.0, 0.0]])).entropy) == "tensor([0.])"
+
+
+def test_minus_inf_logits_are_masked_classes():
+    inf = math.inf
+    z = torch.tensor([[0.0, -inf, 1.0], [2.0, 0.0, -inf]])
+    pred = Prediction.from_logits(z)
+    masked = torch.tensor([[0.0, -1e4, 1.0], [2.0, 0.0, -1e4]])  # the same softmax up to exp(-1e4) = 0
+    torch.testing.assert_close(pred.probs, masked.softmax(1))
+    assert pred.probs[0, 1] == 0 and torch.isfinite(pred.entropy).all() and torch.isfinite(pred.aleatoric).all()
+    stacked = torch.stack([z, z.flip(0)])  # (S=2, N=2, C=3), each row has a finite entry
+    s = Prediction.from_samples(stacked, logits=True)
+    torch.testing.assert_close(s.probs, torch.stack([masked, masked.flip(0)]).softmax(2).mean(0))
+    assert torch.isfinite(s.epistemic).all() and torch.isfinite(s.variation_ratio).all()
+
+
+@pytest.mark.parametrize("method", ["add_logits", "add_log_probs"])
+def test_log_value_validation(method):
+    inf, name = math.inf, "logits" if method == "add_logits" else "log_probs"
+    add = getattr(Prediction(), method)
+    with pytest.raises(ValueError, match=rf"`{name}` must not contain NaN, got 1 NaN value\(s\)"):
+        add(torch.tensor([[0.0, math.nan]]))
+    with pytest.raises(ValueError, match=rf"`{name}` must be finite or -inf \(a masked class\), got 1 \+Inf value"):
+        add(torch.tensor([[inf, 0.0]]))
+    with pytest.raises(ValueError, match=rf"`{name}` must have a finite entry in every row over the class "
+                                         r"dimension \(dim 1\), got 1 row\(s\) that are all -inf"):
+        add(torch.tensor([[-inf, -inf], [0.0, -inf]]))
+    with pytest.raises(ValueError, match=r"\(dim 2\), got 1 row"):
+        add(torch.tensor([[[0.0, -inf]], [[-inf, -inf]]]), stacked=True)
+    with pytest.raises(TypeError, match=rf"`{name}` must be a floating-point tensor, got dtype torch.int64"):
+        add(torch.tensor([[0, 1]]))
+    with pytest.raises(ValueError, match=rf"`{name}` must have shape \(N, C\) or \(N, C, ...\), got shape \(2,\)"):
+        add(torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match=rf"`{name}` must have shape \(k, N, C, ...\), got shape \(1, 2\)"):
+        add(torch.tensor([[0.0, 1.0]]), stacked=True)
+    with pytest.raises(TypeError, match=rf"`{name}` must be a tensor or array, got str"):
+        add("x")
+
+
+def test_add_log_probs_validates_normalisation():
+    pred = Prediction()
+    with pytest.raises(ValueError, match=r"`log_probs` must be normalised: exp\(log_probs\) must sum to 1 over the "
+                                         r"class dimension \(dim 1, tolerance 0.001\), got sums off by up to 1"):
+        pred.add_log_probs([[0.0, 0.0]])
+    with pytest.raises(ValueError, match=r"\(dim 2, tolerance"):
+        pred.add_log_probs(torch.zeros(2, 1, 2), stacked=True)
+    assert pred.num_samples == 0  # nothing was accumulated by the failed calls
+    p = torch.tensor([[0.25, 0.75, 0.0], [1.0, 0.0, 0.0]])
+    pred.add_log_probs(p.log().tolist())  # lists are accepted; log 0 = -inf is allowed
+    pred.add_log_probs(p.log().to(torch.float16))  # half precision within its tolerance, computed in float32
+    torch.testing.assert_close(pred.probs, p, atol=1e-3, rtol=0)
+    ref = Prediction.from_samples(torch.stack([p, p]))
+    torch.testing.assert_close(pred.aleatoric, ref.aleatoric, atol=2e-3, rtol=0)
+    unchecked = Prediction()
+    unchecked.add_log_probs(torch.zeros(1, 2), validate_args=False)  # the hot path skips the checks
+    assert unchecked.num_samples == 1
+
+
+def test_cat_errors_and_rules():
+    a = Prediction(torch.full((2, 3), 1 / 3), scores={"c": torch.ones(2), "only_a": torch.ones(2)})
+    with pytest.raises(ValueError, match=r"`predictions` must all have shape \(·, C, ...\) = \(·, 3\), "
+                                         r"got \(1, 4\) at position 1"):
+        Prediction.cat([a, Prediction(torch.full((1, 4), 1 / 4))])
+    seg = Prediction(torch.full((2, 3, 4, 4), 1 / 3))
+    with pytest.raises(ValueError, match=r"= \(·, 3, 4, 4\), got \(2, 3, 4, 5\) at position 2"):
+        Prediction.cat([seg, seg, Prediction(torch.full((2, 3, 4, 5), 1 / 3))])
+    with pytest.raises(TypeError, match=r"`predictions` must all be Prediction objects, got Tensor at position 1"):
+        Prediction.cat([a, torch.ones(2, 3)])
+    other_device = Prediction(torch.full((1, 3), 1 / 3)).to("meta")
+    with pytest.raises(ValueError, match=r"`predictions` must all be on one device, got cpu at position 0 and meta "
+                                         r"at position 1; move them with .to\(device\) first"):
+        Prediction.cat([a, other_device])
+    bad_score = Prediction(torch.full((1, 3), 1 / 3), scores={"c": torch.ones(1, 5)})
+    with pytest.raises(ValueError, match=r"`scores\['c'\]` must be tensors of shape \(N, ...\) on one device that "
+                                         r"concatenate along N, got shapes \[\(2,\), \(1, 5\)\]"):
+        Prediction.cat([a, bad_score])
+    kept = Prediction(torch.full((1, 3), 1 / 3), keep_samples=True, scores={"c": torch.zeros(1)})
+    out = Prediction.cat([a, kept])
+    assert list(out.scores) == ["c"] and out.scores["c"].tolist() == [1.0, 1.0, 0.0]  # "only_a" dropped
+    assert out.samples is None and not out.keep_samples  # `a` kept no samples
+    assert "only if *every* prediction" in Prediction.cat.__doc__

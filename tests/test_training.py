@@ -9,7 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from netuq.training import Callback, History, fit, make_loader
+from netuq._modes import eval_mode, restore_modes
+from netuq.training import Callback, History, evaluate_loss, fit, make_loader
 
 
 @pytest.fixture(autouse=True)
@@ -174,6 +175,49 @@ def test_model_mode_is_restored_and_dataloader_input_works():
     model.train()
     fit(model, (x, y), epochs=1)
     assert model.training
+
+
+def _bn_net() -> nn.Sequential:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def test_evaluate_loss_restores_each_module_flag_exactly():
+    """Regression: evaluate_loss restored with model.train(was), unfreezing a BatchNorm the user froze."""
+    x, y = _data()
+    model = _bn_net().train()
+    model[1].eval()
+    evaluate_loss(model, [(x, y)], nn.functional.cross_entropy, torch.device("cpu"))
+    assert [m.training for m in model] == [True, False, True, True] and model.training
+
+
+def test_fit_keeps_a_frozen_batchnorm_frozen_and_restores_every_flag():
+    x, y = _data()
+    model = _bn_net().train()
+    model[1].eval()
+    stats = model[1].running_mean.clone()
+    fit(model, (x, y), val_data=(x, y), epochs=2, batch_size=16)
+    assert torch.equal(model[1].running_mean, stats)  # never switched to train mode, not even after validation
+    assert [m.training for m in model] == [True, False, True, True] and model.training
+    # a model given in eval mode is trained in train mode (BatchNorm statistics move) and handed back in eval mode
+    model = _bn_net().eval()
+    fit(model, (x, y), epochs=1, batch_size=16)
+    assert not torch.equal(model[1].running_mean, torch.zeros(8))
+    assert not any(m.training for m in model.modules())
+
+
+def test_mode_helpers_restore_on_error():
+    model = _bn_net().train()
+    model[1].eval()
+    with pytest.raises(RuntimeError, match="boom"), eval_mode(model):
+        assert not any(m.training for m in model.modules())
+        raise RuntimeError("boom")
+    assert [m.training for m in model] == [True, False, True, True]
+    with pytest.raises(RuntimeError, match="boom"), restore_modes(model):
+        model.train()
+        raise RuntimeError("boom")
+    assert [m.training for m in model] == [True, False, True, True]
 
 
 def test_val_loss_is_the_selection_criterion():

@@ -144,6 +144,49 @@ def test_scale_and_rotation_on_non_square_images_come_back_to_the_frame():
     torch.testing.assert_close(netuq.TTA(_pixelwise(), c, task="segmentation")(const).probs, ref)
 
 
+def _conv3() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Conv2d(3, 4, 3, padding=1).eval()
+
+
+@pytest.mark.parametrize("scale", [0.5, 1.5])
+def test_scale_view_interpolates_probabilities_not_logits(scale):
+    """Regression: METHODS.md wants Scale undone bilinearly on probabilities (softmax first)."""
+    model = _conv3()
+    x = torch.randn(2, 3, 8, 10)
+    pred = netuq.TTA(model, tta.Scale([scale]), task="segmentation", keep_samples=True)(x)
+    with torch.no_grad():
+        small = model(nn.functional.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False))
+    expected = nn.functional.interpolate(small.softmax(1), size=(8, 10), mode="bilinear", align_corners=False)
+    from_logits = nn.functional.interpolate(small, size=(8, 10), mode="bilinear", align_corners=False).softmax(1)
+    assert float((expected - from_logits).abs().max()) > 1e-3  # the two orders really differ here
+    torch.testing.assert_close(pred.samples[1], expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(pred.samples[1].sum(1), torch.ones(2, 8, 10))
+    with torch.no_grad():
+        direct = model(x).softmax(1)
+    torch.testing.assert_close(pred.probs, (direct + expected) / 2, atol=1e-6, rtol=0)
+
+
+def test_scale_matches_ttach_on_softmax_where_sizes_round_trip():
+    """ttach de-augments what the model returns: with softmax outputs and 8 -> 4 -> 8 it is a reference."""
+    model = _conv3()
+    x = torch.randn(2, 3, 8, 8)
+    tt = ttach.Compose([ttach.HorizontalFlip(), ttach.Scale([0.5], interpolation="bilinear")])
+    with torch.no_grad():
+        expected = ttach.SegmentationTTAWrapper(Softmaxed(model), tt, merge_mode="mean")(x)
+    ours = netuq.TTA(model, tta.Compose([tta.HorizontalFlip(), tta.Scale([0.5])]), task="segmentation")(x)
+    torch.testing.assert_close(ours.probs, expected, atol=2e-6, rtol=0)
+    gm = netuq.TTA(model, tt, task="segmentation", merge="gmean")(x)
+    torch.testing.assert_close(gm.probs.sum(1), torch.ones(2, 8, 8))
+
+
+def test_deaugment_log_probs_of_tiny_probabilities_stays_finite():
+    log_p = torch.log_softmax(torch.tensor([0.0, -200.0]).view(1, 2, 1, 1).expand(1, 2, 4, 4).clone(), 1)
+    out = tta.Compose([tta.Scale([2])]).views[1].deaugment_log_probs(log_p, (2, 2))
+    assert bool(torch.isfinite(out).all())
+    torch.testing.assert_close(out, log_p[..., :2, :2])
+
+
 # ----------------------------------------------------------------------------- the wrapper
 @pytest.mark.parametrize(
     "transforms",

@@ -25,6 +25,7 @@ from .methods.heteroscedastic import (
     HeteroscedasticClassifier,
     HeteroscedasticHead,
     heteroscedastic_loss,
+    heteroscedastic_nll,
     heteroscedastic_predict,
 )
 from .methods.mc_dropout import MCDropout
@@ -47,6 +48,7 @@ __all__ = [
     "HeteroscedasticHead",
     "HeteroscedasticClassifier",
     "heteroscedastic_loss",
+    "heteroscedastic_nll",
     "heteroscedastic_predict",
     "ConfidenceHead",
     "ConfidenceClassifier",

@@ -172,4 +172,4 @@ def validate_probs_labels(
         labels = check_labels(labels, probs.shape[1], probs.shape[:1] + probs.shape[2:], ignore_index=ignore_index)
     else:
         probs, labels = as_tensor(probs, "probs"), as_tensor(labels, "labels")
-    return flatten_valid(probs, labels, ignore_index)
+    return flatten_valid(probs, labels.to(probs.device), ignore_index)

@@ -25,8 +25,8 @@ __all__ = [
 
 
 def _entropy(probs: torch.Tensor, dim: int) -> torch.Tensor:
-    p = probs.to(float_dtype(probs))
-    return -torch.special.xlogy(p, p).sum(dim)
+    # entr(p) = −p log p with entr(0) = 0; summing gives +0.0 (never −0.0) for a one-hot row.
+    return torch.special.entr(probs.to(float_dtype(probs))).sum(dim)
 
 
 def entropy(probs: torch.Tensor, *, validate_args: bool = True) -> torch.Tensor:
@@ -89,8 +89,13 @@ def mutual_information(samples: torch.Tensor, *, validate_args: bool = True) -> 
 def variation_ratio(samples: torch.Tensor, *, validate_args: bool = True) -> torch.Tensor:
     """1 − (count of the modal argmax) / S across samples (Freeman 1965; Gal 2016).
 
+    Only each sample's argmax is used: the votes are counted in an (N, C, ...) int32 tensor
+    (``scatter_add_``), never as an (S, N, ..., C) one-hot.
+
     Args:
-        samples: (S, N, C, ...) probabilities (or logits: only the argmax is used).
+        samples: (S, N, C, ...) probabilities. Logits give the same result (the argmax is
+            the same) but fail the probability check unless ``validate_args=False``.
+        validate_args: check that ``samples`` are probabilities summing to 1 over C (dim 2).
 
     Returns:
         (N, ...) variation ratio in [0, 1 − 1/C].
@@ -102,9 +107,12 @@ def variation_ratio(samples: torch.Tensor, *, validate_args: bool = True) -> tor
     """
     if validate_args:
         samples = check_probs(samples, "samples", dim=2, min_ndim=3)
-    S, C = samples.shape[0], samples.shape[2]
-    votes = torch.nn.functional.one_hot(samples.argmax(2), C).sum(0)  # (N, ..., C)
-    return 1.0 - votes.max(-1).values.to(float_dtype(samples)) / S
+    S = samples.shape[0]
+    idx = samples.argmax(2).movedim(0, 1)  # (N, S, ...)
+    shape = samples.shape[1:]  # (N, C, ...)
+    one = torch.ones((), dtype=torch.int32, device=samples.device).expand(idx.shape)  # no allocation
+    votes = torch.zeros(shape, dtype=torch.int32, device=samples.device).scatter_add_(1, idx, one)
+    return 1.0 - votes.amax(1).to(float_dtype(samples)) / S
 
 
 def margin(probs: torch.Tensor, *, validate_args: bool = True) -> torch.Tensor:

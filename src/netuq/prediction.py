@@ -17,12 +17,46 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 
-from ._checks import check_logits, check_probs, float_dtype
+from ._checks import PROB_SUM_TOL, _check_float, _check_rank, as_tensor, check_probs, float_dtype
 
 __all__ = ["Prediction"]
+
+
+def _check_log_values(x: Any, name: str, *, stacked: bool) -> torch.Tensor:
+    """Validate logits or log-probabilities: float, non-empty, no NaN or +Inf.
+
+    -Inf (a masked class, or log 0) is allowed as long as every row has a finite entry over the
+    class dimension (dim 1, or dim 2 when ``stacked``).
+    """
+    x = as_tensor(x, name)
+    _check_float(x, name)
+    _check_rank(x, name, 3 if stacked else 2, "(k, N, C, ...)" if stacked else "(N, C) or (N, C, ...)")
+    lo, hi = torch.aminmax(x)  # min/max propagate NaN: one allocation-free pass when all is finite
+    if bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)):
+        return x
+    nan = int(torch.isnan(x).sum())
+    if nan:
+        raise ValueError(f"`{name}` must not contain NaN, got {nan} NaN value(s)")
+    pos = int(torch.isposinf(x).sum())
+    if pos:
+        raise ValueError(f"`{name}` must be finite or -inf (a masked class), got {pos} +Inf value(s)")
+    dim = 2 if stacked else 1
+    empty = int((~torch.isfinite(x).any(dim)).sum())
+    if empty:
+        raise ValueError(
+            f"`{name}` must have a finite entry in every row over the class dimension (dim {dim}), "
+            f"got {empty} row(s) that are all -inf"
+        )
+    return x
+
+
+def _entropy(p: torch.Tensor, dim: int) -> torch.Tensor:
+    """H(p) = Σ −p log p over ``dim`` (``entr``: 0 at p = 0, and +0.0, never −0.0, for a one-hot row)."""
+    return torch.special.entr(p).sum(dim)
 
 
 class Prediction:
@@ -69,6 +103,8 @@ class Prediction:
     def from_logits(cls, logits: torch.Tensor, **kwargs) -> Prediction:
         """A one-sample prediction from (N, C, ...) logits (softmax over dim 1).
 
+        ``-inf`` marks a masked class (probability 0); every row needs a finite entry.
+
         Example:
             >>> Prediction.from_logits(torch.tensor([[0.0, 0.0]])).probs
             tensor([[0.5000, 0.5000]])
@@ -95,7 +131,22 @@ class Prediction:
 
     @classmethod
     def cat(cls, predictions: Iterable[Prediction]) -> Prediction:
-        """Concatenate predictions of consecutive batches along N (same number of samples each).
+        """Concatenate predictions of consecutive batches along N.
+
+        Every prediction must hold the same number of samples S, the same shape (·, C, ...) apart
+        from N, and live on one device. A key of ``scores`` is kept only if *every* prediction has
+        it (others are dropped), and the samples are kept only if every prediction kept them
+        (``keep_samples=True``).
+
+        Args:
+            predictions: Predictions of shape (N_i, C, ...) each.
+
+        Returns:
+            A Prediction of shape (Σ N_i, C, ...).
+
+        Raises:
+            TypeError: an element is not a Prediction.
+            ValueError: no predictions, different sample counts, shapes or devices.
 
         Example:
             >>> a, b = Prediction(torch.tensor([[1.0, 0.0]])), Prediction(torch.tensor([[0.2, 0.8]]))
@@ -106,9 +157,25 @@ class Prediction:
         preds = list(predictions)
         if not preds:
             raise ValueError("`predictions` must contain at least one Prediction, got none")
+        for i, p in enumerate(preds):
+            if not isinstance(p, Prediction):
+                raise TypeError(f"`predictions` must all be Prediction objects, got {type(p).__name__} at position {i}")
         counts = {p._count for p in preds}
         if len(counts) != 1 or 0 in counts:
             raise ValueError(f"`predictions` must all hold the same (non-zero) number of samples, got {sorted(counts)}")
+        first = preds[0]._log_sum
+        for i, p in enumerate(preds):
+            if p._log_sum.shape[1:] != first.shape[1:]:
+                want = ", ".join(["·", *map(str, first.shape[1:])])
+                raise ValueError(
+                    f"`predictions` must all have shape (·, C, ...) = ({want}), "
+                    f"got {tuple(p._log_sum.shape)} at position {i}"
+                )
+            if p._log_sum.device != first.device:
+                raise ValueError(
+                    f"`predictions` must all be on one device, got {first.device} at position 0 and "
+                    f"{p._log_sum.device} at position {i}; move them with .to(device) first"
+                )
         out = cls(keep_samples=all(p.keep_samples for p in preds))
         out._count = preds[0]._count
         out._log_sum = torch.cat([p._log_sum for p in preds])
@@ -117,7 +184,18 @@ class Prediction:
         if out.keep_samples:
             out._samples = [torch.cat([p.samples for p in preds], dim=1)]
         keys = set.intersection(*(set(p.scores) for p in preds))
-        out.scores = {k: torch.cat([p.scores[k] for p in preds]) for k in sorted(keys)}
+        for key in sorted(keys):
+            try:
+                out.scores[key] = torch.cat([as_tensor(p.scores[key], f"scores[{key!r}]") for p in preds])
+            except (RuntimeError, TypeError) as err:
+                shapes = [
+                    tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+                    for v in (p.scores[key] for p in preds)
+                ]
+                raise ValueError(
+                    f"`scores[{key!r}]` must be tensors of shape (N, ...) on one device that concatenate along N, "
+                    f"got shapes {shapes}"
+                ) from err
         return out
 
     def add(self, probs: torch.Tensor, *, stacked: bool = False, validate_args: bool = True) -> None:
@@ -131,17 +209,50 @@ class Prediction:
         self._accumulate(torch.log(p), p, stacked)
 
     def add_logits(self, logits: torch.Tensor, *, stacked: bool = False, validate_args: bool = True) -> None:
-        """Add one sample of logits (N, C, ...) (softmax over C), or (k, N, C, ...) with ``stacked=True``."""
+        """Add one sample of logits (N, C, ...) (softmax over C), or (k, N, C, ...) with ``stacked=True``.
+
+        ``-inf`` entries (masked classes, probability 0) are allowed as long as every row has a
+        finite entry over C; NaN and ``+inf`` are rejected.
+
+        Example:
+            >>> pred = Prediction()
+            >>> pred.add_logits(torch.tensor([[0.0, float("-inf"), 0.0]]))
+            >>> pred.probs
+            tensor([[0.5000, 0.0000, 0.5000]])
+        """
         if validate_args:
-            logits = check_logits(logits, "logits", min_ndim=3 if stacked else 2)
+            logits = _check_log_values(logits, "logits", stacked=stacked)
         z = logits.to(float_dtype(logits))
         log_p = torch.log_softmax(z, dim=2 if stacked else 1)
         self._accumulate(log_p, log_p.exp(), stacked)
 
-    def add_log_probs(self, log_probs: torch.Tensor, *, stacked: bool = False) -> None:
-        """Add normalised log-probabilities (N, C, ...) (or (k, N, C, ...) with ``stacked=True``)."""
+    def add_log_probs(self, log_probs: torch.Tensor, *, stacked: bool = False, validate_args: bool = True) -> None:
+        """Add normalised log-probabilities (N, C, ...) (or (k, N, C, ...) with ``stacked=True``).
+
+        ``-inf`` (log 0) is allowed where every row has a finite entry; ``exp`` must sum to 1 over
+        C within 1e-3 (use ``add_logits`` for unnormalised values).
+
+        Example:
+            >>> pred = Prediction()
+            >>> pred.add_log_probs(torch.tensor([[0.5, 0.5]]).log())
+            >>> pred.probs
+            tensor([[0.5000, 0.5000]])
+        """
+        dim = 2 if stacked else 1
+        if validate_args:
+            log_probs = _check_log_values(log_probs, "log_probs", stacked=stacked)
         lp = log_probs.to(float_dtype(log_probs))
-        self._accumulate(lp, lp.exp(), stacked)
+        p = lp.exp()
+        if validate_args:
+            tol = max(PROB_SUM_TOL, torch.finfo(log_probs.dtype).eps)
+            err = float((p.sum(dim) - 1.0).abs().max())
+            if err > tol:
+                raise ValueError(
+                    f"`log_probs` must be normalised: exp(log_probs) must sum to 1 over the class dimension "
+                    f"(dim {dim}, tolerance {tol:.4g}), got sums off by up to {err:.4g}; for unnormalised "
+                    "values use add_logits"
+                )
+        self._accumulate(lp, p, stacked)
 
     def _accumulate(self, log_p: torch.Tensor, p: torch.Tensor, stacked: bool) -> None:
         if not stacked:
@@ -153,7 +264,7 @@ class Prediction:
                 f"got shape {tuple(log_p.shape[1:])}"
             )
         chunk_log_sum = log_p[0] if k == 1 else torch.logsumexp(log_p, dim=0)
-        chunk_entropy = -torch.special.xlogy(p, p).sum(2).sum(0)
+        chunk_entropy = _entropy(p, 2).sum(0)
         votes_idx = log_p.max(2).indices.movedim(0, 1)  # max().indices: ~5x faster than argmax here  # (N, k, ...)
         if self._log_sum is None:
             shape = log_p.shape[1:]
@@ -163,7 +274,8 @@ class Prediction:
         else:
             self._log_sum = torch.logaddexp(self._log_sum, chunk_log_sum)
             self._entropy_sum = self._entropy_sum + chunk_entropy
-        self._votes.scatter_add_(1, votes_idx, torch.ones_like(votes_idx, dtype=torch.int32))
+        one = torch.ones((), dtype=torch.int32, device=votes_idx.device).expand(votes_idx.shape)  # no allocation
+        self._votes.scatter_add_(1, votes_idx, one)
         self._count += k
         if self.keep_samples:
             self._samples.append(p.detach())
@@ -207,8 +319,7 @@ class Prediction:
     @property
     def entropy(self) -> torch.Tensor:
         """(N, ...) total uncertainty H[p̄]."""
-        p = self.probs
-        return -torch.special.xlogy(p, p).sum(1)
+        return _entropy(self.probs, 1)
 
     @property
     def aleatoric(self) -> torch.Tensor:
@@ -239,7 +350,8 @@ class Prediction:
     def uncertainty(self, kind: str = "entropy") -> torch.Tensor:
         """An uncertainty score by name, higher = less sure; ``kind`` is one of
         ``entropy``, ``aleatoric``, ``epistemic``, ``variation_ratio``, ``1-max_prob``, or a key of
-        ``scores`` prefixed with ``1-`` for confidence-like scores (e.g. ``"1-confidence"`` for a learned confidence head).
+        ``scores`` prefixed with ``1-`` for confidence-like scores (e.g. ``"1-confidence"`` for a
+        learned confidence head).
         """
         simple = {
             "entropy": lambda: self.entropy,

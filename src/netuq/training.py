@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from ._modes import eval_mode, load_modes, save_modes
+
 __all__ = ["fit", "History", "Callback", "make_loader"]
 
 Loss = Callable[[Any, torch.Tensor], torch.Tensor]
@@ -98,17 +100,17 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def evaluate_loss(model: nn.Module, loader: Iterable, loss: Loss, device: torch.device) -> float:
-    """Mean loss over a loader in eval mode (weighted by batch size)."""
-    was_training = model.training
-    model.eval()
+    """Mean loss over a loader in eval mode (weighted by batch size).
+
+    Every module's own ``training`` flag is restored afterwards (a frozen BatchNorm stays frozen).
+    """
     total, count = 0.0, 0
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for batch in loader:
             x, y = _to(batch[0], device), _to(batch[1], device)
             n = len(y)
             total += float(loss(model(x), y)) * n
             count += n
-    model.train(was_training)
     return total / max(count, 1)
 
 
@@ -133,6 +135,11 @@ def fit(
     progress: bool = False,
 ) -> History:
     """Train ``model`` in place and return its :class:`History`.
+
+    Modes: a model given in train mode is trained with its modules' flags as they are (a
+    BatchNorm frozen with ``bn.eval()`` keeps its running statistics); a model given in eval mode
+    is switched to ``model.train()``. Validation runs in eval mode. At the end, even on error,
+    every module's ``training`` flag is what it was before the call.
 
     Args:
         model: any module; its output is passed whole to ``loss``.
@@ -204,10 +211,13 @@ def fit(
             from tqdm.auto import tqdm
 
             bar = tqdm(total=epochs, desc="training", leave=False)
-        was_training = model.training
+        saved_modes = save_modes(model)
+        if not model.training:
+            model.train()
+        train_modes = save_modes(model)  # re-applied every epoch: respects modules the user froze
         try:
             for epoch in range(epochs):
-                model.train()
+                load_modes(train_modes)
                 total, count = 0.0, 0
                 for batch in train_loader:
                     x, y = _to(batch[0], dev), _to(batch[1], dev)
@@ -252,7 +262,7 @@ def fit(
         finally:
             if bar is not None:
                 bar.close()
-            model.train(was_training)
+            load_modes(saved_modes)
         if restore_best and best_state is not None:
             model.load_state_dict(best_state)
         history.seconds = time.perf_counter() - start

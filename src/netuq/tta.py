@@ -10,6 +10,10 @@ Differences from ttach: :class:`Scale` undoes itself by resizing to the exact pr
 (ttach rescales by 1/s with int rounding, turning 224 into 223 for s = 0.9), and the image size
 after scaling is rounded, not truncated. Images are (N, C, H, W); segmentation outputs
 (N, C', H, W) in the augmented frame; classification outputs are never de-augmented.
+:meth:`View.deaugment` applies the inverses to any output as it is; :meth:`View.deaugment_log_probs`
+(what :class:`netuq.TTA` uses) undoes the pixel permutations (flips, rotations, shifts) on
+log-probabilities exactly and resamples (:class:`Scale`) the **probabilities** bilinearly, so each
+de-augmented pixel is a convex combination of probability vectors and stays normalised.
 
 Example:
     >>> views = d4()
@@ -60,6 +64,9 @@ class Transform:
     """
 
     identity: Any = None
+    #: Whether :meth:`deaugment` mixes several pixels (interpolation) rather than moving or copying
+    #: them; such a transform is undone on probabilities, not log-probabilities or logits.
+    resamples: bool = False
 
     def __init__(self, params: Iterable[Any]) -> None:
         params = list(params)
@@ -170,9 +177,11 @@ class Rotate90(Transform):
 class Scale(Transform):
     """Resize the image by a factor; de-augment resizes outputs back to the exact pre-scale H × W.
 
-    The scaled size is ``max(1, round(H·s)) × max(1, round(W·s))``. Outputs (logits) are brought
-    back with bilinear interpolation (``align_corners=False``) to the size the image had before
-    this transform — never by 1/s, which misses by a pixel after rounding.
+    The scaled size is ``max(1, round(H·s)) × max(1, round(W·s))``. :meth:`deaugment` brings an
+    output back with bilinear interpolation (``align_corners=False``) to the size the image had
+    before this transform — never by 1/s, which misses by a pixel after rounding. :class:`netuq.TTA`
+    (through :meth:`View.deaugment_log_probs`) interpolates the softmax probabilities, not the
+    logits.
 
     Args:
         scales: positive factors (1 is added when missing).
@@ -188,6 +197,7 @@ class Scale(Transform):
     """
 
     identity = 1
+    resamples = True
 
     def __init__(
         self, scales: Sequence[float], interpolation: str = "bilinear", align_corners: bool | None = False
@@ -386,8 +396,44 @@ class View:
             y = self.transforms[i].deaugment(y, self.params[i], sizes[i])
         return y
 
+    def deaugment_log_probs(self, log_p: torch.Tensor, size: Size) -> torch.Tensor:
+        """Like :meth:`deaugment`, for log-probabilities (N, C', h, w) over dim 1.
+
+        Pixel moves (flips, rotations, shifts) are applied to the log-probabilities as they are
+        (exact); resampling transforms (``Transform.resamples``, e.g. :class:`Scale`) interpolate
+        the probabilities — bilinear on p, a convex combination per pixel, so the result stays
+        normalised — and return their log, clamped at the dtype's smallest normal number.
+
+        Example:
+            >>> v = Compose([Scale([2])]).views[1]
+            >>> log_p = torch.log_softmax(torch.randn(1, 3, 8, 8), 1)
+            >>> p = v.deaugment_log_probs(log_p, (4, 4)).exp()
+            >>> p.shape, torch.allclose(p, v.deaugment(log_p.exp(), (4, 4)), atol=1e-6)
+            (torch.Size([1, 3, 4, 4]), True)
+        """
+        sizes = [tuple(size)]
+        for t, p in zip(self.transforms, self.params):
+            sizes.append(t.output_size(sizes[-1], p))
+        for i in reversed(range(len(self.transforms))):
+            t, p = self.transforms[i], self.params[i]
+            if not t.resamples:
+                log_p = t.deaugment(log_p, p, sizes[i])
+            elif p != t.identity or tuple(log_p.shape[-2:]) != sizes[i]:
+                log_p = _resample_log_probs(t, log_p, p, sizes[i])
+        return log_p
+
     def __repr__(self) -> str:
         return "View(" + ", ".join(f"{type(t).__name__}={p!r}" for t, p in zip(self.transforms, self.params)) + ")"
+
+
+def _resample_log_probs(t: Transform, log_p: torch.Tensor, param: Any, size: Size) -> torch.Tensor:
+    """``log(t.deaugment(p))`` for p = exp(log_p): interpolation is linear per channel, so each
+    (N, C) map is scaled by exp(−its max) first (largest value 1, no underflow of small classes
+    that are small everywhere) and the shift added back after the log."""
+    shift = log_p.amax(dim=(-2, -1), keepdim=True)
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    q = t.deaugment(torch.exp(log_p - shift), param, size)
+    return torch.log(q.clamp_min(torch.finfo(q.dtype).tiny)) + shift
 
 
 class Compose:
@@ -447,6 +493,8 @@ def d4() -> Compose:
 
 class _TtachTransform(Transform):
     """Any other ttach transform, used through its own ``apply_aug_image`` / ``apply_deaug_mask``."""
+
+    resamples = True  # unknown: undo on probabilities (exact up to rounding for a pixel permutation)
 
     def __init__(self, t: Any) -> None:
         self.identity = getattr(t, "identity_param", None)

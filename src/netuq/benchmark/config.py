@@ -35,6 +35,8 @@ class BenchmarkConfig:
         n_ood: number of out-of-distribution images.
         n_scenes: number of digit scenes (segmentation).
         scene_size: scene height and width (segmentation).
+        calibration_pixels: segmentation only: each calibrator of the 2-fold protocol is fitted on a
+            seeded subsample of at most this many valid pixels of its half (scored on every pixel).
         device: torch device string.
         quick: a tiny run for smoke tests.
     """
@@ -56,6 +58,7 @@ class BenchmarkConfig:
     n_ood: int = 500
     n_scenes: int = 1200
     scene_size: int = 32
+    calibration_pixels: int = 20000
     device: str = "cpu"
     quick: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -69,7 +72,8 @@ class BenchmarkConfig:
         badc = [c for c in self.calibrators if c not in CALIBRATORS]
         if badc:
             raise ValueError(f"`calibrators` must be a subset of {CALIBRATORS}, got {list(self.calibrators)}")
-        for name in ("epochs", "width", "batch_size", "mc_samples", "het_samples", "cv_repeats", "n_bins", "n_ood"):
+        for name in ("epochs", "width", "batch_size", "mc_samples", "het_samples", "cv_repeats", "n_bins", "n_ood",
+                     "calibration_pixels"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}")

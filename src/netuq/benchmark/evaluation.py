@@ -18,9 +18,10 @@ from .recipes import IGNORE, Predictor
 CURVE_POINTS = 101
 
 
-def predict_all(predictor: Predictor, x: torch.Tensor, batch: int) -> Prediction:
-    """Run the predictor over ``x`` in batches and concatenate the predictions."""
-    preds = [predictor(x[i : i + batch]) for i in range(0, len(x), batch)]
+def predict_all(predictor: Predictor, x: torch.Tensor, batch: int, device: str = "cpu") -> Prediction:
+    """Run the predictor over ``x`` in batches on ``device``; the concatenated prediction is on the CPU."""
+    with torch.no_grad():
+        preds = [predictor(x[i : i + batch].to(device)).to("cpu") for i in range(0, len(x), batch)]
     return Prediction.cat(preds)
 
 
@@ -33,7 +34,9 @@ def _downsample(*arrays: torch.Tensor, points: int = CURVE_POINTS) -> list[list[
 def uncertainty_scores(pred: Prediction, method: str) -> dict[str, torch.Tensor]:
     """The method's natural uncertainty scores (higher = less sure), each (N, ...)."""
     scores = {"max_prob": 1.0 - pred.confidence, "entropy": pred.entropy}
-    if pred.num_samples > 1:
+    if pred.num_samples > 1 and method != "heteroscedastic":
+        # Heteroscedastic samples spread by logit noise: their disagreement is aleatoric by
+        # construction (Kendall & Gal 2017), not epistemic, so no mutual information for it.
         scores["mutual_information"] = pred.epistemic
     if "confidence" in pred.scores:
         scores["confidence"] = 1.0 - pred.scores["confidence"]
@@ -78,11 +81,21 @@ def evaluate_method(
     batch = 32 if seg else 512
     tick = progress or (lambda *_: None)
     x_test, y_test = data.test
-    test = predict_all(predictor, x_test, batch)
-    val = predict_all(predictor, data.val[0], batch)
+    test = predict_all(predictor, x_test, batch, config.device)
+    val = predict_all(predictor, data.val[0], batch, config.device)
     tick("test")
     part: dict[str, Any] = {"method": method}
     part["metrics"] = M.evaluate(test.probs, y_test, n_bins=config.n_bins, ignore_index=ignore, validate_args=False)
+
+    # A deep ensemble's members, each alone: the ensemble should beat every one of them.
+    members = getattr(predictor, "members", None)
+    if members is not None:
+        part["members"] = []
+        for member in members:
+            single = predict_all(lambda x, member=member: Prediction.from_logits(member.eval()(x)), x_test, batch,
+                                 config.device)
+            ev = M.evaluate(single.probs, y_test, n_bins=config.n_bins, ignore_index=ignore, validate_args=False)
+            part["members"].append({k: ev[k] for k in ("accuracy", "nll", "brier", "ece")})
 
     # Post-hoc calibration by the repeated 2-fold protocol on the test set (Ashukha et al. 2020).
     logits = test.log_probs
@@ -91,7 +104,8 @@ def evaluate_method(
         if cal == "none":
             continue
         cv = cross_validate(_calibrator(cal), logits, y_test, folds=2, repeats=config.cv_repeats,
-                            seed=config.seed, n_bins=config.n_bins, ignore_index=ignore)
+                            seed=config.seed, n_bins=config.n_bins, ignore_index=ignore,
+                            max_samples=config.calibration_pixels if seg else None)
         in_dist[cal] = {k: cv[k] for k in ("nll", "ece", "brier", "accuracy")}
         in_dist.setdefault("none", {k: cv["uncalibrated"][k] for k in ("nll", "ece", "brier", "accuracy")})
     if "none" not in in_dist:
@@ -130,7 +144,7 @@ def evaluate_method(
     for kind, by_sev in data.shifted.items():
         rows = []
         for sev, x_shift in by_sev.items():
-            p = predict_all(predictor, x_shift, batch)
+            p = predict_all(predictor, x_shift, batch, config.device)
             ev = M.evaluate(p.probs, y_test, n_bins=config.n_bins, ignore_index=ignore, validate_args=False)
             ts_p = ts.predict_proba(p.log_probs)
             rows.append({
@@ -152,7 +166,7 @@ def evaluate_method(
         anomaly = data.test_anomaly
         ood_scores = {name: (u[valid], u[anomaly]) for name, u in scores_in.items()}
     else:
-        ood = predict_all(predictor, data.ood[0], batch)
+        ood = predict_all(predictor, data.ood[0], batch, config.device)
         scores_out = uncertainty_scores(ood, method)
         ood_scores = {name: (scores_in[name].reshape(-1), scores_out[name].reshape(-1)) for name in scores_in}
     part["ood"] = {}
@@ -175,7 +189,7 @@ def evaluate_method(
             "label": y_test[:k],
             "prediction": test.prediction[:k],
             "entropy": test.entropy[:k],
-            "epistemic": test.epistemic[:k],
+            "epistemic": None if method == "heteroscedastic" or test.num_samples == 1 else test.epistemic[:k],
             "anomaly": data.test_anomaly[:k].to(torch.int64),
         }
     return part

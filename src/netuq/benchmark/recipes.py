@@ -60,8 +60,9 @@ def _fit_kwargs(config: BenchmarkConfig, seed_offset: int = 0) -> dict:
 
 def train_base(config: BenchmarkConfig, data, cache: Path) -> nn.Module:
     """Train (or load from ``cache``) the deterministic network shared by three methods."""
-    torch.manual_seed(config.seed)
-    model = make_network(config, data.num_classes)
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed)
+        model = make_network(config, data.num_classes)
     if cache.exists():
         model.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
     else:
@@ -100,22 +101,27 @@ def tta(model: nn.Module, config: BenchmarkConfig) -> Predictor:
 
 
 def ensemble(config: BenchmarkConfig, data, folder: Path) -> Predictor:
-    """Deep ensemble: stratified k-fold over train + validation, one member per fold."""
+    """Deep ensemble: stratified k-fold over the training set, one member per fold.
+
+    Each member keeps the checkpoint with the lowest NLL on its own held-out fold; the
+    validation set stays unseen, as for every other method, so post-hoc calibration fitted on it
+    is honest.
+    """
     from ..methods.ensemble import train_ensemble
 
-    x = torch.cat([data.train[0], data.val[0]])
-    y = torch.cat([data.train[1], data.val[1]])
-    strat = None if config.task == "classification" else torch.cat([data.train_strata, data.val_strata])
+    strata = data.train_strata if config.task == "segmentation" else None
     kwargs = _fit_kwargs(config)
     seed = kwargs.pop("seed")
+    device = kwargs.pop("device")
     ens = train_ensemble(
         lambda: make_network(config, data.num_classes),
-        (x, y),
+        tuple(data.train),
         members=config.members,
         split="kfold",
-        labels=strat,
+        labels=strata,
         checkpoint_dir=folder,
         seed=seed,
+        device=device,
         loss=_loss(config),
         **kwargs,
     )
@@ -143,12 +149,18 @@ class _HeadNet(nn.Module):
 
 def heteroscedastic(config: BenchmarkConfig, data, cache: Path) -> Predictor:
     """Kendall & Gal (2017) head trained with the MC-sampled softmax loss."""
-    from ..methods.heteroscedastic import HeteroscedasticHead, heteroscedastic_loss, heteroscedastic_predict
+    from ..methods.heteroscedastic import (
+        HeteroscedasticHead,
+        heteroscedastic_loss,
+        heteroscedastic_nll,
+        heteroscedastic_predict,
+    )
 
     spatial = config.task == "segmentation"
-    torch.manual_seed(config.seed + 1)
-    body = make_network(config, data.num_classes)
-    net = _HeadNet(body, HeteroscedasticHead(body.feature_dim, data.num_classes, spatial=spatial))
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed + 1)
+        body = make_network(config, data.num_classes)
+        net = _HeadNet(body, HeteroscedasticHead(body.feature_dim, data.num_classes, spatial=spatial))
     ignore = IGNORE if spatial else None
     if cache.exists():
         net.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
@@ -159,16 +171,18 @@ def heteroscedastic(config: BenchmarkConfig, data, cache: Path) -> Predictor:
             return heteroscedastic_loss(mu, sigma, y, samples=config.het_samples, ignore_index=ignore)
 
         def val_loss(out, y):
-            mu, _ = out
-            return nn.functional.cross_entropy(mu, y, ignore_index=IGNORE if spatial else -100)
+            # Select the checkpoint on the NLL of the predictive mean that is reported, not of mu alone.
+            mu, sigma = out
+            return heteroscedastic_nll(mu, sigma, y, samples=4 * config.het_samples, seed=config.seed,
+                                       ignore_index=ignore)
 
         fit(net, data.train, val_data=data.val, loss=loss, val_loss=val_loss, **_fit_kwargs(config, 1))
         _save_atomic(net.state_dict(), cache)
     net.to(config.device).eval()
     gen = torch.Generator(device=config.device)
+    gen.manual_seed(config.seed)  # seeded once: fresh noise for every batch, reproducible per run
 
     def predict(x: torch.Tensor) -> Prediction:
-        gen.manual_seed(config.seed)
         with torch.no_grad():
             mu, sigma = net(x)
             return heteroscedastic_predict(mu, sigma, samples=4 * config.het_samples, generator=gen)
@@ -181,10 +195,12 @@ def confidence(config: BenchmarkConfig, data, cache: Path) -> Predictor:
     from ..methods.confidence import ConfidenceBudget, ConfidenceHead, confidence_predict
 
     spatial = config.task == "segmentation"
-    torch.manual_seed(config.seed + 2)
-    body = make_network(config, data.num_classes)
-    classifier = nn.Conv2d(body.feature_dim, data.num_classes, 1) if spatial else nn.Linear(body.feature_dim, data.num_classes)
-    net = _HeadNet(body, classifier, ConfidenceHead(body.feature_dim, spatial=spatial))
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed + 2)
+        body = make_network(config, data.num_classes)
+        width, classes = body.feature_dim, data.num_classes
+        classifier = nn.Conv2d(width, classes, 1) if spatial else nn.Linear(width, classes)
+        net = _HeadNet(body, classifier, ConfidenceHead(width, spatial=spatial))
     ignore = IGNORE if spatial else None
     if cache.exists():
         net.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))

@@ -8,6 +8,8 @@ interrupted run continues where it stopped.
 from __future__ import annotations
 
 import time
+import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +67,12 @@ def prepare_data(config: BenchmarkConfig) -> BenchData:
     return bench
 
 
+def _summarise_warnings(caught: list[warnings.WarningMessage]) -> list[dict[str, Any]]:
+    """Unique warning messages (first line) with how often each was raised."""
+    counts = Counter(f"{w.category.__name__}: {str(w.message).splitlines()[0]}" for w in caught)
+    return [{"message": msg, "count": n} for msg, n in sorted(counts.items())]
+
+
 def _build(method: str, config: BenchmarkConfig, data: BenchData, run: RunDir, base: Callable[[], torch.nn.Module]):
     models = run.root / "models"
     if method == "deterministic":
@@ -100,7 +108,6 @@ def run_benchmark(
     run.root.mkdir(parents=True, exist_ok=True)
     run.check_config(config.to_dict())
     start = time.perf_counter()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     data = prepare_data(config)
     say(f"data: {data.info}")
 
@@ -124,15 +131,20 @@ def run_benchmark(
         t0 = time.perf_counter()
         if bar is not None:
             bar.set_postfix_str(f"{method}: training")
-        predictor = _build(method, config, data, run, base)
-        t1 = time.perf_counter()
 
         def tick(stage: str, method=method) -> None:
             if bar is not None:
                 bar.set_postfix_str(f"{method}: {stage}")
 
-        part = evaluate_method(method, predictor, data, config, progress=tick)
+        # Expected numerical warnings (e.g. a nearly separable half of the 2-fold protocol) are
+        # recorded with the results instead of flooding the terminal.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            predictor = _build(method, config, data, run, base)
+            t1 = time.perf_counter()
+            part = evaluate_method(method, predictor, data, config, progress=tick)
         part["runtime_s"] = {"train": t1 - t0, "evaluate": time.perf_counter() - t1}
+        part["warnings"] = _summarise_warnings(caught)
         run.write_part(method, part)
         say(f"{method}: {part['runtime_s']['train']:.1f} s training, {part['runtime_s']['evaluate']:.1f} s evaluation")
         if bar is not None:

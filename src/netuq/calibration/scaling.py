@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .._checks import as_tensor, check_labels, check_logits, flatten_valid, float_dtype
+from .._checks import PROB_SUM_TOL, as_tensor, check_labels, check_logits, flatten_valid, float_dtype
 from ..exceptions import NotFittedError
 from ._solvers import lbfgs, solve_temperature
 
@@ -44,14 +44,21 @@ _FORMAT_VERSION = 1
 
 
 # ----------------------------------------------------------------------------- input handling
-def _check_logits_finite_hint(logits: Any) -> torch.Tensor:
-    """check_logits, with one allocation-free pass (min/max propagate NaN) when all is well."""
+def _check_logits_finite_hint(logits: Any, *, reject_probs: bool = False) -> torch.Tensor:
+    """check_logits, with one allocation-free pass (min/max propagate NaN) when all is well.
+
+    With ``reject_probs``, input that looks like probabilities (every value in [0, 1] and every
+    row summing to 1 over dim 1) is refused: fitting a calibrator on probabilities is a known
+    failure (temperature scaling then runs to its lower bound).
+    """
     z = as_tensor(logits, "logits")
     if z.is_floating_point() and z.ndim >= 2 and z.numel():
         lo, hi = torch.aminmax(z)
         if bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)):
             if z.shape[1] < 2:
                 raise ValueError(f"`logits` must have at least 2 classes (dim 1), got shape {tuple(z.shape)}")
+            if reject_probs and float(lo) >= 0.0 and float(hi) <= 1.0:
+                _reject_probabilities(z)
             return z
         if bool(torch.isneginf(z).any()) and not bool(torch.isnan(z).any()):
             raise ValueError(
@@ -64,9 +71,20 @@ def _check_logits_finite_hint(logits: Any) -> torch.Tensor:
     return z
 
 
+def _reject_probabilities(z: torch.Tensor) -> None:
+    """Raise if every row of (N, C, ...) ``z`` (values already known to be in [0, 1]) sums to 1 over dim 1."""
+    tol = max(PROB_SUM_TOL, torch.finfo(z.dtype).eps)  # bfloat16 rounding alone moves a sum by ~3e-3
+    err = float((z.sum(dim=1, dtype=float_dtype(z)) - 1.0).abs().max())
+    if err <= tol:
+        raise ValueError(
+            "`logits` look like probabilities (every row in [0, 1] sums to 1); pass logits, or log(probs) "
+            "for a sampling method's mean prediction (Prediction.log_probs)"
+        )
+
+
 def _prepare(logits, labels, ignore_index, max_samples, seed):
     """Validate and flatten to (M, C) compute-dtype logits, (M,) labels, (M,) image index."""
-    z = _check_logits_finite_hint(logits)
+    z = _check_logits_finite_hint(logits, reject_probs=True)
     if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
         raise TypeError(f"`ignore_index` must be an int or None, got {type(ignore_index).__name__}")
     if max_samples is not None and (

@@ -13,6 +13,7 @@ from .heteroscedastic import (
     HeteroscedasticClassifier,
     HeteroscedasticHead,
     heteroscedastic_loss,
+    heteroscedastic_nll,
     heteroscedastic_predict,
 )
 from .mc_dropout import MCDropout, dropout_active
@@ -20,5 +21,6 @@ from .tta import TTA
 
 __all__ = ["MCDropout", "dropout_active", "TTA", "Ensemble", "train_ensemble", "make_splits"]
 __all__ += ["HeteroscedasticHead", "HeteroscedasticClassifier", "heteroscedastic_loss", "heteroscedastic_predict"]
+__all__ += ["heteroscedastic_nll"]
 __all__ += ["ConfidenceHead", "ConfidenceClassifier", "ConfidenceBudget", "confidence_loss", "confidence_predict"]
 __all__ += ["confidence_perturbation"]

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import _check_finite, _check_float, check_labels, check_logits, float_dtype
+from .._modes import eval_mode
 from ..prediction import Prediction
 from ..training import Callback
 
@@ -388,13 +389,9 @@ class ConfidenceClassifier(nn.Module):
     def predict(self, x: torch.Tensor, *, epsilon: float = 0.0) -> Prediction:
         """:func:`confidence_predict` in eval mode (mode restored), after :func:`confidence_perturbation`
         of the inputs when ``epsilon > 0``."""
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):  # every module's own flag restored (a frozen BatchNorm stays frozen)
             if epsilon:
                 x = confidence_perturbation(self, x, epsilon=epsilon)
             with torch.no_grad():
                 logits, s = self(x)
-        finally:
-            self.train(was_training)
         return confidence_predict(logits, s)

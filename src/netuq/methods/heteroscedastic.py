@@ -23,6 +23,7 @@ there is more than one chunk.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -31,6 +32,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .._checks import _check_finite, _check_float, check_labels, check_logits, float_dtype
+from .._modes import eval_mode
 from ..prediction import Prediction
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "HeteroscedasticOutput",
     "HeteroscedasticClassifier",
     "heteroscedastic_loss",
+    "heteroscedastic_nll",
     "heteroscedastic_predict",
 ]
 
@@ -261,6 +264,63 @@ def heteroscedastic_loss(
     return per.sum() / (per.numel() if valid is None else valid.sum())
 
 
+def heteroscedastic_nll(
+    mu: torch.Tensor,
+    sigma: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    samples: int = 100,
+    seed: int = 0,
+    temperature: float = 1.0,
+    ignore_index: int | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Predictive NLL ``−log p̄_y`` of the Monte Carlo mean with fixed noise, for model selection.
+
+    p̄ = (1/S) Σ_s softmax((μ + σ ⊙ ε_s)/τ) with the noise drawn from
+    ``torch.Generator(device=mu.device).manual_seed(seed)`` (see the module docstring), so every
+    call on the same (μ, σ) sees the same ε: comparing checkpoints or epochs uses common random
+    numbers and the selection does not jump with the noise. This is
+    :meth:`HeteroscedasticClassifier.val_loss` for any model that returns ``(mu, sigma)``
+    (Kendall & Gal 2017, §3.3); it equals :func:`heteroscedastic_loss` with that generator.
+
+    Args:
+        mu: (N, C) or (N, C, H, W) mean logits.
+        sigma: (N, C, ...) or (N, 1, ...) scales, ≥ 0.
+        labels: (N,) or (N, H, W) integer labels.
+        samples: S noise draws.
+        seed: integer seed of the noise generator (on ``mu``'s device).
+        temperature: τ > 0 (use the training value).
+        ignore_index: label whose pixels drop out.
+        reduction: ``"mean"`` over non-ignored elements, ``"sum"`` or ``"none"`` ((N, ...)).
+
+    Returns:
+        The NLL in float32 (float64 for float64 inputs): a scalar, or (N, ...) with ``reduction="none"``.
+
+    Example:
+        >>> mu, sigma = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.ones(2, 2)
+        >>> a = heteroscedastic_nll(mu, sigma, torch.tensor([0, 1]), samples=50)
+        >>> b = heteroscedastic_nll(mu, sigma, torch.tensor([0, 1]), samples=50)
+        >>> bool(a == b), a.shape
+        (True, torch.Size([]))
+    """
+    if not isinstance(mu, torch.Tensor):
+        raise TypeError(f"`mu` must be a tensor, got {type(mu).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"`seed` must be an integer, got {type(seed).__name__}")
+    gen = torch.Generator(device=mu.device).manual_seed(int(seed))
+    return heteroscedastic_loss(
+        mu,
+        sigma,
+        labels,
+        samples=samples,
+        temperature=temperature,
+        ignore_index=ignore_index,
+        generator=gen,
+        reduction=reduction,
+    )
+
+
 # ---------------------------------------------------------------------------------------------- predict
 def heteroscedastic_predict(
     mu: torch.Tensor,
@@ -377,17 +437,11 @@ class HeteroscedasticClassifier(nn.Module):
         )
 
     def val_loss(self, output: HeteroscedasticOutput, labels: torch.Tensor) -> torch.Tensor:
-        """Model-selection loss for ``fit``: NLL of the predictive mean, ``val_samples`` draws, fixed seed."""
+        """Model-selection loss for ``fit``: :func:`heteroscedastic_nll` (NLL of the predictive mean,
+        ``val_samples`` draws, seed 0) with this model's ``temperature`` and ``ignore_index``."""
         mu, sigma = output
-        gen = torch.Generator(device=mu.device).manual_seed(0)
-        return heteroscedastic_loss(
-            mu,
-            sigma,
-            labels,
-            samples=self.val_samples,
-            temperature=self.temperature,
-            ignore_index=self.ignore_index,
-            generator=gen,
+        return heteroscedastic_nll(
+            mu, sigma, labels, samples=self.val_samples, temperature=self.temperature, ignore_index=self.ignore_index
         )
 
     @torch.no_grad()
@@ -400,12 +454,8 @@ class HeteroscedasticClassifier(nn.Module):
         keep_samples: bool = False,
     ) -> Prediction:
         """:func:`heteroscedastic_predict` on ``x`` in eval mode (the module's mode is restored)."""
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):  # every module's own flag restored (a frozen BatchNorm stays frozen)
             mu, sigma = self(x)
-        finally:
-            self.train(was_training)
         return heteroscedastic_predict(
             mu, sigma, samples=samples, temperature=self.temperature, generator=generator, keep_samples=keep_samples
         )

@@ -36,6 +36,9 @@ How netuq samples:
   multiple of the samples per forward — e.g. a sequence-first layout — draws one seeded mask for
   the whole call.) Seeded sampling patches the dropout modules' ``forward`` for the duration of
   the call (restored on exit): do not run one model from several threads while it samples.
+* **In-place dropout** (``inplace=True``) gives the same result as out-of-place dropout: the
+  head always runs on a fresh copy of the (cached) input, and seeded masks are applied out of
+  place, so neither the caller's tensor nor the cached trunk output is ever written to.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ import torch
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
+from .._modes import restore_modes
 from ..nn import MCDropout as MCDropoutLayer
 from ..nn import mc_sampling
 from ..prediction import Prediction
@@ -136,21 +140,11 @@ def dropout_active(model: nn.Module, *more: nn.Module) -> Iterator[list[nn.Modul
     """
     roots = (model, *more)
     drops = _require_dropout(roots)
-    seen: set[int] = set()
-    saved: list[tuple[nn.Module, bool]] = []
-    for root in roots:
-        for m in root.modules():
-            if id(m) not in seen:
-                seen.add(id(m))
-                saved.append((m, m.training))
-    try:
+    with restore_modes(*roots) as saved:
         for m, _ in saved:
             m.training = isinstance(m, _DropoutNd)
         with mc_sampling():
             yield drops
-    finally:
-        for m, flag in saved:
-            m.training = flag
 
 
 # ---------------------------------------------------------------------------- seeded sampling
@@ -217,12 +211,15 @@ _MASKED: dict[type, int | None] = {
 
 
 def _masked_dropout(m: _DropoutNd, x: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-    """Dropout of ``x`` (k·n rows, sample-major) with sample i's mask drawn from seed ``seeds[i]``."""
+    """Dropout of ``x`` (k·n rows, sample-major) with sample i's mask drawn from seed ``seeds[i]``.
+
+    Always out of place (also for ``inplace=True`` modules), so ``x`` is never written to.
+    """
     p, k = float(m.p), len(seeds)
     if p == 0.0 or x.numel() == 0:
         return x
     if p == 1.0:
-        return x.mul_(0) if m.inplace else x * 0
+        return x * 0
     feature = _MASKED[type(m)] is not None
     mask = torch.empty(x.shape[:2] + (1,) * (x.ndim - 2) if feature else x.shape, dtype=x.dtype, device=x.device)
     gen = torch.Generator(device=x.device)
@@ -231,7 +228,8 @@ def _masked_dropout(m: _DropoutNd, x: torch.Tensor, seeds: list[int]) -> torch.T
         gen.manual_seed(seed)
         mask[i * n : (i + 1) * n].bernoulli_(1.0 - p, generator=gen)
     mask.div_(1.0 - p)
-    return x.mul_(mask) if m.inplace else x * mask
+    # never in place, even for inplace=True modules: the input may alias the caller's tensor
+    return x * mask
 
 
 @contextmanager
@@ -483,7 +481,9 @@ class MCDropout:
             k = min(per_forward, self.samples - start)
             if state is not None:
                 state.offset, state.k, state.calls = start, k, 0
-            out = self._head(feats.repeat(k, *reps) if k > 1 else feats)
+            # the head gets a fresh tensor: in-place dropout (or any in-place op) must neither touch
+            # the caller's input nor the cached trunk output reused by the next chunk
+            out = self._head(feats.repeat(k, *reps) if k > 1 else feats.clone())
             if not isinstance(out, torch.Tensor) or out.ndim < 2 or out.shape[0] != k * n:
                 shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 raise ValueError(f"`model` must return logits of shape (N, C, ...) with N = {k * n} rows, got {shape}")

@@ -6,9 +6,11 @@ parameters, identity included, de-augmentation in reverse order). The wrapper
 * runs several views per forward call (concatenated along dim 0, at most ``max_batch`` rows;
   views are grouped by their augmented size, since e.g. a 90° rotation of a non-square image or
   a :class:`netuq.tta.Scale` changes it),
-* brings segmentation outputs back to the input frame before merging (``Scale`` resized to the
-  exact original H × W, bilinear on the logits),
-* merges **probabilities** (softmax per view), never raw logits, in log space,
+* takes the softmax of every view in its own frame, then brings segmentation outputs back to the
+  input frame before merging (:meth:`netuq.tta.View.deaugment_log_probs`: flips, rotations and
+  shifts move log-probabilities exactly; ``Scale`` resizes the **probabilities** bilinearly to the
+  exact original H × W, so every pixel stays a normalised distribution),
+* merges **probabilities**, never raw logits, in log space,
 * never changes the model's mode: it runs the model as it is (normally ``eval()``).
 
 Merges (over V views with probabilities p_v):
@@ -191,17 +193,15 @@ class TTA:
         if not isinstance(out, torch.Tensor) or out.ndim < 2 or out.shape[0] != k * n:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"`model` must return logits of shape (N, C, ...) with N = {k * n} rows, got {shape}")
+        if self.task == "segmentation" and out.ndim != 4:
+            raise ValueError(
+                f"`model` must return (N, C, H, W) logits for task='segmentation', got shape {tuple(out.shape)}"
+            )
+        out = check_logits(out, "logits")
+        log_p = torch.log_softmax(out.to(float_dtype(out)), dim=1)  # softmax in each view's own frame
         if self.task == "segmentation":
-            if out.ndim != 4:
-                raise ValueError(
-                    f"`model` must return (N, C, H, W) logits for task='segmentation', got shape {tuple(out.shape)}"
-                )
-            parts = out.split(n)
-            out = torch.stack([v.deaugment(o, size) for v, o in zip(chunk, parts)])
-        else:
-            out = out.reshape(k, n, *out.shape[1:])
-        out = check_logits(out, "logits", min_ndim=3)
-        return torch.log_softmax(out.to(float_dtype(out)), dim=2)
+            return torch.stack([v.deaugment_log_probs(lp, size) for v, lp in zip(chunk, log_p.split(n))])
+        return log_p.reshape(k, n, *log_p.shape[1:])
 
     def _accumulate(self, acc: torch.Tensor | None, log_p: torch.Tensor) -> torch.Tensor:
         if self.merge == "gmean":

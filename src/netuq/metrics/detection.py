@@ -13,6 +13,8 @@ Scores of any shape are flattened (a segmentation map contributes one score per 
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from .._checks import check_scores
@@ -37,6 +39,17 @@ def _sorted_counts(positive, negative):
 
 def roc_curve(positive, negative) -> tuple[torch.Tensor, torch.Tensor]:
     """ROC curve ``(fpr, tpr)`` over all distinct thresholds, starting at (0, 0).
+
+    Every distinct score is a threshold (tied scores form one point), as scikit-learn's
+    ``roc_curve(..., drop_intermediate=False)`` with the positives labelled 1 (Fawcett 2006).
+
+    Args:
+        positive: scores of the positive set, any shape (flattened), higher = more positive.
+        negative: scores of the negative set, any shape (flattened).
+
+    Returns:
+        ``(fpr, tpr)``, each a float64 tensor of shape (T + 1,) with T the number of distinct
+        scores: the false- and true-positive rates at each threshold, from (0, 0) to (1, 1).
 
     Example:
         >>> fpr, tpr = roc_curve(torch.tensor([0.9, 0.6]), torch.tensor([0.7, 0.1]))
@@ -71,6 +84,13 @@ def aupr(positive, negative) -> float:
     AP = Σ_k (R_k − R_{k−1}) P_k over distinct thresholds, equal to scikit-learn's
     ``average_precision_score``. Its chance level is the positive fraction.
 
+    Args:
+        positive: scores of the positive set, any shape (flattened), higher = more positive.
+        negative: scores of the negative set, any shape (flattened).
+
+    Returns:
+        The average precision as a float in [0, 1].
+
     Example:
         >>> round(aupr(torch.tensor([0.9, 0.6]), torch.tensor([0.7, 0.1])), 4)
         0.8333
@@ -87,10 +107,24 @@ def fpr_at_tpr(positive, negative, *, tpr: float = 0.95) -> float:
 
     The usual OOD figure "FPR at 95% TPR" (Hendrycks & Gimpel 2017; Liang et al. 2018).
 
+    Args:
+        positive: scores of the positive set, any shape (flattened), higher = more positive.
+        negative: scores of the negative set, any shape (flattened).
+        tpr: the true-positive rate to reach, a number in (0, 1].
+
+    Returns:
+        The false-positive rate as a float in [0, 1].
+
+    Raises:
+        TypeError: ``tpr`` is not a real number.
+        ValueError: ``tpr`` is outside (0, 1].
+
     Example:
         >>> fpr_at_tpr(torch.tensor([0.9, 0.6]), torch.tensor([0.7, 0.1]), tpr=0.95)
         0.5
     """
+    if isinstance(tpr, bool) or not isinstance(tpr, numbers.Real):
+        raise TypeError(f"`tpr` must be a number in (0, 1], got {type(tpr).__name__}")
     if not 0.0 < float(tpr) <= 1.0:
         raise ValueError(f"`tpr` must be in (0, 1], got {tpr!r}")
     fpr_curve, tpr_curve = roc_curve(positive, negative)

@@ -45,7 +45,12 @@ def accuracy(probs, labels, *, ignore_index: int | None = None, validate_args: b
     Args:
         probs: (N, C, ...) probabilities (logits work too: only the argmax is used, but they fail
             the probability check unless ``validate_args=False``).
-        labels: (N, ...) integer labels.
+        labels: (N,) or (N, ...) integer labels in [0, C) or ``ignore_index``.
+        ignore_index: label value whose samples (pixels) are left out.
+        validate_args: check ``probs`` and ``labels`` (skip on hot paths).
+
+    Returns:
+        The fraction of correct top-1 predictions, a float in [0, 1].
 
     Example:
         >>> accuracy(torch.tensor([[0.9, 0.1], [0.4, 0.6]]), torch.tensor([0, 0]))
@@ -57,6 +62,17 @@ def accuracy(probs, labels, *, ignore_index: int | None = None, validate_args: b
 
 def nll(probs, labels, *, ignore_index: int | None = None, validate_args: bool = True) -> float:
     """Mean negative log-likelihood −(1/n) Σ log p_y (natural log; p_y clamped at 1e-12).
+
+    A strictly proper scoring rule (Gneiting & Raftery 2007); equals scikit-learn's ``log_loss``.
+
+    Args:
+        probs: (N, C) or (N, C, ...) probabilities (each row sums to 1 over C).
+        labels: (N,) or (N, ...) integer labels in [0, C) or ``ignore_index``.
+        ignore_index: label value whose samples (pixels) are left out.
+        validate_args: check ``probs`` and ``labels`` (skip on hot paths).
+
+    Returns:
+        The mean NLL in nats, a float >= 0 (at most −log 1e-12 ≈ 27.6 per sample).
 
     Example:
         >>> round(nll(torch.tensor([[0.5, 0.5], [0.9, 0.1]]), torch.tensor([0, 0])), 4)
@@ -71,6 +87,15 @@ def brier(probs, labels, *, ignore_index: int | None = None, validate_args: bool
 
     Note scikit-learn's ``brier_score_loss`` is the binary version (mean over samples of
     (p_1 − y)²); for C = 2 this score is exactly twice it.
+
+    Args:
+        probs: (N, C) or (N, C, ...) probabilities (each row sums to 1 over C).
+        labels: (N,) or (N, ...) integer labels in [0, C) or ``ignore_index``.
+        ignore_index: label value whose samples (pixels) are left out.
+        validate_args: check ``probs`` and ``labels`` (skip on hot paths).
+
+    Returns:
+        The Brier score, a float in [0, 2].
 
     Example:
         >>> brier(torch.tensor([[1.0, 0.0], [0.5, 0.5]]), torch.tensor([0, 0]))
@@ -95,10 +120,12 @@ def ece(
     ``"l2"``: the root of the weighted mean squared gap; ``"max"``: the maximum calibration error.
 
     Args:
-        probs: (N, C, ...) probabilities.
-        labels: (N, ...) integer labels.
+        probs: (N, C) or (N, C, ...) probabilities (each row sums to 1 over C).
+        labels: (N,) or (N, ...) integer labels in [0, C) or ``ignore_index``.
         n_bins: number of bins (15 as in Guo et al.).
         norm: "l1", "l2" or "max".
+        ignore_index: label value whose samples (pixels) are left out.
+        validate_args: check ``probs`` and ``labels`` (skip on hot paths).
 
     Returns:
         The error as a float in [0, 1].
@@ -118,6 +145,18 @@ def ece(
 def mce(probs, labels, *, n_bins: int = 15, ignore_index: int | None = None, validate_args: bool = True) -> float:
     """Maximum calibration error: the largest |acc_b − conf_b| over non-empty bins (Naeini et al. 2015).
 
+    The same as ``ece(..., norm="max")``.
+
+    Args:
+        probs: (N, C) or (N, C, ...) probabilities (each row sums to 1 over C).
+        labels: (N,) or (N, ...) integer labels in [0, C) or ``ignore_index``.
+        n_bins: number of equal-width bins (lo, hi] on [0, 1].
+        ignore_index: label value whose samples (pixels) are left out.
+        validate_args: check ``probs`` and ``labels`` (skip on hot paths).
+
+    Returns:
+        The error as a float in [0, 1] (0 when every non-empty bin is calibrated).
+
     Example:
         >>> probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
         >>> round(mce(probs, torch.tensor([0, 0, 0, 1]), n_bins=10), 4)
@@ -134,6 +173,16 @@ def adaptive_ece(
     The n top-1 confidences are sorted and split into ``n_bins`` consecutive groups whose sizes
     differ by at most one (``numpy.array_split``); the error is Σ_b |B_b|/n · |acc_b − conf_b|.
 
+    Args:
+        probs: (N, C) or (N, C, ...) probabilities (each row sums to 1 over C).
+        labels: (N,) or (N, ...) integer labels in [0, C) or ``ignore_index``.
+        n_bins: number of equal-mass bins (fewer if there are fewer than ``n_bins`` samples).
+        ignore_index: label value whose samples (pixels) are left out.
+        validate_args: check ``probs`` and ``labels`` (skip on hot paths).
+
+    Returns:
+        The error as a float in [0, 1].
+
     Example:
         >>> probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.7, 0.3]])
         >>> round(adaptive_ece(probs, torch.tensor([0, 0, 1, 0]), n_bins=2), 4)
@@ -145,12 +194,23 @@ def adaptive_ece(
     order = conf.argsort(stable=True)
     conf, correct = conf[order].to(torch.float64), correct[order].to(torch.float64)
     n = conf.numel()
-    sizes = torch.full((min(n_bins, n),), n // min(n_bins, n), dtype=torch.int64)
-    sizes[: n % min(n_bins, n)] += 1
-    idx = torch.repeat_interleave(torch.arange(sizes.numel()), sizes).to(conf.device)
-    conf_sum = torch.zeros(sizes.numel(), dtype=torch.float64, device=conf.device).index_add_(0, idx, conf)
+    idx = _equal_mass_bin_index(n, n_bins, conf.device)
+    bins = min(n_bins, n)
+    conf_sum = torch.zeros(bins, dtype=torch.float64, device=conf.device).index_add_(0, idx, conf)
     acc_sum = torch.zeros_like(conf_sum).index_add_(0, idx, correct)
     return float((acc_sum - conf_sum).abs().sum() / n)
+
+
+def _equal_mass_bin_index(n: int, n_bins: int, device: torch.device) -> torch.Tensor:
+    """(n,) bin of each sorted position for ``numpy.array_split(range(n), min(n_bins, n))``, on ``device``.
+
+    The first r = n mod m bins hold q + 1 = n // m + 1 positions, the others q.
+    """
+    m = min(n_bins, n)
+    q, r = divmod(n, m)
+    pos = torch.arange(n, device=device)
+    big = r * (q + 1)  # positions in the larger bins
+    return torch.where(pos < big, pos // (q + 1), r + (pos - big) // q)
 
 
 def classwise_ece(
@@ -160,6 +220,16 @@ def classwise_ece(
 
     For each class, all n probabilities p_c are binned in equal-width bins (lo, hi]; the class
     error is Σ_b |B_b|/n · |freq_b − conf_b| with freq_b the fraction of y = c in the bin.
+
+    Args:
+        probs: (N, C) or (N, C, ...) probabilities (each row sums to 1 over C).
+        labels: (N,) or (N, ...) integer labels in [0, C) or ``ignore_index``.
+        n_bins: number of equal-width bins (lo, hi] on [0, 1], per class.
+        ignore_index: label value whose samples (pixels) are left out.
+        validate_args: check ``probs`` and ``labels`` (skip on hot paths).
+
+    Returns:
+        The error averaged over the C classes, a float in [0, 1].
 
     Example:
         >>> probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
@@ -231,6 +301,16 @@ def reliability_bins(
 ) -> ReliabilityBins:
     """Per-bin counts, mean confidence and accuracy on equal-width bins (lo, hi] (Guo et al. 2017).
 
+    Args:
+        probs: (N, C) or (N, C, ...) probabilities (each row sums to 1 over C).
+        labels: (N,) or (N, ...) integer labels in [0, C) or ``ignore_index``.
+        n_bins: number of equal-width bins (lo, hi] on [0, 1].
+        ignore_index: label value whose samples (pixels) are left out.
+        validate_args: check ``probs`` and ``labels`` (skip on hot paths).
+
+    Returns:
+        A :class:`ReliabilityBins` with (n_bins,) tensors (NaN confidence/accuracy for empty bins).
+
     Example:
         >>> rb = reliability_bins(torch.tensor([[0.9, 0.1], [0.6, 0.4]]), torch.tensor([0, 1]), n_bins=2)
         >>> rb.counts.tolist(), rb.accuracy.tolist()
@@ -250,9 +330,9 @@ def _selective_inputs(probs, labels, scores, ignore_index, validate_args):
         s = as_tensor(scores, "scores")
         if s.numel() != labels.numel():
             raise ValueError(f"`scores` must have one value per label ({labels.numel()}), got shape {tuple(s.shape)}")
-        s = check_scores(s, "scores")
+        s = check_scores(s, "scores").to(conf.device)  # scores on another device follow the probabilities
         if ignore_index is not None:
-            s = s[labels.reshape(-1).to(s.device) != ignore_index]
+            s = s[labels.reshape(-1).to(conf.device) != ignore_index]
         conf = s.to(torch.float64)
     return conf.to(torch.float64), (~correct).to(torch.float64)
 
@@ -272,9 +352,18 @@ def risk_coverage_curve(
     scores are treated as one threshold: within a tie the errors are spread evenly, so the curve
     does not depend on the input order.
 
+    Args:
+        probs: (N, C) or (N, C, ...) probabilities (each row sums to 1 over C).
+        labels: (N,) or (N, ...) integer labels in [0, C) or ``ignore_index``.
+        scores: optional (N,) or (N, ...) confidence per sample (pixel), higher = kept first;
+            default the top-1 probability.
+        ignore_index: label value whose samples (pixels) are left out (with their scores).
+        validate_args: check ``probs`` and ``labels`` (skip on hot paths).
+
     Returns:
-        ``(coverage, risk)``, each (n,): coverage k/n and the error rate among the k most
-        confident samples, for k = 1..n.
+        ``(coverage, risk)``, each a float64 tensor of shape (n,) with n the number of valid
+        samples (pixels): coverage k/n and the error rate among the k most confident samples,
+        for k = 1..n.
 
     Example:
         >>> cov, risk = risk_coverage_curve(torch.tensor([[0.9, 0.1], [0.6, 0.4]]), torch.tensor([0, 1]))
@@ -314,6 +403,17 @@ def aurc(
 
     Lower is better; 0 needs no errors, a random ranking gives about the error rate.
 
+    Args:
+        probs: (N, C) or (N, C, ...) probabilities (each row sums to 1 over C).
+        labels: (N,) or (N, ...) integer labels in [0, C) or ``ignore_index``.
+        scores: optional (N,) or (N, ...) confidence per sample (pixel), higher = kept first;
+            default the top-1 probability.
+        ignore_index: label value whose samples (pixels) are left out (with their scores).
+        validate_args: check ``probs`` and ``labels`` (skip on hot paths).
+
+    Returns:
+        The area as a float in [0, 1].
+
     Example:
         >>> aurc(torch.tensor([[0.9, 0.1], [0.6, 0.4]]), torch.tensor([0, 1]))
         0.25
@@ -331,6 +431,18 @@ def evaluate(
     validate_args: bool = True,
 ) -> dict[str, float]:
     """Every scalar metric at once: accuracy, nll, brier, ece, mce, adaptive_ece, classwise_ece, aurc.
+
+    The inputs are validated and flattened once; each metric is the same as its function.
+
+    Args:
+        probs: (N, C) or (N, C, ...) probabilities (each row sums to 1 over C).
+        labels: (N,) or (N, ...) integer labels in [0, C) or ``ignore_index``.
+        n_bins: number of bins of the ECE-type metrics.
+        ignore_index: label value whose samples (pixels) are left out.
+        validate_args: check ``probs`` and ``labels`` (skip on hot paths).
+
+    Returns:
+        ``{name: value}`` with the eight metric names above as keys and floats as values.
 
     Example:
         >>> m = evaluate(torch.tensor([[0.9, 0.1], [0.6, 0.4]]), torch.tensor([0, 1]))
