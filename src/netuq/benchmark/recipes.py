@@ -173,7 +173,7 @@ def heteroscedastic(config: BenchmarkConfig, data, cache: Path) -> Predictor:
         def val_loss(out, y):
             # Select the checkpoint on the NLL of the predictive mean that is reported, not of mu alone.
             mu, sigma = out
-            return heteroscedastic_nll(mu, sigma, y, samples=4 * config.het_samples, seed=config.seed,
+            return heteroscedastic_nll(mu, sigma, y, samples=config.het_predict_samples, seed=config.seed,
                                        ignore_index=ignore)
 
         fit(net, data.train, val_data=data.val, loss=loss, val_loss=val_loss, **_fit_kwargs(config, 1))
@@ -185,7 +185,7 @@ def heteroscedastic(config: BenchmarkConfig, data, cache: Path) -> Predictor:
     def predict(x: torch.Tensor) -> Prediction:
         with torch.no_grad():
             mu, sigma = net(x)
-            return heteroscedastic_predict(mu, sigma, samples=4 * config.het_samples, generator=gen)
+            return heteroscedastic_predict(mu, sigma, samples=config.het_predict_samples, generator=gen)
 
     return predict
 
