@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "command", None) is None:
             parser.print_help()
             return 2
-        return int(args.run(args) or 0)
+        return int(args.run(args, echo=print) or 0)  # commands write through `echo`: output lives here
     except _UsageError as err:
         print(str(err), file=sys.stderr)
         return 2

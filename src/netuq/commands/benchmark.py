@@ -34,7 +34,7 @@ def register(sub) -> None:
     p.set_defaults(run=run)
 
 
-def run(args) -> int:
+def run(args, echo=print) -> int:
     from ..benchmark import load_config, run_benchmark
 
     config = load_config(
@@ -60,6 +60,6 @@ def run(args) -> int:
     from ..report.render import summary_lines
 
     for line in summary_lines(results):
-        print(line)
-    print(f"wrote {args.out}/report.html, results.json, results.csv in {time.perf_counter() - start:.1f} s")
+        echo(line)
+    echo(f"wrote {args.out}/report.html, results.json, results.csv in {time.perf_counter() - start:.1f} s")
     return 0

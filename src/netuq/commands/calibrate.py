@@ -119,7 +119,7 @@ def _row(name: str, before: dict, after: dict) -> str:
     return f"{name:<10}{fmt(before):>20}{fmt(after):>20}"
 
 
-def run(args) -> int:
+def run(args, echo=print) -> int:
     from ..calibration import cross_validate
 
     odir = _parse_odir(args.odir)
@@ -136,23 +136,23 @@ def run(args) -> int:
         ignore_index=args.ignore_index,
     )
     shape = "x".join(str(s) for s in logits.shape)
-    print(f"{args.method} scaling on {args.file} [{shape}]{note}")
-    print(f"{args.folds}-fold x {args.repeats} repeats (seed {args.seed}), mean ± std over held-out folds:")
-    print(f"{'metric':<10}{'uncalibrated':>20}{'calibrated':>20}")
+    echo(f"{args.method} scaling on {args.file} [{shape}]{note}")
+    echo(f"{args.folds}-fold x {args.repeats} repeats (seed {args.seed}), mean ± std over held-out folds:")
+    echo(f"{'metric':<10}{'uncalibrated':>20}{'calibrated':>20}")
     for name in ("nll", "ece", "brier", "accuracy"):
-        print(_row(name, cv["uncalibrated"][name], cv[name]))
+        echo(_row(name, cv["uncalibrated"][name], cv[name]))
     temps = [s["temperature"] for s in cv["splits"] if "temperature" in s]
     if temps:
         t = torch.tensor(temps, dtype=torch.float64)
-        print(f"temperature per fold: {float(t.mean()):.4f} ± {float(t.std(unbiased=False)):.4f}")
+        echo(f"temperature per fold: {float(t.mean()):.4f} ± {float(t.std(unbiased=False)):.4f}")
     if args.save:
         cal = make().fit(logits, labels, ignore_index=args.ignore_index, seed=args.seed)
         path = cal.save(args.save)
         extra = f", T = {cal.temperature_:.4f}" if hasattr(cal, "temperature_") else ""
-        print(f"saved {type(cal).__name__} fitted on all {cal.n_samples_} samples{extra} to {path}")
+        echo(f"saved {type(cal).__name__} fitted on all {cal.n_samples_} samples{extra} to {path}")
     if args.plot:
         path = _plot(args, make, logits, labels)
-        print(f"wrote {path}")
+        echo(f"wrote {path}")
     return 0
 
 

@@ -29,7 +29,7 @@ def register(sub) -> None:
     p.set_defaults(run=run)
 
 
-def run(args) -> int:
+def run(args, echo=print) -> int:
     from .. import metrics
     from .._checks import float_dtype
     from ..io import load_arrays
@@ -54,10 +54,10 @@ def run(args) -> int:
         values = torch.softmax(check_logits(values).to(float_dtype(values)), dim=1)
     result = metrics.evaluate(values, data.labels, n_bins=args.n_bins, ignore_index=args.ignore_index)
     if args.json:
-        print(json.dumps({"file": str(data.path), "input": data.kind, **result}))
+        echo(json.dumps({"file": str(data.path), "input": data.kind, **result}))
         return 0
     shape = "x".join(str(s) for s in data.values.shape)
-    print(f"{data.path} [{shape}] ({data.kind})")
+    echo(f"{data.path} [{shape}] ({data.kind})")
     for name, value in result.items():
-        print(f"{name:<15}{value:.6f}")
+        echo(f"{name:<15}{value:.6f}")
     return 0

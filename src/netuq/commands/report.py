@@ -11,7 +11,7 @@ def register(sub) -> None:
     p.set_defaults(run=run)
 
 
-def run(args) -> int:
+def run(args, echo=print) -> int:
     from ..benchmark.results import read_json
     from ..report import render_report
 
@@ -22,5 +22,5 @@ def run(args) -> int:
     if not isinstance(results, dict) or "methods" not in results:
         raise ValueError(f"{root / 'results.json'} is not a netuq results file (no 'methods' key)")
     path = render_report(results, root)
-    print(f"wrote {path}")
+    echo(f"wrote {path}")
     return 0
