@@ -247,7 +247,7 @@ def test_error_paths():
         fit(_net(), (x, y[:-1]), epochs=1)
     with pytest.raises(TypeError, match=r"`train_data` given as a tuple must be \(x, y, ...\) tensors"):
         fit(_net(), (x, [0, 1]), epochs=1)
-    with pytest.raises(TypeError, match="`train_data` must be a Dataset, DataLoader or"):
+    with pytest.raises(TypeError, match="`train_data` must be a Dataset, DataLoader or an"):
         fit(_net(), "data", epochs=1)
     with pytest.raises(TypeError, match="`val_data` must be a Dataset"):
         make_loader(42, batch_size=4, shuffle=False, name="val_data")

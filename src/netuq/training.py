@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ._modes import eval_mode, load_modes, save_modes
 
-__all__ = ["fit", "History", "Callback", "make_loader"]
+__all__ = ["fit", "History", "Callback", "make_loader", "as_dataset"]
 
 Loss = Callable[[Any, torch.Tensor], torch.Tensor]
 
@@ -57,6 +57,29 @@ class Callback:
         return None
 
 
+def as_dataset(data: Dataset | Sequence[torch.Tensor], name: str = "train_data", *, accepted: str = "") -> Dataset:
+    """A Dataset from a Dataset (returned as is) or a tuple of equally long tensors ``(x, y, ...)``.
+
+    ``name`` is the argument name used in error messages, ``accepted`` any other accepted type
+    (e.g. ``"DataLoader"``) to list in them.
+
+    Example:
+        >>> len(as_dataset((torch.zeros(5, 2), torch.zeros(5))))
+        5
+    """
+    if isinstance(data, (tuple, list)):
+        if len(data) < 2 or not all(isinstance(t, torch.Tensor) for t in data):
+            kinds = [type(t).__name__ for t in data]
+            raise TypeError(f"`{name}` given as a tuple must be (x, y, ...) tensors, got {kinds}")
+        if len({len(t) for t in data}) != 1:
+            raise ValueError(f"`{name}` tensors must have the same length, got lengths {[len(t) for t in data]}")
+        data = TensorDataset(*data)
+    if not isinstance(data, Dataset):
+        also = f", {accepted}" if accepted else ""
+        raise TypeError(f"`{name}` must be a Dataset{also} or an (x, y) tuple of tensors, got {type(data).__name__}")
+    return data
+
+
 def make_loader(
     data: Dataset | DataLoader | Sequence[torch.Tensor],
     *,
@@ -68,18 +91,15 @@ def make_loader(
     """A DataLoader from a Dataset, a DataLoader (returned as is) or a tuple of tensors ``(x, y)``.
 
     ``name`` is the argument name used in error messages.
+
+    Example:
+        >>> loader = make_loader((torch.zeros(5, 2), torch.zeros(5)), batch_size=2, shuffle=False)
+        >>> [len(y) for _, y in loader]
+        [2, 2, 1]
     """
     if isinstance(data, DataLoader):
         return data
-    if isinstance(data, (tuple, list)):
-        if len(data) < 2 or not all(isinstance(t, torch.Tensor) for t in data):
-            kinds = [type(t).__name__ for t in data]
-            raise TypeError(f"`{name}` given as a tuple must be (x, y, ...) tensors, got {kinds}")
-        if len({len(t) for t in data}) != 1:
-            raise ValueError(f"`{name}` tensors must have the same length, got lengths {[len(t) for t in data]}")
-        data = TensorDataset(*data)
-    if not isinstance(data, Dataset):
-        raise TypeError(f"`{name}` must be a Dataset, DataLoader or (x, y) tuple, got {type(data).__name__}")
+    data = as_dataset(data, name, accepted="DataLoader")
     if len(data) == 0:  # type: ignore[arg-type]
         raise ValueError(f"`{name}` must not be empty, got 0 samples")
     return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from ._common import read_arrays
+
 METHODS = ("temperature", "vector", "matrix")
 
 
@@ -76,19 +78,7 @@ def _factory(method: str, odir):
 
 def read_logits(args):
     """Read FILE; return (logits, labels, note) where probabilities become log-probabilities."""
-    from ..io import load_arrays
-
-    try:
-        data = load_arrays(
-            args.file,
-            logits_key=args.logits_key,
-            labels_key=args.labels_key,
-            probs_key=args.probs_key,
-            kind=args.input,
-            labels_path=args.labels,
-        )
-    except ImportError as err:
-        raise ValueError(str(err)) from None
+    data = read_arrays(args)
     if data.kind == "logits":
         values = data.values
         if args.input is None and str(args.file).lower().endswith(".npy") and _looks_like_probs(values):

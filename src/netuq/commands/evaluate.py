@@ -12,6 +12,8 @@ import json
 
 import torch
 
+from ._common import read_arrays
+
 
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="print calibration and selective-prediction metrics of stored predictions")
@@ -32,21 +34,9 @@ def register(sub) -> None:
 def run(args, echo=print) -> int:
     from .. import metrics
     from .._checks import float_dtype
-    from ..io import load_arrays
-
     if args.input is None and args.file.lower().endswith(".npy"):
         raise ValueError("a .npy file holds one array: say what it is with --input logits or --input probs")
-    try:
-        data = load_arrays(
-            args.file,
-            logits_key=args.logits_key,
-            labels_key=args.labels_key,
-            probs_key=args.probs_key,
-            kind=args.input,
-            labels_path=args.labels,
-        )
-    except ImportError as err:
-        raise ValueError(str(err)) from None
+    data = read_arrays(args)
     values = data.values
     if data.kind == "logits":
         from .._checks import check_logits

@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from ..prediction import Prediction
-from ..training import History, fit
+from ..training import History, as_dataset, fit
 
 __all__ = ["Ensemble", "train_ensemble", "make_splits", "SPLITS"]
 
@@ -740,15 +740,9 @@ def train_ensemble(
         raise ValueError(
             f"`val_data` must not be given for split={split!r}: each member validates on its held-out part"
         )
-    if isinstance(dataset, (tuple, list)):
-        if len(dataset) < 2 or not all(isinstance(t, torch.Tensor) for t in dataset):
-            kinds = [type(t).__name__ for t in dataset]
-            raise TypeError(f"`dataset` given as a tuple must be (x, y) tensors, got {kinds}")
-        if len({len(t) for t in dataset}) != 1:
-            raise ValueError(f"`dataset` tensors must have the same length, got lengths {[len(t) for t in dataset]}")
-        dataset = TensorDataset(*dataset)
-    if not isinstance(dataset, Dataset):
-        raise TypeError(f"`dataset` must be a Dataset or an (x, y) tuple of tensors, got {type(dataset).__name__}")
+    if isinstance(dataset, DataLoader):
+        raise TypeError("`dataset` must be a Dataset or an (x, y) tuple of tensors, got DataLoader")
+    dataset = as_dataset(dataset, "dataset")
     n = len(dataset)  # type: ignore[arg-type]
     if split not in SPLITS:
         raise ValueError(f"`split` must be one of {list(SPLITS)}, got {split!r}")
