@@ -102,7 +102,7 @@ QUICK = {
 }
 # Sized for < 5 minutes on 2 CPU cores: fewer scenes, samples and severities than classification.
 SEGMENTATION_DEFAULTS = {"epochs": 14, "batch_size": 16, "mc_samples": 8, "het_samples": 8, "het_predict_samples": 16,
-                         "members": 3, "cv_repeats": 2, "n_scenes": 800, "severities": (1, 3, 5),
+                         "members": 3, "cv_repeats": 2, "n_scenes": 640, "severities": (1, 3, 5),
                          "calibration_pixels": 5000}
 
 
