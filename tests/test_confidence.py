@@ -23,15 +23,6 @@ from netuq.models import SmallCNN, SmallUNet
 from netuq.training import fit
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is faster, and far faster on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def by_hand(z, s, y, hints, lmbda) -> tuple[np.ndarray, np.ndarray]:
     """Per-example (−log p'_y, −log c) straight from the paper's definitions, float64 numpy."""
     z, s = np.asarray(z, np.float64), np.asarray(s, np.float64)

@@ -31,15 +31,6 @@ from netuq.models import SmallCNN, SmallUNet
 from netuq.training import fit
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is faster, and far faster on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def contract_noise(gen_seed: int, sizes: list[int], shape, dtype=torch.float64) -> list[torch.Tensor]:
     """The documented noise draws: one seed from the generator, chunk i from Generator(seed + i)."""
     g = torch.Generator().manual_seed(gen_seed)

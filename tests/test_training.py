@@ -13,16 +13,6 @@ from netuq._modes import eval_mode, restore_modes
 from netuq.training import Callback, History, evaluate_loss, fit, make_loader
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared, loaded 2-core machine two
-    spinning OpenMP threads per process made these tests ~25x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _data(n: int = 48, d: int = 4, c: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g)
