@@ -360,3 +360,15 @@ def test_data_and_report_import_matplotlib_and_torchvision_lazily():
                     [sub.module or ""] if isinstance(sub, ast.ImportFrom) else [])
                 bad = [n for n in names if n.split(".")[0] in ("matplotlib", "torchvision")]
                 assert not bad, f"{path.name} imports {bad} at module level"
+
+
+def test_run_warnings_are_listed_in_the_report(tmp_path):
+    results = example_results(methods=("deterministic", "mc_dropout"))
+    results["methods"]["mc_dropout"]["warnings"] = [
+        {"message": "RuntimeWarning: VectorScaling: the data are (nearly) separable", "count": 3}
+    ]
+    html = render_report(results, tmp_path).read_text()
+    assert "Warnings raised during the run" in html
+    assert "VectorScaling: the data are (nearly) separable (× 3)" in html
+    plain = example_results(methods=("deterministic",))
+    assert "Warnings raised" not in render_report(plain, tmp_path / "plain").read_text()

@@ -538,7 +538,8 @@ def _render_html(results: Mapping, figures: list[tuple[str, str, bytes, str]], l
         metrics = [k for k in SHIFT_METRICS if any(k in v for v in shift.values())]
         rows = [{"method": n, **v} for n, v in shift.items()]
         if rows:
-            parts.append("<p>Averaged over all kinds of shift and severities 1–5.</p>")
+            sev = (results.get("config") or {}).get("severities") or [1, 2, 3, 4, 5]
+            parts.append(f"<p>Averaged over all kinds of shift and severities {e(', '.join(map(str, sev)))}.</p>")
             parts.append(_table(["method"] + [_metric_label(k) + (" ↑" if k in HIGHER_IS_BETTER else " ↓")
                                               for k in metrics],
                                 [[_method_label(results, r["method"])] + [_fmt(r.get(k)) for k in metrics]
@@ -573,6 +574,13 @@ def _render_html(results: Mapping, figures: list[tuple[str, str, bytes, str]], l
         parts.append(_table(header, body))
     if totals:
         parts.append("<p>" + ", ".join(f"{e(k.replace('_', ' '))}: {_fmt(float(v), 1)} s" for k, v in totals) + "</p>")
+    notes = [(name, w) for name, m in (results.get("methods") or {}).items() for w in (m.get("warnings") or [])]
+    if notes:
+        parts.append("<p>Warnings raised during the run (a nearly separable half of the 2-fold protocol, for "
+                     "example, makes the calibrators' parameters run to their bounds):</p><ul>")
+        parts += [f"<li>{e(_method_label(results, name))}: {e(str(w.get('message', '')))} "
+                  f"(× {e(str(w.get('count', 1)))})</li>" for name, w in notes]
+        parts.append("</ul>")
     cfg = _flat(results.get("config") or {})
     if cfg:
         parts.append("<p>Configuration:</p>" + _table(["setting", "value"], [list(kv) for kv in cfg]).replace(
