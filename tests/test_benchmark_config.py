@@ -40,6 +40,9 @@ def test_methods_from_comma_string():
         ({"members": 1}, "`members` must be at least 2"),
         ({"severities": (0,)}, "`severities` must be values in 1..5"),
         ({"scene_size": 30}, "`scene_size` must be divisible by 4"),
+        ({"dataset": "imagenet"}, "`dataset` must be one of"),
+        ({"dataset": "mnist", "task": "segmentation", "data_dir": "d"}, "is a classification data set"),
+        ({"dataset": "mnist", "data_dir": "d", "max_train": 3}, "`max_train` must be an integer >= 10"),
     ],
 )
 def test_bad_config_values(kwargs, match):

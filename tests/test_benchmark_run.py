@@ -150,3 +150,39 @@ def test_default_run_reproduces_the_literature(tmp_path_factory):
     for name in ("mc_dropout", "ensemble"):
         assert m[name]["ood"]["entropy"]["auroc"] > 0.6, name
         assert m[name]["ood"]["mutual_information"]["auroc"] > 0.6, name
+
+
+def _fake_mnist(root, n_train=80, n_test=40):
+    """Tiny MNIST in its real file format (idx ubyte) under root/MNIST/raw."""
+    import struct
+
+    import numpy as np
+
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        for stem, arr in ((f"{prefix}-images-idx3-ubyte", images), (f"{prefix}-labels-idx1-ubyte", labels)):
+            header = struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+            (raw / stem).write_bytes(header + arr.tobytes())
+
+
+def test_benchmark_on_a_local_mnist_folder(tmp_path):
+    _fake_mnist(tmp_path / "data")
+    out = tmp_path / "run"
+    argv = ["benchmark", "--quick", "--dataset", "mnist", "--data-dir", str(tmp_path / "data"), "--methods",
+            "deterministic,mc_dropout", "--calibrators", "none,temperature", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["data"]["dataset"] == "mnist" and results["data"]["test"] == 40
+    assert results["config"]["dataset"] == "mnist"
+
+
+def test_real_dataset_needs_a_folder(tmp_path, capsys):
+    assert main(["benchmark", "--dataset", "cifar10", "--out", str(tmp_path / "o")]) == 2
+    assert "`data_dir` must name the folder" in capsys.readouterr().err
+    assert main(["benchmark", "--dataset", "mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "MNIST" in err

@@ -13,6 +13,7 @@ __all__ = ["BenchmarkConfig", "METHODS", "CALIBRATORS", "load_config"]
 METHODS = ("deterministic", "mc_dropout", "ensemble", "tta", "heteroscedastic", "confidence")
 CALIBRATORS = ("none", "temperature", "vector", "matrix")
 TASKS = ("classification", "segmentation")
+DATASETS = ("digits", "mnist", "fashionmnist", "cifar10")
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,12 @@ class BenchmarkConfig:
     """Everything that defines a benchmark run; stored with the results.
 
     Attributes:
-        task: "classification" (digits) or "segmentation" (digit scenes).
+        task: "classification" or "segmentation" (digit scenes).
+        dataset: classification data: "digits" (embedded) or "mnist", "fashionmnist", "cifar10"
+            read from ``data_dir`` (torchvision's folder layout; torchvision itself is optional).
+        data_dir: folder of a real data set (``dataset`` other than "digits").
+        max_train, max_test: stratified subsample of a real data set's train+validation / test images,
+            to keep a CPU run short (None: all).
         methods: which methods to run, a subset of ``METHODS``.
         calibrators: post-hoc calibrations evaluated by the repeated 2-fold protocol.
         seed: seeds data splits, initialisation, training and sampling.
@@ -43,6 +49,10 @@ class BenchmarkConfig:
     """
 
     task: str = "classification"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    max_train: int | None = 10000
+    max_test: int | None = 2000
     methods: tuple[str, ...] = METHODS
     calibrators: tuple[str, ...] = CALIBRATORS
     seed: int = 0
@@ -68,6 +78,16 @@ class BenchmarkConfig:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"`task` must be one of {TASKS}, got {self.task!r}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"`dataset` must be one of {DATASETS}, got {self.dataset!r}")
+        if self.dataset != "digits" and self.task != "classification":
+            raise ValueError(f"`dataset` {self.dataset!r} is a classification data set, got task={self.task!r}")
+        if self.dataset != "digits" and not self.data_dir:
+            raise ValueError(f"`data_dir` must name the folder holding {self.dataset!r} (torchvision layout), got none")
+        for name in ("max_train", "max_test"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 10):
+                raise ValueError(f"`{name}` must be an integer >= 10 or None, got {value!r}")
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
             raise ValueError(f"`methods` must be a non-empty subset of {METHODS}, got {list(self.methods)}")

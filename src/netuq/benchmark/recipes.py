@@ -35,11 +35,11 @@ def _save_atomic(state: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def make_network(config: BenchmarkConfig, num_classes: int) -> nn.Module:
-    """The reference network of the task: SmallCNN (digits) or SmallUNet (digit scenes)."""
+def make_network(config: BenchmarkConfig, num_classes: int, in_channels: int = 1) -> nn.Module:
+    """The reference network of the task: SmallCNN (classification) or SmallUNet (digit scenes)."""
     if config.task == "segmentation":
-        return SmallUNet(1, num_classes, width=config.width, dropout=0.1)
-    return SmallCNN(1, num_classes, width=config.width, dropout=0.3)
+        return SmallUNet(in_channels, num_classes, width=config.width, dropout=0.1)
+    return SmallCNN(in_channels, num_classes, width=config.width, dropout=0.3)
 
 
 def _loss(config: BenchmarkConfig):
@@ -62,7 +62,7 @@ def train_base(config: BenchmarkConfig, data, cache: Path) -> nn.Module:
     """Train (or load from ``cache``) the deterministic network shared by three methods."""
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
-        model = make_network(config, data.num_classes)
+        model = make_network(config, data.num_classes, data.in_channels)
     if cache.exists():
         model.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
     else:
@@ -114,7 +114,7 @@ def ensemble(config: BenchmarkConfig, data, folder: Path) -> Predictor:
     seed = kwargs.pop("seed")
     device = kwargs.pop("device")
     ens = train_ensemble(
-        lambda: make_network(config, data.num_classes),
+        lambda: make_network(config, data.num_classes, data.in_channels),
         tuple(data.train),
         members=config.members,
         split="kfold",
@@ -159,7 +159,7 @@ def heteroscedastic(config: BenchmarkConfig, data, cache: Path) -> Predictor:
     spatial = config.task == "segmentation"
     with torch.random.fork_rng():
         torch.manual_seed(config.seed + 1)
-        body = make_network(config, data.num_classes)
+        body = make_network(config, data.num_classes, data.in_channels)
         net = _HeadNet(body, HeteroscedasticHead(body.feature_dim, data.num_classes, spatial=spatial))
     ignore = IGNORE if spatial else None
     if cache.exists():
@@ -197,7 +197,7 @@ def confidence(config: BenchmarkConfig, data, cache: Path) -> Predictor:
     spatial = config.task == "segmentation"
     with torch.random.fork_rng():
         torch.manual_seed(config.seed + 2)
-        body = make_network(config, data.num_classes)
+        body = make_network(config, data.num_classes, data.in_channels)
         width, classes = body.feature_dim, data.num_classes
         classifier = nn.Conv2d(width, classes, 1) if spatial else nn.Linear(width, classes)
         net = _HeadNet(body, classifier, ConfidenceHead(width, spatial=spatial))

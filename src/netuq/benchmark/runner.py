@@ -38,6 +38,7 @@ class BenchData:
     test_anomaly: torch.Tensor | None = None
     train_strata: torch.Tensor | None = None
     val_strata: torch.Tensor | None = None
+    in_channels: int = 1
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -46,9 +47,14 @@ def prepare_data(config: BenchmarkConfig) -> BenchData:
     from .. import data as D
 
     if config.task == "classification":
-        ds = D.load_digits(seed=config.seed)
+        if config.dataset == "digits":
+            ds = D.load_digits(seed=config.seed)
+        else:
+            ds = D.load_torchvision(config.dataset, config.data_dir, seed=config.seed, max_train=config.max_train,
+                                    max_test=config.max_test)
         test_x = ds.test[0]
-        ood_x, ood_kind = D.ood_images(config.n_ood, size=tuple(test_x.shape[-2:]), seed=config.seed)
+        ood_x, ood_kind = D.ood_images(config.n_ood, size=tuple(test_x.shape[-2:]), seed=config.seed,
+                                       channels=test_x.shape[1])
         bench = BenchData(train=ds.train, val=ds.val, test=ds.test, num_classes=ds.num_classes,
                           shifted={}, ood=(ood_x, list(ood_kind)))
     else:
@@ -60,7 +66,9 @@ def prepare_data(config: BenchmarkConfig) -> BenchData:
         bench.shifted[kind] = {
             sev: D.corrupt(test_x, kind, sev, seed=config.seed + 100 * i + sev) for sev in config.severities
         }
-    bench.info = {"train": len(bench.train[1]), "val": len(bench.val[1]), "test": len(bench.test[1]),
+    bench.in_channels = int(test_x.shape[1])
+    bench.info = {"dataset": config.dataset if config.task == "classification" else "digit scenes",
+                  "train": len(bench.train[1]), "val": len(bench.val[1]), "test": len(bench.test[1]),
                   "num_classes": bench.num_classes}
     if bench.ood is not None:
         bench.info["ood"] = len(bench.ood[1])

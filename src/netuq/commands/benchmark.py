@@ -22,6 +22,10 @@ def register(sub) -> None:
         "(with none/temperature/vector/matrix scaling) in distribution, under shift and on OOD inputs.",
     )
     p.add_argument("--task", choices=("classification", "segmentation"), default=None)
+    p.add_argument("--dataset", choices=("digits", "mnist", "fashionmnist", "cifar10"), default=None,
+                   help="classification data (default: the embedded digits); others need --data-dir")
+    p.add_argument("--data-dir", default=None,
+                   help="local folder of MNIST / Fashion-MNIST / CIFAR-10 (torchvision's layout)")
     p.add_argument("--methods", type=_csv, default=None, help="comma-separated subset of methods")
     p.add_argument("--calibrators", type=_csv, default=None, help="comma-separated subset of calibrators")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda")
@@ -40,6 +44,8 @@ def run(args, echo=print) -> int:
     config = load_config(
         args.config,
         task=args.task,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
         methods=args.methods,
         calibrators=args.calibrators,
         device=args.device,
