@@ -84,3 +84,19 @@ def test_run_dir_config_mismatch(tmp_path):
         run.check_config({"seed": 1, "epochs": 3})
     run.write_part("m", {"v": 1})
     assert run.has_part("m") and json.loads(run.part_path("m").read_text()) == {"v": 1}
+
+
+def test_run_warnings_are_summarised_once_with_counts():
+    import warnings
+
+    from netuq.benchmark.runner import _summarise_warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            warnings.warn("T hit its bound\nsecond line", RuntimeWarning, stacklevel=1)
+        warnings.warn("other", UserWarning, stacklevel=1)
+    assert _summarise_warnings(caught) == [
+        {"message": "RuntimeWarning: T hit its bound", "count": 3},
+        {"message": "UserWarning: other", "count": 1},
+    ]

@@ -156,3 +156,26 @@ def test_calibrator_and_data_errors():
         seg_y[ignored] = 9
         with pytest.raises(ValueError, match=match):
             cross_validate(TemperatureScaling, seg_z, seg_y, ignore_index=9, repeats=1)
+
+
+def test_max_samples_subsamples_each_fit_but_scores_every_pixel():
+    g = torch.Generator().manual_seed(3)
+    z = 3.0 * torch.randn(12, 4, 6, 6, generator=g)
+    y = torch.multinomial(z.movedim(1, -1).reshape(-1, 4).softmax(1), 1, generator=g).reshape(12, 6, 6)
+    y[:, 0, 0] = 255
+    seen = []
+
+    class Recorder(TemperatureScaling):
+        def fit(self, logits, labels, **kwargs):
+            seen.append(kwargs)
+            return super().fit(logits, labels, **kwargs)
+
+    a = cross_validate(Recorder, z, y, repeats=2, ignore_index=255, max_samples=50)
+    assert [kw["max_samples"] for kw in seen] == [50] * 4
+    assert len({kw["seed"] for kw in seen}) == 4  # a different subsample per split, from the seed
+    b = cross_validate(TemperatureScaling, z, y, repeats=2, ignore_index=255, max_samples=50)
+    assert a["nll"] == b["nll"]  # seeded: the same subsamples again
+    # Held-out scores use every valid pixel of the held-out images, whatever max_samples is.
+    full = cross_validate(TemperatureScaling, z, y, repeats=2, ignore_index=255)
+    assert a["uncalibrated"] == full["uncalibrated"]
+    assert [s["n_eval"] for s in a["splits"]] == [s["n_eval"] for s in full["splits"]]
