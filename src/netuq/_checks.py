@@ -173,3 +173,41 @@ def validate_probs_labels(
     else:
         probs, labels = as_tensor(probs, "probs"), as_tensor(labels, "labels")
     return flatten_valid(probs, labels.to(probs.device), ignore_index)
+
+
+def check_int(value: object, name: str, low: int = 1, *, allow_none: bool = False) -> int | None:
+    """``value`` as an ``int`` after checking it is an integer (not a bool) ``>= low`` (or None if allowed).
+
+    Example:
+        >>> check_int(3, "samples")
+        3
+    """
+    import numbers
+
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"`{name}` must be an integer >= {low}{' or None' if allow_none else ''}, got {value!r}")
+    return int(value)
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """``value`` as an ``int`` after checking it is an integer ``>= 1`` (bools refused)."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_choice(value: object, name: str, choices: Any) -> Any:
+    """``value`` after checking it is one of ``choices`` (an iterable, e.g. a registry's keys).
+
+    Example:
+        >>> check_choice("l1", "norm", ("l1", "l2"))
+        'l1'
+    """
+    options = tuple(choices)
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, options))}, got {value!r}")
+    return value

@@ -52,33 +52,19 @@ import torch
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
+from .._checks import check_int as _check_int
 from .._modes import restore_modes
+from .._random import derive_seed as _derive
+from .._random import forked_rng as _forked_rng
+from .._random import seed_device as _seed_device
 from ..nn import MCDropout as MCDropoutLayer
 from ..nn import mc_sampling
 from ..prediction import Prediction
+from ._batching import balanced_chunk as _balanced
+from ._batching import default_chunk as _default_chunk
 
 __all__ = ["MCDropout", "dropout_active", "stochastic_modules"]
 
-# Rows per forward when ``max_batch`` is None: as many samples (or TTA views) as keep the stacked
-# input (the trunk output when cached) under this many elements, and at least one sample (N rows).
-# CPU kernels slow down once activations leave the caches, accelerators want big batches:
-# 2**18 elements on CPU (e.g. 330 rows of 28 x 28, 64 of 64 x 64), 2**21 elsewhere.
-DEFAULT_ELEMENTS = {"cpu": 2**18, "other": 2**21}
-
-
-def _default_chunk(per_row: int, n: int, device: torch.device) -> int:
-    """Samples (views) per forward when ``max_batch`` is None: ≥ 1, stacked input ≤ the budget."""
-    budget = DEFAULT_ELEMENTS["cpu" if device.type == "cpu" else "other"]
-    return max(1, budget // (max(1, per_row) * n))
-
-
-def _balanced(per_forward: int, total: int) -> int:
-    """The smallest chunk size that needs as few chunks as ``per_forward`` does (50 by 41 -> 25 + 25)."""
-    per_forward = max(1, min(per_forward, total))
-    return -(-total // -(-total // per_forward))
-
-
-_MASK64 = (1 << 64) - 1
 _DROPOUT_NAMES = "torch.nn.Dropout, Dropout1d/2d/3d, AlphaDropout, FeatureAlphaDropout or netuq.nn.MCDropout"
 
 
@@ -148,46 +134,6 @@ def dropout_active(model: nn.Module, *more: nn.Module) -> Iterator[list[nn.Modul
 
 
 # ---------------------------------------------------------------------------- seeded sampling
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def _derive(seed: int, *keys: int) -> int:
-    """A 63-bit seed hashed from ``seed`` and integer keys (SplitMix64 chaining)."""
-    h = _splitmix64(seed & _MASK64)
-    for k in keys:
-        h = _splitmix64(h ^ (k & _MASK64))
-    return h >> 1
-
-
-def _seed_device(device: torch.device, seed: int) -> None:
-    """Seed the default generator of ``device`` (the one dropout kernels draw from)."""
-    if device.type == "cpu":
-        torch.default_generator.manual_seed(seed)
-        return
-    mod = getattr(torch, device.type)
-    gens = getattr(mod, "default_generators", None)
-    if gens:
-        gens[device.index if device.index is not None else mod.current_device()].manual_seed(seed)
-    else:  # pragma: no cover - e.g. mps: one global generator
-        mod.manual_seed(seed)
-
-
-@contextmanager
-def _forked_rng(device: torch.device) -> Iterator[None]:
-    if device.type == "cpu":
-        with torch.random.fork_rng(devices=[]):
-            yield
-        return
-    mod = getattr(torch, device.type)  # pragma: no cover - needs an accelerator
-    index = device.index if device.index is not None else mod.current_device()  # pragma: no cover
-    with torch.random.fork_rng(devices=[index], device_type=device.type):  # pragma: no cover
-        yield
-
-
 class _SeedState:
     """Which samples the current forward holds; read by the patched dropout forwards."""
 
@@ -312,13 +258,6 @@ def _resolve_part(model: nn.Module, part: object, name: str) -> Callable:
     if not callable(part):
         raise TypeError(f"`{name}` must be a module, a callable or an attribute name, got {type(part).__name__}")
     return part
-
-
-def _check_int(value: object, name: str, low: int, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"`{name}` must be an integer >= {low}{' or None' if allow_none else ''}, got {value!r}")
 
 
 class MCDropout:

@@ -42,7 +42,9 @@ import torch
 from .._checks import check_logits, float_dtype
 from ..prediction import Prediction
 from ..tta import Compose, View, as_compose
-from .mc_dropout import _balanced, _check_int, _default_chunk
+from .._checks import check_int as _check_int
+from ._batching import balanced_chunk as _balanced
+from ._batching import default_chunk as _default_chunk
 
 __all__ = ["TTA", "MERGES", "TSHARPEN_T"]
 
