@@ -39,10 +39,10 @@ from typing import Any
 
 import torch
 
+from .._checks import check_int as _check_int
 from .._checks import check_logits, float_dtype
 from ..prediction import Prediction
 from ..tta import Compose, View, as_compose
-from .._checks import check_int as _check_int
 from ._batching import balanced_chunk as _balanced
 from ._batching import default_chunk as _default_chunk
 
