@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python perf/run_all.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

@@ -1,7 +1,7 @@
 """Run every benchmark in this folder (``bench_*.py``) in turn: ``make bench``.
 
 Each benchmark prints its own table of measured figures and ratios. Pass names to run a subset:
-``python benchmarks/run_all.py streaming calibration``.
+``python perf/run_all.py streaming calibration``.
 """
 
 from __future__ import annotations

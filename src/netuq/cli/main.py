@@ -1,6 +1,6 @@
 """The ``netuq`` command line: argument parsing and dispatch only.
 
-Each subcommand lives in :mod:`netuq.commands` as a module with ``register(subparsers)`` and
+Each subcommand lives in :mod:`netuq.cli` as a module with ``register(subparsers)`` and
 ``run(args) -> int``. Any expected failure (bad flags, unreadable or mismatched files, bad
 values) prints one line on stderr and exits with code 2 — never a traceback.
 """
@@ -30,15 +30,15 @@ class _UsageError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="netuq", description="Uncertainty estimation and calibration for PyTorch networks.")
-    from . import __version__
+    from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"netuq {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"netuq.commands.{name}")
+            module = importlib.import_module(f"netuq.cli.{name}")
         except ModuleNotFoundError as err:
-            if err.name != f"netuq.commands.{name}":
+            if err.name != f"netuq.cli.{name}":
                 raise
             continue
         module.register(sub)

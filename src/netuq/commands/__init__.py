@@ -1,1 +1,0 @@
-"""Subcommands of the ``netuq`` CLI: each module has ``register(subparsers)`` and ``run(args)``."""
