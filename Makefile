@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench lint clean
+.PHONY: install run test bench bench-gpu lint clean
 
 $(STAMP): pyproject.toml requirements-dev.txt constraints-dev.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python perf/run_all.py
+
+# The prepared GPU check: the same comparisons on CUDA, one Markdown table (exits 0 without a GPU).
+bench-gpu: $(STAMP)
+	$(BIN)/python perf/gpu_check.py --out gpu-table.md
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
