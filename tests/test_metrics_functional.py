@@ -360,14 +360,18 @@ def test_validate_args_false_accepts_logits_for_accuracy():
 
 # ------------------------------------------------------------------ regressions
 def test_equal_mass_bins_match_numpy_array_split():
-    from netuq.metrics.functional import _equal_mass_bin_index
-
+    # Distinct confidences: the bins are exactly numpy.array_split of the sorted samples.
+    g = torch.Generator().manual_seed(3)
     for n in range(1, 41):
+        conf = torch.randperm(1000, generator=g)[:n].double() / 2000 + 0.5  # distinct, in [0.5, 1)
+        probs = torch.stack([conf, 1 - conf], 1)
+        labels = torch.randint(0, 2, (n,), generator=g)
+        order = np.argsort(conf.numpy())
+        c, hit = conf.numpy()[order], (labels.numpy() == 0)[order]
         for n_bins in (1, 2, 3, 7, 15, 40, 50):
             parts = np.array_split(np.arange(n), min(n_bins, n))
-            expected = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)])
-            got = _equal_mass_bin_index(n, n_bins, torch.device("cpu"))
-            assert got.dtype == torch.int64 and got.tolist() == expected.tolist(), (n, n_bins)
+            expected = sum(abs(hit[p].sum() - c[p].sum()) for p in parts) / n
+            assert metrics.adaptive_ece(probs, labels, n_bins=n_bins) == pytest.approx(expected, abs=1e-12), (n, n_bins)
 
 
 @pytest.mark.parametrize(

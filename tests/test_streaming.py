@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -112,10 +111,11 @@ def test_segmentation_with_ignore_index_batches_equal_all_at_once():
     assert ce.compute() == pytest.approx(exp["ece"], abs=1e-12)
     assert out["n"] == int((labels != 255).sum())
     ref = metrics.reliability_bins(probs, labels, ignore_index=255)
-    assert torch.equal(out["reliability"].counts, ref.counts)
-    torch.testing.assert_close(out["reliability"].accuracy, ref.accuracy, equal_nan=True)
-    torch.testing.assert_close(out["reliability"].confidence, ref.confidence, equal_nan=True)
-    torch.testing.assert_close(out["reliability"].edges, ref.edges)
+    for rel in (um.reliability(), ce.reliability()):
+        assert torch.equal(rel.counts, ref.counts)
+        torch.testing.assert_close(rel.accuracy, ref.accuracy, equal_nan=True)
+        torch.testing.assert_close(rel.confidence, ref.confidence, equal_nan=True)
+        torch.testing.assert_close(rel.edges, ref.edges)
 
 
 def test_uncertainty_metrics_classification_many_batches_float64():
@@ -334,12 +334,16 @@ def test_metric_collection_and_forward():
     collection = MetricCollection({"calib": CalibrationError(n_bins=10), "unc": UncertaintyMetrics(4, n_bins=10)})
     batch = collection(probs[:100], labels[:100])  # forward: the batch's values, and accumulates
     assert batch["calib"] == pytest.approx(metrics.ece(probs[:100], labels[:100], n_bins=10), abs=1e-12)
-    assert batch["ece"] == pytest.approx(batch["calib"], abs=1e-12)
+    assert batch["ece"] == pytest.approx(float(batch["calib"]), abs=1e-12)
     collection.update(probs[100:], labels[100:])
     out = collection.compute()
     assert out["calib"] == pytest.approx(metrics.ece(probs, labels, n_bins=10), abs=1e-12)
     assert out["nll"] == pytest.approx(metrics.nll(probs, labels), abs=1e-9)
-    assert isinstance(out["reliability"], metrics.ReliabilityBins)
+    # torchmetrics' contract: tensors only (a Lightning `self.log_dict` needs them).
+    assert "reliability" not in out
+    assert all(isinstance(v, torch.Tensor) and v.ndim == 0 for v in out.values())
+    assert out["calib"].dtype == torch.float64 and out["n"].dtype == torch.int64 and int(out["n"]) == 300
+    assert isinstance(collection["unc"].reliability(), metrics.ReliabilityBins)
 
 
 def test_compute_before_update_is_nan_and_set_dtype_keeps_exact_states():
@@ -347,10 +351,15 @@ def test_compute_before_update_is_nan_and_set_dtype_keeps_exact_states():
     with pytest.warns(UserWarning, match="before the ``update``"):
         out = um.compute()
     assert out["n"] == 0 and all(math.isnan(out[k]) for k in (*EXACT_KEYS, *APPROX_KEYS))
-    assert out["reliability"].counts.tolist() == [0] * 15
+    assert all(isinstance(v, torch.Tensor) and v.ndim == 0 for v in out.values())
+    assert um.reliability().counts.tolist() == [0] * 15
     ce = CalibrationError()
     with pytest.warns(UserWarning):
-        assert math.isnan(ce.compute())
+        value = ce.compute()
+    assert isinstance(value, torch.Tensor) and value.ndim == 0 and math.isnan(value)
+    for norm in ("l2", "max"):
+        with pytest.warns(UserWarning):
+            assert math.isnan(CalibrationError(norm=norm).compute())
     um.set_dtype(torch.float32)
     assert um.fine_conf_sum.dtype == torch.float64 and um.counts.dtype == torch.int64
 
@@ -366,33 +375,39 @@ def test_reliability_method_of_calibration_error():
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "kwargs, error, match",
     [
-        ({"n_bins": 0}, "`n_bins` must be a positive integer, got 0"),
-        ({"n_bins": 2.5}, "`n_bins` must be a positive integer"),
-        ({"n_bins": True}, "`n_bins` must be a positive integer"),
-        ({"norm": "l3"}, r"`norm` must be one of \('l1', 'l2', 'max'\), got 'l3'"),
-        ({"ignore_index": 2.0}, "`ignore_index` must be an integer or None, got 2.0"),
-        ({"validate_args": 1}, "`validate_args` must be True or False, got 1"),
+        ({"n_bins": 0}, ValueError, "`n_bins` must be a positive integer, got 0"),
+        ({"n_bins": 2.5}, ValueError, "`n_bins` must be a positive integer"),
+        ({"n_bins": True}, ValueError, "`n_bins` must be a positive integer"),
+        ({"n_bins": 10_000_000_000}, ValueError, "`n_bins` must be at most 100000, got 10000000000"),
+        ({"norm": "l3"}, ValueError, r"`norm` must be one of \('l1', 'l2', 'max'\), got 'l3'"),
+        ({"ignore_index": 2.0}, TypeError, "`ignore_index` must be an integer or None, got float 2.0"),
+        ({"ignore_index": True}, TypeError, "`ignore_index` must be an integer or None, got bool True"),
+        ({"validate_args": 1}, TypeError, "`validate_args` must be True or False, got int 1"),
     ],
 )
-def test_calibration_error_bad_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_calibration_error_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
         CalibrationError(**kwargs)
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "kwargs, error, match",
     [
-        ({"num_classes": 0}, "`num_classes` must be a positive integer or None, got 0"),
-        ({"fine_bins": 0}, "`fine_bins` must be a positive integer, got 0"),
-        ({"n_bins": -1}, "`n_bins` must be a positive integer, got -1"),
-        ({"classwise": True}, "`num_classes` must be given when classwise=True"),
-        ({"classwise": "yes"}, "`classwise` must be True or False"),
+        ({"num_classes": 0}, ValueError, "`num_classes` must be an integer >= 1 or None, got 0"),
+        ({"fine_bins": 0}, ValueError, "`fine_bins` must be a positive integer, got 0"),
+        ({"fine_bins": 10**12}, ValueError, "`fine_bins` must be at most 10000000, got 1000000000000"),
+        ({"n_bins": -1}, ValueError, "`n_bins` must be a positive integer, got -1"),
+        ({"n_bins": 100_001}, ValueError, "`n_bins` must be at most 100000, got 100001"),
+        ({"classwise": True}, ValueError, "`num_classes` must be given when classwise=True"),
+        ({"classwise": "yes"}, TypeError, "`classwise` must be True or False"),
+        ({"ignore_index": "255"}, TypeError, "`ignore_index` must be an integer or None, got str '255'"),
+        ({"num_classes": 10**6, "n_bins": 1000, "classwise": True}, ValueError, "`num_classes` \\* `n_bins` must"),
     ],
 )
-def test_uncertainty_metrics_bad_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_uncertainty_metrics_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
         UncertaintyMetrics(**kwargs)
 
 
@@ -435,4 +450,4 @@ def test_validate_args_false_skips_value_checks_but_not_shapes():
     metric.update(probs * 1.0005, labels)  # would fail nothing here either, but no check runs
     with pytest.raises(ValueError, match="`labels` must have shape"):
         metric.update(probs, labels[:5])
-    assert np.isfinite(metric.compute())
+    assert bool(torch.isfinite(metric.compute()))
