@@ -441,6 +441,7 @@ def evaluate(
         >>> sorted(m)
         ['accuracy', 'adaptive_ece', 'aurc', 'brier', 'classwise_ece', 'ece', 'mce', 'nll']
     """
+    check_n_bins(n_bins)
     p, y = validate_probs_labels(probs, labels, ignore_index, validate_args=validate_args)
     kw = {"n_bins": n_bins, "validate_args": False}
     return {
