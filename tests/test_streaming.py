@@ -451,3 +451,91 @@ def test_validate_args_false_skips_value_checks_but_not_shapes():
     with pytest.raises(ValueError, match="`labels` must have shape"):
         metric.update(probs, labels[:5])
     assert bool(torch.isfinite(metric.compute()))
+
+
+# ------------------------------------------------------------------ issue 13 items 2 and 7: dtypes, order, batches
+def _streaming_all(batches, n_bins=4, fine_bins=50):
+    """Every streaming output (CalibrationError for each norm, UncertaintyMetrics, reliability tables)."""
+    ces = {norm: CalibrationError(n_bins=n_bins, norm=norm, validate_args=False) for norm in ("l1", "l2", "max")}
+    um = UncertaintyMetrics(batches[0][0].shape[1], n_bins=n_bins, classwise=True, fine_bins=fine_bins,
+                            validate_args=False)
+    for p, y in batches:
+        for m in (*ces.values(), um):
+            m.update(p, y)
+    out = {f"ce_{k}": m.compute() for k, m in ces.items()}
+    out.update(um.compute())
+    for name, m in (("ce", ces["l1"]), ("um", um)):
+        rb = m.reliability()
+        out[f"{name}_reliability"] = torch.cat([rb.counts.double(), rb.confidence.nan_to_num(-1),
+                                                rb.accuracy.nan_to_num(-1)])
+    return out
+
+
+def _assert_same(a, b, atol=1e-12):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=atol, equal_nan=True, msg=key)
+
+
+@st.composite
+def _tied_batch(draw, max_n=24):
+    C = draw(st.integers(2, 4))
+    table = torch.tensor(draw(st.lists(st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5, 1.0]), min_size=C, max_size=C),
+                                       min_size=1, max_size=4)), dtype=torch.float64)
+    table[table.sum(1) == 0] = 1.0
+    table = table / table.sum(1, keepdim=True)
+    N = draw(st.integers(1, max_n))
+    rows = torch.tensor(draw(st.lists(st.integers(0, table.shape[0] - 1), min_size=N, max_size=N)))
+    labels = torch.tensor(draw(st.lists(st.integers(0, C - 1), min_size=N, max_size=N)))
+    perm = torch.tensor(draw(st.permutations(range(N))), dtype=torch.long)
+    cuts = sorted(draw(st.lists(st.integers(1, max(1, N - 1)), max_size=4))) if N > 1 else []
+    return table[rows], labels, perm, cuts
+
+
+@given(_tied_batch())
+def test_streaming_is_invariant_to_row_order_and_batch_splits(case):
+    probs, labels, perm, cuts = case
+    whole = _streaming_all([(probs, labels)])
+    _assert_same(whole, _streaming_all([(probs[perm], labels[perm])]))  # any row order
+    bounds = [0, *cuts, probs.shape[0]]
+    batches = [(probs[a:b], labels[a:b]) for a, b in zip(bounds, bounds[1:]) if b > a]
+    _assert_same(whole, _streaming_all(batches))  # any cut into batches
+    # ... and the exact keys equal the functional metrics (tie-aware adaptive ECE included, fine bins
+    # permitting: the approximation stays within its bound).
+    exp = _functional(probs, labels, n_bins=4)
+    for key in ("accuracy", "nll", "brier", "ece", "mce", "classwise_ece"):
+        assert float(whole[key]) == pytest.approx(exp[key], abs=1e-12), key
+    assert abs(float(whole["adaptive_ece"]) - exp["adaptive_ece"]) <= float(whole["adaptive_ece_error_bound"]) + 1e-12
+
+
+@given(
+    seed=st.integers(0, 2**16),
+    dtype=st.sampled_from([torch.float16, torch.bfloat16]),
+    n_bins=st.sampled_from([2, 5, 10, 15]),
+    on_edges=st.booleans(),
+)
+def test_half_precision_functional_equals_streaming(seed, dtype, n_bins, on_edges):
+    g = torch.Generator().manual_seed(seed)
+    probs = (torch.randn(64, 3, generator=g) * 3).softmax(1)
+    if on_edges:  # top-1 confidences exactly on (the dtype's rounding of) the bin edges
+        k = torch.randint(max(1, n_bins // 2), n_bins, (64,), generator=g)
+        top = k.double() / n_bins
+        probs = torch.stack([top, (1 - top) * 0.7, (1 - top) * 0.3], 1)
+    half = probs.to(dtype)
+    labels = torch.randint(0, 3, (64,), generator=g)
+    stream = _streaming_all([(half[:20], labels[:20]), (half[20:], labels[20:])], n_bins=n_bins)
+    kw = {"n_bins": n_bins, "validate_args": False}
+    for key, fn in (("ece", metrics.ece), ("mce", metrics.mce), ("classwise_ece", metrics.classwise_ece)):
+        assert float(stream[key]) == pytest.approx(fn(half, labels, **kw), abs=1e-12), key
+    assert float(stream["ce_l2"]) == pytest.approx(metrics.ece(half, labels, norm="l2", **kw), abs=1e-12)
+    rb = metrics.reliability_bins(half, labels, **kw)
+    assert torch.equal(stream["um_reliability"][:n_bins], rb.counts.double())
+
+
+def test_streaming_n_bins_bound_and_label_dtype_rule():
+    with pytest.raises(ValueError, match=r"`n_bins` must be at most 100000, got 10000000000"):
+        UncertaintyMetrics(n_bins=10_000_000_000)
+    ce = CalibrationError(ignore_index=255)
+    with pytest.raises(ValueError, match=r"`ignore_index` must be representable in the dtype of `labels` \(torch.int8"):
+        ce.update(torch.tensor([[0.6, 0.4]]), torch.tensor([-1], dtype=torch.int8))
+    assert int(ce.counts.sum()) == 0
