@@ -342,7 +342,7 @@ def test_metric_collection_and_forward():
     # torchmetrics' contract: tensors only (a Lightning `self.log_dict` needs them).
     assert "reliability" not in out
     assert all(isinstance(v, torch.Tensor) and v.ndim == 0 for v in out.values())
-    assert out["calib"].dtype == torch.float64 and out["n"].dtype == torch.int64 and int(out["n"]) == 300
+    assert out["calib"].dtype == torch.float64 and out["n"].dtype == torch.float64 and int(out["n"]) == 300
     assert isinstance(collection["unc"].reliability(), metrics.ReliabilityBins)
 
 

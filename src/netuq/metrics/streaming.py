@@ -483,8 +483,8 @@ class UncertaintyMetrics(_FixedStateMetric):
         validate_args: check probabilities and labels at every update.
         **kwargs: passed to :class:`torchmetrics.Metric`.
 
-    ``compute()`` returns a dict of 0-dim tensors (float64, NaN before any valid pixel; ``"n"``,
-    the number of pixels counted, int64), so a LightningModule can ``self.log_dict(metric.compute())``.
+    ``compute()`` returns a dict of 0-dim float64 tensors (NaN before any valid pixel; ``"n"`` is
+    the number of pixels counted), so a LightningModule can ``self.log_dict(metric.compute())``.
     The reliability table is :meth:`reliability` (a :class:`~netuq.metrics.ReliabilityBins`). The
     metric works inside a :class:`torchmetrics.MetricCollection` (its keys are flattened into the
     collection's dict).
@@ -570,14 +570,14 @@ class UncertaintyMetrics(_FixedStateMetric):
         """All metrics over everything seen since the last ``reset()`` (all processes).
 
         Returns:
-            ``{name: 0-dim tensor}`` on the metric's device: float64 values (NaN before any valid
-            pixel) and ``"n"``, the int64 number of pixels counted. The reliability table is
+            ``{name: 0-dim float64 tensor}`` on the metric's device (NaN before any valid pixel);
+            ``"n"`` is the number of pixels counted (exact up to 2^53). The reliability table is
             :meth:`reliability`.
         """
         n_t = self.counts.sum()
         n = int(n_t)
         f64 = {"dtype": torch.float64, "device": self.counts.device}
-        out: dict[str, torch.Tensor] = {"n": n_t}
+        out: dict[str, torch.Tensor] = {"n": n_t.to(torch.float64)}  # float: Lightning reduces floats only
         if n == 0:
             nan = torch.tensor(math.nan, **f64)
             keys = ["accuracy", "nll", "brier", "ece", "mce"] + (["classwise_ece"] if self.classwise else [])
