@@ -36,6 +36,7 @@ from .._checks import (
     check_labels,
     check_probs,
 )
+from ._approx import adaptive_ece_from_hist, aurc_from_hist, auroc_from_hist
 from ._core import (
     NLL_EPS,
     bin_edges,
@@ -43,7 +44,6 @@ from ._core import (
     calibration_error_from_stats,
     check_n_bins,
     check_norm,
-    equal_mass_ece,
 )
 from .functional import ReliabilityBins, classwise_stats
 
@@ -272,75 +272,6 @@ def _coarse_index(conf: torch.Tensor, fine: torch.Tensor, n_bins: int, fine_bins
 
 def _add(state: torch.Tensor, value: torch.Tensor) -> None:
     state += value.to(device=state.device, dtype=state.dtype)
-
-
-# ----------------------------------------------------------------------------------------------
-# Approximations from the fine histogram (with guaranteed error bounds)
-# ----------------------------------------------------------------------------------------------
-
-
-def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(value, dtype=torch.float64, device=like.device)
-
-
-def _adaptive_ece_from_hist(
-    counts: torch.Tensor, correct: torch.Tensor, conf_sum: torch.Tensor, n_bins: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Adaptive (equal-mass) ECE from a fine histogram sorted by confidence, and its error bound.
-
-    ``_core.equal_mass_ece`` with the fine bins as groups (the exact metric uses the tie blocks):
-    the cut ranks are exact, and a fine bin that a cut splits is shared between its two groups in
-    proportion. If the cut leaves j of the bin's m samples below it, the correct count below is
-    off by at most min(j, m - j) and the confidence sum by at most min(j, m - j) · w (w = bin
-    width <= 2 / F), so |approx - exact| <= (2 / n) Σ_cuts min(j, m - j) (1 + w). (The exact
-    metric shares a split tie block in proportion too, i.e. it averages the orders of the block,
-    so the bound holds for it as for any order.)
-    """
-    n = int(counts.sum())
-    gaps, split = equal_mass_ece(counts, correct, conf_sum, n_bins)
-    if n == 0:
-        return gaps, gaps.clone()
-    return gaps, split * (2.0 * (1.0 + 3.0 / counts.numel()) / n)
-
-
-def _auroc_from_hist(counts: torch.Tensor, correct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """AUROC of the confidence separating correct (positive) from wrong samples, and its bound.
-
-    Pairs in different fine bins are ordered exactly; pairs in the same bin count as ties (½).
-    Their true contribution lies in [0, 1], so |approx - exact| <= ½ Σ_k pos_k neg_k / (P · N).
-    """
-    pos = correct.to(torch.float64)
-    neg = (counts - correct).to(torch.float64)
-    n_pos, n_neg = float(pos.sum()), float(neg.sum())
-    if n_pos == 0 or n_neg == 0:
-        return _scalar(math.nan, counts), _scalar(math.nan, counts)
-    neg_below = neg.cumsum(0) - neg
-    tie = (pos * neg).sum()
-    wins = (pos * neg_below).sum() + 0.5 * tie
-    return wins / (n_pos * n_neg), 0.5 * tie / (n_pos * n_neg)
-
-
-def _aurc_from_hist(counts: torch.Tensor, correct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """AURC (mean selective risk over k = 1..n, most confident first) and its error bound.
-
-    Each fine bin is treated as one tie group whose errors spread evenly, as the exact metric does
-    for tied scores. For a bin with m samples, e errors, s samples and E errors before it:
-    Σ_{i=1..m} (E + e i / m) / (s + i) = E · D + (e / m)(m - s · D), D = ψ(s + m + 1) - ψ(s + 1).
-    The true error count among its first i samples differs from e i / m by at most min(e, m - e),
-    so |approx - exact| <= (1 / n) Σ_k min(e_k, m_k - e_k) D_k.
-    """
-    m = counts.flip(0).to(torch.float64)  # most confident first
-    e = (counts - correct).flip(0).to(torch.float64)
-    n = float(m.sum())
-    if n == 0:
-        return _scalar(math.nan, counts), _scalar(math.nan, counts)
-    s = m.cumsum(0) - m
-    err_before = e.cumsum(0) - e
-    d = torch.special.digamma(s + m + 1.0) - torch.special.digamma(s + 1.0)
-    within = torch.where(m > 0, e / m.clamp_min(1.0) * (m - s * d), 0.0)
-    area = (err_before * d + within).sum() / n
-    bound = (torch.minimum(e, m - e) * d).sum() / n
-    return area, bound
 
 
 # ----------------------------------------------------------------------------------------------
@@ -594,9 +525,9 @@ class UncertaintyMetrics(_FixedStateMetric):
             gap = (self.cw_hits.to(torch.float64) - self.cw_conf_sum).abs()  # as functional.classwise_ece
             out["classwise_ece"] = gap.sum() / n / self.num_classes
         fine = (self.fine_counts, self.fine_correct)
-        out["adaptive_ece"], out["adaptive_ece_error_bound"] = _adaptive_ece_from_hist(
+        out["adaptive_ece"], out["adaptive_ece_error_bound"] = adaptive_ece_from_hist(
             *fine, self.fine_conf_sum, self.n_bins
         )
-        out["misclassification_auroc"], out["misclassification_auroc_error_bound"] = _auroc_from_hist(*fine)
-        out["aurc"], out["aurc_error_bound"] = _aurc_from_hist(*fine)
+        out["misclassification_auroc"], out["misclassification_auroc_error_bound"] = auroc_from_hist(*fine)
+        out["aurc"], out["aurc_error_bound"] = aurc_from_hist(*fine)
         return out
