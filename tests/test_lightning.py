@@ -137,7 +137,8 @@ def test_ddp_two_cpu_processes_equal_one(tmp_path):
                                                         os.environ.get("PYTHONPATH", "")])}
     for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    env["GLOO_SOCKET_IFNAME"] = "lo" if sys.platform.startswith("linux") else env.get("GLOO_SOCKET_IFNAME", "")
+    if sys.platform.startswith("linux"):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback only
     proc = subprocess.run([sys.executable, __file__, str(out)], env=env, cwd=tmp_path, capture_output=True,
                           text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
