@@ -9,6 +9,7 @@ import torch
 from netuq import Prediction, measures, metrics
 from netuq._checks import (
     as_tensor,
+    check_ignore_index,
     check_labels,
     check_logits,
     check_probs,
@@ -251,3 +252,78 @@ def test_helpers():
     p, _ = validate_probs_labels(PROBS * 5, LABELS, None, validate_args=False)
     assert float(p.max()) == pytest.approx(4.0)
     check_probs(torch.tensor([[[1.0, 0.0]]]), dim=2, min_ndim=3)
+
+
+# ------------------------------------------------------------------ issue 13 item 6: ignore_index vs label dtype
+INT_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
+IGNORE_VALUES = (-(2**31) - 1, -100, -1, 0, 2, 127, 128, 255, 256, 2**15, 2**31)
+
+
+def _every_ignore_index_consumer(probs, labels, ignore_index, validate_args=True):
+    """Every metric that takes ``ignore_index`` (functional and streaming), as {name: value}."""
+    from netuq.metrics.streaming import CalibrationError, UncertaintyMetrics
+
+    kw = {"ignore_index": ignore_index, "validate_args": validate_args}
+    out = {name: getattr(metrics, name)(probs, labels, **kw)
+           for name in ("accuracy", "nll", "brier", "ece", "mce", "adaptive_ece", "classwise_ece", "aurc")}
+    out["aurc_scores"] = metrics.aurc(probs, labels, scores=-torch.arange(labels.numel()).double(), **kw)
+    out["curve"] = metrics.risk_coverage_curve(probs, labels, **kw)[1]
+    out["reliability"] = metrics.reliability_bins(probs, labels, **kw).counts
+    out.update({f"evaluate_{k}": v for k, v in metrics.evaluate(probs, labels, **kw).items()})
+    ce = CalibrationError(n_bins=5, **kw)
+    um = UncertaintyMetrics(3, n_bins=5, classwise=True, **kw)
+    ce.update(probs, labels)
+    um.update(probs, labels)
+    out["streaming_ece"] = ce.compute()
+    out.update({f"streaming_{k}": v for k, v in um.compute().items()})
+    return out
+
+
+@pytest.mark.parametrize("dtype", INT_DTYPES)
+@pytest.mark.parametrize("validate_args", [True, False])
+def test_ignore_index_is_compared_without_wrapping_in_every_label_dtype(dtype, validate_args):
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(12, 3, generator=g, dtype=torch.float64).softmax(1)
+    base = torch.randint(0, 3, (12,), generator=g)
+    info = torch.iinfo(dtype)
+    for value in IGNORE_VALUES:
+        if info.min <= value <= info.max:
+            labels = base.clone()
+            labels[[1, 4, 7]] = value if value not in (0, 2) else labels[[1, 4, 7]]
+            # The result equals the int64 computation with the same labels and ignore_index.
+            expected = _every_ignore_index_consumer(probs, labels, value, validate_args)
+            got = _every_ignore_index_consumer(probs, labels.to(dtype), value, validate_args)
+            for key, ref in expected.items():
+                torch.testing.assert_close(torch.as_tensor(got[key]), torch.as_tensor(ref), rtol=0, atol=0, msg=key)
+        else:
+            match = rf"`ignore_index` must be representable in the dtype of `labels` \({dtype}, values in "
+            with pytest.raises(ValueError, match=match + rf".*got {value}"):
+                _every_ignore_index_consumer(probs, base.to(dtype), value, validate_args)
+
+
+def test_ignore_index_wrap_cases_of_the_issue():
+    probs = torch.tensor([[0.6, 0.4], [0.3, 0.7]])
+    # int8 labels: 255 would compare as -1; uint8 labels: -1 would compare as 255.
+    with pytest.raises(ValueError, match=r"torch.int8, values in \[-128, 127\]\), got 255; it would wrap"):
+        metrics.ece(probs, torch.tensor([0, -1], dtype=torch.int8), ignore_index=255)
+    with pytest.raises(ValueError, match=r"torch.uint8, values in \[0, 255\]\), got -1"):
+        metrics.ece(probs, torch.tensor([0, 1], dtype=torch.uint8), ignore_index=-1, validate_args=False)
+    with pytest.raises(ValueError, match=r"torch.uint8"):
+        flatten_valid(probs, torch.tensor([0, 1], dtype=torch.uint8), ignore_index=-1)
+    assert metrics.accuracy(probs, torch.tensor([0, 255], dtype=torch.uint8), ignore_index=255) == 1.0
+
+
+@pytest.mark.parametrize("bad", [2.0, 255.0, "255", True, None.__class__, np.float32(1)])
+def test_non_integer_ignore_index_is_a_type_error_everywhere(bad):
+    from netuq.metrics.streaming import CalibrationError, UncertaintyMetrics
+
+    match = r"`ignore_index` must be an integer or None, got "
+    for fn in (metrics.accuracy, metrics.nll, metrics.ece, metrics.adaptive_ece, metrics.classwise_ece,
+               metrics.reliability_bins, metrics.aurc, metrics.evaluate):
+        for validate_args in (True, False):
+            with pytest.raises(TypeError, match=match):
+                fn(PROBS, LABELS, ignore_index=bad, validate_args=validate_args)
+    for cls in (CalibrationError, UncertaintyMetrics):
+        with pytest.raises(TypeError, match=match):
+            cls(ignore_index=bad)
+    assert check_ignore_index(np.int16(-3), torch.int8) == -3 and check_ignore_index(None, torch.uint8) is None

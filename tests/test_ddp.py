@@ -42,7 +42,9 @@ def _metrics():
 
 def _summary(ce, um):
     out = um.compute()
-    return {"calibration_error": ce.compute(), **{k: out[k] for k in SCALARS}, "counts": out["reliability"].counts}
+    rel = um.reliability()  # synced like compute(): the whole-set table on every rank
+    return {"calibration_error": float(ce.compute()), **{k: float(out[k]) for k in SCALARS}, "counts": rel.counts,
+            "ce_counts": ce.reliability().counts, "accuracy_bins": rel.accuracy}
 
 
 def _loopback_interface() -> str | None:
@@ -95,5 +97,7 @@ def test_two_processes_equal_one(tmp_path):
         got = torch.load(tmp_path / f"rank{rank}.pt")
         assert got["local_counts_kept"]
         assert torch.equal(got["counts"], expected["counts"])
+        assert torch.equal(got["ce_counts"], expected["counts"])
+        torch.testing.assert_close(got["accuracy_bins"], expected["accuracy_bins"], equal_nan=True, rtol=0, atol=1e-15)
         for key in ("calibration_error", *SCALARS):
             assert got[key] == pytest.approx(expected[key], abs=1e-12), (rank, key)

@@ -214,3 +214,32 @@ def test_variation_ratio_takes_logits_only_without_validation():
     torch.testing.assert_close(measures.variation_ratio(z, validate_args=False), measures.variation_ratio(z.softmax(2)))
     doc = measures.variation_ratio.__doc__.lower()
     assert "logits" in doc and "validate_args=false" in doc
+
+
+# ------------------------------------------------------------------ issue 13 item 8: exact zero
+@given(
+    s=st.integers(1, 20),
+    c=st.integers(2, 6),
+    seed=st.integers(0, 2**16),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]),
+)
+def test_mutual_information_is_exactly_zero_for_identical_samples(s, c, seed, dtype):
+    g = torch.Generator().manual_seed(seed)
+    p = (torch.randn(7, c, 3, generator=g) * 3).softmax(1)
+    p[0, :, 0] = torch.nn.functional.one_hot(torch.tensor(c - 1), c).float()  # zeros in a row
+    p = p.to(dtype)
+    samples = p.expand(s, *p.shape)
+    mi = measures.mutual_information(samples, validate_args=False)
+    assert mi.shape == (7, 3) and bool((mi == 0).all())  # was 4.8e-7 in float32 for S = 10
+
+
+@given(seed=st.integers(0, 2**16), s=st.integers(2, 12))
+def test_mutual_information_equals_the_entropy_decomposition_in_float64(seed, s):
+    g = torch.Generator().manual_seed(seed)
+    samples = (torch.randn(s, 5, 4, generator=g, dtype=torch.float64) * 2).softmax(2)
+    samples[0, 0] = torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=torch.float64)  # a zero probability
+    mean = samples.mean(0)
+    ref = scipy.stats.entropy(mean.numpy(), axis=1) - scipy.stats.entropy(samples.numpy(), axis=2).mean(0)
+    torch.testing.assert_close(measures.mutual_information(samples), torch.from_numpy(ref).clamp_min(0),
+                               rtol=0, atol=1e-12)
+    assert measures.mutual_information(samples.float()).dtype == torch.float32

@@ -360,14 +360,18 @@ def test_validate_args_false_accepts_logits_for_accuracy():
 
 # ------------------------------------------------------------------ regressions
 def test_equal_mass_bins_match_numpy_array_split():
-    from netuq.metrics.functional import _equal_mass_bin_index
-
+    # Distinct confidences: the bins are exactly numpy.array_split of the sorted samples.
+    g = torch.Generator().manual_seed(3)
     for n in range(1, 41):
+        conf = torch.randperm(1000, generator=g)[:n].double() / 2000 + 0.5  # distinct, in [0.5, 1)
+        probs = torch.stack([conf, 1 - conf], 1)
+        labels = torch.randint(0, 2, (n,), generator=g)
+        order = np.argsort(conf.numpy())
+        c, hit = conf.numpy()[order], (labels.numpy() == 0)[order]
         for n_bins in (1, 2, 3, 7, 15, 40, 50):
             parts = np.array_split(np.arange(n), min(n_bins, n))
-            expected = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)])
-            got = _equal_mass_bin_index(n, n_bins, torch.device("cpu"))
-            assert got.dtype == torch.int64 and got.tolist() == expected.tolist(), (n, n_bins)
+            expected = sum(abs(hit[p].sum() - c[p].sum()) for p in parts) / n
+            assert metrics.adaptive_ece(probs, labels, n_bins=n_bins) == pytest.approx(expected, abs=1e-12), (n, n_bins)
 
 
 @pytest.mark.parametrize(
@@ -377,3 +381,143 @@ def test_documented_with_shapes_args_and_returns(name):
     doc = getattr(metrics, name).__doc__
     assert "Args:" in doc and "Returns:" in doc and "Example:" in doc
     assert "probs: (N, C) or (N, C, ...)" in doc and "labels: (N,) or (N, ...)" in doc
+
+
+# ------------------------------------------------------------------ issue 13: half precision (item 2)
+BINNED = ("ece", "mce", "classwise_ece", "adaptive_ece")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_confidence_on_an_edge_goes_where_its_value_says(dtype):
+    # float16(0.6) = 0.60009765625 > 0.6: bin (0.6, 0.7]; rounding the edges to float16 used to tie them.
+    probs = torch.tensor([[0.6, 0.4]], dtype=dtype)
+    value = float(probs[0, 0])
+    rb = metrics.reliability_bins(probs, torch.tensor([0]), n_bins=10)
+    expected_bin = 6 if value > 0.6 else 5
+    assert rb.counts.tolist() == [int(i == expected_bin) for i in range(10)]
+    assert metrics.mce(probs, torch.tensor([0]), n_bins=10) == pytest.approx(1 - value, abs=1e-12)
+
+
+@given(
+    data=prob_label_pairs(max_n=40, max_c=4),
+    dtype=st.sampled_from([torch.float16, torch.bfloat16]),
+    n_bins=st.sampled_from([2, 3, 5, 10, 15]),
+)
+def test_half_precision_bins_equal_the_widened_values(data, dtype, n_bins):
+    # Binning a half-precision tensor == binning its exact float32 widening (the class of item 2):
+    # every binned metric, the reliability table, and on values forced onto bin edges.
+    probs, labels = data
+    edges = torch.arange(1, n_bins, dtype=torch.float64) / n_bins
+    on_edge = edges[torch.arange(probs.numel()).reshape(probs.shape) % edges.numel()]
+    probs = torch.where(torch.rand(probs.shape, generator=torch.Generator().manual_seed(0)) < 0.3, on_edge, probs)
+    probs = probs / probs.sum(1, keepdim=True)
+    half = probs.to(dtype)
+    half = half / half.float().sum(1, keepdim=True).to(dtype)  # keep the sums within the dtype's tolerance
+    wide = half.float()
+    kw = {"n_bins": n_bins, "validate_args": False}
+    for name in BINNED:
+        assert getattr(metrics, name)(half, labels, **kw) == getattr(metrics, name)(wide, labels, **kw), name
+    a, b = metrics.reliability_bins(half, labels, **kw), metrics.reliability_bins(wide, labels, **kw)
+    assert torch.equal(a.counts, b.counts)
+    torch.testing.assert_close(a.accuracy, b.accuracy, equal_nan=True, rtol=0, atol=0)
+
+
+def test_bf16_softmax_ece_equals_float32_of_the_same_values():
+    # The issue's case: 20k realistic bf16 softmax outputs (ECE 0.0084 vs 0.0095, MCE 0.023 vs 0.041 before).
+    probs, labels = _data(20_000, 10, seed=21, scale=3.0)
+    half = probs.to(torch.bfloat16)
+    for name in ("ece", "mce", "classwise_ece"):
+        got = getattr(metrics, name)(half, labels, validate_args=False)
+        assert got == getattr(metrics, name)(half.float(), labels, validate_args=False), name
+
+
+# ------------------------------------------------------------------ issue 13: order of the rows (item 7)
+def test_adaptive_ece_tied_confidences_are_one_block():
+    probs = torch.tensor([[0.6, 0.4]] * 4, dtype=torch.float64)
+    a = metrics.adaptive_ece(probs, torch.tensor([0, 0, 1, 1]), n_bins=2)
+    b = metrics.adaptive_ece(probs, torch.tensor([0, 1, 0, 1]), n_bins=2)
+    assert a == b == pytest.approx(0.1, abs=1e-12)  # each bin: accuracy 0.5 at confidence 0.6
+    # A tie block straddling a cut is shared in proportion: 3 x 0.9 (2 right) then 0.7 (right), 2 bins.
+    probs = torch.tensor([[0.9, 0.1]] * 3 + [[0.7, 0.3]], dtype=torch.float64)
+    got = metrics.adaptive_ece(probs, torch.tensor([0, 0, 1, 0]), n_bins=2)
+    # bin 1: 0.7 (acc 1) + half of the block (acc 2/3): |1 + 2/3 - 1.6|; bin 2: the other half |4/3 - 1.8|
+    assert got == pytest.approx((abs(1 + 2 / 3 - 1.6) + abs(4 / 3 - 1.8)) / 4, abs=1e-12)
+
+
+def _all_functional(probs, labels, scores):
+    out = {name: getattr(metrics, name)(probs, labels) for name in ("accuracy", "nll", "brier", "aurc")}
+    for name in ("ece", "mce", "adaptive_ece", "classwise_ece"):
+        out[name] = getattr(metrics, name)(probs, labels, n_bins=4)
+    out["ece_l2"] = metrics.ece(probs, labels, n_bins=4, norm="l2")
+    out["aurc_scores"] = metrics.aurc(probs, labels, scores=scores)
+    out.update({f"evaluate_{k}": v for k, v in metrics.evaluate(probs, labels, n_bins=3).items()})
+    cov, risk = metrics.risk_coverage_curve(probs, labels, scores=scores)
+    out["curve"] = torch.cat([cov, risk])
+    rb = metrics.reliability_bins(probs, labels, n_bins=5)
+    out["reliability"] = torch.cat([rb.counts.double(), rb.confidence.nan_to_num(-1), rb.accuracy.nan_to_num(-1)])
+    wrong = probs.argmax(1) != labels
+    if bool(wrong.any()) and not bool(wrong.all()):
+        pos, neg = scores[wrong], scores[~wrong]
+        out.update(auroc=metrics.auroc(pos, neg), aupr=metrics.aupr(pos, neg),
+                   fpr95=metrics.fpr_at_tpr(pos, neg), roc=torch.cat(metrics.roc_curve(pos, neg)))
+    return out
+
+
+@st.composite
+def tied_rows(draw, max_n=24):
+    """Rows drawn from a few distinct probability vectors, so confidences and scores tie often."""
+    C = draw(st.integers(2, 4))
+    k = draw(st.integers(1, 4))
+    raw = draw(arrays(np.float64, (k, C), elements=st.sampled_from([0.0, 0.1, 0.25, 0.5, 1.0])))
+    raw[raw.sum(1) == 0] = 1.0
+    table = raw / raw.sum(1, keepdims=True)
+    N = draw(st.integers(1, max_n))
+    rows = draw(arrays(np.int64, (N,), elements=st.integers(0, k - 1)))
+    labels = draw(arrays(np.int64, (N,), elements=st.integers(0, C - 1)))
+    scores = draw(arrays(np.float64, (N,), elements=st.sampled_from([0.0, 0.5, 1.0])))
+    perm = draw(st.permutations(range(N)))
+    return (torch.from_numpy(table[rows]), torch.from_numpy(labels), torch.from_numpy(scores),
+            torch.tensor(perm, dtype=torch.long))
+
+
+@given(tied_rows())
+def test_every_functional_metric_is_invariant_to_the_order_of_the_rows(case):
+    probs, labels, scores, perm = case
+    a, b = _all_functional(probs, labels, scores), _all_functional(probs[perm], labels[perm], scores[perm])
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(b[key], value, rtol=0, atol=1e-12, msg=key)
+        else:
+            assert b[key] == pytest.approx(value, abs=1e-12), key
+
+
+# ------------------------------------------------------------------ issue 13: documented claims (item 8)
+def test_nll_clamp_convention_against_sklearn():
+    probs, labels = _data(200, 4, seed=22)
+    assert metrics.nll(probs, labels) == pytest.approx(log_loss(labels.numpy(), probs.numpy(), labels=range(4)),
+                                                       abs=1e-12)  # equal while every p_y >= 1e-12
+    certain_miss = torch.tensor([[1.0, 0.0], [0.5, 0.5]], dtype=torch.float64)
+    got = metrics.nll(certain_miss, torch.tensor([1, 0]))
+    assert got == pytest.approx((-math.log(1e-12) + math.log(2)) / 2, abs=1e-12)  # p_y = 0 costs 27.63 nats
+    sk = log_loss([1, 0], certain_miss.numpy(), labels=[0, 1])  # sklearn clips at float64 eps instead
+    assert sk == pytest.approx((-math.log(np.finfo(np.float64).eps) + math.log(2)) / 2, abs=1e-9) and sk > got
+    assert "1e-12" in metrics.nll.__doc__ and "log_loss" in metrics.nll.__doc__
+
+
+@pytest.mark.parametrize("fn", [metrics.auroc, metrics.aupr, metrics.fpr_at_tpr, metrics.roc_curve])
+def test_detection_refuses_complex_scores(fn):
+    with pytest.raises(TypeError, match=r"`positive` must be real numbers .*, got dtype torch.complex64"):
+        fn(torch.tensor([1 + 1j, 0.5j]), torch.tensor([0.1, 0.2]))
+    with pytest.raises(TypeError, match=r"`negative` must be real numbers .*, got dtype torch.complex128"):
+        fn(torch.tensor([0.1]), torch.tensor([0.2 + 0j], dtype=torch.complex128))
+    with pytest.raises(TypeError, match=r"`scores` must be real numbers"):
+        metrics.aurc(torch.tensor([[0.9, 0.1]]), torch.tensor([0]), scores=torch.tensor([1j]))
+
+
+@pytest.mark.parametrize("name", ["ece", "mce", "adaptive_ece", "classwise_ece", "reliability_bins", "evaluate"])
+def test_n_bins_upper_bound_before_any_allocation(name):
+    probs, labels = torch.tensor([[0.9, 0.1]]), torch.tensor([0])
+    with pytest.raises(ValueError, match=r"`n_bins` must be at most 100000, got 10000000000"):
+        getattr(metrics, name)(probs, labels, n_bins=10_000_000_000)
+    assert isinstance(getattr(metrics, name)(probs, labels, n_bins=100_000), (float, dict, metrics.ReliabilityBins))

@@ -177,16 +177,43 @@ def test_cat_equals_prediction_on_concatenated_batch(keep):
 def test_scores_and_uncertainty_by_name():
     z = _logits(3, 4, 5, seed=9)
     conf_head = torch.tensor([0.9, 0.2, 0.5, 0.7])
-    pred = Prediction.from_samples(z, logits=True, scores={"confidence_head": conf_head})
+    sigma = torch.tensor([0.1, 2.0, 0.3, 0.4])
+    pred = Prediction.from_samples(z, logits=True, scores={"confidence": conf_head, "sigma": sigma,
+                                                          "view_x": conf_head * 2})
+    # The one score vocabulary (contract 2), each higher = less sure.
     torch.testing.assert_close(pred.uncertainty(), pred.entropy)
+    torch.testing.assert_close(pred.uncertainty("entropy"), measures.entropy(pred.probs))
+    torch.testing.assert_close(pred.uncertainty("max_prob"), 1 - pred.probs.amax(1))
+    torch.testing.assert_close(pred.uncertainty("mutual_information"),
+                               measures.mutual_information(z.softmax(2)), atol=1e-6, rtol=0)
+    torch.testing.assert_close(pred.uncertainty("sigma"), sigma)
+    torch.testing.assert_close(pred.uncertainty("confidence"), 1 - conf_head)
+    # Extra measures and method-specific scores.
     torch.testing.assert_close(pred.uncertainty("aleatoric"), pred.aleatoric)
-    torch.testing.assert_close(pred.uncertainty("epistemic"), pred.epistemic)
-    torch.testing.assert_close(pred.uncertainty("variation_ratio"), pred.variation_ratio)
-    torch.testing.assert_close(pred.uncertainty("1-max_prob"), 1 - pred.confidence)
-    torch.testing.assert_close(pred.uncertainty("confidence_head"), conf_head)
-    torch.testing.assert_close(pred.uncertainty("1-confidence_head"), 1 - conf_head)
-    with pytest.raises(ValueError, match=r"`kind` must be one of \[.*'confidence_head'\], got 'bogus'"):
+    torch.testing.assert_close(pred.uncertainty("variation_ratio"), measures.variation_ratio(z.softmax(2)))
+    torch.testing.assert_close(pred.uncertainty("view_x"), conf_head * 2)
+    # Old names: a clear error naming the new one.
+    for old, new in (("1-max_prob", "max_prob"), ("epistemic", "mutual_information"), ("1-confidence", "confidence"),
+                     ("1-view_x", "view_x")):
+        with pytest.raises(ValueError, match=rf"`kind` '{old}' was renamed: use '{new}'"):
+            pred.uncertainty(old)
+    with pytest.raises(ValueError, match=r"`kind` must be one of \[.*'sigma', 'confidence', 'view_x'\], got 'bogus'"):
         pred.uncertainty("bogus")
+    with pytest.raises(ValueError, match=r"this prediction has no scores\['sigma'\]\), got 'sigma'"):
+        Prediction(pred.probs).uncertainty("sigma")
+    with pytest.raises(TypeError, match=r"`kind` must be a score name \(str\), got int"):
+        pred.uncertainty(3)
+
+
+def test_prediction_shares_measures_code():
+    # Prediction's entropy and vote counting are netuq.measures' (one implementation).
+    import netuq.prediction as P
+
+    assert P._entropy is measures._entropy and P._add_votes is measures._add_votes
+    s = torch.tensor([[[0.5, 0.5, 0.0]], [[0.2, 0.4, 0.4]], [[0.1, 0.1, 0.8]]])  # ties -> first class
+    pred = Prediction.from_samples(s)
+    torch.testing.assert_close(pred.variation_ratio, measures.variation_ratio(s))
+    torch.testing.assert_close(pred.aleatoric, measures.expected_entropy(s))
 
 
 def test_to_and_repr():

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -112,10 +111,11 @@ def test_segmentation_with_ignore_index_batches_equal_all_at_once():
     assert ce.compute() == pytest.approx(exp["ece"], abs=1e-12)
     assert out["n"] == int((labels != 255).sum())
     ref = metrics.reliability_bins(probs, labels, ignore_index=255)
-    assert torch.equal(out["reliability"].counts, ref.counts)
-    torch.testing.assert_close(out["reliability"].accuracy, ref.accuracy, equal_nan=True)
-    torch.testing.assert_close(out["reliability"].confidence, ref.confidence, equal_nan=True)
-    torch.testing.assert_close(out["reliability"].edges, ref.edges)
+    for rel in (um.reliability(), ce.reliability()):
+        assert torch.equal(rel.counts, ref.counts)
+        torch.testing.assert_close(rel.accuracy, ref.accuracy, equal_nan=True)
+        torch.testing.assert_close(rel.confidence, ref.confidence, equal_nan=True)
+        torch.testing.assert_close(rel.edges, ref.edges)
 
 
 def test_uncertainty_metrics_classification_many_batches_float64():
@@ -334,12 +334,16 @@ def test_metric_collection_and_forward():
     collection = MetricCollection({"calib": CalibrationError(n_bins=10), "unc": UncertaintyMetrics(4, n_bins=10)})
     batch = collection(probs[:100], labels[:100])  # forward: the batch's values, and accumulates
     assert batch["calib"] == pytest.approx(metrics.ece(probs[:100], labels[:100], n_bins=10), abs=1e-12)
-    assert batch["ece"] == pytest.approx(batch["calib"], abs=1e-12)
+    assert batch["ece"] == pytest.approx(float(batch["calib"]), abs=1e-12)
     collection.update(probs[100:], labels[100:])
     out = collection.compute()
     assert out["calib"] == pytest.approx(metrics.ece(probs, labels, n_bins=10), abs=1e-12)
     assert out["nll"] == pytest.approx(metrics.nll(probs, labels), abs=1e-9)
-    assert isinstance(out["reliability"], metrics.ReliabilityBins)
+    # torchmetrics' contract: tensors only (a Lightning `self.log_dict` needs them).
+    assert "reliability" not in out
+    assert all(isinstance(v, torch.Tensor) and v.ndim == 0 for v in out.values())
+    assert out["calib"].dtype == torch.float64 and out["n"].dtype == torch.float64 and int(out["n"]) == 300
+    assert isinstance(collection["unc"].reliability(), metrics.ReliabilityBins)
 
 
 def test_compute_before_update_is_nan_and_set_dtype_keeps_exact_states():
@@ -347,10 +351,15 @@ def test_compute_before_update_is_nan_and_set_dtype_keeps_exact_states():
     with pytest.warns(UserWarning, match="before the ``update``"):
         out = um.compute()
     assert out["n"] == 0 and all(math.isnan(out[k]) for k in (*EXACT_KEYS, *APPROX_KEYS))
-    assert out["reliability"].counts.tolist() == [0] * 15
+    assert all(isinstance(v, torch.Tensor) and v.ndim == 0 for v in out.values())
+    assert um.reliability().counts.tolist() == [0] * 15
     ce = CalibrationError()
     with pytest.warns(UserWarning):
-        assert math.isnan(ce.compute())
+        value = ce.compute()
+    assert isinstance(value, torch.Tensor) and value.ndim == 0 and math.isnan(value)
+    for norm in ("l2", "max"):
+        with pytest.warns(UserWarning):
+            assert math.isnan(CalibrationError(norm=norm).compute())
     um.set_dtype(torch.float32)
     assert um.fine_conf_sum.dtype == torch.float64 and um.counts.dtype == torch.int64
 
@@ -366,33 +375,39 @@ def test_reliability_method_of_calibration_error():
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "kwargs, error, match",
     [
-        ({"n_bins": 0}, "`n_bins` must be a positive integer, got 0"),
-        ({"n_bins": 2.5}, "`n_bins` must be a positive integer"),
-        ({"n_bins": True}, "`n_bins` must be a positive integer"),
-        ({"norm": "l3"}, r"`norm` must be one of \('l1', 'l2', 'max'\), got 'l3'"),
-        ({"ignore_index": 2.0}, "`ignore_index` must be an integer or None, got 2.0"),
-        ({"validate_args": 1}, "`validate_args` must be True or False, got 1"),
+        ({"n_bins": 0}, ValueError, "`n_bins` must be a positive integer, got 0"),
+        ({"n_bins": 2.5}, ValueError, "`n_bins` must be a positive integer"),
+        ({"n_bins": True}, ValueError, "`n_bins` must be a positive integer"),
+        ({"n_bins": 10_000_000_000}, ValueError, "`n_bins` must be at most 100000, got 10000000000"),
+        ({"norm": "l3"}, ValueError, r"`norm` must be one of \('l1', 'l2', 'max'\), got 'l3'"),
+        ({"ignore_index": 2.0}, TypeError, "`ignore_index` must be an integer or None, got float 2.0"),
+        ({"ignore_index": True}, TypeError, "`ignore_index` must be an integer or None, got bool True"),
+        ({"validate_args": 1}, TypeError, "`validate_args` must be True or False, got int 1"),
     ],
 )
-def test_calibration_error_bad_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_calibration_error_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
         CalibrationError(**kwargs)
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "kwargs, error, match",
     [
-        ({"num_classes": 0}, "`num_classes` must be a positive integer or None, got 0"),
-        ({"fine_bins": 0}, "`fine_bins` must be a positive integer, got 0"),
-        ({"n_bins": -1}, "`n_bins` must be a positive integer, got -1"),
-        ({"classwise": True}, "`num_classes` must be given when classwise=True"),
-        ({"classwise": "yes"}, "`classwise` must be True or False"),
+        ({"num_classes": 0}, ValueError, "`num_classes` must be an integer >= 1 or None, got 0"),
+        ({"fine_bins": 0}, ValueError, "`fine_bins` must be a positive integer, got 0"),
+        ({"fine_bins": 10**12}, ValueError, "`fine_bins` must be at most 10000000, got 1000000000000"),
+        ({"n_bins": -1}, ValueError, "`n_bins` must be a positive integer, got -1"),
+        ({"n_bins": 100_001}, ValueError, "`n_bins` must be at most 100000, got 100001"),
+        ({"classwise": True}, ValueError, "`num_classes` must be given when classwise=True"),
+        ({"classwise": "yes"}, TypeError, "`classwise` must be True or False"),
+        ({"ignore_index": "255"}, TypeError, "`ignore_index` must be an integer or None, got str '255'"),
+        ({"num_classes": 10**6, "n_bins": 1000, "classwise": True}, ValueError, "`num_classes` \\* `n_bins` must"),
     ],
 )
-def test_uncertainty_metrics_bad_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_uncertainty_metrics_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
         UncertaintyMetrics(**kwargs)
 
 
@@ -435,4 +450,92 @@ def test_validate_args_false_skips_value_checks_but_not_shapes():
     metric.update(probs * 1.0005, labels)  # would fail nothing here either, but no check runs
     with pytest.raises(ValueError, match="`labels` must have shape"):
         metric.update(probs, labels[:5])
-    assert np.isfinite(metric.compute())
+    assert bool(torch.isfinite(metric.compute()))
+
+
+# ------------------------------------------------------------------ issue 13 items 2 and 7: dtypes, order, batches
+def _streaming_all(batches, n_bins=4, fine_bins=50):
+    """Every streaming output (CalibrationError for each norm, UncertaintyMetrics, reliability tables)."""
+    ces = {norm: CalibrationError(n_bins=n_bins, norm=norm, validate_args=False) for norm in ("l1", "l2", "max")}
+    um = UncertaintyMetrics(batches[0][0].shape[1], n_bins=n_bins, classwise=True, fine_bins=fine_bins,
+                            validate_args=False)
+    for p, y in batches:
+        for m in (*ces.values(), um):
+            m.update(p, y)
+    out = {f"ce_{k}": m.compute() for k, m in ces.items()}
+    out.update(um.compute())
+    for name, m in (("ce", ces["l1"]), ("um", um)):
+        rb = m.reliability()
+        out[f"{name}_reliability"] = torch.cat([rb.counts.double(), rb.confidence.nan_to_num(-1),
+                                                rb.accuracy.nan_to_num(-1)])
+    return out
+
+
+def _assert_same(a, b, atol=1e-12):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=atol, equal_nan=True, msg=key)
+
+
+@st.composite
+def _tied_batch(draw, max_n=24):
+    C = draw(st.integers(2, 4))
+    table = torch.tensor(draw(st.lists(st.lists(st.sampled_from([0.0, 0.1, 0.25, 0.5, 1.0]), min_size=C, max_size=C),
+                                       min_size=1, max_size=4)), dtype=torch.float64)
+    table[table.sum(1) == 0] = 1.0
+    table = table / table.sum(1, keepdim=True)
+    N = draw(st.integers(1, max_n))
+    rows = torch.tensor(draw(st.lists(st.integers(0, table.shape[0] - 1), min_size=N, max_size=N)))
+    labels = torch.tensor(draw(st.lists(st.integers(0, C - 1), min_size=N, max_size=N)))
+    perm = torch.tensor(draw(st.permutations(range(N))), dtype=torch.long)
+    cuts = sorted(draw(st.lists(st.integers(1, max(1, N - 1)), max_size=4))) if N > 1 else []
+    return table[rows], labels, perm, cuts
+
+
+@given(_tied_batch())
+def test_streaming_is_invariant_to_row_order_and_batch_splits(case):
+    probs, labels, perm, cuts = case
+    whole = _streaming_all([(probs, labels)])
+    _assert_same(whole, _streaming_all([(probs[perm], labels[perm])]))  # any row order
+    bounds = [0, *cuts, probs.shape[0]]
+    batches = [(probs[a:b], labels[a:b]) for a, b in zip(bounds, bounds[1:]) if b > a]
+    _assert_same(whole, _streaming_all(batches))  # any cut into batches
+    # ... and the exact keys equal the functional metrics (tie-aware adaptive ECE included, fine bins
+    # permitting: the approximation stays within its bound).
+    exp = _functional(probs, labels, n_bins=4)
+    for key in ("accuracy", "nll", "brier", "ece", "mce", "classwise_ece"):
+        assert float(whole[key]) == pytest.approx(exp[key], abs=1e-12), key
+    assert abs(float(whole["adaptive_ece"]) - exp["adaptive_ece"]) <= float(whole["adaptive_ece_error_bound"]) + 1e-12
+
+
+@given(
+    seed=st.integers(0, 2**16),
+    dtype=st.sampled_from([torch.float16, torch.bfloat16]),
+    n_bins=st.sampled_from([2, 5, 10, 15]),
+    on_edges=st.booleans(),
+)
+def test_half_precision_functional_equals_streaming(seed, dtype, n_bins, on_edges):
+    g = torch.Generator().manual_seed(seed)
+    probs = (torch.randn(64, 3, generator=g) * 3).softmax(1)
+    if on_edges:  # top-1 confidences exactly on (the dtype's rounding of) the bin edges
+        k = torch.randint(max(1, n_bins // 2), n_bins, (64,), generator=g)
+        top = k.double() / n_bins
+        probs = torch.stack([top, (1 - top) * 0.7, (1 - top) * 0.3], 1)
+    half = probs.to(dtype)
+    labels = torch.randint(0, 3, (64,), generator=g)
+    stream = _streaming_all([(half[:20], labels[:20]), (half[20:], labels[20:])], n_bins=n_bins)
+    kw = {"n_bins": n_bins, "validate_args": False}
+    for key, fn in (("ece", metrics.ece), ("mce", metrics.mce), ("classwise_ece", metrics.classwise_ece)):
+        assert float(stream[key]) == pytest.approx(fn(half, labels, **kw), abs=1e-12), key
+    assert float(stream["ce_l2"]) == pytest.approx(metrics.ece(half, labels, norm="l2", **kw), abs=1e-12)
+    rb = metrics.reliability_bins(half, labels, **kw)
+    assert torch.equal(stream["um_reliability"][:n_bins], rb.counts.double())
+
+
+def test_streaming_n_bins_bound_and_label_dtype_rule():
+    with pytest.raises(ValueError, match=r"`n_bins` must be at most 100000, got 10000000000"):
+        UncertaintyMetrics(n_bins=10_000_000_000)
+    ce = CalibrationError(ignore_index=255)
+    with pytest.raises(ValueError, match=r"`ignore_index` must be representable in the dtype of `labels` \(torch.int8"):
+        ce.update(torch.tensor([[0.6, 0.4]]), torch.tensor([-1], dtype=torch.int8))
+    assert int(ce.counts.sum()) == 0

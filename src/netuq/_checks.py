@@ -19,6 +19,8 @@ __all__ = [
     "flatten_valid",
     "move_class_last",
     "float_dtype",
+    "check_ignore_index",
+    "check_bool",
 ]
 
 PROB_SUM_TOL = 1e-3
@@ -102,8 +104,14 @@ def check_probs(probs: Any, name: str = "probs", *, dim: int = 1, min_ndim: int 
 
 
 def check_scores(scores: Any, name: str) -> torch.Tensor:
-    """Validate a 1-D (or flattenable) finite score vector and return it flattened."""
+    """Validate a 1-D (or flattenable) finite real score vector and return it flattened.
+
+    Floating-point and integer scores are kept; bool scores (a hard 0/1 decision) become float32;
+    complex scores are a TypeError (they have no order).
+    """
     scores = as_tensor(scores, name)
+    if scores.is_complex():
+        raise TypeError(f"`{name}` must be real numbers (floating point, integer or bool), got dtype {scores.dtype}")
     if scores.dtype == torch.bool:
         scores = scores.to(torch.float32)
     if scores.numel() == 0:
@@ -133,6 +141,7 @@ def check_labels(
         )
     if labels.numel() == 0:
         raise ValueError(f"`{name}` must not be empty, got shape {tuple(labels.shape)}")
+    ignore_index = check_ignore_index(ignore_index, labels.dtype, labels_name=name)
     valid = labels if ignore_index is None else labels[labels != ignore_index]
     if valid.numel() == 0:
         raise ValueError(f"`{name}` must contain at least one value other than ignore_index={ignore_index}")
@@ -141,6 +150,55 @@ def check_labels(
         extra = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
         raise ValueError(f"`{name}` must be integers in [0, {num_classes}){extra}, got values in [{lo}, {hi}]")
     return labels
+
+
+def check_ignore_index(
+    ignore_index: Any, labels_dtype: torch.dtype | None = None, *, labels_name: str = "labels"
+) -> int | None:
+    """``ignore_index`` as an ``int`` (or None) after checking it is an integer the labels can hold.
+
+    A comparison ``labels != ignore_index`` runs in the labels' dtype, so a value that dtype
+    cannot represent would wrap (255 is -1 in int8, -1 is 255 in uint8) and drop real labels:
+    such a value is refused instead. With ``labels_dtype=None`` only the type is checked.
+
+    Raises:
+        TypeError: ``ignore_index`` is not an integer (bools and floats included).
+        ValueError: ``labels_dtype`` cannot represent ``ignore_index``.
+
+    Example:
+        >>> check_ignore_index(255, torch.uint8)
+        255
+    """
+    import numbers
+
+    if ignore_index is None:
+        return None
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        found = f"{type(ignore_index).__name__} {ignore_index!r}"
+        raise TypeError(f"`ignore_index` must be an integer or None, got {found}")
+    value = int(ignore_index)
+    if labels_dtype is not None and not labels_dtype.is_floating_point and not labels_dtype.is_complex \
+            and labels_dtype != torch.bool:
+        info = torch.iinfo(labels_dtype)
+        if not info.min <= value <= info.max:
+            raise ValueError(
+                f"`ignore_index` must be representable in the dtype of `{labels_name}` ({labels_dtype}, values in "
+                f"[{info.min}, {info.max}]), got {value}; it would wrap and drop other labels: cast `{labels_name}` "
+                "to a wider integer dtype (e.g. .long())"
+            )
+    return value
+
+
+def check_bool(value: object, name: str) -> bool:
+    """``value`` after checking it is ``True`` or ``False`` (not 0/1 or another truthy object).
+
+    Example:
+        >>> check_bool(True, "classwise")
+        True
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be True or False, got {type(value).__name__} {value!r}")
+    return value
 
 
 def move_class_last(x: torch.Tensor) -> torch.Tensor:
@@ -156,6 +214,7 @@ def flatten_valid(
     """Flatten (N, C, ...) values and (N, ...) labels to (M, C) and (M,), dropping ``ignore_index``."""
     flat = move_class_last(values)
     flat_labels = labels.reshape(-1)
+    ignore_index = check_ignore_index(ignore_index, flat_labels.dtype)
     if ignore_index is not None:
         keep = flat_labels != ignore_index
         if not bool(keep.all()):

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ._checks import PROB_SUM_TOL, _check_float, _check_rank, as_tensor, check_probs, float_dtype
+from .measures import _add_votes, _entropy, _variation_ratio_from_votes
 
 __all__ = ["Prediction"]
 
@@ -54,9 +55,9 @@ def _check_log_values(x: Any, name: str, *, stacked: bool) -> torch.Tensor:
     return x
 
 
-def _entropy(p: torch.Tensor, dim: int) -> torch.Tensor:
-    """H(p) = Σ −p log p over ``dim`` (``entr``: 0 at p = 0, and +0.0, never −0.0, for a one-hot row)."""
-    return torch.special.entr(p).sum(dim)
+# The score vocabulary shared by the benchmark, the report and the engine (higher = less sure).
+SCORES = ("max_prob", "entropy", "mutual_information", "sigma", "confidence")
+_RENAMED = {"1-max_prob": "max_prob", "epistemic": "mutual_information", "1-confidence": "confidence"}
 
 
 class Prediction:
@@ -265,7 +266,6 @@ class Prediction:
             )
         chunk_log_sum = log_p[0] if k == 1 else torch.logsumexp(log_p, dim=0)
         chunk_entropy = _entropy(p, 2).sum(0)
-        votes_idx = log_p.max(2).indices.movedim(0, 1)  # max().indices: ~5x faster than argmax here  # (N, k, ...)
         if self._log_sum is None:
             shape = log_p.shape[1:]
             self._log_sum = chunk_log_sum
@@ -274,8 +274,7 @@ class Prediction:
         else:
             self._log_sum = torch.logaddexp(self._log_sum, chunk_log_sum)
             self._entropy_sum = self._entropy_sum + chunk_entropy
-        one = torch.ones((), dtype=torch.int32, device=votes_idx.device).expand(votes_idx.shape)  # no allocation
-        self._votes.scatter_add_(1, votes_idx, one)
+        _add_votes(self._votes, log_p)  # the argmax of log p is that of p
         self._count += k
         if self.keep_samples:
             self._samples.append(p.detach())
@@ -329,14 +328,19 @@ class Prediction:
 
     @property
     def epistemic(self) -> torch.Tensor:
-        """(N, ...) mutual information H[p̄] − E_s H[p_s], clamped at 0."""
+        """(N, ...) mutual information H[p̄] − E_s H[p_s], clamped at 0 (``uncertainty("mutual_information")``).
+
+        Computed from the running sums (the samples are not kept), so it is 0 for identical
+        samples only up to rounding (~1e-7 in float32); :func:`netuq.measures.mutual_information`
+        on kept samples is exactly 0 there.
+        """
         return (self.entropy - self.aleatoric).clamp_min(0.0)
 
     @property
     def variation_ratio(self) -> torch.Tensor:
         """(N, ...) 1 − (votes of the modal class) / S."""
         self._require()
-        return 1.0 - self._votes.amax(1).to(self._log_sum.dtype) / self._count
+        return _variation_ratio_from_votes(self._votes, self._count, self._log_sum.dtype)
 
     @property
     def samples(self) -> torch.Tensor | None:
@@ -348,26 +352,47 @@ class Prediction:
         return self._samples[0]
 
     def uncertainty(self, kind: str = "entropy") -> torch.Tensor:
-        """An uncertainty score by name, higher = less sure; ``kind`` is one of
-        ``entropy``, ``aleatoric``, ``epistemic``, ``variation_ratio``, ``1-max_prob``, or a key of
-        ``scores`` prefixed with ``1-`` for confidence-like scores (e.g. ``"1-confidence"`` for a
-        learned confidence head).
+        """An uncertainty score by name, (N, ...), higher = less sure.
+
+        The score names are netuq's one vocabulary (the benchmark, the report and the engine use
+        the same): ``"max_prob"`` (1 − max p̄), ``"entropy"`` (H[p̄]), ``"mutual_information"``
+        (H[p̄] − E_s H[p_s]), ``"sigma"`` (``scores["sigma"]`` of a heteroscedastic head) and
+        ``"confidence"`` (1 − ``scores["confidence"]`` of a learned confidence head). Also
+        accepted: ``"aleatoric"`` (E_s H[p_s]), ``"variation_ratio"`` and any other key of
+        ``scores`` (returned as stored, e.g. TTA's ``"view_mutual_information"``). The old names
+        ``"1-max_prob"``, ``"epistemic"`` and ``"1-<key>"`` are refused with the new name.
+
+        Raises:
+            ValueError: an unknown or renamed ``kind``, or ``"sigma"`` / ``"confidence"`` on a
+                prediction without that score.
+
+        Example:
+            >>> pred = Prediction(torch.tensor([[0.75, 0.25]]))
+            >>> pred.uncertainty("max_prob")
+            tensor([0.2500])
         """
-        simple = {
+        computed = {
+            "max_prob": lambda: 1.0 - self.confidence,
             "entropy": lambda: self.entropy,
+            "mutual_information": lambda: self.epistemic,
             "aleatoric": lambda: self.aleatoric,
-            "epistemic": lambda: self.epistemic,
             "variation_ratio": lambda: self.variation_ratio,
-            "1-max_prob": lambda: 1.0 - self.confidence,
         }
-        if kind in simple:
-            return simple[kind]()
+        if not isinstance(kind, str):
+            raise TypeError(f"`kind` must be a score name (str), got {type(kind).__name__}")
+        if kind in computed:
+            return computed[kind]()
+        if kind == "confidence" and "confidence" in self.scores:
+            return 1.0 - self.scores["confidence"]
         if kind in self.scores:
             return self.scores[kind]
-        if kind.startswith("1-") and kind[2:] in self.scores:
-            return 1.0 - self.scores[kind[2:]]
-        options = sorted(simple) + sorted(self.scores)
-        raise ValueError(f"`kind` must be one of {options}, got {kind!r}")
+        new = _RENAMED.get(kind) or (kind[2:] if kind.startswith("1-") and kind[2:] in self.scores else None)
+        if new is not None:
+            raise ValueError(f"`kind` {kind!r} was renamed: use {new!r} (higher = less sure, as every score)")
+        options = [*computed, *(k for k in ("sigma", "confidence") if k in self.scores),
+                   *sorted(k for k in self.scores if k not in ("sigma", "confidence"))]
+        missing = f" (this prediction has no scores[{kind!r}])" if kind in SCORES else ""
+        raise ValueError(f"`kind` must be one of {options}{missing}, got {kind!r}")
 
     def to(self, device: torch.device | str) -> Prediction:
         """Move every tensor to ``device`` (returns self)."""

@@ -296,8 +296,8 @@ def confidence_predict(
 
     DeVries & Taylor 2018: predictions come from the class logits; ``pred.scores["confidence"]``
     (N, ...) is c, higher = more confident, so ``1 - pred.scores["confidence"]`` is the
-    uncertainty score, also ``pred.uncertainty("1-confidence")`` (the softmax baseline
-    1 − max p̄ is ``pred.uncertainty("1-max_prob")``).
+    uncertainty score, also ``pred.uncertainty("confidence")`` (the softmax baseline
+    1 − max p̄ is ``pred.uncertainty("max_prob")``).
 
     Args:
         logits: (N, C) or (N, C, H, W) class logits.

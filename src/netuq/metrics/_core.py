@@ -6,9 +6,14 @@ Counts are integers and sums are float64, so exactness does not depend on the da
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from .._checks import float_dtype
+
 NORMS = ("l1", "l2", "max")
+MAX_N_BINS = 100_000  # far beyond any useful reliability diagram; refuses 1e10 before the allocator sees it
 
 
 def bin_edges(n_bins: int, device: torch.device | None = None) -> torch.Tensor:
@@ -17,15 +22,27 @@ def bin_edges(n_bins: int, device: torch.device | None = None) -> torch.Tensor:
 
 
 def bin_index(conf: torch.Tensor, n_bins: int) -> torch.Tensor:
-    """Index of the equal-width bin (lo, hi] holding each confidence; 0 goes to the first bin."""
-    inner = bin_edges(n_bins, conf.device)[1:-1].to(conf.dtype)
-    return torch.bucketize(conf, inner, right=False)
+    """Index of the equal-width bin (lo, hi] holding each confidence; 0 goes to the first bin.
+
+    Binned in float32 (float64 for float64 input) whatever the input precision: the edges k / n_bins
+    are rounded to that dtype and half-precision confidences are widened to it exactly, so a
+    float16 0.6 (0.60009765625) lands above the edge 0.6 as its value says (rounding the edges to
+    float16 would make them equal and put it one bin lower).
+    """
+    dtype = float_dtype(conf)
+    inner = bin_edges(n_bins, conf.device)[1:-1].to(dtype)
+    return torch.bucketize(conf.to(dtype), inner, right=False)
 
 
-def check_n_bins(n_bins: int) -> int:
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
-        raise ValueError(f"`n_bins` must be a positive integer, got {n_bins!r}")
-    return n_bins
+def check_n_bins(n_bins: int, name: str = "n_bins", high: int = MAX_N_BINS) -> int:
+    """``n_bins`` as an int after checking 1 <= n_bins <= ``high`` (before anything is allocated)."""
+    import numbers
+
+    if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral) or n_bins < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {n_bins!r}")
+    if n_bins > high:
+        raise ValueError(f"`{name}` must be at most {high}, got {n_bins!r}")
+    return int(n_bins)
 
 
 def check_norm(norm: str) -> str:
@@ -49,11 +66,12 @@ def binned_stats(
 
 def calibration_error_from_stats(
     counts: torch.Tensor, conf_sum: torch.Tensor, correct_sum: torch.Tensor, norm: str = "l1"
-) -> float:
+) -> torch.Tensor:
     """ECE-style error from per-bin sufficient statistics (any leading batch of classes allowed).
 
     l1: Σ_b |B_b|/n · |acc_b − conf_b|; l2: sqrt(Σ_b |B_b|/n · (acc_b − conf_b)²);
-    max: max over non-empty bins of |acc_b − conf_b|.
+    max: max over non-empty bins of |acc_b − conf_b|. Returns a 0-dim float64 tensor (NaN when
+    every bin is empty).
     """
     counts64 = counts.to(torch.float64)
     total = counts64.sum()
@@ -62,10 +80,51 @@ def calibration_error_from_stats(
     gap[nonempty] = (correct_sum.to(torch.float64)[nonempty] - conf_sum[nonempty]) / counts64[nonempty]
     gap = gap.abs()
     if norm == "l1":
-        return float((counts64 / total * gap).sum())
+        return (counts64 / total * gap).sum()
     if norm == "l2":
-        return float(torch.sqrt((counts64 / total * gap.square()).sum()))
-    return float(gap[nonempty].max()) if bool(nonempty.any()) else 0.0
+        return torch.sqrt((counts64 / total * gap.square()).sum())
+    return torch.where(nonempty, gap, -1.0).max().clamp_min(0.0) / (total > 0)  # NaN (0 / 0) when empty
+
+
+def equal_mass_ece(
+    counts: torch.Tensor, correct: torch.Tensor, conf_sum: torch.Tensor, n_bins: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Equal-mass (adaptive) ECE from groups sorted by confidence, and the mass the cuts split.
+
+    ``counts``, ``correct`` and ``conf_sum`` (each (G,)) describe G consecutive groups of the
+    sorted confidences (tie blocks for the exact metric, fine bins for the streaming one). The n
+    samples are cut at the ranks of ``numpy.array_split(range(n), min(n_bins, n))``; a group that
+    a cut splits (j of its m samples below the cut) is shared in proportion j / m, its correct
+    count and confidence sum alike, so tied confidences act as one block and the order of the
+    rows never matters. Returns ``(Σ_b |A_b − S_b| / n, Σ_interior cuts min(j, m − j))`` as 0-dim
+    float64 tensors (NaN and 0 for n = 0).
+    """
+    device = counts.device
+    n = int(counts.sum())
+    if n == 0:
+        nan = torch.tensor(math.nan, dtype=torch.float64, device=device)
+        return nan, torch.zeros((), dtype=torch.float64, device=device)
+    groups = min(n_bins, n)
+    q, r = divmod(n, groups)
+    sizes = torch.full((groups,), q, dtype=torch.int64, device=device)
+    sizes[:r] += 1
+    ranks = torch.cat([torch.zeros(1, dtype=torch.int64, device=device), sizes.cumsum(0)])  # (groups + 1,)
+    zero64 = torch.zeros(1, dtype=torch.float64, device=device)
+    c0 = torch.cat([torch.zeros(1, dtype=torch.int64, device=device), counts.cumsum(0)])
+    a0 = torch.cat([zero64, correct.to(torch.float64).cumsum(0)])
+    s0 = torch.cat([zero64, conf_sum.to(torch.float64).cumsum(0)])
+    # The group k holding rank r: c0[k] <= r < c0[k + 1]; the last rank (r = n) is the total.
+    k = (torch.searchsorted(c0, ranks, right=True) - 1).clamp_(0, counts.numel() - 1)
+    m = counts[k]
+    j = ranks - c0[k]
+    frac = torch.where(m > 0, j.to(torch.float64) / m.clamp_min(1).to(torch.float64), 0.0)
+    cum_a = a0[k] + frac * correct[k].to(torch.float64)
+    cum_s = s0[k] + frac * conf_sum[k].to(torch.float64)
+    cum_a[0], cum_s[0] = 0.0, 0.0
+    cum_a[-1], cum_s[-1] = a0[-1], s0[-1]
+    gaps = (cum_a.diff() - cum_s.diff()).abs().sum() / n
+    split = torch.minimum(j, m - j).clamp_min(0)[1:-1].to(torch.float64).sum()  # interior cuts only
+    return gaps, split
 
 
 def top1(probs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

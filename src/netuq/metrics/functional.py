@@ -19,6 +19,7 @@ from ._core import (
     calibration_error_from_stats,
     check_n_bins,
     check_norm,
+    equal_mass_ece,
     nll_terms,
     top1,
 )
@@ -61,9 +62,13 @@ def accuracy(probs, labels, *, ignore_index: int | None = None, validate_args: b
 
 
 def nll(probs, labels, *, ignore_index: int | None = None, validate_args: bool = True) -> float:
-    """Mean negative log-likelihood −(1/n) Σ log p_y (natural log; p_y clamped at 1e-12).
+    """Mean negative log-likelihood −(1/n) Σ log max(p_y, 1e-12) (natural log).
 
-    A strictly proper scoring rule (Gneiting & Raftery 2007); equals scikit-learn's ``log_loss``.
+    A strictly proper scoring rule (Gneiting & Raftery 2007). The clamp convention: p_y is
+    clamped at 1e-12 whatever the dtype, so a certain mistake costs −log 1e-12 ≈ 27.63 nats.
+    scikit-learn's ``log_loss`` clips at the dtype's epsilon instead (2.2e-16 for float64, about
+    36.04 nats), so the two agree exactly when every p_y >= 1e-12 and differ only for samples whose
+    true class got (almost) zero probability.
 
     Args:
         probs: (N, C) or (N, C, ...) probabilities (each row sums to 1 over C).
@@ -139,7 +144,7 @@ def ece(
     check_norm(norm)
     p, y = validate_probs_labels(probs, labels, ignore_index, validate_args=validate_args)
     conf, correct = top1(p, y)
-    return calibration_error_from_stats(*binned_stats(conf, correct, n_bins), norm=norm)
+    return float(calibration_error_from_stats(*binned_stats(conf, correct, n_bins), norm=norm))
 
 
 def mce(probs, labels, *, n_bins: int = 15, ignore_index: int | None = None, validate_args: bool = True) -> float:
@@ -172,6 +177,9 @@ def adaptive_ece(
 
     The n top-1 confidences are sorted and split into ``n_bins`` consecutive groups whose sizes
     differ by at most one (``numpy.array_split``); the error is Σ_b |B_b|/n · |acc_b − conf_b|.
+    Tied confidences form one block: a block that a cut splits is shared between its bins in
+    proportion (its correct count and confidence sum alike), so the result never depends on the
+    order of the rows (without ties it is exactly the sorted ``array_split`` definition).
 
     Args:
         probs: (N, C) or (N, C, ...) probabilities (each row sums to 1 over C).
@@ -191,26 +199,10 @@ def adaptive_ece(
     check_n_bins(n_bins)
     p, y = validate_probs_labels(probs, labels, ignore_index, validate_args=validate_args)
     conf, correct = top1(p, y)
-    order = conf.argsort(stable=True)
-    conf, correct = conf[order].to(torch.float64), correct[order].to(torch.float64)
-    n = conf.numel()
-    idx = _equal_mass_bin_index(n, n_bins, conf.device)
-    bins = min(n_bins, n)
-    conf_sum = torch.zeros(bins, dtype=torch.float64, device=conf.device).index_add_(0, idx, conf)
-    acc_sum = torch.zeros_like(conf_sum).index_add_(0, idx, correct)
-    return float((acc_sum - conf_sum).abs().sum() / n)
-
-
-def _equal_mass_bin_index(n: int, n_bins: int, device: torch.device) -> torch.Tensor:
-    """(n,) bin of each sorted position for ``numpy.array_split(range(n), min(n_bins, n))``, on ``device``.
-
-    The first r = n mod m bins hold q + 1 = n // m + 1 positions, the others q.
-    """
-    m = min(n_bins, n)
-    q, r = divmod(n, m)
-    pos = torch.arange(n, device=device)
-    big = r * (q + 1)  # positions in the larger bins
-    return torch.where(pos < big, pos // (q + 1), r + (pos - big) // q)
+    # One group per distinct confidence (ascending); the sums are taken per group, so ties are one block.
+    values, group, counts = torch.unique(conf.to(torch.float64), sorted=True, return_inverse=True, return_counts=True)
+    hits = torch.bincount(group[correct], minlength=values.numel())
+    return float(equal_mass_ece(counts, hits, values * counts, n_bins)[0])
 
 
 def classwise_ece(
@@ -331,7 +323,7 @@ def _selective_inputs(probs, labels, scores, ignore_index, validate_args):
         if s.numel() != labels.numel():
             raise ValueError(f"`scores` must have one value per label ({labels.numel()}), got shape {tuple(s.shape)}")
         s = check_scores(s, "scores").to(conf.device)  # scores on another device follow the probabilities
-        if ignore_index is not None:
+        if ignore_index is not None:  # ignore_index fits the labels' dtype (checked above): no wrap-around
             s = s[labels.reshape(-1).to(conf.device) != ignore_index]
         conf = s.to(torch.float64)
     return conf.to(torch.float64), (~correct).to(torch.float64)
@@ -449,6 +441,7 @@ def evaluate(
         >>> sorted(m)
         ['accuracy', 'adaptive_ece', 'aurc', 'brier', 'classwise_ece', 'ece', 'mce', 'nll']
     """
+    check_n_bins(n_bins)
     p, y = validate_probs_labels(probs, labels, ignore_index, validate_args=validate_args)
     kw = {"n_bins": n_bins, "validate_args": False}
     return {

@@ -21,15 +21,30 @@ inputs are computed in float32.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
 import torch
 from torchmetrics import Metric
 
-from .._checks import PROB_SUM_TOL, as_tensor, check_labels, check_probs
-from ._core import NLL_EPS, bin_edges, bin_index, calibration_error_from_stats, check_n_bins, check_norm
+from .._checks import (
+    PROB_SUM_TOL,
+    as_tensor,
+    check_bool,
+    check_ignore_index,
+    check_int,
+    check_labels,
+    check_probs,
+)
+from ._approx import adaptive_ece_from_hist, aurc_from_hist, auroc_from_hist
+from ._core import (
+    NLL_EPS,
+    bin_edges,
+    bin_index,
+    calibration_error_from_stats,
+    check_n_bins,
+    check_norm,
+)
 from .functional import ReliabilityBins, classwise_stats
 
 __all__ = ["CalibrationError", "UncertaintyMetrics"]
@@ -48,23 +63,16 @@ _CHUNK_VALUES = {"cpu": 1 << 22}
 _CHUNK_VALUES_OTHER = 1 << 27
 _MIN_CHUNK = 1 << 14
 _DEFAULT_FINE = 10_000  # fine grid used to find the coarse bins when no fine histogram is kept
+MAX_FINE_BINS = 10_000_000  # 240 MB of state: refuse more before anything is allocated
 _LUTS: dict[tuple, torch.Tensor] = {}
-
-
-def _check_int_or_none(value: Any, name: str) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ValueError(f"`{name}` must be an integer or None, got {value!r}")
-
-
-def _check_bool(value: Any, name: str) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"`{name}` must be True or False, got {value!r}")
 
 
 def _prepare(probs, labels, num_classes: int | None, ignore_index: int | None, validate_args: bool):
     """Tensors, shape checks (always: they are free) and dtype checks; the value checks run per chunk."""
     probs = as_tensor(probs, "probs")
     labels = as_tensor(labels, "labels")
+    if not (labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool):
+        check_ignore_index(ignore_index, labels.dtype)  # the same rule as the functional metrics
     if validate_args:
         if not probs.is_floating_point() or probs.ndim < 2 or probs.numel() == 0:
             check_probs(probs)  # raises the canonical TypeError / ValueError
@@ -267,88 +275,6 @@ def _add(state: torch.Tensor, value: torch.Tensor) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Approximations from the fine histogram (with guaranteed error bounds)
-# ----------------------------------------------------------------------------------------------
-
-
-def _adaptive_ece_from_hist(
-    counts: torch.Tensor, correct: torch.Tensor, conf_sum: torch.Tensor, n_bins: int
-) -> tuple[float, float]:
-    """Adaptive (equal-mass) ECE from a fine histogram sorted by confidence, and its error bound.
-
-    The exact metric sorts the n confidences and cuts them into ``min(n_bins, n)`` groups whose
-    sizes differ by at most one. The cut ranks are exact here; a fine bin that a cut splits is
-    shared between its two groups in proportion (its correct count and confidence sum alike).
-    If the cut leaves j of the bin's m samples below it, the correct count below is off by at most
-    min(j, m - j) and the confidence sum by at most min(j, m - j) · w (w = bin width <= 2 / F), so
-    |approx - exact| <= (2 / n) Σ_cuts min(j, m - j) (1 + w).
-    """
-    fine_bins = counts.numel()
-    n = int(counts.sum())
-    if n == 0:
-        return math.nan, math.nan
-    groups = min(n_bins, n)
-    sizes = torch.full((groups,), n // groups, dtype=torch.int64)
-    sizes[: n % groups] += 1
-    ranks = torch.cat([torch.zeros(1, dtype=torch.int64), sizes.cumsum(0)]).to(counts.device)  # (groups + 1,)
-    zero64 = torch.zeros(1, dtype=torch.float64, device=counts.device)
-    c0 = torch.cat([torch.zeros(1, dtype=torch.int64, device=counts.device), counts.cumsum(0)])
-    a0 = torch.cat([zero64, correct.to(torch.float64).cumsum(0)])
-    s0 = torch.cat([zero64, conf_sum.cumsum(0)])
-    # The fine bin k holding rank r: c0[k] <= r < c0[k + 1]; the last rank (r = n) is the total.
-    k = (torch.searchsorted(c0, ranks, right=True) - 1).clamp_(0, fine_bins - 1)
-    m = counts[k]
-    j = ranks - c0[k]
-    frac = torch.where(m > 0, j.to(torch.float64) / m.clamp_min(1).to(torch.float64), 0.0)
-    cum_a = a0[k] + frac * correct[k].to(torch.float64)
-    cum_s = s0[k] + frac * conf_sum[k]
-    cum_a[-1], cum_s[-1] = a0[-1], s0[-1]
-    gaps = (cum_a.diff() - cum_s.diff()).abs().sum()
-    split = torch.minimum(j, m - j).clamp_min(0)[1:-1].to(torch.float64)  # interior cuts only
-    bound = 2.0 * float(split.sum()) * (1.0 + 3.0 / fine_bins) / n
-    return float(gaps / n), bound
-
-
-def _auroc_from_hist(counts: torch.Tensor, correct: torch.Tensor) -> tuple[float, float]:
-    """AUROC of the confidence separating correct (positive) from wrong samples, and its bound.
-
-    Pairs in different fine bins are ordered exactly; pairs in the same bin count as ties (½).
-    Their true contribution lies in [0, 1], so |approx - exact| <= ½ Σ_k pos_k neg_k / (P · N).
-    """
-    pos = correct.to(torch.float64)
-    neg = (counts - correct).to(torch.float64)
-    n_pos, n_neg = float(pos.sum()), float(neg.sum())
-    if n_pos == 0 or n_neg == 0:
-        return math.nan, math.nan
-    neg_below = neg.cumsum(0) - neg
-    wins = float((pos * neg_below).sum() + 0.5 * (pos * neg).sum())
-    return wins / (n_pos * n_neg), 0.5 * float((pos * neg).sum()) / (n_pos * n_neg)
-
-
-def _aurc_from_hist(counts: torch.Tensor, correct: torch.Tensor) -> tuple[float, float]:
-    """AURC (mean selective risk over k = 1..n, most confident first) and its error bound.
-
-    Each fine bin is treated as one tie group whose errors spread evenly, as the exact metric does
-    for tied scores. For a bin with m samples, e errors, s samples and E errors before it:
-    Σ_{i=1..m} (E + e i / m) / (s + i) = E · D + (e / m)(m - s · D), D = ψ(s + m + 1) - ψ(s + 1).
-    The true error count among its first i samples differs from e i / m by at most min(e, m - e),
-    so |approx - exact| <= (1 / n) Σ_k min(e_k, m_k - e_k) D_k.
-    """
-    m = counts.flip(0).to(torch.float64)  # most confident first
-    e = (counts - correct).flip(0).to(torch.float64)
-    n = float(m.sum())
-    if n == 0:
-        return math.nan, math.nan
-    s = m.cumsum(0) - m
-    err_before = e.cumsum(0) - e
-    d = torch.special.digamma(s + m + 1.0) - torch.special.digamma(s + 1.0)
-    within = torch.where(m > 0, e / m.clamp_min(1.0) * (m - s * d), 0.0)
-    area = float((err_before * d + within).sum()) / n
-    bound = float((torch.minimum(e, m - e) * d).sum()) / n
-    return area, bound
-
-
-# ----------------------------------------------------------------------------------------------
 # Metrics
 # ----------------------------------------------------------------------------------------------
 
@@ -362,6 +288,17 @@ class _FixedStateMetric(Metric):
     def set_dtype(self, dst_type: str | torch.dtype) -> Metric:
         """No-op: the states are int64 counts and float64 sums by design (exactness)."""
         return self
+
+    def reliability(self) -> ReliabilityBins:
+        """The reliability-diagram table of the state: per-bin counts, mean confidence and accuracy.
+
+        Synchronised across processes like ``compute()`` (every rank gets the whole-set table) and
+        detached from the state (later updates do not change it). Empty bins hold NaN.
+        """
+        should_sync = self._to_sync and not self._is_synced
+        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=should_sync,
+                               should_unsync=self._should_unsync):
+            return ReliabilityBins.from_stats(self.counts.clone(), self.conf_sum.clone(), self.correct_sum.clone())
 
 
 class CalibrationError(_FixedStateMetric):
@@ -385,13 +322,14 @@ class CalibrationError(_FixedStateMetric):
 
     ``update(probs, labels)`` takes ``probs`` (N, C) or (N, C, H, W, ...) and ``labels`` (N,) or
     (N, H, W, ...); a batch whose labels are all ``ignore_index`` adds nothing. ``compute()``
-    returns a float (NaN before any valid pixel).
+    returns a 0-dim float64 tensor (NaN before any valid pixel), so a LightningModule can
+    ``self.log("val_ece", metric)``; ``reliability()`` returns the per-bin table.
 
     Example:
         >>> metric = CalibrationError(n_bins=10)
         >>> metric.update(torch.tensor([[0.9, 0.1], [0.9, 0.1]]), torch.tensor([0, 0]))
         >>> metric.update(torch.tensor([[0.6, 0.4], [0.6, 0.4]]), torch.tensor([0, 1]))
-        >>> round(metric.compute(), 4)
+        >>> round(float(metric.compute()), 4)
         0.1
     """
 
@@ -408,9 +346,8 @@ class CalibrationError(_FixedStateMetric):
         super().__init__(**kwargs)
         self.n_bins = check_n_bins(n_bins)
         self.norm = check_norm(norm)
-        _check_int_or_none(ignore_index, "ignore_index")
-        _check_bool(validate_args, "validate_args")
-        self.ignore_index = ignore_index
+        self.ignore_index = check_ignore_index(ignore_index)
+        check_bool(validate_args, "validate_args")
         self.validate_args = validate_args
         self.add_state("counts", torch.zeros(n_bins, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("conf_sum", torch.zeros(n_bins, dtype=torch.float64), dist_reduce_fx="sum")
@@ -427,15 +364,13 @@ class CalibrationError(_FixedStateMetric):
         _add(self.conf_sum, stats.split(stats.coarse_conf)[0])
         _add(self.correct_sum, correct)
 
-    def compute(self) -> float:
-        """The calibration error over everything seen since the last ``reset()`` (all processes)."""
-        if int(self.counts.sum()) == 0:
-            return math.nan
-        return calibration_error_from_stats(self.counts, self.conf_sum, self.correct_sum, norm=self.norm)
+    def compute(self) -> torch.Tensor:
+        """The calibration error over everything seen since the last ``reset()`` (all processes).
 
-    def reliability(self) -> ReliabilityBins:
-        """The reliability-diagram table (counts, mean confidence, accuracy per bin) of the state."""
-        return ReliabilityBins.from_stats(self.counts, self.conf_sum, self.correct_sum)
+        Returns:
+            A 0-dim float64 tensor on the metric's device, NaN before any valid pixel.
+        """
+        return calibration_error_from_stats(self.counts, self.conf_sum, self.correct_sum, norm=self.norm)
 
 
 class UncertaintyMetrics(_FixedStateMetric):
@@ -448,7 +383,7 @@ class UncertaintyMetrics(_FixedStateMetric):
 
     Exact (equal to the functional metrics on the concatenated data up to float64 rounding):
     ``accuracy``, ``nll`` (Σ −log max(p_y, 1e-12) / n), ``ece`` (l1, Guo et al. 2017), ``mce``
-    (Naeini et al. 2015), ``reliability`` (a :class:`~netuq.metrics.ReliabilityBins`) and, with
+    (Naeini et al. 2015), the table of :meth:`reliability` and, with
     ``classwise=True``, ``classwise_ece`` (Kull et al. 2019; per-class bins, state C × n_bins, and
     a class-last copy of each chunk). ``brier`` (mean of Σ_c (p_c − 1[c = y])², Brier 1950) sums
     in float64 too, but takes each pixel's Σ_c p_c² in the input precision (float32: ~1e-8 from
@@ -479,17 +414,21 @@ class UncertaintyMetrics(_FixedStateMetric):
         validate_args: check probabilities and labels at every update.
         **kwargs: passed to :class:`torchmetrics.Metric`.
 
-    ``compute()`` returns a dict of floats (NaN before any valid pixel) plus ``"reliability"``;
-    ``"n"`` is the number of pixels counted. The metric works inside a
-    :class:`torchmetrics.MetricCollection` (its keys are flattened into the collection's dict).
+    ``compute()`` returns a dict of 0-dim float64 tensors (NaN before any valid pixel; ``"n"`` is
+    the number of pixels counted), so a LightningModule can ``self.log_dict(metric.compute())``.
+    The reliability table is :meth:`reliability` (a :class:`~netuq.metrics.ReliabilityBins`). The
+    metric works inside a :class:`torchmetrics.MetricCollection` (its keys are flattened into the
+    collection's dict).
 
     Example:
         >>> metric = UncertaintyMetrics(n_bins=10)
         >>> metric.update(torch.tensor([[0.9, 0.1], [0.9, 0.1]]), torch.tensor([0, 0]))
         >>> metric.update(torch.tensor([[0.6, 0.4], [0.6, 0.4]]), torch.tensor([0, 1]))
         >>> out = metric.compute()
-        >>> round(out["accuracy"], 4), round(out["ece"], 4), round(out["brier"], 4)
+        >>> round(float(out["accuracy"]), 4), round(float(out["ece"]), 4), round(float(out["brier"]), 4)
         (0.75, 0.1, 0.27)
+        >>> metric.reliability().counts.tolist()
+        [0, 0, 0, 0, 0, 2, 0, 0, 2, 0]
     """
 
     higher_is_better = None
@@ -506,19 +445,20 @@ class UncertaintyMetrics(_FixedStateMetric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                        or num_classes < 1):
-            raise ValueError(f"`num_classes` must be a positive integer or None, got {num_classes!r}")
-        self.n_bins = check_n_bins(n_bins)
-        if isinstance(fine_bins, bool) or not isinstance(fine_bins, int) or fine_bins < 1:
-            raise ValueError(f"`fine_bins` must be a positive integer, got {fine_bins!r}")
-        _check_int_or_none(ignore_index, "ignore_index")
-        _check_bool(classwise, "classwise")
-        _check_bool(validate_args, "validate_args")
+        num_classes = check_int(num_classes, "num_classes", 1, allow_none=True)
+        self.n_bins = n_bins = check_n_bins(n_bins)
+        fine_bins = check_n_bins(fine_bins, "fine_bins", MAX_FINE_BINS)
+        self.ignore_index = check_ignore_index(ignore_index)
+        check_bool(classwise, "classwise")
+        check_bool(validate_args, "validate_args")
         if classwise and num_classes is None:
             raise ValueError("`num_classes` must be given when classwise=True, got None")
+        if classwise and num_classes * n_bins > 10 * MAX_FINE_BINS:
+            raise ValueError(
+                f"`num_classes` * `n_bins` must be at most {10 * MAX_FINE_BINS} with classwise=True (the per-class "
+                f"state), got {num_classes} * {n_bins}"
+            )
         self.num_classes = num_classes
-        self.ignore_index = ignore_index
         self.classwise = classwise
         self.fine_bins = fine_bins
         self.validate_args = validate_args
@@ -557,48 +497,37 @@ class UncertaintyMetrics(_FixedStateMetric):
             for state, value in zip((self.cw_counts, self.cw_conf_sum, self.cw_hits), stats.classwise):
                 _add(state, value)
 
-    def compute(self) -> dict[str, Any]:
-        """All metrics over everything seen since the last ``reset()`` (all processes)."""
-        n = int(self.counts.sum())
-        out: dict[str, Any] = {"n": n}
+    def compute(self) -> dict[str, torch.Tensor]:
+        """All metrics over everything seen since the last ``reset()`` (all processes).
+
+        Returns:
+            ``{name: 0-dim float64 tensor}`` on the metric's device (NaN before any valid pixel);
+            ``"n"`` is the number of pixels counted (exact up to 2^53). The reliability table is
+            :meth:`reliability`.
+        """
+        n_t = self.counts.sum()
+        n = int(n_t)
+        f64 = {"dtype": torch.float64, "device": self.counts.device}
+        out: dict[str, torch.Tensor] = {"n": n_t.to(torch.float64)}  # float: Lightning reduces floats only
         if n == 0:
-            nan = math.nan
-            out.update(accuracy=nan, nll=nan, brier=nan, ece=nan, mce=nan)
-            if self.classwise:
-                out["classwise_ece"] = nan
+            nan = torch.tensor(math.nan, **f64)
+            keys = ["accuracy", "nll", "brier", "ece", "mce"] + (["classwise_ece"] if self.classwise else [])
             for key in ("adaptive_ece", "misclassification_auroc", "aurc"):
-                out[key] = out[f"{key}_error_bound"] = nan
-        else:
-            out["accuracy"] = int(self.correct_sum.sum()) / n
-            out["nll"] = float(self.nll_sum) / n
-            out["brier"] = float(self.brier_sum) / n
-            out["ece"] = calibration_error_from_stats(self.counts, self.conf_sum, self.correct_sum, norm="l1")
-            out["mce"] = calibration_error_from_stats(self.counts, self.conf_sum, self.correct_sum, norm="max")
-            if self.classwise:
-                gap = (self.cw_hits.to(torch.float64) - self.cw_conf_sum).abs()  # as functional.classwise_ece
-                out["classwise_ece"] = float(gap.sum() / n / self.num_classes)
-            fine = (self.fine_counts, self.fine_correct)
-            out["adaptive_ece"], out["adaptive_ece_error_bound"] = _adaptive_ece_from_hist(
-                *fine, self.fine_conf_sum, self.n_bins
-            )
-            out["misclassification_auroc"], out["misclassification_auroc_error_bound"] = _auroc_from_hist(*fine)
-            out["aurc"], out["aurc_error_bound"] = _aurc_from_hist(*fine)
-        rel = ReliabilityBins.from_stats(self.counts, self.conf_sum, self.correct_sum)
-        out["reliability"] = {"_reliability_bins": vars(rel).copy()}  # rebuilt by the compute wrapper
-        return out
-
-    def _wrap_compute(self, compute):
-        # torchmetrics' wrapper (sync, cache, squeeze) maps over collections and cannot rebuild a frozen
-        # dataclass, so compute() hands it plain tensors and the ReliabilityBins is rebuilt here.
-        inner = super()._wrap_compute(compute)
-
-        @functools.wraps(compute)
-        def wrapped(*args: Any, **kwargs: Any) -> dict[str, Any]:
-            out = dict(inner(*args, **kwargs))
-            raw = out.get("reliability")
-            if isinstance(raw, dict) and "_reliability_bins" in raw:
-                fields = {k: v.reshape(-1) for k, v in raw["_reliability_bins"].items()}
-                out["reliability"] = ReliabilityBins(**fields)
+                keys += [key, f"{key}_error_bound"]
+            out.update({key: nan.clone() for key in keys})
             return out
-
-        return wrapped
+        out["accuracy"] = self.correct_sum.sum().to(torch.float64) / n
+        out["nll"] = self.nll_sum / n
+        out["brier"] = self.brier_sum / n
+        out["ece"] = calibration_error_from_stats(self.counts, self.conf_sum, self.correct_sum, norm="l1")
+        out["mce"] = calibration_error_from_stats(self.counts, self.conf_sum, self.correct_sum, norm="max")
+        if self.classwise:
+            gap = (self.cw_hits.to(torch.float64) - self.cw_conf_sum).abs()  # as functional.classwise_ece
+            out["classwise_ece"] = gap.sum() / n / self.num_classes
+        fine = (self.fine_counts, self.fine_correct)
+        out["adaptive_ece"], out["adaptive_ece_error_bound"] = adaptive_ece_from_hist(
+            *fine, self.fine_conf_sum, self.n_bins
+        )
+        out["misclassification_auroc"], out["misclassification_auroc_error_bound"] = auroc_from_hist(*fine)
+        out["aurc"], out["aurc_error_bound"] = aurc_from_hist(*fine)
+        return out
