@@ -45,6 +45,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
@@ -60,8 +62,10 @@ from .._random import seed_device as _seed_device
 from ..nn import MCDropout as MCDropoutLayer
 from ..nn import mc_sampling
 from ..prediction import Prediction
+from ._batching import activation_chunk as _activation_chunk
 from ._batching import balanced_chunk as _balanced
 from ._batching import default_chunk as _default_chunk
+from ._dropout_calls import FUNCTIONAL_NAMES, FunctionalDropout, SeedState, masked_dropout
 
 __all__ = ["MCDropout", "dropout_active", "stochastic_modules"]
 
@@ -86,35 +90,77 @@ def stochastic_modules(*modules: nn.Module) -> list[nn.Module]:
     return out
 
 
-def _require_dropout(modules: Sequence[nn.Module], name: str = "model") -> list[nn.Module]:
-    found = stochastic_modules(*modules)
-    if not found:
-        kinds = ", ".join(type(m).__name__ for m in modules)
-        raise ValueError(
-            f"`{name}` must contain a dropout module ({_DROPOUT_NAMES}), got none in {kinds}; "
-            "functional F.dropout calls are invisible to MC dropout: replace them by netuq.nn.MCDropout"
+def _builtin_without_dropout(modules: Sequence[nn.Module]) -> bool:
+    """True when every submodule is a torch.nn built-in other than dropout: provably no dropout call."""
+    return all(
+        type(m).__module__.startswith("torch.nn.") and not isinstance(m, _DropoutNd)
+        for root in modules
+        for m in root.modules()
+    )
+
+
+def _no_dropout_message(modules: Sequence[nn.Module], name: str = "model") -> str:
+    kinds = ", ".join(type(m).__name__ for m in modules)
+    return (
+        f"`{name}` must contain a dropout module ({_DROPOUT_NAMES}) or call functional dropout "
+        f"({FUNCTIONAL_NAMES}) from Python, got none in {kinds}: every MC sample would be identical. "
+        "Dropout inside TorchScript or torch.compile code, inside C++ operators (attention dropout_p, RNN "
+        "dropout) or hand-written torch.bernoulli masks cannot be switched on by netuq. Insert MC dropout "
+        "with netuq.nn.add_dropout(model, p) (before the final classifier by default)"
+    )
+
+
+def _warn_opaque(modules: Sequence[nn.Module]) -> None:
+    opaque = sorted(
+        {
+            type(m).__name__
+            for root in modules
+            for m in root.modules()
+            if isinstance(m, torch.jit.ScriptModule) or type(m).__name__ == "OptimizedModule"
+        }
+    )
+    if opaque:
+        warnings.warn(
+            f"`model` contains TorchScript or compiled modules ({', '.join(opaque)}): dropout inside them "
+            "cannot be switched on or seeded by netuq.MCDropout and stays as their own mode says; "
+            "pass the Python modules instead (for torch.compile: model._orig_mod)",
+            UserWarning,
+            stacklevel=3,
         )
-    return found
+
+
+@contextmanager
+def _switched(roots: Sequence[nn.Module]) -> Iterator[list[nn.Module]]:
+    """Dropout modules in train mode, every other module in eval mode, MC sampling marked; restored."""
+    drops = stochastic_modules(*roots)
+    with restore_modes(*roots) as saved:
+        for m, _ in saved:
+            m.training = isinstance(m, _DropoutNd)
+        with mc_sampling():
+            yield drops
 
 
 @contextmanager
 def dropout_active(model: nn.Module, *more: nn.Module) -> Iterator[list[nn.Module]]:
-    """Context manager: dropout modules in train mode, everything else in eval mode.
+    """Context manager: dropout modules and functional dropout on, everything else in eval mode.
 
     Inside the block every ``_DropoutNd`` of ``model`` (and of ``more``) is stochastic, every
-    other module (BatchNorm, …) is in eval mode so no running statistic changes, and
-    :func:`netuq.nn.mc_active` is true so :class:`netuq.nn.MCDropout` layers sample too. On exit,
-    even on error, every module's ``training`` flag is restored to what it was.
+    other module (BatchNorm, …) is in eval mode so no running statistic changes,
+    :func:`netuq.nn.mc_active` is true so :class:`netuq.nn.MCDropout` layers sample, and functional
+    dropout calls (``F.dropout(x, p, training=self.training)`` …) run with ``training=True``
+    (a ``torch.overrides.TorchFunctionMode``, this thread only). On exit, even on error, every
+    module's ``training`` flag is restored and nothing stays switched on.
 
     Args:
         model: the network.
         *more: further modules to switch (e.g. a separate head).
 
     Yields:
-        the list of dropout modules that were switched on.
+        the list of dropout modules that were switched on (empty for functional dropout only).
 
     Raises:
-        ValueError: no dropout module found.
+        ValueError: on entry, a model made only of torch.nn built-ins without dropout; on exit, no
+            dropout module and no functional dropout call during the block.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Dropout(0.5)).train()
@@ -125,25 +171,17 @@ def dropout_active(model: nn.Module, *more: nn.Module) -> Iterator[list[nn.Modul
         [True, True, True]
     """
     roots = (model, *more)
-    drops = _require_dropout(roots)
-    with restore_modes(*roots) as saved:
-        for m, _ in saved:
-            m.training = isinstance(m, _DropoutNd)
-        with mc_sampling():
+    if _builtin_without_dropout(roots):
+        raise ValueError(_no_dropout_message(roots))
+    mode = FunctionalDropout()
+    with _switched(roots) as drops:
+        with mode:
             yield drops
+    if not drops and not mode.calls:
+        raise ValueError(_no_dropout_message(roots) + " (no functional dropout call was seen in the block)")
 
 
 # ---------------------------------------------------------------------------- seeded sampling
-class _SeedState:
-    """Which samples the current forward holds; read by the patched dropout forwards."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-        self.offset = 0  # index of the first sample in this forward
-        self.k = 1  # samples in this forward
-        self.calls = 0  # dropout calls so far in this forward
-
-
 # Dropout types whose masks netuq draws itself (same rule as torch: keep with probability 1 − p,
 # scale by 1 / (1 − p); per element, or per channel for the feature dropouts on batched input of
 # the given rank). Others (alpha dropouts, subclasses, other ranks) run their own forward per sample.
@@ -156,32 +194,20 @@ _MASKED: dict[type, int | None] = {
 }
 
 
-def _masked_dropout(m: _DropoutNd, x: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-    """Dropout of ``x`` (k·n rows, sample-major) with sample i's mask drawn from seed ``seeds[i]``.
-
-    Always out of place (also for ``inplace=True`` modules), so ``x`` is never written to.
-    """
-    p, k = float(m.p), len(seeds)
-    if p == 0.0 or x.numel() == 0:
-        return x
-    if p == 1.0:
-        return x * 0
-    feature = _MASKED[type(m)] is not None
-    mask = torch.empty(x.shape[:2] + (1,) * (x.ndim - 2) if feature else x.shape, dtype=x.dtype, device=x.device)
-    gen = torch.Generator(device=x.device)
-    n = x.shape[0] // k
-    for i, seed in enumerate(seeds):
-        gen.manual_seed(seed)
-        mask[i * n : (i + 1) * n].bernoulli_(1.0 - p, generator=gen)
-    mask.div_(1.0 - p)
-    # never in place, even for inplace=True modules: the input may alias the caller's tensor
-    return x * mask
-
-
 @contextmanager
-def _seeded_dropout(modules: Sequence[nn.Module], state: _SeedState) -> Iterator[None]:
-    """Patch each dropout module's forward to draw per-sample seeded masks (restored on exit)."""
+def _seeded_dropout(modules: Sequence[nn.Module], state: SeedState, mode: FunctionalDropout) -> Iterator[None]:
+    """Patch each dropout module's forward to draw per-sample seeded masks (restored on exit).
+
+    While a module runs torch's own kernel on a sample's rows, ``mode`` lets its inner call pass.
+    """
     patched: list[tuple[nn.Module, bool, object]] = []
+
+    def _own(orig: Callable, *args, **kwargs):
+        mode.bypass += 1
+        try:
+            return orig(*args, **kwargs)
+        finally:
+            mode.bypass -= 1
 
     def make(m: nn.Module, orig: Callable) -> Callable:
         rank = _MASKED.get(type(m), 0)
@@ -193,15 +219,16 @@ def _seeded_dropout(modules: Sequence[nn.Module], state: _SeedState) -> Iterator
             if not isinstance(x, torch.Tensor) or x.ndim == 0 or x.shape[0] % k:
                 if isinstance(x, torch.Tensor):
                     _seed_device(x.device, _derive(state.seed, 1, state.offset, k, j))
-                return orig(x, *args, **kwargs)
+                return _own(orig, x, *args, **kwargs)
             seeds = [_derive(state.seed, 0, state.offset + i, j) for i in range(k)]
             if not args and not kwargs and (rank is None or rank == x.ndim) and x.is_floating_point():
-                return _masked_dropout(m, x, seeds)
+                # never in place, even for inplace=True modules: the input may alias the caller's tensor
+                return masked_dropout(float(m.p), rank is not None, x, seeds)
             n = x.shape[0] // k
             outs = []
             for i, seed in enumerate(seeds):
                 _seed_device(x.device, seed)
-                outs.append(orig(x[i * n : (i + 1) * n], *args, **kwargs))
+                outs.append(_own(orig, x[i * n : (i + 1) * n], *args, **kwargs))
             return outs[0] if k == 1 else torch.cat(outs)
 
         return forward
@@ -270,27 +297,32 @@ class MCDropout:
     for batching, trunk caching and seeding.
 
     Args:
-        model: an ``nn.Module`` with at least one dropout module, (N, ...) -> logits (N, C) or
-            (N, C, H, W) (any (N, C, ...)).
+        model: an ``nn.Module`` with dropout modules and/or functional dropout calls in its
+            Python forward, (N, ...) -> logits (N, C) or (N, C, H, W) (any (N, C, ...)). A network
+            without dropout (torchvision ResNets): :func:`netuq.nn.add_dropout` first.
         samples: number of stochastic passes S (Gal 2016 uses 50; gains level off around 40).
         keep_samples: keep all S probability maps (``pred.samples``); memory grows with S.
         max_batch: at most this many rows per forward call (several samples of the batch are
-            stacked along dim 0). None: as many samples as keep the repeated input (the trunk
-            output when cached) under 2**18 elements on CPU, 2**21 on other devices, at least
-            one. Activations grow with the rows: lower it for large segmentation models.
+            stacked along dim 0). None: from what is fast on the device — a dry run of one sample
+            (once per model and input shape) measures the largest activation, and as many samples
+            run per forward as keep it under 2**21 elements on CPU (8 MiB: batching stops paying
+            once activations leave the caches), 2**26 on accelerators; and the repeated input (the
+            trunk output when cached) under 2**18 elements on CPU, 2**21 elsewhere (memory).
         seed: integer for reproducible masks that do not depend on ``max_batch`` (≥ N) or trunk
             caching; the global RNG is left untouched. None: the global RNG.
         trunk: deterministic first part (module, callable, or attribute name of ``model``) run
-            once per batch; requires ``head``; must not use dropout (checked when it is a module,
-            not for a plain callable such as ``model.embed``). Auto-detected for
-            ``nn.Sequential`` models.
+            once per batch; requires ``head``; must not use dropout (modules are checked at
+            construction, dropout calls — also functional ones — during every call). Auto-detected
+            for ``nn.Sequential`` models; an auto-detected trunk that turns out to call dropout is
+            given up (the whole model is sampled, correct but slower).
         head: the rest, run on the repeated rows; ``head(trunk(x))`` must equal ``model(x)``.
         no_grad: run under ``torch.no_grad()`` (default). False keeps the graph (e.g. for input
             gradients).
 
     Raises:
-        ValueError: no dropout module; bad ``samples``/``max_batch``; ``trunk`` without ``head``;
-            a ``trunk`` module containing dropout (it would be sampled once for all samples).
+        ValueError: no dropout module and (at the first call) no functional dropout call; bad
+            ``samples``/``max_batch``; ``trunk`` without ``head``; a declared ``trunk`` containing
+            dropout or calling it (it would be sampled once for all samples).
 
     Example:
         >>> _ = torch.manual_seed(0)
@@ -339,6 +371,7 @@ class MCDropout:
         roots: list[nn.Module] = [model]
         self._trunk: Callable | None = None
         self._head: Callable = model
+        self._declared = trunk is not None
         if trunk is not None:
             t = _resolve_part(model, trunk, "trunk")
             h = _resolve_part(model, head, "head")
@@ -347,8 +380,8 @@ class MCDropout:
                     f"`trunk` must not contain dropout modules (they would be sampled once for all samples), "
                     f"got {', '.join(type(m).__name__ for m in stochastic_modules(t))}"
                 )
-            if isinstance(h, nn.Module):
-                _require_dropout([h], "head")
+            if isinstance(h, nn.Module) and _builtin_without_dropout([h]):
+                raise ValueError(_no_dropout_message([h], "head"))
             roots += [p for p in (t, h) if isinstance(p, nn.Module)]
             self._trunk, self._head = t, h
         elif _is_plain_sequential(model):
@@ -356,11 +389,17 @@ class MCDropout:
             if t_mods and h_mods:
                 self._trunk, self._head = _Chain(t_mods), _Chain(h_mods)
         self._roots = roots
-        _require_dropout(roots)
+        if _builtin_without_dropout(roots):
+            raise ValueError(_no_dropout_message(roots))
+        _warn_opaque(roots)
+        self._has_modules = bool(stochastic_modules(*roots))
+        self._confirmed = self._has_modules  # dropout seen (modules, or a functional call at the first call)
 
     @property
     def caches_trunk(self) -> bool:
-        """Whether a deterministic trunk runs once per batch (declared or found in a Sequential)."""
+        """Whether a deterministic trunk runs once per batch (declared or found in a Sequential).
+
+        False once an auto-detected trunk was seen calling (functional) dropout."""
         return self._trunk is not None
 
     def __repr__(self) -> str:
@@ -386,33 +425,62 @@ class MCDropout:
         with ExitStack() as stack:
             if self.no_grad:
                 stack.enter_context(torch.no_grad())
-            drops = stack.enter_context(dropout_active(*self._roots))
+            drops = stack.enter_context(_switched(self._roots))
             state = None
             if self.seed is not None:
                 stack.enter_context(_forked_rng(x.device))
                 _seed_device(x.device, _derive(self.seed, 2))
-                state = _SeedState(self.seed)
-                stack.enter_context(_seeded_dropout(drops, state))
+                state = SeedState(self.seed)
+            mode = FunctionalDropout(state)
+            if state is not None:
+                stack.enter_context(_seeded_dropout(drops, state, mode))
             n = x.shape[0]
             if self.max_batch is not None and self.max_batch < n:
                 preds = []
                 for start in range(0, n, self.max_batch):
                     if state is not None:
                         state.seed = _derive(self.seed, 3, start)
-                    preds.append(self._sample(x[start : start + self.max_batch], state))
+                    preds.append(self._sample(x[start : start + self.max_batch], state, mode))
                 return Prediction.cat(preds)
-            return self._sample(x, state)
+            return self._sample(x, state, mode)
 
-    def _sample(self, x: torch.Tensor, state: _SeedState | None) -> Prediction:
+    def _run_trunk(self, x: torch.Tensor, state: SeedState | None, mode: FunctionalDropout) -> torch.Tensor | None:
+        """The trunk output, or None when the trunk called dropout (auto-detected trunk given up)."""
+        calls, seeded = mode.calls, (state.calls if state is not None else 0)
+        mode.probe = True
+        try:
+            with mode:
+                feats = self._trunk(x)
+        finally:
+            mode.probe = False
+        if mode.calls == calls and (state is None or state.calls == seeded):
+            return feats
+        if self._declared:
+            raise ValueError(
+                "`trunk` must be deterministic, but it called dropout during its forward (a functional "
+                "call such as F.dropout, or a dropout module): it would be sampled once for all samples. "
+                "Move the dropout into `head`, or drop trunk=/head= to sample the whole model"
+            )
+        self._trunk, self._head = None, self.model  # the Sequential's child calls dropout itself
+        return None
+
+    def _sample(self, x: torch.Tensor, state: SeedState | None, mode: FunctionalDropout) -> Prediction:
         n = x.shape[0]
-        feats = self._trunk(x) if self._trunk is not None else x
+        feats = self._run_trunk(x, state, mode) if self._trunk is not None else None
+        if feats is None:
+            feats = x
         if not isinstance(feats, torch.Tensor) or feats.ndim == 0 or feats.shape[0] != n:
             shape = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
             raise ValueError(f"`trunk` must return a tensor with the batch (N={n}) first, got {shape}")
         if self.max_batch is not None:
             per_forward = max(1, self.max_batch // n)
         else:
-            per_forward = _default_chunk(math.prod(feats.shape[1:]), n, feats.device)
+            cap = _default_chunk(math.prod(feats.shape[1:]), n, feats.device)
+            key = (self._trunk is not None, str(feats.device), tuple(feats.shape), feats.dtype)
+            plans = _LARGEST.setdefault(self.model, {})
+            if key not in plans:
+                plans[key] = self._largest_activation(feats, state, mode)
+            per_forward = min(cap, _activation_chunk(plans[key], feats.device))
         per_forward = _balanced(per_forward, self.samples)
         pred = Prediction(keep_samples=self.keep_samples)
         reps = (1,) * (feats.ndim - 1)
@@ -420,11 +488,34 @@ class MCDropout:
             k = min(per_forward, self.samples - start)
             if state is not None:
                 state.offset, state.k, state.calls = start, k, 0
+            calls = mode.calls
             # the head gets a fresh tensor: in-place dropout (or any in-place op) must neither touch
             # the caller's input nor the cached trunk output reused by the next chunk
-            out = self._head(feats.repeat(k, *reps) if k > 1 else feats.clone())
+            with mode:
+                out = self._head(feats.repeat(k, *reps) if k > 1 else feats.clone())
+            if not self._confirmed:
+                if mode.calls == calls:
+                    raise ValueError(_no_dropout_message(self._roots) + " (no functional dropout call was seen)")
+                self._confirmed = True
             if not isinstance(out, torch.Tensor) or out.ndim < 2 or out.shape[0] != k * n:
                 shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 raise ValueError(f"`model` must return logits of shape (N, C, ...) with N = {k * n} rows, got {shape}")
             pred.add_logits(out.reshape(k, n, *out.shape[1:]), stacked=True)
         return pred
+
+    def _largest_activation(self, feats: torch.Tensor, state: SeedState | None, mode: FunctionalDropout) -> int:
+        """Elements of the largest tensor one head forward of one sample makes (a dry run, once per shape)."""
+        if state is not None:
+            state.offset, state.k, state.calls = 0, 1, 0
+        mode.probe = mode.track = True
+        mode.largest = 0
+        try:
+            with mode:
+                self._head(feats.clone())
+        finally:
+            mode.probe = mode.track = False
+        return max(mode.largest, feats.numel())
+
+
+# largest activation of one sample's forward, per model (weakly held) and (cached trunk, device, shape, dtype)
+_LARGEST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
