@@ -20,10 +20,12 @@ DEFAULT_ELEMENTS = {"cpu": 2**18, "other": 2**21}
 
 # What is fast: samples per forward such that the largest activation of one forward (measured once on
 # a single sample) stays under this many elements. On CPU batching pays while activations stay near the
-# caches and stops paying soon after: 2**21 float32 elements (8 MiB) — e.g. 80 rows of a 32-channel
-# 28 x 28 convolution (issue 14: 80 rows per forward ran 1.2x faster than a loop of single forwards,
-# 200 rows 1.8x slower); accelerators keep gaining up to the memory cap.
-ACTIVATION_ELEMENTS = {"cpu": 2**21, "other": 2**26}
+# caches and stops paying soon after: 2**20 float32 elements (4 MiB) — e.g. 40 rows of a 32-channel
+# 28 x 28 convolution. Measured for "dropout in every block" (SmallCNN width 32, batch 8, S = 50):
+# issue 14 (idle, 2 threads): 80 rows per forward 1.2x a loop of single forwards, 200 rows 0.55x;
+# perf/bench_mc_dropout.py (loaded, 1 thread): 40 rows 1.10x, 80 rows 0.92x, 400 rows 0.62x.
+# Accelerators keep gaining up to the memory cap.
+ACTIVATION_ELEMENTS = {"cpu": 2**20, "other": 2**26}
 
 
 def default_chunk(per_row: int, n: int, device: torch.device) -> int:
@@ -50,8 +52,8 @@ def activation_chunk(largest_per_sample: int, device: torch.device) -> int:
     produces, e.g. 8 × 32 × 28 × 28 for a 32-channel convolution on 8 images of 28 × 28.
 
     Example:
-        >>> activation_chunk(8 * 32 * 28 * 28, torch.device("cpu"))  # 80 rows of 28 x 28 x 32
-        10
+        >>> activation_chunk(8 * 32 * 28 * 28, torch.device("cpu"))  # 40 rows of 28 x 28 x 32
+        5
     """
     budget = ACTIVATION_ELEMENTS["cpu" if device.type == "cpu" else "other"]
     return max(1, budget // max(1, largest_per_sample))

@@ -6,18 +6,30 @@ uncertainty off the spread (Gal 2016, §3.3.1; Depeweg et al. 2018): total ``H[p
 
 How netuq samples:
 
-* **Only dropout modules become stochastic**: every ``torch.nn.modules.dropout._DropoutNd``
+* **Only dropout becomes stochastic**: every ``torch.nn.modules.dropout._DropoutNd``
   (``Dropout``, ``Dropout1d/2d/3d``, ``AlphaDropout``, ``FeatureAlphaDropout``, and
   :class:`netuq.nn.MCDropout`) goes to train mode, every other module to eval mode (BatchNorm
   keeps its running statistics and never updates them), and every ``training`` flag is restored
   afterwards, even on error — see :func:`dropout_active`. ``model.train()`` is the classic bug.
+  **Functional dropout** (``F.dropout(x, p, training=self.training)``, ``dropout1d/2d/3d``, the
+  alpha dropouts, ``torch.dropout`` …) called from Python is switched on too, by a
+  ``torch.overrides.TorchFunctionMode`` active only during the forwards (this thread only), with
+  the same seeding; see :mod:`netuq.methods._dropout_calls`. Dropout netuq cannot reach —
+  inside TorchScript / compiled code or C++ operators — is reported: a warning for TorchScript or
+  compiled submodules, and a ValueError when a model has no dropout module and no dropout call
+  was seen in its first forward (every sample would be identical). Networks without dropout:
+  :func:`netuq.nn.add_dropout`.
 * **Batched**: the S samples are drawn by repeating the batch along dim 0 (sample-major rows:
   rows ``s·N … s·N + N − 1`` are sample ``s``) and running several samples per forward call, at
   most ``max_batch`` rows at a time. Dropout draws independent masks per row, so this is exact.
+  By default the samples per forward keep the forward's largest activation under a device budget
+  (measured by a dry run of one sample, once per model and input shape): on CPU batching pays
+  only while activations stay near the caches.
 * **Trunk caching**: the deterministic part before the first dropout runs once per batch, and
   only the rest (the *head*) runs on the repeated rows. For an ``nn.Sequential`` (whose forward
   is known to call its children in order) the split is found automatically at the first child
-  that contains a dropout module, recursing into nested ``nn.Sequential`` children. For any other
+  that contains a dropout module, recursing into nested ``nn.Sequential`` children (a trunk seen
+  calling functional dropout is given up: the whole model is sampled). For any other
   model, declare ``trunk=`` and ``head=`` (modules, callables, or names of the model's attributes,
   e.g. ``trunk="features", head="head"`` for :class:`netuq.models.SmallCNN`); the output is then
   ``head(trunk(x))`` and it is your promise that this equals ``model(x)``. netuq does not guess
@@ -34,8 +46,9 @@ How netuq samples:
   for every ``max_batch`` ≥ N and with or without trunk caching. (If ``max_batch`` < N the batch is split into blocks of
   rows, each sampled with its own derived seed; a dropout input whose first dimension is not a
   multiple of the samples per forward — e.g. a sequence-first layout — draws one seeded mask for
-  the whole call.) Seeded sampling patches the dropout modules' ``forward`` for the duration of
-  the call (restored on exit): do not run one model from several threads while it samples.
+  the whole call.) Functional calls count as dropout calls ``j`` and follow the same rules.
+  Seeded sampling patches the dropout modules' ``forward`` for the duration of the call
+  (restored on exit): do not run one model from several threads while it samples.
 * **In-place dropout** (``inplace=True``) gives the same result as out-of-place dropout: the
   head always runs on a fresh copy of the (cached) input, and seeded masks are applied out of
   place, so neither the caller's tensor nor the cached trunk output is ever written to.
@@ -305,7 +318,7 @@ class MCDropout:
         max_batch: at most this many rows per forward call (several samples of the batch are
             stacked along dim 0). None: from what is fast on the device — a dry run of one sample
             (once per model and input shape) measures the largest activation, and as many samples
-            run per forward as keep it under 2**21 elements on CPU (8 MiB: batching stops paying
+            run per forward as keep it under 2**20 elements on CPU (4 MiB: batching stops paying
             once activations leave the caches), 2**26 on accelerators; and the repeated input (the
             trunk output when cached) under 2**18 elements on CPU, 2**21 elsewhere (memory).
         seed: integer for reproducible masks that do not depend on ``max_batch`` (≥ N) or trunk
