@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -68,131 +67,27 @@ from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
 from .._checks import check_int as _check_int
-from .._modes import restore_modes
 from .._random import derive_seed as _derive
 from .._random import forked_rng as _forked_rng
 from .._random import seed_device as _seed_device
 from ..nn import MCDropout as MCDropoutLayer
-from ..nn import mc_sampling
 from ..prediction import Prediction
 from ._batching import activation_chunk as _activation_chunk
 from ._batching import balanced_chunk as _balanced
 from ._batching import default_chunk as _default_chunk
-from ._dropout_calls import FUNCTIONAL_NAMES, FunctionalDropout, SeedState, masked_dropout
+from ._dropout_calls import (
+    FunctionalDropout,
+    SeedState,
+    _builtin_without_dropout,
+    _no_dropout_message,
+    _switched,
+    _warn_opaque,
+    dropout_active,
+    masked_dropout,
+    stochastic_modules,
+)
 
 __all__ = ["MCDropout", "dropout_active", "stochastic_modules"]
-
-_DROPOUT_NAMES = "torch.nn.Dropout, Dropout1d/2d/3d, AlphaDropout, FeatureAlphaDropout or netuq.nn.MCDropout"
-
-
-def stochastic_modules(*modules: nn.Module) -> list[nn.Module]:
-    """The dropout modules (``_DropoutNd`` instances) inside ``modules``, each once, in order.
-
-    Example:
-        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout2d(0.1), nn.AlphaDropout(0.2))
-        >>> [type(m).__name__ for m in stochastic_modules(net)]
-        ['Dropout2d', 'AlphaDropout']
-    """
-    seen: set[int] = set()
-    out = []
-    for root in modules:
-        for m in root.modules():
-            if isinstance(m, _DropoutNd) and id(m) not in seen:
-                seen.add(id(m))
-                out.append(m)
-    return out
-
-
-def _builtin_without_dropout(modules: Sequence[nn.Module]) -> bool:
-    """True when every submodule is a torch.nn built-in other than dropout: provably no dropout call."""
-    return all(
-        type(m).__module__.startswith("torch.nn.") and not isinstance(m, _DropoutNd)
-        for root in modules
-        for m in root.modules()
-    )
-
-
-def _no_dropout_message(modules: Sequence[nn.Module], name: str = "model") -> str:
-    kinds = ", ".join(type(m).__name__ for m in modules)
-    return (
-        f"`{name}` must contain a dropout module ({_DROPOUT_NAMES}) or call functional dropout "
-        f"({FUNCTIONAL_NAMES}) from Python, got none in {kinds}: every MC sample would be identical. "
-        "Dropout inside TorchScript or torch.compile code, inside C++ operators (attention dropout_p, RNN "
-        "dropout) or hand-written torch.bernoulli masks cannot be switched on by netuq. Insert MC dropout "
-        "with netuq.nn.add_dropout(model, p) (before the final classifier by default)"
-    )
-
-
-def _warn_opaque(modules: Sequence[nn.Module]) -> None:
-    opaque = sorted(
-        {
-            type(m).__name__
-            for root in modules
-            for m in root.modules()
-            if isinstance(m, torch.jit.ScriptModule) or type(m).__name__ == "OptimizedModule"
-        }
-    )
-    if opaque:
-        warnings.warn(
-            f"`model` contains TorchScript or compiled modules ({', '.join(opaque)}): dropout inside them "
-            "cannot be switched on or seeded by netuq.MCDropout and stays as their own mode says; "
-            "pass the Python modules instead (for torch.compile: model._orig_mod)",
-            UserWarning,
-            stacklevel=3,
-        )
-
-
-@contextmanager
-def _switched(roots: Sequence[nn.Module]) -> Iterator[list[nn.Module]]:
-    """Dropout modules in train mode, every other module in eval mode, MC sampling marked; restored."""
-    drops = stochastic_modules(*roots)
-    with restore_modes(*roots) as saved:
-        for m, _ in saved:
-            m.training = isinstance(m, _DropoutNd)
-        with mc_sampling():
-            yield drops
-
-
-@contextmanager
-def dropout_active(model: nn.Module, *more: nn.Module) -> Iterator[list[nn.Module]]:
-    """Context manager: dropout modules and functional dropout on, everything else in eval mode.
-
-    Inside the block every ``_DropoutNd`` of ``model`` (and of ``more``) is stochastic, every
-    other module (BatchNorm, …) is in eval mode so no running statistic changes,
-    :func:`netuq.nn.mc_active` is true so :class:`netuq.nn.MCDropout` layers sample, and functional
-    dropout calls (``F.dropout(x, p, training=self.training)`` …) run with ``training=True``
-    (a ``torch.overrides.TorchFunctionMode``, this thread only). On exit, even on error, every
-    module's ``training`` flag is restored and nothing stays switched on.
-
-    Args:
-        model: the network.
-        *more: further modules to switch (e.g. a separate head).
-
-    Yields:
-        the list of dropout modules that were switched on (empty for functional dropout only).
-
-    Raises:
-        ValueError: on entry, a model made only of torch.nn built-ins without dropout; on exit, no
-            dropout module and no functional dropout call during the block.
-
-    Example:
-        >>> net = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Dropout(0.5)).train()
-        >>> with dropout_active(net):
-        ...     [m.training for m in net]
-        [False, False, True]
-        >>> [m.training for m in net]
-        [True, True, True]
-    """
-    roots = (model, *more)
-    if _builtin_without_dropout(roots):
-        raise ValueError(_no_dropout_message(roots))
-    mode = FunctionalDropout()
-    with _switched(roots) as drops:
-        with mode:
-            yield drops
-    if not drops and not mode.calls:
-        raise ValueError(_no_dropout_message(roots) + " (no functional dropout call was seen in the block)")
-
 
 # ---------------------------------------------------------------------------- seeded sampling
 # Dropout types whose masks netuq draws itself (same rule as torch: keep with probability 1 − p,
