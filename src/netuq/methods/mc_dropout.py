@@ -418,8 +418,8 @@ class MCDropout:
         mode.probe = mode.track = True
         mode.largest = 0
         try:
-            with mode:
-                self._head(feats.clone())
+            with torch.no_grad(), mode:
+                self._head(feats.detach().clone())
         finally:
             mode.probe = mode.track = False
         return max(mode.largest, feats.numel())
