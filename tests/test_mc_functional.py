@@ -90,10 +90,14 @@ class Both(nn.Module):
         return h[:, :3]
 
 
+@pytest.mark.parametrize("max_batch", [80, None])
 @pytest.mark.parametrize("seed", [None, 0])
-def test_model_with_both_samples_both(seed):
+def test_model_with_both_samples_both(seed, max_batch):
     seen: list = []
-    netuq.MCDropout(Both(seen).eval(), samples=10, seed=seed, max_batch=80)(torch.ones(8, 500))
+    model = Both(seen).eval()
+    for _ in range(2):  # default arguments: the dry run (1st call) finds the functional call, the mode stays on
+        seen.clear()
+        netuq.MCDropout(model, samples=10, seed=seed, max_batch=max_batch)(torch.ones(8, 500))
     h = torch.cat(seen)
     assert h.shape == (80, 500)
     assert abs(float((h == 0).float().mean()) - 0.75) < 0.02
@@ -324,3 +328,26 @@ def test_add_dropout_errors():
     netuq.nn.add_dropout(net, 0.1, before="layer1.0.conv2")
     with pytest.raises(ValueError, match="'layer1.0.conv2' already has MC dropout"):
         netuq.nn.add_dropout(net, 0.1, before="layer1.0.conv2")
+
+
+def test_function_mode_only_where_functional_dropout_was_seen():
+    """Modules only: the dry run finds no functional call, the forwards run without the mode (no per-op cost)."""
+    seen: list = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(_mode_on())
+            return x[:, :3]
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), Probe()).eval()
+    netuq.MCDropout(model, samples=6)(torch.randn(2, 4))
+    assert seen[0] and not any(seen[1:])  # seen[0]: the dry run, always intercepted
+    seen.clear()
+    both = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), FuncTail(), Probe()).eval()
+    netuq.MCDropout(both, samples=6)(torch.randn(2, 4))
+    assert all(seen)
+
+
+class FuncTail(nn.Module):
+    def forward(self, x):
+        return F.dropout(x, 0.1, training=self.training)

@@ -60,7 +60,7 @@ import math
 import numbers
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -215,7 +215,10 @@ class MCDropout:
             (once per model and input shape) measures the largest activation, and as many samples
             run per forward as keep it under 2**20 elements on CPU (4 MiB: batching stops paying
             once activations leave the caches), 2**26 on accelerators; and the repeated input (the
-            trunk output when cached) under 2**18 elements on CPU, 2**21 elsewhere (memory).
+            trunk output when cached) under 2**18 elements on CPU, 2**21 elsewhere (memory). The
+            dry run also looks for functional dropout calls outside the dropout modules; where it
+            sees none, the forwards of that shape skip the torch-function mode (a model that calls
+            functional dropout only for some inputs of one shape: set ``max_batch``).
         seed: integer for reproducible masks that do not depend on ``max_batch`` (≥ N) or trunk
             caching; the global RNG is left untouched. None: the global RNG.
         trunk: deterministic first part (module, callable, or attribute name of ``model``) run
@@ -380,16 +383,20 @@ class MCDropout:
         if not isinstance(feats, torch.Tensor) or feats.ndim == 0 or feats.shape[0] != n:
             shape = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
             raise ValueError(f"`trunk` must return a tensor with the batch (N={n}) first, got {shape}")
+        plans = _PLANS.setdefault(self.model, {})
+        key = (self._trunk is not None, str(feats.device), tuple(feats.shape), feats.dtype)
         if self.max_batch is not None:
             per_forward = max(1, self.max_batch // n)
         else:
-            cap = _default_chunk(math.prod(feats.shape[1:]), n, feats.device)
-            key = (self._trunk is not None, str(feats.device), tuple(feats.shape), feats.dtype)
-            plans = _LARGEST.setdefault(self.model, {})
             if key not in plans:
-                plans[key] = self._largest_activation(feats, state, mode)
-            per_forward = min(cap, _activation_chunk(plans[key], feats.device))
+                plans[key] = self._dry_run(feats, state, mode)
+            cap = _default_chunk(math.prod(feats.shape[1:]), n, feats.device)
+            per_forward = min(cap, _activation_chunk(plans[key][0], feats.device))
         per_forward = _balanced(per_forward, self.samples)
+        # the torch-function mode costs a little on every op: skip it where the dry run of this shape saw
+        # dropout modules only (no functional dropout call outside them)
+        plan = plans.get(key)
+        intercept = mode if (plan is None or plan[1] or not self._confirmed) else nullcontext()
         pred = Prediction(keep_samples=self.keep_samples)
         reps = (1,) * (feats.ndim - 1)
         for start in range(0, self.samples, per_forward):
@@ -399,7 +406,7 @@ class MCDropout:
             calls = mode.calls
             # the head gets a fresh tensor: in-place dropout (or any in-place op) must neither touch
             # the caller's input nor the cached trunk output reused by the next chunk
-            with mode:
+            with intercept:
                 out = self._head(feats.repeat(k, *reps) if k > 1 else feats.clone())
             if not self._confirmed:
                 if mode.calls == calls:
@@ -411,19 +418,34 @@ class MCDropout:
             pred.add_logits(out.reshape(k, n, *out.shape[1:]), stacked=True)
         return pred
 
-    def _largest_activation(self, feats: torch.Tensor, state: SeedState | None, mode: FunctionalDropout) -> int:
-        """Elements of the largest tensor one head forward of one sample makes (a dry run, once per shape)."""
+    def _dry_run(self, feats: torch.Tensor, state: SeedState | None, mode: FunctionalDropout) -> tuple[int, bool]:
+        """One head forward of one sample (once per shape): the elements of its largest tensor, and
+        whether it called functional dropout outside the dropout modules."""
         if state is not None:
             state.offset, state.k, state.calls = 0, 1, 0
         mode.probe = mode.track = True
-        mode.largest = 0
+        mode.largest, calls = 0, mode.calls
+
+        def enter(*_):
+            mode.bypass += 1
+
+        def leave(*_):
+            mode.bypass -= 1
+
+        hooks = []
         try:
+            for m in stochastic_modules(*self._roots):  # calls made by the modules themselves do not count
+                hooks += [m.register_forward_pre_hook(enter), m.register_forward_hook(leave)]
             with torch.no_grad(), mode:
                 self._head(feats.detach().clone())
         finally:
             mode.probe = mode.track = False
-        return max(mode.largest, feats.numel())
+            mode.bypass = 0
+            for h in hooks:
+                h.remove()
+        return max(mode.largest, feats.numel()), mode.calls != calls
 
 
-# largest activation of one sample's forward, per model (weakly held) and (cached trunk, device, shape, dtype)
-_LARGEST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# per model (weakly held) and (cached trunk, device, shape, dtype): (largest activation of one sample's
+# forward, whether it calls functional dropout outside the dropout modules)
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
