@@ -18,7 +18,12 @@ from torch import nn
 
 import netuq
 from netuq import ConfidenceBudget, ConfidenceClassifier, ConfidenceHead, confidence_loss, confidence_predict
-from netuq.methods.confidence import ConfidenceLossParts, confidence_perturbation
+from netuq.methods.confidence import (
+    DEVRIES_TAYLOR_EPSILON,
+    ConfidenceLossParts,
+    confidence_model_predict,
+    confidence_perturbation,
+)
 from netuq.models import SmallCNN, SmallUNet
 from netuq.training import fit
 
@@ -261,6 +266,57 @@ def test_perturbation_steps_against_the_confidence_penalty():
         confidence_perturbation(model, x, epsilon=-1)
     with pytest.raises(TypeError, match="`x` must be a floating-point tensor, got torch.int64"):
         confidence_perturbation(model, torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_ood_perturbation_raises_confidence_and_epsilon_zero_is_unchanged():
+    """DeVries & Taylor's OOD scoring: c read on x − ε·sign(∇ₓ −log c) goes up; ε = 0 is plain c(x)."""
+    torch.manual_seed(0)
+    cnn = SmallCNN(1, 3, width=4)
+    model = ConfidenceClassifier(cnn, cnn.head, ConfidenceHead(cnn.feature_dim)).eval()
+    x = torch.randn(6, 1, 8, 8)
+    with torch.no_grad():
+        logits, s = model(x)
+    plain = confidence_predict(logits, s)
+    for pred in (model.predict(x), confidence_model_predict(model, x, epsilon=0.0)):  # ε = 0: as before
+        assert torch.equal(pred.probs, plain.probs)
+        assert torch.equal(pred.scores["confidence"], plain.scores["confidence"])
+        assert set(pred.scores) == {"confidence"}
+    assert DEVRIES_TAYLOR_EPSILON == 0.001  # official code's --epsilon default
+    pred = model.predict(x, epsilon=0.01)
+    # the class probabilities are those of the unperturbed input; c(x) is kept beside c(x̃)
+    assert torch.equal(pred.probs, plain.probs)
+    assert torch.equal(pred.scores["confidence_unperturbed"], plain.scores["confidence"])
+    # by hand: the moved input and its confidence
+    x_moved = confidence_perturbation(model, x, epsilon=0.01)
+    with torch.no_grad():
+        c_moved = torch.sigmoid(model(x_moved).confidence_logit)
+    torch.testing.assert_close(pred.scores["confidence"], c_moved)
+    assert bool((pred.scores["confidence"] > plain.scores["confidence"]).all())  # a step towards confidence
+    torch.testing.assert_close(model.ood_scores(x, epsilon=0.01), 1 - c_moved)
+    torch.testing.assert_close(model.ood_scores(x, epsilon=0.0), 1 - plain.scores["confidence"])
+    # first-order check: the rise of s is about ε·‖∇ₓ s‖₁ per image
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(xg).confidence_logit.sum(), xg)
+    with torch.no_grad():
+        rise = model(x_moved).confidence_logit - s
+    torch.testing.assert_close(rise, 0.01 * grad.abs().flatten(1).sum(1), rtol=0.2, atol=1e-4)
+    with pytest.raises(ValueError, match="`epsilon` must be a non-negative number, got -0.1"):
+        model.predict(x, epsilon=-0.1)
+    with pytest.raises(TypeError, match="`model` must be an nn.Module returning"):
+        confidence_model_predict(lambda t: t, x)
+
+
+def test_ood_perturbation_segmentation_keeps_flags():
+    torch.manual_seed(0)
+    unet = SmallUNet(1, 3, width=4)
+    model = ConfidenceClassifier(unet, unet.head, ConfidenceHead(unet.feature_dim, spatial=True)).train()
+    unet.enc1[1].eval()  # a frozen BatchNorm stays frozen
+    x = torch.randn(2, 1, 8, 8)
+    pred = confidence_model_predict(model, x, epsilon=DEVRIES_TAYLOR_EPSILON)
+    assert pred.scores["confidence"].shape == pred.scores["confidence_unperturbed"].shape == (2, 8, 8)
+    assert float((pred.scores["confidence"] - pred.scores["confidence_unperturbed"]).mean()) > 0
+    assert model.training and not unet.enc1[1].training
+    assert all(p.grad is None for p in model.parameters())
 
 
 # ------------------------------------------------------------------------------------------ training with fit

@@ -166,7 +166,7 @@ def test_seeded_masks_follow_dropout_semantics(seed):
 
     model = nn.Sequential(nn.Dropout(0.5), Probe())
     netuq.MCDropout(model, samples=40, seed=seed)(torch.ones(8, 25))
-    masks = torch.cat(seen)
+    masks = torch.cat(seen[1:])  # seen[0]: the dry run that measures the activations (once per shape)
     assert masks.shape == (320, 25)
     assert set(masks.unique().tolist()) <= {0.0, 2.0}
     assert abs(float((masks == 0).float().mean()) - 0.5) < 0.05
@@ -185,7 +185,7 @@ def test_seeded_feature_masks_are_per_channel(inplace):
 
     model = nn.Sequential(nn.Dropout2d(0.25, inplace=inplace), Probe())
     netuq.MCDropout(model, samples=30, seed=0)(torch.ones(4, 16, 3, 5))
-    maps = seen[0].flatten(2)  # (120, 16, 15)
+    maps = torch.cat(seen[1:]).flatten(2)  # (120, 16, 15); seen[0] is the one-sample dry run
     assert torch.equal(maps.amin(2), maps.amax(2))
     torch.testing.assert_close(maps.unique(), torch.tensor([0.0, 4 / 3]))
     assert abs(float((maps[..., 0] == 0).float().mean()) - 0.25) < 0.05
@@ -301,6 +301,10 @@ def test_trunk_runs_once_and_head_once_per_chunk():
     trunk_probe, head_probe = CountRows(), CountRows()
     model = nn.Sequential(nn.Linear(3, 4), trunk_probe, nn.Dropout(0.3), head_probe, nn.Linear(4, 2)).eval()
     netuq.MCDropout(model, samples=50)(torch.randn(8, 3))
+    # first call for this shape: one dry run of the head measures its activations, then one chunk
+    assert trunk_probe.rows == [8] and head_probe.rows == [8, 400]
+    trunk_probe.rows.clear(), head_probe.rows.clear()
+    netuq.MCDropout(model, samples=50)(torch.randn(8, 3))  # measured once per (model, shape): no dry run
     assert trunk_probe.rows == [8] and head_probe.rows == [400]
     trunk_probe.rows.clear(), head_probe.rows.clear()
     netuq.MCDropout(model, samples=50, max_batch=100)(torch.randn(8, 3))
@@ -342,8 +346,22 @@ def test_default_chunks_keep_the_stacked_input_under_the_cpu_budget():
     probe = CountRows()
     model = nn.Sequential(nn.Dropout(0.1), probe, nn.Flatten(), nn.LazyLinear(2)).eval()
     netuq.MCDropout(model, samples=50)(torch.randn(4, 1, 64, 64))
-    # 2**18 elements / (4 rows x 4096) = 16 samples per forward -> 4 balanced chunks of <= 13
-    assert probe.rows == [52, 52, 52, 44]
+    # largest activation 4 x 4096 per sample -> 2**20 / 16384 = 64 samples; the memory cap (2**18
+    # input elements) allows 16 -> 4 balanced chunks of 13 samples; the dry run (4 rows) comes first
+    assert probe.rows == [4, 52, 52, 52, 44]
+
+
+def test_default_chunks_follow_the_largest_activation_not_the_input():
+    """Issue 14: the input of "dropout in every block" is small, its activations are not."""
+    probe = CountRows()
+    model = nn.Sequential(nn.Dropout(0.1), nn.Conv2d(1, 32, 3, padding=1), probe, nn.Flatten(), nn.LazyLinear(2))
+    netuq.MCDropout(model.eval(), samples=50)(torch.randn(8, 1, 28, 28))
+    # input: 2**18 / (8 x 784) = 41 samples would fit; the conv output (8 x 32 x 784 per sample)
+    # allows 2**20 / 200704 = 5 samples (40 rows) per forward
+    assert probe.rows == [8] + [40] * 10
+    probe.rows.clear()
+    netuq.MCDropout(model, samples=50)(torch.randn(8, 1, 28, 28))
+    assert probe.rows == [40] * 10  # measured once per (model, device, shape)
 
 
 def test_max_batch_smaller_than_batch_splits_rows():

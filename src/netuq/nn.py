@@ -5,20 +5,24 @@ Functional dropout written as ``F.dropout(x, p, training=self.training)`` is inv
 stochastic even in plain evaluation. :class:`MCDropout` is the drop-in module for both cases: it is
 stochastic in train mode and whenever Monte Carlo sampling is active (inside
 :func:`netuq.methods.mc_dropout.dropout_active`, which every :class:`netuq.MCDropout` call uses),
-and the identity in plain ``eval()`` mode.
+and the identity in plain ``eval()`` mode. :func:`add_dropout` inserts such layers into a pretrained
+network that has no dropout, keeping its ``state_dict``.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
-__all__ = ["MCDropout", "mc_active", "mc_sampling"]
+__all__ = ["MCDropout", "add_dropout", "mc_active", "mc_sampling"]
+
+_ATTR = "mc_dropout"  # name of the MCDropout child add_dropout gives a layer
 
 _state = threading.local()
 
@@ -83,3 +87,93 @@ class MCDropout(_DropoutNd):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.dropout(x, self.p, self.training or mc_active(), self.inplace)
+
+
+def _dropout_pre_hook(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: the layer's input goes through its ``mc_dropout`` child first."""
+    return (getattr(module, _ATTR)(args[0]), *args[1:])
+
+
+def _is_classifier(m: nn.Module) -> bool:
+    return isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (1, 1))
+
+
+def add_dropout(
+    model: nn.Module, p: float, *, before: str | nn.Module | Sequence[str | nn.Module] | None = None
+) -> nn.Module:
+    """Insert MC dropout before chosen layers of a network that has none (e.g. a torchvision ResNet).
+
+    Each chosen layer gets a :class:`MCDropout` child named ``mc_dropout`` and a forward pre-hook
+    that passes the layer's input through it. No weight is touched and no parameter or buffer is
+    added, so ``state_dict()`` keeps its keys: the original weights load (``strict=True``) into the
+    modified model and back. The layers are identities in plain ``eval()`` mode (outputs unchanged)
+    and sample under :class:`netuq.MCDropout` (or in train mode, like ``nn.Dropout``, so
+    fine-tuning with them is ordinary dropout training). The model is modified **in place** and
+    returned (for chaining); ``copy.deepcopy`` it first to keep the original. Shapes are not
+    changed: the layer's input (N, F) or (N, F, H, W) is dropped element-wise.
+
+    Args:
+        model: the network.
+        p: drop probability in [0, 1).
+        before: the layers to put dropout in front of: a name from ``model.named_modules()``
+            (``"fc"``, ``"layer4.1.conv2"``), a submodule, or a sequence of those. None: the last
+            ``nn.Linear`` or 1×1 ``nn.Conv2d`` in registration order — the classifier of a
+            classification network (``fc``) or the per-pixel classifier of a segmentation network.
+
+    Returns:
+        ``model`` itself.
+
+    Raises:
+        ValueError: ``p`` outside [0, 1); a name or module not in ``model``; no default layer
+            found; a layer that already has MC dropout.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+        >>> state = {k: v.clone() for k, v in net.state_dict().items()}
+        >>> x = torch.randn(2, 4)
+        >>> y = net(x)
+        >>> add_dropout(net, 0.2) is net, type(net[2].mc_dropout).__name__
+        (True, 'MCDropout')
+        >>> torch.equal(net(x), y), net.load_state_dict(state, strict=True)
+        (True, <All keys matched successfully>)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+        raise ValueError(f"`p` must be a probability in [0, 1), got {p!r}")
+    names = {id(m): name for name, m in model.named_modules()}
+    if before is None:
+        found = [m for m in model.modules() if _is_classifier(m)]
+        if not found:
+            raise ValueError(
+                f"`before` must name the layers to put dropout in front of: {type(model).__name__} has no "
+                "nn.Linear or 1x1 nn.Conv2d to choose by default"
+            )
+        targets = [found[-1]]
+    else:
+        items = [before] if isinstance(before, (str, nn.Module)) else list(before)
+        if not items:
+            raise ValueError("`before` must name at least one layer, got an empty sequence")
+        by_name = dict(model.named_modules())
+        targets = []
+        for item in items:
+            if isinstance(item, str):
+                if item not in by_name or item == "":
+                    some = ", ".join(repr(n) for n in list(by_name)[1:8])
+                    raise ValueError(f"`before` must name submodules of the model (e.g. {some}), got {item!r}")
+                targets.append(by_name[item])
+            elif isinstance(item, nn.Module):
+                if id(item) not in names or item is model:
+                    raise ValueError(
+                        f"`before` must be submodules of the model, got a {type(item).__name__} that is not in it"
+                    )
+                targets.append(item)
+            else:
+                raise TypeError(f"`before` must be layer names or modules, got {type(item).__name__}")
+    for layer in targets:
+        if isinstance(getattr(layer, _ATTR, None), MCDropout):
+            raise ValueError(f"`before` layer {names[id(layer)]!r} already has MC dropout (add_dropout ran twice)")
+    for layer in targets:
+        layer.add_module(_ATTR, MCDropout(float(p)).train(layer.training))  # the layer's mode
+        layer.register_forward_pre_hook(_dropout_pre_hook)
+    return model

@@ -7,6 +7,14 @@ there the prediction is interpolated towards the label, ``p' = c·p + (1 − c)�
 network pays ``λ·(−log c)`` for asking. Predictions still come from softmax(z); c is a score for
 misclassification and out-of-distribution detection (higher = more confident).
 
+Out-of-distribution scoring with input perturbation (the paper's §3.2, "confidence_scaling" in the
+official code, uoguelph-mlrg/confidence_estimation ``out_of_distribution_detection.py``): each input
+is moved by ``−ε·sign(∇ₓ mean(−log c))`` — towards higher confidence, which in-distribution inputs
+gain more than OOD ones — and c is read on the moved input. ε = 0.001 in the model's input units
+(normalised images) is the official code's default ``--epsilon`` and the value of its README examples
+(:data:`DEVRIES_TAYLOR_EPSILON`); the paper tunes it on 1000 held-out OOD images (ODIN's protocol).
+See :func:`confidence_model_predict` and :meth:`ConfidenceClassifier.ood_scores`.
+
 Unlike the official code this module never clamps p or c at 1e-12 (which saturates the loss and
 kills its gradient); it works in log space with logsigmoid / log_softmax / logaddexp.
 """
@@ -20,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import _check_finite, _check_float, check_labels, check_logits, float_dtype
+from .._checks import check_positive_int as _check_positive_int
 from .._modes import eval_mode
 from ..prediction import Prediction
 from ..training import Callback
@@ -33,7 +42,12 @@ __all__ = [
     "confidence_loss",
     "confidence_predict",
     "confidence_perturbation",
+    "confidence_model_predict",
+    "DEVRIES_TAYLOR_EPSILON",
 ]
+
+DEVRIES_TAYLOR_EPSILON = 0.001
+"""ε of the official code (``--epsilon`` default, README examples) for the input perturbation."""
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -77,8 +91,7 @@ class ConfidenceHead(nn.Module):
 
     def __init__(self, in_features: int, *, spatial: bool = False) -> None:
         super().__init__()
-        if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
-            raise ValueError(f"`in_features` must be a positive integer, got {in_features!r}")
+        in_features = _check_positive_int(in_features, "in_features")
         self.spatial = bool(spatial)
         self.layer = nn.Conv2d(in_features, 1, 1) if self.spatial else nn.Linear(in_features, 1)
 
@@ -315,7 +328,9 @@ def confidence_predict(
     return Prediction.from_logits(logits.detach(), scores={"confidence": torch.sigmoid(s.detach())})
 
 
-def confidence_perturbation(model: nn.Module, x: torch.Tensor, *, epsilon: float = 0.001) -> torch.Tensor:
+def confidence_perturbation(
+    model: nn.Module, x: torch.Tensor, *, epsilon: float = DEVRIES_TAYLOR_EPSILON
+) -> torch.Tensor:
     """Input preprocessing ``x̃ = x − ε·sign(∇ₓ Σ −log c)`` that raises in-distribution confidence.
 
     DeVries & Taylor 2018, §3.2 (after ODIN): a small step against the gradient of the
@@ -328,7 +343,8 @@ def confidence_perturbation(model: nn.Module, x: torch.Tensor, *, epsilon: float
     Args:
         model: returns ``(logits, confidence_logit)``.
         x: inputs (N, ...).
-        epsilon: step size ε ≥ 0 (paper: tuned on held-out data, ≈ 0.001 for normalised images).
+        epsilon: step size ε ≥ 0 in input units (official code: 0.001 on normalised images; the paper
+            tunes it on held-out OOD data).
 
     Returns:
         The perturbed inputs, detached, shape and dtype of ``x``.
@@ -349,6 +365,52 @@ def confidence_perturbation(model: nn.Module, x: torch.Tensor, *, epsilon: float
         penalty = F.softplus(-s.float()).sum()
         (grad,) = torch.autograd.grad(penalty, x_)
     return (x.detach() - epsilon * grad.sign()).to(x.dtype)
+
+
+def confidence_model_predict(model: nn.Module, x: torch.Tensor, *, epsilon: float = 0.0) -> Prediction:
+    """Predict with a confidence model, scoring c on the perturbed input when ``epsilon > 0``.
+
+    Class probabilities always come from the unperturbed ``x`` (the perturbation is an OOD scoring
+    device: DeVries & Taylor apply it to the confidence only). ``pred.scores["confidence"]`` is
+    c(x̃) with x̃ = :func:`confidence_perturbation` ``(model, x, epsilon)`` — so the benchmark's
+    "confidence" score (1 − c) uses it unchanged — and, when ``epsilon > 0``,
+    ``pred.scores["confidence_unperturbed"]`` keeps c(x) (e.g. for misclassification detection).
+    With ``epsilon = 0`` this is exactly ``confidence_predict(*model(x))``. Runs in eval mode (every
+    module's flag restored); no parameter gradient is touched.
+
+    Args:
+        model: returns ``(logits, confidence_logit)``: (N, C, ...) and (N, ...).
+        x: inputs (N, ...), floating point.
+        epsilon: perturbation size ε ≥ 0 (:data:`DEVRIES_TAYLOR_EPSILON` = 0.001 as the official code).
+
+    Returns:
+        Prediction with ``probs`` (N, C, ...) and ``scores["confidence"]`` (N, ...).
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> net = ConfidenceClassifier(nn.Linear(2, 4), nn.Linear(4, 3), ConfidenceHead(4))
+        >>> x = torch.randn(5, 2)
+        >>> pred = confidence_model_predict(net, x, epsilon=DEVRIES_TAYLOR_EPSILON)
+        >>> bool((pred.scores["confidence"] >= pred.scores["confidence_unperturbed"]).all())
+        True
+    """
+    epsilon = _check_nonnegative(epsilon, "epsilon")
+    if not isinstance(model, nn.Module):
+        got = type(model).__name__
+        raise TypeError(f"`model` must be an nn.Module returning (logits, confidence_logit), got {got}")
+    with eval_mode(model):  # every module's own flag restored (a frozen BatchNorm stays frozen)
+        with torch.no_grad():
+            logits, s = model(x)[:2]
+        if epsilon:
+            x_moved = confidence_perturbation(model, x, epsilon=epsilon)
+            with torch.no_grad():
+                s_moved = model(x_moved)[1]
+    pred = confidence_predict(logits, s)
+    if epsilon:
+        s_moved = _check_confidence_logit(s_moved, pred.probs, True)
+        pred.scores["confidence_unperturbed"] = pred.scores["confidence"]
+        pred.scores["confidence"] = torch.sigmoid(s_moved.detach())
+    return pred
 
 
 # ---------------------------------------------------------------------------------------------- wrapper
@@ -387,11 +449,12 @@ class ConfidenceClassifier(nn.Module):
         return ConfidenceOutput(self.classifier(features), self.confidence_head(features))
 
     def predict(self, x: torch.Tensor, *, epsilon: float = 0.0) -> Prediction:
-        """:func:`confidence_predict` in eval mode (mode restored), after :func:`confidence_perturbation`
-        of the inputs when ``epsilon > 0``."""
-        with eval_mode(self):  # every module's own flag restored (a frozen BatchNorm stays frozen)
-            if epsilon:
-                x = confidence_perturbation(self, x, epsilon=epsilon)
-            with torch.no_grad():
-                logits, s = self(x)
-        return confidence_predict(logits, s)
+        """:func:`confidence_model_predict` of this model: eval mode (flags restored), probabilities
+        from ``x``, ``scores["confidence"]`` = c of the perturbed input when ``epsilon > 0``
+        (:data:`DEVRIES_TAYLOR_EPSILON` as the official code), c(x) otherwise."""
+        return confidence_model_predict(self, x, epsilon=epsilon)
+
+    def ood_scores(self, x: torch.Tensor, *, epsilon: float = DEVRIES_TAYLOR_EPSILON) -> torch.Tensor:
+        """OOD score 1 − c(x̃) (N, ...) with DeVries & Taylor's input perturbation; higher = more
+        likely out of distribution (the "confidence" uncertainty score). ``epsilon=0``: 1 − c(x)."""
+        return 1.0 - self.predict(x, epsilon=epsilon).scores["confidence"]

@@ -32,7 +32,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .._checks import _check_finite, _check_float, check_labels, check_logits, float_dtype
+from .._checks import check_positive_int as _check_positive_int
 from .._modes import eval_mode
+from .._random import generator as _generator
 from ..prediction import Prediction
 
 __all__ = [
@@ -94,9 +96,8 @@ class HeteroscedasticHead(nn.Module):
         init_scale: float = 0.1,
     ) -> None:
         super().__init__()
-        for name, value in (("in_features", in_features), ("num_classes", num_classes)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        in_features = _check_positive_int(in_features, "in_features")
+        num_classes = _check_positive_int(num_classes, "num_classes")
         if num_classes < 2:
             raise ValueError(f"`num_classes` must be at least 2, got {num_classes}")
         if not min_scale > 0:
@@ -123,12 +124,6 @@ class HeteroscedasticHead(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- checks
-def _check_positive_int(value: int, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
-    return value
-
-
 def _check_temperature(temperature: float) -> float:
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise ValueError(f"`temperature` must be a positive number, got {temperature!r}")
@@ -173,8 +168,7 @@ def _draw_seed(generator: torch.Generator | None) -> int:
 
 
 def _noise(seed: int, index: int, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    g = torch.Generator(device=like.device)
-    g.manual_seed(seed + index)
+    g = _generator(seed + index, like.device)
     return torch.randn(shape, generator=g, dtype=like.dtype, device=like.device)
 
 
@@ -308,7 +302,7 @@ def heteroscedastic_nll(
         raise TypeError(f"`mu` must be a tensor, got {type(mu).__name__}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"`seed` must be an integer, got {type(seed).__name__}")
-    gen = torch.Generator(device=mu.device).manual_seed(int(seed))
+    gen = _generator(int(seed), mu.device)
     return heteroscedastic_loss(
         mu,
         sigma,

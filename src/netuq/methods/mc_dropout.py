@@ -6,18 +6,30 @@ uncertainty off the spread (Gal 2016, §3.3.1; Depeweg et al. 2018): total ``H[p
 
 How netuq samples:
 
-* **Only dropout modules become stochastic**: every ``torch.nn.modules.dropout._DropoutNd``
+* **Only dropout becomes stochastic**: every ``torch.nn.modules.dropout._DropoutNd``
   (``Dropout``, ``Dropout1d/2d/3d``, ``AlphaDropout``, ``FeatureAlphaDropout``, and
   :class:`netuq.nn.MCDropout`) goes to train mode, every other module to eval mode (BatchNorm
   keeps its running statistics and never updates them), and every ``training`` flag is restored
   afterwards, even on error — see :func:`dropout_active`. ``model.train()`` is the classic bug.
+  **Functional dropout** (``F.dropout(x, p, training=self.training)``, ``dropout1d/2d/3d``, the
+  alpha dropouts, ``torch.dropout`` …) called from Python is switched on too, by a
+  ``torch.overrides.TorchFunctionMode`` active only during the forwards (this thread only), with
+  the same seeding; see :mod:`netuq.methods._dropout_calls`. Dropout netuq cannot reach —
+  inside TorchScript / compiled code or C++ operators — is reported: a warning for TorchScript or
+  compiled submodules, and a ValueError when a model has no dropout module and no dropout call
+  was seen in its first forward (every sample would be identical). Networks without dropout:
+  :func:`netuq.nn.add_dropout`.
 * **Batched**: the S samples are drawn by repeating the batch along dim 0 (sample-major rows:
   rows ``s·N … s·N + N − 1`` are sample ``s``) and running several samples per forward call, at
   most ``max_batch`` rows at a time. Dropout draws independent masks per row, so this is exact.
+  By default the samples per forward keep the forward's largest activation under a device budget
+  (measured by a dry run of one sample, once per model and input shape): on CPU batching pays
+  only while activations stay near the caches.
 * **Trunk caching**: the deterministic part before the first dropout runs once per batch, and
   only the rest (the *head*) runs on the repeated rows. For an ``nn.Sequential`` (whose forward
   is known to call its children in order) the split is found automatically at the first child
-  that contains a dropout module, recursing into nested ``nn.Sequential`` children. For any other
+  that contains a dropout module, recursing into nested ``nn.Sequential`` children (a trunk seen
+  calling functional dropout is given up: the whole model is sampled). For any other
   model, declare ``trunk=`` and ``head=`` (modules, callables, or names of the model's attributes,
   e.g. ``trunk="features", head="head"`` for :class:`netuq.models.SmallCNN`); the output is then
   ``head(trunk(x))`` and it is your promise that this equals ``model(x)``. netuq does not guess
@@ -34,8 +46,9 @@ How netuq samples:
   for every ``max_batch`` ≥ N and with or without trunk caching. (If ``max_batch`` < N the batch is split into blocks of
   rows, each sampled with its own derived seed; a dropout input whose first dimension is not a
   multiple of the samples per forward — e.g. a sequence-first layout — draws one seeded mask for
-  the whole call.) Seeded sampling patches the dropout modules' ``forward`` for the duration of
-  the call (restored on exit): do not run one model from several threads while it samples.
+  the whole call.) Functional calls count as dropout calls ``j`` and follow the same rules.
+  Seeded sampling patches the dropout modules' ``forward`` for the duration of the call
+  (restored on exit): do not run one model from several threads while it samples.
 * **In-place dropout** (``inplace=True``) gives the same result as out-of-place dropout: the
   head always runs on a fresh copy of the (cached) input, and seeded masks are applied out of
   place, so neither the caller's tensor nor the cached trunk output is ever written to.
@@ -45,105 +58,38 @@ from __future__ import annotations
 
 import math
 import numbers
+import weakref
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 
 import torch
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
 from .._checks import check_int as _check_int
-from .._modes import restore_modes
 from .._random import derive_seed as _derive
 from .._random import forked_rng as _forked_rng
 from .._random import seed_device as _seed_device
 from ..nn import MCDropout as MCDropoutLayer
-from ..nn import mc_sampling
 from ..prediction import Prediction
+from ._batching import activation_chunk as _activation_chunk
 from ._batching import balanced_chunk as _balanced
 from ._batching import default_chunk as _default_chunk
+from ._dropout_calls import (
+    FunctionalDropout,
+    SeedState,
+    _builtin_without_dropout,
+    _no_dropout_message,
+    _switched,
+    _warn_opaque,
+    dropout_active,
+    masked_dropout,
+    stochastic_modules,
+)
 
 __all__ = ["MCDropout", "dropout_active", "stochastic_modules"]
 
-_DROPOUT_NAMES = "torch.nn.Dropout, Dropout1d/2d/3d, AlphaDropout, FeatureAlphaDropout or netuq.nn.MCDropout"
-
-
-def stochastic_modules(*modules: nn.Module) -> list[nn.Module]:
-    """The dropout modules (``_DropoutNd`` instances) inside ``modules``, each once, in order.
-
-    Example:
-        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout2d(0.1), nn.AlphaDropout(0.2))
-        >>> [type(m).__name__ for m in stochastic_modules(net)]
-        ['Dropout2d', 'AlphaDropout']
-    """
-    seen: set[int] = set()
-    out = []
-    for root in modules:
-        for m in root.modules():
-            if isinstance(m, _DropoutNd) and id(m) not in seen:
-                seen.add(id(m))
-                out.append(m)
-    return out
-
-
-def _require_dropout(modules: Sequence[nn.Module], name: str = "model") -> list[nn.Module]:
-    found = stochastic_modules(*modules)
-    if not found:
-        kinds = ", ".join(type(m).__name__ for m in modules)
-        raise ValueError(
-            f"`{name}` must contain a dropout module ({_DROPOUT_NAMES}), got none in {kinds}; "
-            "functional F.dropout calls are invisible to MC dropout: replace them by netuq.nn.MCDropout"
-        )
-    return found
-
-
-@contextmanager
-def dropout_active(model: nn.Module, *more: nn.Module) -> Iterator[list[nn.Module]]:
-    """Context manager: dropout modules in train mode, everything else in eval mode.
-
-    Inside the block every ``_DropoutNd`` of ``model`` (and of ``more``) is stochastic, every
-    other module (BatchNorm, …) is in eval mode so no running statistic changes, and
-    :func:`netuq.nn.mc_active` is true so :class:`netuq.nn.MCDropout` layers sample too. On exit,
-    even on error, every module's ``training`` flag is restored to what it was.
-
-    Args:
-        model: the network.
-        *more: further modules to switch (e.g. a separate head).
-
-    Yields:
-        the list of dropout modules that were switched on.
-
-    Raises:
-        ValueError: no dropout module found.
-
-    Example:
-        >>> net = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Dropout(0.5)).train()
-        >>> with dropout_active(net):
-        ...     [m.training for m in net]
-        [False, False, True]
-        >>> [m.training for m in net]
-        [True, True, True]
-    """
-    roots = (model, *more)
-    drops = _require_dropout(roots)
-    with restore_modes(*roots) as saved:
-        for m, _ in saved:
-            m.training = isinstance(m, _DropoutNd)
-        with mc_sampling():
-            yield drops
-
-
 # ---------------------------------------------------------------------------- seeded sampling
-class _SeedState:
-    """Which samples the current forward holds; read by the patched dropout forwards."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-        self.offset = 0  # index of the first sample in this forward
-        self.k = 1  # samples in this forward
-        self.calls = 0  # dropout calls so far in this forward
-
-
 # Dropout types whose masks netuq draws itself (same rule as torch: keep with probability 1 − p,
 # scale by 1 / (1 − p); per element, or per channel for the feature dropouts on batched input of
 # the given rank). Others (alpha dropouts, subclasses, other ranks) run their own forward per sample.
@@ -156,32 +102,20 @@ _MASKED: dict[type, int | None] = {
 }
 
 
-def _masked_dropout(m: _DropoutNd, x: torch.Tensor, seeds: list[int]) -> torch.Tensor:
-    """Dropout of ``x`` (k·n rows, sample-major) with sample i's mask drawn from seed ``seeds[i]``.
-
-    Always out of place (also for ``inplace=True`` modules), so ``x`` is never written to.
-    """
-    p, k = float(m.p), len(seeds)
-    if p == 0.0 or x.numel() == 0:
-        return x
-    if p == 1.0:
-        return x * 0
-    feature = _MASKED[type(m)] is not None
-    mask = torch.empty(x.shape[:2] + (1,) * (x.ndim - 2) if feature else x.shape, dtype=x.dtype, device=x.device)
-    gen = torch.Generator(device=x.device)
-    n = x.shape[0] // k
-    for i, seed in enumerate(seeds):
-        gen.manual_seed(seed)
-        mask[i * n : (i + 1) * n].bernoulli_(1.0 - p, generator=gen)
-    mask.div_(1.0 - p)
-    # never in place, even for inplace=True modules: the input may alias the caller's tensor
-    return x * mask
-
-
 @contextmanager
-def _seeded_dropout(modules: Sequence[nn.Module], state: _SeedState) -> Iterator[None]:
-    """Patch each dropout module's forward to draw per-sample seeded masks (restored on exit)."""
+def _seeded_dropout(modules: Sequence[nn.Module], state: SeedState, mode: FunctionalDropout) -> Iterator[None]:
+    """Patch each dropout module's forward to draw per-sample seeded masks (restored on exit).
+
+    While a module runs torch's own kernel on a sample's rows, ``mode`` lets its inner call pass.
+    """
     patched: list[tuple[nn.Module, bool, object]] = []
+
+    def _own(orig: Callable, *args, **kwargs):
+        mode.bypass += 1
+        try:
+            return orig(*args, **kwargs)
+        finally:
+            mode.bypass -= 1
 
     def make(m: nn.Module, orig: Callable) -> Callable:
         rank = _MASKED.get(type(m), 0)
@@ -193,15 +127,16 @@ def _seeded_dropout(modules: Sequence[nn.Module], state: _SeedState) -> Iterator
             if not isinstance(x, torch.Tensor) or x.ndim == 0 or x.shape[0] % k:
                 if isinstance(x, torch.Tensor):
                     _seed_device(x.device, _derive(state.seed, 1, state.offset, k, j))
-                return orig(x, *args, **kwargs)
+                return _own(orig, x, *args, **kwargs)
             seeds = [_derive(state.seed, 0, state.offset + i, j) for i in range(k)]
             if not args and not kwargs and (rank is None or rank == x.ndim) and x.is_floating_point():
-                return _masked_dropout(m, x, seeds)
+                # never in place, even for inplace=True modules: the input may alias the caller's tensor
+                return masked_dropout(float(m.p), rank is not None, x, seeds)
             n = x.shape[0] // k
             outs = []
             for i, seed in enumerate(seeds):
                 _seed_device(x.device, seed)
-                outs.append(orig(x[i * n : (i + 1) * n], *args, **kwargs))
+                outs.append(_own(orig, x[i * n : (i + 1) * n], *args, **kwargs))
             return outs[0] if k == 1 else torch.cat(outs)
 
         return forward
@@ -270,27 +205,35 @@ class MCDropout:
     for batching, trunk caching and seeding.
 
     Args:
-        model: an ``nn.Module`` with at least one dropout module, (N, ...) -> logits (N, C) or
-            (N, C, H, W) (any (N, C, ...)).
+        model: an ``nn.Module`` with dropout modules and/or functional dropout calls in its
+            Python forward, (N, ...) -> logits (N, C) or (N, C, H, W) (any (N, C, ...)). A network
+            without dropout (torchvision ResNets): :func:`netuq.nn.add_dropout` first.
         samples: number of stochastic passes S (Gal 2016 uses 50; gains level off around 40).
         keep_samples: keep all S probability maps (``pred.samples``); memory grows with S.
         max_batch: at most this many rows per forward call (several samples of the batch are
-            stacked along dim 0). None: as many samples as keep the repeated input (the trunk
-            output when cached) under 2**18 elements on CPU, 2**21 on other devices, at least
-            one. Activations grow with the rows: lower it for large segmentation models.
+            stacked along dim 0). None: from what is fast on the device — a dry run of one sample
+            (once per model and input shape) measures the largest activation, and as many samples
+            run per forward as keep it under 2**20 elements on CPU (4 MiB: batching stops paying
+            once activations leave the caches), 2**26 on accelerators; and the repeated input (the
+            trunk output when cached) under 2**18 elements on CPU, 2**21 elsewhere (memory). The
+            dry run also looks for functional dropout calls outside the dropout modules; where it
+            sees none, the forwards of that shape skip the torch-function mode (a model that calls
+            functional dropout only for some inputs of one shape: set ``max_batch``).
         seed: integer for reproducible masks that do not depend on ``max_batch`` (≥ N) or trunk
             caching; the global RNG is left untouched. None: the global RNG.
         trunk: deterministic first part (module, callable, or attribute name of ``model``) run
-            once per batch; requires ``head``; must not use dropout (checked when it is a module,
-            not for a plain callable such as ``model.embed``). Auto-detected for
-            ``nn.Sequential`` models.
+            once per batch; requires ``head``; must not use dropout (modules are checked at
+            construction, dropout calls — also functional ones — during every call). Auto-detected
+            for ``nn.Sequential`` models; an auto-detected trunk that turns out to call dropout is
+            given up (the whole model is sampled, correct but slower).
         head: the rest, run on the repeated rows; ``head(trunk(x))`` must equal ``model(x)``.
         no_grad: run under ``torch.no_grad()`` (default). False keeps the graph (e.g. for input
             gradients).
 
     Raises:
-        ValueError: no dropout module; bad ``samples``/``max_batch``; ``trunk`` without ``head``;
-            a ``trunk`` module containing dropout (it would be sampled once for all samples).
+        ValueError: no dropout module and (at the first call) no functional dropout call; bad
+            ``samples``/``max_batch``; ``trunk`` without ``head``; a declared ``trunk`` containing
+            dropout or calling it (it would be sampled once for all samples).
 
     Example:
         >>> _ = torch.manual_seed(0)
@@ -339,6 +282,7 @@ class MCDropout:
         roots: list[nn.Module] = [model]
         self._trunk: Callable | None = None
         self._head: Callable = model
+        self._declared = trunk is not None
         if trunk is not None:
             t = _resolve_part(model, trunk, "trunk")
             h = _resolve_part(model, head, "head")
@@ -347,8 +291,8 @@ class MCDropout:
                     f"`trunk` must not contain dropout modules (they would be sampled once for all samples), "
                     f"got {', '.join(type(m).__name__ for m in stochastic_modules(t))}"
                 )
-            if isinstance(h, nn.Module):
-                _require_dropout([h], "head")
+            if isinstance(h, nn.Module) and _builtin_without_dropout([h]):
+                raise ValueError(_no_dropout_message([h], "head"))
             roots += [p for p in (t, h) if isinstance(p, nn.Module)]
             self._trunk, self._head = t, h
         elif _is_plain_sequential(model):
@@ -356,11 +300,17 @@ class MCDropout:
             if t_mods and h_mods:
                 self._trunk, self._head = _Chain(t_mods), _Chain(h_mods)
         self._roots = roots
-        _require_dropout(roots)
+        if _builtin_without_dropout(roots):
+            raise ValueError(_no_dropout_message(roots))
+        _warn_opaque(roots)
+        self._has_modules = bool(stochastic_modules(*roots))
+        self._confirmed = self._has_modules  # dropout seen (modules, or a functional call at the first call)
 
     @property
     def caches_trunk(self) -> bool:
-        """Whether a deterministic trunk runs once per batch (declared or found in a Sequential)."""
+        """Whether a deterministic trunk runs once per batch (declared or found in a Sequential).
+
+        False once an auto-detected trunk was seen calling (functional) dropout."""
         return self._trunk is not None
 
     def __repr__(self) -> str:
@@ -386,45 +336,116 @@ class MCDropout:
         with ExitStack() as stack:
             if self.no_grad:
                 stack.enter_context(torch.no_grad())
-            drops = stack.enter_context(dropout_active(*self._roots))
+            drops = stack.enter_context(_switched(self._roots))
             state = None
             if self.seed is not None:
                 stack.enter_context(_forked_rng(x.device))
                 _seed_device(x.device, _derive(self.seed, 2))
-                state = _SeedState(self.seed)
-                stack.enter_context(_seeded_dropout(drops, state))
+                state = SeedState(self.seed)
+            mode = FunctionalDropout(state)
+            if state is not None:
+                stack.enter_context(_seeded_dropout(drops, state, mode))
             n = x.shape[0]
             if self.max_batch is not None and self.max_batch < n:
                 preds = []
                 for start in range(0, n, self.max_batch):
                     if state is not None:
                         state.seed = _derive(self.seed, 3, start)
-                    preds.append(self._sample(x[start : start + self.max_batch], state))
+                    preds.append(self._sample(x[start : start + self.max_batch], state, mode))
                 return Prediction.cat(preds)
-            return self._sample(x, state)
+            return self._sample(x, state, mode)
 
-    def _sample(self, x: torch.Tensor, state: _SeedState | None) -> Prediction:
+    def _run_trunk(self, x: torch.Tensor, state: SeedState | None, mode: FunctionalDropout) -> torch.Tensor | None:
+        """The trunk output, or None when the trunk called dropout (auto-detected trunk given up)."""
+        calls, seeded = mode.calls, (state.calls if state is not None else 0)
+        mode.probe = True
+        try:
+            with mode:
+                feats = self._trunk(x)
+        finally:
+            mode.probe = False
+        if mode.calls == calls and (state is None or state.calls == seeded):
+            return feats
+        if self._declared:
+            raise ValueError(
+                "`trunk` must be deterministic, but it called dropout during its forward (a functional "
+                "call such as F.dropout, or a dropout module): it would be sampled once for all samples. "
+                "Move the dropout into `head`, or drop trunk=/head= to sample the whole model"
+            )
+        self._trunk, self._head = None, self.model  # the Sequential's child calls dropout itself
+        return None
+
+    def _sample(self, x: torch.Tensor, state: SeedState | None, mode: FunctionalDropout) -> Prediction:
         n = x.shape[0]
-        feats = self._trunk(x) if self._trunk is not None else x
+        feats = self._run_trunk(x, state, mode) if self._trunk is not None else None
+        if feats is None:
+            feats = x
         if not isinstance(feats, torch.Tensor) or feats.ndim == 0 or feats.shape[0] != n:
             shape = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
             raise ValueError(f"`trunk` must return a tensor with the batch (N={n}) first, got {shape}")
+        plans = _PLANS.setdefault(self.model, {})
+        key = (self._trunk is not None, str(feats.device), tuple(feats.shape), feats.dtype)
         if self.max_batch is not None:
             per_forward = max(1, self.max_batch // n)
         else:
-            per_forward = _default_chunk(math.prod(feats.shape[1:]), n, feats.device)
+            if key not in plans:
+                plans[key] = self._dry_run(feats, state, mode)
+            cap = _default_chunk(math.prod(feats.shape[1:]), n, feats.device)
+            per_forward = min(cap, _activation_chunk(plans[key][0], feats.device))
         per_forward = _balanced(per_forward, self.samples)
+        # the torch-function mode costs a little on every op: skip it where the dry run of this shape saw
+        # dropout modules only (no functional dropout call outside them)
+        plan = plans.get(key)
+        intercept = mode if (plan is None or plan[1] or not self._confirmed) else nullcontext()
         pred = Prediction(keep_samples=self.keep_samples)
         reps = (1,) * (feats.ndim - 1)
         for start in range(0, self.samples, per_forward):
             k = min(per_forward, self.samples - start)
             if state is not None:
                 state.offset, state.k, state.calls = start, k, 0
+            calls = mode.calls
             # the head gets a fresh tensor: in-place dropout (or any in-place op) must neither touch
             # the caller's input nor the cached trunk output reused by the next chunk
-            out = self._head(feats.repeat(k, *reps) if k > 1 else feats.clone())
+            with intercept:
+                out = self._head(feats.repeat(k, *reps) if k > 1 else feats.clone())
+            if not self._confirmed:
+                if mode.calls == calls:
+                    raise ValueError(_no_dropout_message(self._roots) + " (no functional dropout call was seen)")
+                self._confirmed = True
             if not isinstance(out, torch.Tensor) or out.ndim < 2 or out.shape[0] != k * n:
                 shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
                 raise ValueError(f"`model` must return logits of shape (N, C, ...) with N = {k * n} rows, got {shape}")
             pred.add_logits(out.reshape(k, n, *out.shape[1:]), stacked=True)
         return pred
+
+    def _dry_run(self, feats: torch.Tensor, state: SeedState | None, mode: FunctionalDropout) -> tuple[int, bool]:
+        """One head forward of one sample (once per shape): the elements of its largest tensor, and
+        whether it called functional dropout outside the dropout modules."""
+        if state is not None:
+            state.offset, state.k, state.calls = 0, 1, 0
+        mode.probe = mode.track = True
+        mode.largest, calls = 0, mode.calls
+
+        def enter(*_):
+            mode.bypass += 1
+
+        def leave(*_):
+            mode.bypass -= 1
+
+        hooks = []
+        try:
+            for m in stochastic_modules(*self._roots):  # calls made by the modules themselves do not count
+                hooks += [m.register_forward_pre_hook(enter), m.register_forward_hook(leave)]
+            with torch.no_grad(), mode:
+                self._head(feats.detach().clone())
+        finally:
+            mode.probe = mode.track = False
+            mode.bypass = 0
+            for h in hooks:
+                h.remove()
+        return max(mode.largest, feats.numel()), mode.calls != calls
+
+
+# per model (weakly held) and (cached trunk, device, shape, dtype): (largest activation of one sample's
+# forward, whether it calls functional dropout outside the dropout modules)
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
