@@ -683,3 +683,12 @@ def test_auto_vectorizes_only_where_vmap_is_faster(monkeypatch):
     assert auto.vectorized
     x = torch.rand(5, 1, 8, 8)
     assert torch.allclose(auto(x).probs, Ensemble(models, vectorize=False)(x).probs, atol=1e-5)
+
+
+def test_distributed_argument_is_checked():
+    x, y = _blobs(30)
+    with pytest.raises(ValueError, match="`distributed=True` needs an initialised torch.distributed process group"):
+        train_ensemble(_mlp, (x, y), members=2, epochs=1, distributed=True)
+    with pytest.raises(ValueError, match="`distributed` must be None, True or False, got 'yes'"):
+        train_ensemble(_mlp, (x, y), members=2, epochs=1, distributed="yes")
+    assert len(train_ensemble(_mlp, (x, y), members=2, epochs=1, distributed=False)) == 2
