@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ._modes import eval_mode, load_modes, save_modes
+from ._random import forked_rng, generator
 
 __all__ = ["fit", "History", "Callback", "make_loader", "as_dataset"]
 
@@ -279,13 +280,10 @@ def fit(
     dev = torch.device(device) if device is not None else _model_device(model)
     model.to(dev)
 
-    devices = [dev.index or 0] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+    with forked_rng(dev if dev.type == "cuda" else None, enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
-        gen = torch.Generator()
-        if seed is not None:
-            gen.manual_seed(seed)
+        gen = torch.Generator() if seed is None else generator(seed)
         train_loader = _batches(train_data, batch_size=batch_size, shuffle=True, generator=gen)
         val_loader = (
             None if val_data is None else _batches(val_data, batch_size=batch_size, shuffle=False, name="val_data")
