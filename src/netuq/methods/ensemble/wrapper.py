@@ -32,9 +32,10 @@ def prefers_vmap(device: torch.device) -> bool:
 
     * CPU: no. vmap turns each convolution into a grouped convolution over the stacked weights,
       slower on the CPU than K ordinary ones (5 SmallCNN, batch 256: vmap 15.4 ms, loop 12.9 ms;
-      ``perf/bench_ensemble.py`` prints the ratio). Pass ``vectorize=True`` where a measurement
-      shows vmap winning (e.g. many tiny MLP members on small batches, where the loop's Python
-      overhead dominates).
+      ``perf/bench_ensemble.py`` prints the ratio; on one thread the loop wins by 1.5x). Pass
+      ``vectorize=True`` where a measurement shows vmap winning: many tiny members on small
+      batches, where the loop's Python overhead dominates, or a heavily loaded machine with
+      several threads, where K times more parallel regions cost more than grouped convolutions.
     * CUDA (and other accelerators): yes. One launch per layer instead of K keeps the device busy.
 
     Example:
