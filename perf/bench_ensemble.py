@@ -1,17 +1,23 @@
 """Deep ensembles: vectorised (vmap) vs looped inference, and 5-fold training time on digits.
 
 * Inference: 5 ``SmallCNN(1, 10)`` members (default width) on a batch of 256 8x8 digit images,
-  ``Ensemble(vectorize=True)`` vs ``Ensemble(vectorize=False)``, median of repeated calls.
+  ``Ensemble(vectorize=True)`` (vmap) vs ``Ensemble(vectorize=False)`` (loop) vs the default
+  ``vectorize="auto"``, median of interleaved repeated calls. The default must be as fast as the
+  faster of the two (the rule, ``netuq.methods.ensemble.prefers_vmap``: loop on the CPU, vmap on
+  CUDA); the script exits with an error when ``auto`` is below ``NETUQ_BENCH_MIN_RATIO`` (default
+  0.9, timing noise) times the faster one.
 * Training: ``train_ensemble(split="kfold", members=5)`` on all 1797 digits, batch 64, a few
   epochs, on 2 CPU threads: total and per-member seconds.
 
-Run: ``.venv/bin/python benchmarks/bench_ensemble.py`` (about a minute on 2 cores).
+Run: ``.venv/bin/python perf/bench_ensemble.py`` (about a minute on 2 cores). ``NETUQ_BENCH_DEVICE=cuda``
+times the inference on a GPU.
 """
 
 from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -25,12 +31,19 @@ MEMBERS = 5
 BATCH = 256
 REPEATS = 9
 EPOCHS = 3
+MIN_RATIO = float(os.environ.get("NETUQ_BENCH_MIN_RATIO", "0.9"))
+DEVICE = torch.device(os.environ.get("NETUQ_BENCH_DEVICE", "cpu"))
 
 
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8) in [0, 1]
     return x, torch.tensor(d.target)
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def interleaved_medians(fns, repeats: int = REPEATS) -> list[float]:
@@ -40,8 +53,10 @@ def interleaved_medians(fns, repeats: int = REPEATS) -> list[float]:
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
         for fn, ts in zip(fns, times):
+            _sync()
             start = time.perf_counter()
             fn()
+            _sync()
             ts.append(time.perf_counter() - start)
     return [statistics.median(ts) for ts in times]
 
@@ -50,22 +65,39 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     x, y = digits()
     torch.manual_seed(0)
-    members = [SmallCNN(1, 10) for _ in range(MEMBERS)]
-    batch = x[:BATCH]
+    members = [SmallCNN(1, 10).to(DEVICE) for _ in range(MEMBERS)]
+    batch = x[:BATCH].to(DEVICE)
     vec, loop = Ensemble(members, vectorize=True), Ensemble(members, vectorize=False)
+    auto = Ensemble(members)
     diff = float((vec(batch).probs - loop(batch).probs).abs().max())
-    t_vec, t_loop = interleaved_medians([lambda: vec(batch), lambda: loop(batch)])
+    t_vec, t_loop, t_auto = interleaved_medians([lambda: vec(batch), lambda: loop(batch), lambda: auto(batch)])
     print(f"machine load average (1 min): {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"inference: {MEMBERS} x SmallCNN(1, 10), batch {BATCH} of 8x8, {THREADS} threads, median of {REPEATS}")
-    print(f"{'mode':<8}{'ms / batch':>12}{'images / s':>14}")
-    for name, t in (("vmap", t_vec), ("loop", t_loop)):
-        print(f"{name:<8}{1e3 * t:>12.2f}{BATCH / t:>14.0f}")
+    print(
+        f"inference on {DEVICE}: {MEMBERS} x SmallCNN(1, 10), batch {BATCH} of 8x8, {THREADS} threads, "
+        f"median of {REPEATS}"
+    )
+    print(f"{'mode':<22}{'ms / batch':>12}{'images / s':>14}")
+    picked = "vmap" if auto.vectorized else "loop"
+    for name, t in (("vmap", t_vec), ("loop", t_loop), (f"auto (picks {picked})", t_auto)):
+        print(f"{name:<22}{1e3 * t:>12.2f}{BATCH / t:>14.0f}")
     print(f"loop / vmap time ratio: {t_loop / t_vec:.2f}x   (max |p_vmap - p_loop| = {diff:.1e})")
+    best = min(t_vec, t_loop)
+    print(f"auto vs the loop: {t_loop / t_auto:.2f}x; auto vs the faster mode: {best / t_auto:.2f}x")
+    if best / t_auto < MIN_RATIO:
+        sys.exit(f"vectorize='auto' is slower than {MIN_RATIO:.2f}x the faster mode: {best / t_auto:.2f}x")
 
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # one-time import of torch's optimizer machinery
     start = time.perf_counter()
     ens = train_ensemble(
-        lambda: SmallCNN(1, 10), (x, y), members=MEMBERS, split="kfold", epochs=EPOCHS, batch_size=64, lr=3e-3, seed=0
+        lambda: SmallCNN(1, 10),
+        (x, y),
+        members=MEMBERS,
+        split="kfold",
+        epochs=EPOCHS,
+        batch_size=64,
+        lr=3e-3,
+        seed=0,
+        device=DEVICE,
     )
     total = time.perf_counter() - start
     fit_s = [h.seconds for h in ens.histories_]

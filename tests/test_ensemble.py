@@ -13,10 +13,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sklearn.model_selection import StratifiedKFold
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    IterableDataset,
+    SequentialSampler,
+    TensorDataset,
+    WeightedRandomSampler,
+)
 
 import netuq
-from netuq.methods.ensemble import Ensemble, make_splits, train_ensemble
+from netuq.methods.ensemble import Ensemble, data, make_splits, train_ensemble, wrapper
 from netuq.models import SmallCNN
 
 # ------------------------------------------------------------------------------------ helpers
@@ -368,7 +376,7 @@ def test_train_ensemble_error_paths(tmp_path):
         train_ensemble(_mlp, (x[:0], y[:0]))
     with pytest.raises(ValueError, match=r"`dataset` tensors must have the same length, got lengths \[30, 29\]"):
         train_ensemble(_mlp, (x, y[:-1]))
-    with pytest.raises(TypeError, match="`dataset` must be a Dataset or an"):
+    with pytest.raises(TypeError, match="`dataset` must be a Dataset, DataLoader or an"):
         train_ensemble(_mlp, x.numpy())
     with pytest.raises(ValueError, match="`labels` are needed to stratify split='kfold'"):
         make_splits(10, members=2)
@@ -419,7 +427,7 @@ def test_vmap_equals_loop_and_the_hand_computed_mixture():
 
 def test_stacked_weights_follow_updates():
     models = _cnns(3)
-    ens = Ensemble(models)
+    ens = Ensemble(models, vectorize=True)
     x = torch.rand(4, 1, 8, 8)
     first = ens(x).probs
     with torch.no_grad():
@@ -469,11 +477,12 @@ class _Branchy(nn.Module):
         return -self.lin(x)
 
 
-def test_vmap_failure_falls_back_to_the_loop_and_mixed_members_loop():
+def test_vmap_failure_falls_back_to_the_loop_and_mixed_members_loop(monkeypatch):
     with torch.random.fork_rng():
         torch.manual_seed(0)
         models = [_Branchy() for _ in range(3)]
     x = torch.rand(5, 4)
+    monkeypatch.setattr(wrapper, "prefers_vmap", lambda device: True)  # "auto" as on CUDA
     ens = Ensemble(models)
     assert ens.vectorized
     pred = ens(x)
@@ -544,3 +553,142 @@ def test_ensemble_constructor_error_paths():
         warnings.simplefilter("ignore")
         with pytest.raises(TypeError, match=r"must return a logits tensor of shape \(N, C, ...\), got tuple"):
             Ensemble([TwoOut(), TwoOut()])(torch.zeros(2, 3))
+
+
+# ------------------------------------------------------------------- inputs: Dataset / DataLoader / tuple
+
+
+def _negate(batch):
+    """A collate_fn that changes the data (so a test can see it was used): stack, negate x."""
+    xs, ys = zip(*batch)
+    return -torch.stack(xs), torch.stack(ys)
+
+
+class _RecordingLoader(DataLoader):
+    """A DataLoader that records the settings each member's loader was built with."""
+
+    made: list[dict] = []
+
+    def __init__(self, *args, **kwargs) -> None:
+        _RecordingLoader.made.append(kwargs)
+        super().__init__(*args, **kwargs)
+
+
+def test_a_dataloader_trains_the_same_members_as_its_data_and_keeps_its_settings(monkeypatch, tmp_path):
+    """A real DataLoader with 2 worker processes and its own collate_fn: the folds come from its dataset,
+    every member loader keeps batch size / collate_fn / num_workers / pin_memory, and the result is the
+    ensemble trained on the collated data itself (same weights, same out-of-fold predictions)."""
+    x, y = _blobs(48)
+    loader = _RecordingLoader(TensorDataset(x, y), batch_size=12, shuffle=True, num_workers=2, collate_fn=_negate)
+    _RecordingLoader.made = []
+    monkeypatch.setattr(data, "DataLoader", _RecordingLoader)
+    ens = train_ensemble(_mlp, loader, members=3, epochs=2, seed=1, lr=0.05, checkpoint_dir=tmp_path / "loader")
+    monkeypatch.undo()
+    ref = train_ensemble(_mlp, (-x, y), members=3, epochs=2, seed=1, lr=0.05, batch_size=12)
+    assert all(_weights_equal(a, b) for a, b in zip(ens.members, ref.members))
+    assert torch.equal(ens.oof_probs_, ref.oof_probs_)  # validation and out-of-fold passes collated too
+    assert [h.val_loss for h in ens.histories_] == [h.val_loss for h in ref.histories_]
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(ens.splits_, ref.splits_))  # folds of its dataset
+    made = _RecordingLoader.made
+    assert len(made) == 3 * 3  # per member: validation, training, out-of-fold
+    assert all(m["batch_size"] == 12 and m["num_workers"] == 2 and m["collate_fn"] is _negate for m in made)
+    assert [m["shuffle"] for m in made] == [False, True, False] * 3
+    assert all(m["pin_memory"] is False for m in made)
+    # the configuration records the loader's batch size: resuming with the same loader trains nothing
+    again = train_ensemble(_mlp, loader, members=3, epochs=2, seed=1, lr=0.05, checkpoint_dir=tmp_path / "loader")
+    assert all(_weights_equal(a, b) for a, b in zip(again.members, ens.members))
+
+
+class _Plain(Dataset):
+    """A map-style Dataset without `targets`: labels come from its items."""
+
+    def __init__(self, x, y) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def test_dataset_dataloader_and_tuple_inputs_agree():
+    x, y = _blobs(36)
+    kwargs = {"members": 3, "epochs": 1, "seed": 2, "batch_size": 8}
+    tup = train_ensemble(_mlp, (x, y), **kwargs)
+    ds = train_ensemble(_mlp, _Plain(x, y), **kwargs)
+    kwargs.pop("batch_size")
+    dl = train_ensemble(_mlp, DataLoader(_Plain(x, y), batch_size=8, shuffle=True), **kwargs)
+    for other in (ds, dl):
+        assert all(_weights_equal(a, b) for a, b in zip(tup.members, other.members))
+        assert torch.equal(tup.oof_probs_, other.oof_probs_)
+
+
+def test_dataloader_inputs_that_cannot_be_split_raise_clear_errors():
+    x, y = _blobs(30)
+    ds = TensorDataset(x, y)
+    with pytest.raises(ValueError, match=r"`batch_size` must match the DataLoader's batch size .* got batch_size=16"):
+        train_ensemble(_mlp, DataLoader(ds, batch_size=8), members=2, epochs=1, batch_size=16)
+    weighted = DataLoader(ds, batch_size=8, sampler=WeightedRandomSampler(torch.ones(30), 30))
+    with pytest.raises(
+        ValueError, match="must use shuffle=True or shuffle=False .* got a DataLoader with sampler Weig"
+    ):
+        train_ensemble(_mlp, weighted, members=2, epochs=1)
+    batched = DataLoader(ds, batch_sampler=BatchSampler(SequentialSampler(ds), 8, False))
+    with pytest.raises(ValueError, match="must batch with `batch_size` .* custom batch_sampler"):
+        train_ensemble(_mlp, batched, members=2, epochs=1)
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter(zip(x, y))
+
+    with pytest.raises(TypeError, match="`dataset` must be a map-style Dataset .* got the iterable-style Stream"):
+        train_ensemble(_mlp, DataLoader(Stream(), batch_size=8), members=2, epochs=1)
+    with pytest.raises(TypeError, match=r"`dataset` given as a tuple must be \(x, y, ...\) tensors"):
+        train_ensemble(_mlp, (x.numpy(), y), members=2, epochs=1)
+
+
+def test_members_come_back_in_eval_mode(tmp_path):
+    """Regression: members came back in train mode, so calling one directly updated its BatchNorm statistics."""
+    x = torch.rand(24, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(24) % 3
+    ens = train_ensemble(lambda: SmallCNN(1, 3, width=4), (x, y), members=2, epochs=1, checkpoint_dir=tmp_path)
+    loaded = Ensemble.load(tmp_path, lambda: SmallCNN(1, 3, width=4))
+    for member in (*ens.members, *loaded.members):
+        assert not any(m.training for m in member.modules())
+        stats = member.features[0][1].running_mean.clone()
+        member(x)
+        assert torch.equal(member.features[0][1].running_mean, stats)
+
+
+def test_calling_an_ensemble_on_a_non_tensor_is_a_clear_type_error():
+    ens = Ensemble(_cnns(2))
+    x = torch.rand(2, 1, 8, 8)
+    for bad in (x.numpy(), x.tolist(), (x,)):
+        with pytest.raises(
+            TypeError, match=r"`x` must be a tensor of inputs of shape \(N, ...\), got " + type(bad).__name__
+        ):
+            ens(bad)
+    with pytest.raises(ValueError, match="`x` must be a batch of inputs of shape"):
+        ens(torch.tensor(1.0))
+
+
+def test_auto_vectorizes_only_where_vmap_is_faster(monkeypatch):
+    models = _cnns(3)
+    assert not wrapper.prefers_vmap(torch.device("cpu")) and wrapper.prefers_vmap(torch.device("cuda"))
+    assert not Ensemble(models).vectorized  # CPU members: the loop
+    assert Ensemble(models, vectorize=True).vectorized
+    monkeypatch.setattr(wrapper, "prefers_vmap", lambda device: device.type == "cpu")
+    auto = Ensemble(models)
+    assert auto.vectorized
+    x = torch.rand(5, 1, 8, 8)
+    assert torch.allclose(auto(x).probs, Ensemble(models, vectorize=False)(x).probs, atol=1e-5)
+
+
+def test_distributed_argument_is_checked():
+    x, y = _blobs(30)
+    with pytest.raises(ValueError, match="`distributed=True` needs an initialised torch.distributed process group"):
+        train_ensemble(_mlp, (x, y), members=2, epochs=1, distributed=True)
+    with pytest.raises(ValueError, match="`distributed` must be None, True or False, got 'yes'"):
+        train_ensemble(_mlp, (x, y), members=2, epochs=1, distributed="yes")
+    assert len(train_ensemble(_mlp, (x, y), members=2, epochs=1, distributed=False)) == 2

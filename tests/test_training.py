@@ -245,3 +245,49 @@ def test_error_paths():
     with pytest.raises(FloatingPointError, match="training loss became nan at epoch 0"):
         fit(model, (x, y), loss=lambda out, t: out.sum() * float("nan"), epochs=2)
     assert not model.training  # restored even after the error
+
+
+class _Rows(torch.utils.data.Dataset):
+    """A plain map-style Dataset (no tensors attribute): fit batches it with a DataLoader."""
+
+    def __init__(self, x, y) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def test_sliced_in_memory_batches_equal_the_dataloader_path():
+    """In-memory tensors are batched by slicing; that must reproduce the DataLoader exactly (same order,
+    same random draws, hence the same dropout masks after each validation pass and the same weights)."""
+    x, y = _data(n=50)
+    xv, yv = _data(n=20, seed=3)
+    runs = []
+    for train, val in (((x, y), (xv, yv)), (TensorDataset(x, y), TensorDataset(xv, yv)), (_Rows(x, y), _Rows(xv, yv))):
+        model = _net(4)
+        h = fit(model, train, val_data=val, epochs=4, batch_size=16, lr=0.05, seed=11)
+        runs.append((model, _hist(h)))
+    (ref, ref_h), *others = runs
+    for model, h in others:
+        assert _same_weights(ref, model)
+        assert h == ref_h
+
+
+def test_on_device_loss_sums_give_the_same_history(monkeypatch):
+    """The CUDA path (losses summed on the device, no per-step sync) checked on the CPU: same weights,
+    same losses, NaN still raises (at the end of the epoch)."""
+    import netuq.training as training
+
+    x, y = _data()
+    eager = _net(1)
+    h_eager = fit(eager, (x, y), val_data=(x, y), epochs=3, batch_size=8, seed=2)
+    monkeypatch.setattr(training, "_sums_on_device", lambda device: True)
+    lazy = _net(1)
+    h_lazy = fit(lazy, (x, y), val_data=(x, y), epochs=3, batch_size=8, seed=2)
+    assert _same_weights(eager, lazy)
+    assert _hist(h_lazy) == _hist(h_eager)
+    with pytest.raises(FloatingPointError, match="training loss became nan at epoch 0"):
+        fit(_net(), (x, y), loss=lambda out, t: out.sum() * float("nan"), epochs=2)

@@ -5,13 +5,19 @@ whole output (a tensor, a tuple such as ``(mu, sigma)``, or anything else), keep
 with the lowest validation loss, optionally stops early, and returns a :class:`History`. It is
 quiet unless ``progress=True``, never touches the global RNG state (it forks it), and follows
 the device you give it.
+
+Speed (``perf/bench_training.py`` compares it with a plain PyTorch loop): in-memory data (an
+``(x, y)`` tuple or a plain ``TensorDataset``) is batched by index slicing instead of a
+``DataLoader`` (same shuffling order, same batches, no per-sample collation); on CUDA the losses
+are summed on the device, so a step does not wait for the GPU unless a callback needs the loss;
+the best weights are kept as an on-device copy.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ._modes import eval_mode, load_modes, save_modes
+from ._random import forked_rng, generator
 
 __all__ = ["fit", "History", "Callback", "make_loader", "as_dataset"]
 
@@ -105,6 +112,64 @@ def make_loader(
     return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
 
+class _TensorBatches:
+    """Batches of in-memory tensors by index slicing: what ``DataLoader(TensorDataset(*tensors),
+    batch_size, shuffle, generator)`` yields, without collating sample by sample.
+
+    Random numbers are drawn exactly as the DataLoader draws them (one int64 for its worker seed,
+    from ``generator`` or else the global RNG; when shuffling, ``randperm(n)`` and a second
+    ``randperm(n)`` when the RandomSampler is exhausted), so training on a tuple gives the same
+    batches, in the same order, and the same dropout masks as before this fast path.
+    """
+
+    def __init__(
+        self, tensors: Sequence[torch.Tensor], batch_size: int, shuffle: bool, generator: torch.Generator | None
+    ) -> None:
+        self.tensors = tuple(tensors)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.generator = generator
+        self.n = len(self.tensors[0])
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        n, bs = self.n, self.batch_size
+        # the DataLoader's worker base seed, drawn from its generator or else from the global RNG
+        # (which the next epoch's dropout uses): drawn here too, so the results stay the same
+        torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+        if not self.shuffle:
+            for start in range(0, n, bs):
+                yield tuple(t[start : start + bs] for t in self.tensors)
+            return
+        gen = self.generator
+        if gen is None:  # as RandomSampler: a generator seeded from the global RNG
+            gen = torch.Generator().manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n, bs):
+            idx = order[start : start + bs]
+            yield tuple(t[idx] for t in self.tensors)
+        torch.randperm(n, generator=gen)  # drawn by RandomSampler when it runs out
+
+
+def _batches(
+    data: Dataset | DataLoader | Sequence[torch.Tensor],
+    *,
+    batch_size: int,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+    name: str = "train_data",
+) -> Iterable:
+    """:func:`make_loader`, with in-memory tensors (a tuple or a plain ``TensorDataset``) batched by slicing."""
+    if isinstance(data, (tuple, list)) or type(data) is TensorDataset:
+        dataset = as_dataset(data, name, accepted="DataLoader")
+        if len(dataset) == 0:  # type: ignore[arg-type]
+            raise ValueError(f"`{name}` must not be empty, got 0 samples")
+        return _TensorBatches(dataset.tensors, batch_size, shuffle, generator)  # type: ignore[attr-defined]
+    return make_loader(data, batch_size=batch_size, shuffle=shuffle, generator=generator, name=name)
+
+
 def _to(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.to(device, non_blocking=True)
@@ -124,14 +189,23 @@ def evaluate_loss(model: nn.Module, loader: Iterable, loss: Loss, device: torch.
 
     Every module's own ``training`` flag is restored afterwards (a frozen BatchNorm stays frozen).
     """
-    total, count = 0.0, 0
+    total: float | torch.Tensor = 0.0
+    count = 0
+    on_device = _sums_on_device(device)
     with eval_mode(model), torch.no_grad():
         for batch in loader:
             x, y = _to(batch[0], device), _to(batch[1], device)
             n = len(y)
-            total += float(loss(model(x), y)) * n
+            value = loss(model(x), y)
+            # float64 on the device: the same sums as Python floats, without a sync per batch
+            total += value.detach().double() * n if on_device else float(value) * n
             count += n
-    return total / max(count, 1)
+    return float(total) / max(count, 1)
+
+
+def _sums_on_device(device: torch.device) -> bool:
+    """Whether to sum losses on ``device`` (CUDA: avoids a host sync per step) rather than in Python."""
+    return device.type == "cuda"
 
 
 def fit(
@@ -187,7 +261,8 @@ def fit(
         ValueError: ``epochs`` or ``patience`` below 1, empty data, tensors of different lengths.
         TypeError: data that is neither a Dataset, a DataLoader nor a tuple of tensors.
         FloatingPointError: the training loss became NaN or infinite (the model's mode is
-            restored; its weights are those of the failing step).
+            restored; its weights are those of the failing step on the CPU; on CUDA the check
+            runs once per epoch, so they are those of the epoch's end).
 
     Example:
         >>> x, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
@@ -205,16 +280,13 @@ def fit(
     dev = torch.device(device) if device is not None else _model_device(model)
     model.to(dev)
 
-    devices = [dev.index or 0] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+    with forked_rng(dev if dev.type == "cuda" else None, enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
-        gen = torch.Generator()
-        if seed is not None:
-            gen.manual_seed(seed)
-        train_loader = make_loader(train_data, batch_size=batch_size, shuffle=True, generator=gen)
+        gen = torch.Generator() if seed is None else generator(seed)
+        train_loader = _batches(train_data, batch_size=batch_size, shuffle=True, generator=gen)
         val_loader = (
-            None if val_data is None else make_loader(val_data, batch_size=batch_size, shuffle=False, name="val_data")
+            None if val_data is None else _batches(val_data, batch_size=batch_size, shuffle=False, name="val_data")
         )
         if optimizer is None:
             opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -235,27 +307,35 @@ def fit(
         if not model.training:
             model.train()
         train_modes = save_modes(model)  # re-applied every epoch: respects modules the user froze
+        lazy = _sums_on_device(dev) and not callbacks
         try:
             for epoch in range(epochs):
                 load_modes(train_modes)
-                total, count = 0.0, 0
+                total: float | torch.Tensor = 0.0
+                count = 0
                 for batch in train_loader:
                     x, y = _to(batch[0], dev), _to(batch[1], dev)
                     out = model(x)
                     value = loss_fn(out, y)
-                    if not torch.isfinite(value):
-                        raise FloatingPointError(f"training loss became {float(value.detach())} at epoch {epoch}")
+                    n = len(y)
+                    if lazy:  # CUDA without per-step callbacks: no host sync; finiteness checked per epoch
+                        total += value.detach().double() * n
+                    else:  # one sync per step (cheap on the CPU), exact Python float sums
+                        step_loss = float(value.detach())
+                        if not math.isfinite(step_loss):
+                            raise FloatingPointError(f"training loss became {step_loss} at epoch {epoch}")
+                        total += step_loss * n
                     opt.zero_grad(set_to_none=True)
                     value.backward()
                     if grad_clip is not None:
                         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                     opt.step()
-                    n = len(y)
-                    step_loss = float(value.detach())
-                    total += step_loss * n
                     count += n
                     for cb in callbacks:
                         cb.on_batch_end(step_loss, out, y)
+                total = float(total)
+                if not math.isfinite(total):
+                    raise FloatingPointError(f"training loss became {total} at epoch {epoch}")
                 logs = {"train_loss": total / max(count, 1)}
                 history.train_loss.append(logs["train_loss"])
                 if val_loader is not None:
@@ -264,7 +344,8 @@ def fit(
                     history.val_loss.append(v)
                     if history.best_val_loss is None or v < history.best_val_loss or math.isnan(history.best_val_loss):
                         history.best_val_loss, history.best_epoch = v, epoch
-                        best_state = {k: t.detach().to("cpu", copy=True) for k, t in model.state_dict().items()}
+                        # an on-device copy (no host transfer); restored with load_state_dict at the end
+                        best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
                         bad_epochs = 0
                     else:
                         bad_epochs += 1
