@@ -1,13 +1,15 @@
 """How many TTA views one forward call runs (TTA's own heuristic; the chunking helpers are shared).
 
-On CPU, batching views pays only while one view's input is small: per-call overheads are then
-a large part of the forward, while large batches leave the caches and cost memory in proportion.
-Measured on one core (perf/bench_tta.py): SmallUNet on 4 × 64 × 64 inputs runs 2 views per call
-about 15% faster than 1, all 8 views about 10% slower than 1; SmallCNN on 64 × 28 × 28 gains
-nothing from 2 views and loses 35% with all 8. So on CPU views are stacked while the stacked
-input stays under :data:`CPU_INPUT_ELEMENTS` (2**15: two views of 4 × 64 × 64, all eight views of
-one 28 × 28 image), at least one view; peak memory then stays within about 1.5 forwards of one
-view. Other devices want big batches: :func:`netuq.methods._batching.default_chunk`.
+On CPU, batching views pays only while one view's input is small: per-call overheads are then a
+large part of the forward. For larger inputs the gain is small and the activation memory grows
+with the rows per call. Measured on one core (perf/bench_tta.py, a loaded 2-core machine):
+SmallUNet on 4 x 1 x 64 x 64 runs 2 views per call 7-15% faster than 1 but with twice the peak
+memory of ttach's one view per call (18.6 vs 9.4 MiB), all 8 views 10% slower; SmallCNN on
+64 x 1 x 28 x 28 gains nothing from 2 views and loses 35% with all 8. So on CPU views are stacked
+only while the stacked input stays under :data:`CPU_INPUT_ELEMENTS` (2**13: all 8 views of one
+28 x 28 image, one view of 4 x 64 x 64), at least one view: peak memory stays that of one view's
+forward (ttach's) for all but tiny inputs. Other devices want big batches:
+:func:`netuq.methods._batching.default_chunk`.
 """
 
 from __future__ import annotations

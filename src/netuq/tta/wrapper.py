@@ -71,7 +71,7 @@ class TTA:
         keep_samples: keep every view's probabilities (``pred.samples``, (V, N, C, ...), in the
             order of ``transforms``); only with ``merge="mean"``.
         max_batch: at most this many rows per forward call (``max_batch=N`` runs one view per
-            call like ttach). None: on CPU as many views as keep the stacked input under 2**15
+            call like ttach). None: on CPU as many views as keep the stacked input under 2**13
             elements (at least one: batching pays only for small inputs there), elsewhere
             :func:`netuq.methods._batching.default_chunk`.
         no_grad: run under ``torch.no_grad()`` (default).
