@@ -151,13 +151,12 @@ class TTA:
             groups.setdefault(v.output_size(size), []).append(i)
         acc: ViewAccumulator | None = None
         first: View | None = None
-        work: dict = {}  # buffers reused by every view of this call (see _softmax_stats)
         for aug_size, idx in groups.items():
             per_row = x.shape[1] * aug_size[0] * aug_size[1]
             per_forward = views_per_forward(n, per_row, len(idx), x.device, self.max_batch)
             for start in range(0, len(idx), per_forward):
                 chunk = idx[start : start + per_forward]
-                for block in self._run([views[i] for i in chunk], chunk, x, size, work):
+                for block in self._run([views[i] for i in chunk], chunk, x, size):
                     probs, stacked = block[0], block[5]
                     shape = tuple(probs.shape[1:] if stacked else probs.shape)
                     if acc is None:
@@ -174,7 +173,7 @@ class TTA:
                     acc.add(*block[:5], stacked=stacked)
         return acc.prediction()
 
-    def _run(self, chunk: list[View], index: list[int], x: torch.Tensor, size: tuple[int, int], work: dict):
+    def _run(self, chunk: list[View], index: list[int], x: torch.Tensor, size: tuple[int, int]):
         """Forward a chunk of views in one call; yield blocks ``(probs, entropy, argmax, log_probs,
         index, stacked)`` in the input frame, as :meth:`ViewAccumulator.add` takes them."""
         n, k = x.shape[0], len(chunk)
@@ -199,7 +198,7 @@ class TTA:
         for i, v in enumerate(chunk):  # one view at a time: its temporaries stay in the caches
             z_v = z if k == 1 else z.narrow(0, i * n, n)
             if v.copies_pixels:  # per-pixel results in the augmented frame, then moved back
-                probs, entropy, argmax = _softmax_stats(z_v, work)
+                probs, entropy, argmax = _softmax_stats(z_v)
                 probs, entropy, argmax = v.deaugment_all((probs, entropy.unsqueeze(1), argmax), size)
                 yield (
                     probs, entropy.squeeze(1), argmax,
@@ -225,32 +224,24 @@ def _checked_logits(out: torch.Tensor) -> torch.Tensor:
     return out.to(float_dtype(out))
 
 
-def _softmax_stats(z: torch.Tensor, work: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _softmax_stats(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Softmax over dim 1, its entropy and the one-hot argmax mask, from one shifted pass.
 
     With s = z − max_c z and S = Σ_c exp(s): p = exp(s) / S and H[p] = log S + Σ_c p·(−s), a sum
-    of two non-negative terms (no cancellation, unlike log S − Σ p·z for large logits). ``work``
-    (a dict owned by the caller) holds buffers reused from one view to the next, so the full-size
-    temporaries are written in place instead of allocated per view; the results live in them
-    until the next call.
+    of two non-negative terms (no cancellation, unlike log S − Σ p·z for large logits).
     """
-    if work is None:
-        work = {}
-    key = (tuple(z.shape), z.dtype, z.device)
-    if work.get("key") != key:
-        work.update(key=key, shifted=torch.empty_like(z), probs=torch.empty_like(z), tmp=torch.empty_like(z))
-        work["mask"] = torch.empty(z.shape, dtype=torch.bool, device=z.device)
-    shifted = torch.sub(z, z.amax(1, keepdim=True), out=work["shifted"])
-    probs = torch.exp(shifted, out=work["probs"])
+    top = z.amax(1, keepdim=True)
+    shifted = z - top
+    probs = torch.exp(shifted)
     total = probs.sum(1, keepdim=True)
     probs.div_(total)
-    entropy = total.log_().squeeze(1) - torch.mul(probs, shifted, out=work["tmp"]).sum(1)
-    return probs, entropy, _argmax_mask(shifted, 0.0, out=work["mask"])
+    entropy = total.log_().squeeze(1) - (probs * shifted).sum(1)
+    return probs, entropy, _argmax_mask(shifted, 0.0)
 
 
-def _argmax_mask(values: torch.Tensor, top: torch.Tensor | float, out: torch.Tensor | None = None) -> torch.Tensor:
+def _argmax_mask(values: torch.Tensor, top: torch.Tensor | float) -> torch.Tensor:
     """One True per row over dim 1, at the first maximum (``values == top`` unless there are ties)."""
-    mask = torch.eq(values, top, out=out) if out is not None else values == top
+    mask = values == top
     if int(torch.count_nonzero(mask)) != mask.numel() // mask.shape[1]:  # ties: keep the first
         first = values.max(1, keepdim=True).indices
         mask = torch.zeros_like(mask).scatter_(1, first, True)
