@@ -1,19 +1,28 @@
-"""TTA speed and memory: netuq.TTA (views batched) vs ttach's SegmentationTTAWrapper (one view per call).
+"""TTA speed and memory: netuq.TTA vs ttach (one view per call), and how both grow with H × W and views.
 
-SmallUNet (width 16, 11 classes), batch 4 x 1 x 64 x 64, the 8 views of D4, merge "mean" (ttach
-given a softmax model so both average probabilities).
+Cases (issue 14): "seg" = SmallUNet(1, 11, width=16) on 4 x 1 x 64 x 64, D4 (8 views);
+"cls" = SmallCNN(1, 10) on 64 x 1 x 28 x 28, D4. ttach gets a softmax model and merge "mean", so
+both average probabilities; netuq also returns the entropy / aleatoric / epistemic sums and votes.
+The run fails (exit status 1) if netuq's mean probabilities differ from ttach's by more than 1e-5.
 
-* Time: all variants in this process, interleaved round-robin (so a shared machine's load drifts
-  equally on each), median of 3 rounds after a warm-up, on one thread (``NETUQ_BENCH_THREADS`` to
-  change; restored afterwards).
-* Peak memory: each variant in its own child process, the rise of the peak resident set size
-  (VmHWM, reset through /proc/self/clear_refs) over the resident size before its first call.
+* Time: every variant in this process, interleaved round-robin (a shared machine's load drifts
+  equally on each), median of ``ROUNDS`` rounds after a warm-up, on one thread
+  (``NETUQ_BENCH_THREADS`` to change; restored afterwards). "vs ttach" = ttach's median / netuq's.
+* Peak memory: one child process runs every variant in turn with ``MALLOC_MMAP_THRESHOLD_=65536``
+  (freed buffers go back to the system, so the resident size follows live memory); for each, after
+  a warm-up call, the rise of the peak resident set size (VmHWM, reset through
+  /proc/self/clear_refs) over the resident size before the call.
+* Cost curves: the "seg" model at H × W = 32², 64², 128² (D4), and at 64² with 2, 4, 8, 16 views
+  (flip; flips; D4; D4 x Add([0.1])); slope = least-squares slope of log(time or peak) against
+  log(H·W or views): ~1 = linear. Memory should not grow with the views (streaming merge).
 
-Run: ``.venv/bin/python benchmarks/bench_tta.py`` (or ``make bench``).
+Run: ``.venv/bin/python perf/bench_tta.py`` (or ``make bench``); about 30 s on an idle machine.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import statistics
 import subprocess
@@ -22,43 +31,66 @@ import time
 
 import torch
 
+ROUNDS = 5
+TOLERANCE = 1e-5
+CASES = {"seg": "SmallUNet 4 x 1 x 64 x 64, D4", "cls": "SmallCNN 64 x 1 x 28 x 28, D4"}
 VARIANTS = {
-    "ttach": "ttach SegmentationTTAWrapper",
-    "netuq": "netuq.TTA (default: all 8 views per call)",
-    "netuq_mb8": "netuq.TTA (max_batch=8: 2 views per call)",
-    "netuq_mb4": "netuq.TTA (max_batch=4: 1 view per call)",
+    "ttach": "ttach wrapper (1 view per call)",
+    "netuq": "netuq.TTA (default)",
+    "netuq_1": "netuq.TTA (max_batch=N: 1 view per call)",
 }
+SIZES = (32, 64, 128)
+_SIZE = {"seg": 64, "cls": 28}
+VIEWS = (2, 4, 8, 16)
 
 
-def make(variant: str):
-    """(model input, a function running the variant and returning merged probabilities)."""
+def _transforms(views: int, lib):
+    """The same views in netuq (``lib`` = netuq.tta) or ttach (``lib`` = ttach)."""
+    flip = lib.HorizontalFlip()
+    if views == 2:
+        return lib.Compose([flip])
+    if views == 4:
+        return lib.Compose([flip, lib.VerticalFlip()])
+    rot = lib.Rotate90([0, 90, 180, 270]) if lib.__name__ == "netuq.tta" else lib.Rotate90(angles=[0, 90, 180, 270])
+    if views == 8:
+        return lib.Compose([flip, rot])
+    return lib.Compose([flip, rot, lib.Add([0.1]) if lib.__name__ == "netuq.tta" else lib.Add(values=[0, 0.1])])
+
+
+def make(case: str, variant: str, size: int = 64, views: int = 8):
+    """A function running one variant on one input and returning the merged probabilities."""
     import ttach
 
     import netuq
-    from netuq.models import SmallUNet
+    from netuq.models import SmallCNN, SmallUNet
 
     torch.manual_seed(0)
-    model = SmallUNet(1, 11, width=16).eval()
-    x = torch.randn(4, 1, 64, 64)
-
-    class Softmaxed(torch.nn.Module):
-        def forward(self, inp):
-            return model(inp).softmax(1)
-
+    if case == "cls":
+        model, x = SmallCNN(1, 10).eval(), torch.randn(64, 1, 28, 28)
+        task, wrapper = "classification", ttach.ClassificationTTAWrapper
+    else:
+        model, x = SmallUNet(1, 11, width=16).eval(), torch.randn(4, 1, size, size)
+        task, wrapper = "segmentation", ttach.SegmentationTTAWrapper
     if variant == "ttach":
-        wrapper = ttach.SegmentationTTAWrapper(Softmaxed(), ttach.aliases.d4_transform(), merge_mode="mean")
+        softmaxed = torch.nn.Sequential(model, torch.nn.Softmax(1))
+        tta = wrapper(softmaxed, _transforms(views, ttach), merge_mode="mean")
 
         def run():
             with torch.no_grad():
-                return wrapper(x)
-    else:
-        max_batch = {"netuq": None, "netuq_mb8": 8, "netuq_mb4": 4}[variant]
-        tta = netuq.TTA(model, netuq.tta.d4(), task="segmentation", max_batch=max_batch)
+                return tta(x)
 
-        def run():
-            return tta(x).probs
+        return run
+    max_batch = x.shape[0] if variant == "netuq_1" else None
+    tta = netuq.TTA(model, _transforms(views, netuq.tta), task=task, max_batch=max_batch)
+    return lambda: tta(x).probs
 
-    return model, x, run
+
+def points() -> list[tuple[str, str, int, int]]:
+    """Every (case, variant, size, views) measured."""
+    out = [(case, v, _SIZE[case], 8) for case in CASES for v in VARIANTS]
+    out += [("seg", v, s, 8) for s in SIZES for v in ("ttach", "netuq")]
+    out += [("seg", v, 64, k) for k in VIEWS for v in ("ttach", "netuq")]
+    return list(dict.fromkeys(out))  # the main "seg" case is also a point of both curves
 
 
 def _status_kib(field: str) -> int:
@@ -69,25 +101,52 @@ def _status_kib(field: str) -> int:
     return -1
 
 
-def child(variant: str) -> None:
-    model, x, run = make(variant)
-    with torch.no_grad():
-        model(x[:1, :, :8, :8])  # initialise kernels and threads on a tiny input
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak RSS to the current RSS
-    base = _status_kib("VmRSS")
-    run()
-    print((_status_kib("VmHWM") - base) / 1024)
+def child() -> None:
+    """Peak memory of every point, one JSON line each."""
+    for case, variant, size, views in points():
+        run = make(case, variant, size, views)
+        run()  # warm-up: kernels, thread pools, oneDNN primitives
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak RSS to the current RSS
+        base = _status_kib("VmRSS")
+        run()
+        print(json.dumps([case, variant, size, views, (_status_kib("VmHWM") - base) / 1024]), flush=True)
 
 
-def peak_mib(variant: str) -> float | None:
+def peaks() -> dict[tuple, float]:
     if not os.path.exists("/proc/self/clear_refs"):
-        return None
-    proc = subprocess.run([sys.executable, __file__, "--child", variant], capture_output=True, text=True, check=False)
+        return {}
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    proc = subprocess.run([sys.executable, __file__, "--child"], capture_output=True, text=True, check=False, env=env)
     if proc.returncode:
-        print(f"  memory of {variant} failed: {proc.stderr[-500:]}")
-        return None
-    return float(proc.stdout.strip().splitlines()[-1])
+        print(f"  memory measurement failed: {proc.stderr[-500:]}")
+        return {}
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("[")]
+    return {tuple(r[:4]): r[4] for r in rows}
+
+
+def timings(keys: list[tuple]) -> dict[tuple, float]:
+    """Median seconds per call, all points interleaved round-robin."""
+    runs = {k: make(*k) for k in keys}
+    for run in runs.values():
+        run()
+    times: dict[tuple, list[float]] = {k: [] for k in keys}
+    for _ in range(ROUNDS):
+        for k, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[k].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def slope(xs, ys) -> float:
+    lx, ly = [math.log(x) for x in xs], [math.log(max(y, 1e-9)) for y in ys]
+    mx, my = statistics.fmean(lx), statistics.fmean(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+
+
+def _mem(m: float | None) -> str:
+    return "   n/a   " if m is None else f"{m:6.1f} MiB"
 
 
 def main() -> None:
@@ -100,32 +159,52 @@ def main() -> None:
 
 
 def run_all() -> None:
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
-        "SmallUNet(1, 11, width=16), 4 x 1 x 64 x 64, D4 (8 views)"
-    )
-    runs = {v: make(v)[2] for v in VARIANTS}
-    probs = {v: run() for v, run in runs.items()}  # warm-up, and the results to compare
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for _ in range(3):
-        for v, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[v].append(time.perf_counter() - start)
-    ref = statistics.median(times["ttach"])
-    print(f"  {'variant':<44} {'median':>10} {'vs ttach':>9} {'peak mem':>10} {'max |dp|':>9}")
-    for v, name in VARIANTS.items():
-        t = statistics.median(times[v])
-        mem = peak_mib(v)
-        mem_s = "   n/a    " if mem is None else f"{mem:6.1f} MiB"
-        diff = float((probs[v] - probs["ttach"]).abs().max())
-        print(f"  {name:<44} {t * 1e3:8.1f} ms {ref / t:8.2f}x {mem_s:>10} {diff:9.1e}")
-    print("  (vs ttach > 1: faster; peak mem: rise of the peak RSS during one call, in a child process)")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    worst = 0.0
+    for case in CASES:
+        ref = make(case, "ttach")()
+        for v in VARIANTS:
+            worst = max(worst, float((make(case, v)() - ref).abs().max()))
+    mem = peaks()
+    t = timings(points())
+    print(f"  {'case':<32} {'variant':<42} {'median':>10} {'vs ttach':>9} {'peak mem':>10} {'mem/ttach':>9}")
+    for case, title in CASES.items():
+        key = (case, "ttach", _SIZE[case], 8)
+        ref_t, ref_m = t[key], mem.get(key)
+        for v, name in VARIANTS.items():
+            sec, m = t[(case, v, *key[2:])], mem.get((case, v, *key[2:]))
+            rel = "   n/a" if m is None or not ref_m else f"{m / ref_m:8.2f}x"
+            print(f"  {title:<32} {name:<42} {sec * 1e3:8.1f} ms {ref_t / sec:8.2f}x {_mem(m):>10} {rel:>9}")
+    print(f"  max |p_netuq - p_ttach| = {worst:.1e} (must be <= {TOLERANCE:g})")
+    print("  (vs ttach > 1: faster; peak mem: rise of the peak RSS during one call)")
+
+    for axis, values in (("H x W", SIZES), ("views", VIEWS)):
+        print(f"\n  cost curve over {axis} (seg, {'D4' if axis == 'H x W' else '64 x 64'}):")
+        print(f"  {axis:>7} {'netuq':>10} {'ttach':>10} {'vs ttach':>9} {'netuq mem':>10} {'ttach mem':>10}")
+        keys = {
+            v: [("seg", v, s, 8) if axis == "H x W" else ("seg", v, 64, s) for s in values] for v in ("netuq", "ttach")
+        }
+        for i, s in enumerate(values):
+            kn, kt = keys["netuq"][i], keys["ttach"][i]
+            label = f"{s}x{s}" if axis == "H x W" else str(s)
+            print(
+                f"  {label:>7} {t[kn] * 1e3:7.1f} ms {t[kt] * 1e3:7.1f} ms {t[kt] / t[kn]:8.2f}x "
+                f"{_mem(mem.get(kn)):>10} {_mem(mem.get(kt)):>10}"
+            )
+        xs = [s * s for s in values] if axis == "H x W" else list(values)
+        line = f"  log-log slope over {axis}: time netuq {slope(xs, [t[k] for k in keys['netuq']]):.2f}, "
+        line += f"ttach {slope(xs, [t[k] for k in keys['ttach']]):.2f}"
+        if mem:
+            line += f"; peak memory netuq {slope(xs, [mem[k] for k in keys['netuq']]):.2f}, "
+            line += f"ttach {slope(xs, [mem[k] for k in keys['ttach']]):.2f}"
+        print(line)
+    if worst > TOLERANCE:
+        raise SystemExit(f"netuq.TTA and ttach disagree: max |dp| = {worst:.2e} > {TOLERANCE:g}")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+    if len(sys.argv) == 2 and sys.argv[1] == "--child":
         torch.set_num_threads(int(os.environ.get("NETUQ_BENCH_THREADS", "1")))
-        child(sys.argv[2])
+        child()
     else:
         main()

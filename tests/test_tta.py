@@ -384,3 +384,101 @@ def test_wrapper_errors():
 
     with pytest.raises(ValueError, match="`model` outputs must have the same shape for every view"):
         netuq.TTA(shrinking, tta.d4(), task="segmentation")(torch.zeros(1, 3, 4, 8))
+
+
+# ----------------------------------------------------------------------------- streaming merges (issue 14)
+def _reference(model, transforms, x, task="segmentation"):
+    """Prediction.add_log_probs over each view's de-augmented log-probabilities: the plain path."""
+    ref = netuq.Prediction()
+    with torch.no_grad():
+        for v in transforms:
+            log_p = model(v.augment(x)).double().log_softmax(1)
+            ref.add_log_probs(v.deaugment(log_p, x.shape[-2:]) if task == "segmentation" else log_p)
+    return ref
+
+
+def _assert_same_prediction(pred, ref, atol=1e-6):
+    assert pred.num_samples == ref.num_samples
+    for name in ("log_probs", "probs", "entropy", "aleatoric", "epistemic", "variation_ratio"):
+        torch.testing.assert_close(getattr(pred, name).double(), getattr(ref, name), atol=atol, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (1, 3, 8, 12)], ids=["square", "wide"])
+@pytest.mark.parametrize("max_batch", [None, 1, 3])
+def test_streaming_sums_equal_prediction_of_every_view(shape, max_batch):
+    """The in-place sums (linear sum, layout-matched buffers, uint8 votes) build the same Prediction
+    as adding every de-augmented view to a Prediction, in float64."""
+    model, x = _unet(), torch.randn(shape)
+    transforms = tta.Compose([tta.HorizontalFlip(), tta.Rotate90([0, 90, 180, 270]), tta.Shift([(1, -2)])])
+    pred = netuq.TTA(model, transforms, task="segmentation", max_batch=max_batch)(x)
+    _assert_same_prediction(pred, _reference(model, transforms, x))
+    cat = netuq.Prediction.cat([pred, pred])  # the sums are a well-formed Prediction
+    torch.testing.assert_close(cat.variation_ratio, torch.cat([pred.variation_ratio] * 2))
+
+
+class Sharp(nn.Module):
+    """Per-pixel logits scaled by ``scale``: classes far below the top underflow float32."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.conv, self.scale = _pixelwise(), scale
+
+    def forward(self, x):
+        return self.scale * self.conv(x)
+
+
+@pytest.mark.parametrize("scale", [30.0, 400.0], ids=["few-underflow", "most-underflow"])
+def test_log_probs_stay_exact_where_every_view_underflows(scale):
+    """log Σ_v p_v where p_v < 1e-31 in every view: gathered (few) or whole-tensor (many) log space."""
+    model, x = Sharp(scale), torch.randn(2, 3, 6, 6)
+    pred = netuq.TTA(model, tta.d4(), task="segmentation")(x)
+    ref = _reference(model, tta.d4(), x)
+    underflow = ref.log_probs < -72  # probability below float32's linear floor (~1e-31)
+    assert bool(underflow.any())
+    assert bool(torch.isfinite(pred.log_probs).all())
+    torch.testing.assert_close(pred.log_probs.double(), ref.log_probs, atol=1e-4, rtol=1e-6)
+    torch.testing.assert_close(pred.entropy.double(), ref.entropy, atol=1e-5, rtol=0)
+
+
+def test_tied_logits_vote_for_the_first_class_like_prediction():
+    class Tied(nn.Module):
+        def forward(self, x):  # classes 0 and 1 tie on half the pixels, class 2 wins elsewhere
+            z = torch.zeros(x.shape[0], 3, *x.shape[-2:])
+            z[:, 2] = torch.where(x[:, 0] > 0, -1.0, 1.0)
+            return z
+
+    x = torch.randn(2, 3, 4, 6)
+    pred = netuq.TTA(Tied(), tta.d4(), task="segmentation")(x)
+    _assert_same_prediction(pred, _reference(Tied(), tta.d4(), x))
+
+
+def test_float64_models_stay_float64_and_match_the_reference():
+    model, x = _unet().double(), torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    pred = netuq.TTA(model, tta.flips(), task="segmentation")(x)
+    assert pred.log_probs.dtype == torch.float64
+    _assert_same_prediction(pred, _reference(model, tta.flips(), x), atol=1e-12)
+
+
+def test_classification_blocks_of_views_equal_prediction_of_every_view():
+    model, x = _cnn(), torch.randn(5, 3, 8, 8)
+    for max_batch in (None, 5, 10):
+        pred = netuq.TTA(model, tta.d4(), max_batch=max_batch)(x)
+        _assert_same_prediction(pred, _reference(model, tta.d4(), x, task="classification"))
+
+
+def test_views_per_forward_on_cpu_batches_only_small_inputs():
+    model = Counting(_pixelwise())
+    netuq.TTA(model, tta.d4(), task="segmentation")(torch.randn(4, 3, 32, 32))  # 12288 elements per view
+    assert model.rows == [4] * 8  # one view per call: ttach's batching and memory
+    model.rows.clear()
+    netuq.TTA(model, tta.d4(), task="segmentation")(torch.randn(1, 3, 16, 16))  # 768 per view
+    assert model.rows == [8]
+
+
+def test_one_home_for_tta():
+    from netuq.methods import tta as methods_tta
+
+    assert netuq.TTA is tta.TTA is methods_tta.TTA is netuq.methods.TTA
+    assert tta.MERGES == ("mean", "gmean", "max", "tsharpen") and tta.TSHARPEN_T == 0.5
+    for name in tta.__all__:
+        assert hasattr(tta, name), name

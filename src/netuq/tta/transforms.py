@@ -1,54 +1,28 @@
-"""Invertible test-time transforms: each an augment / de-augment pair over a list of parameters.
+"""The invertible transforms: each an augment / de-augment pair over a list of parameters.
 
-Semantics follow ttach (https://github.com/qubvel/ttach): a transform has a list of parameter
-values with the identity first (flip ``False``, angle 0, scale 1, factor 1, value 0, shift
-(0, 0)) — added if you leave it out; :class:`Compose` is the Cartesian product of its transforms'
-parameters (one *view* per combination, the all-identity view first), applied in order to the
-image and undone in reverse order on segmentation outputs.
-
-Differences from ttach: :class:`Scale` undoes itself by resizing to the exact pre-scale H × W
-(ttach rescales by 1/s with int rounding, turning 224 into 223 for s = 0.9), and the image size
-after scaling is rounded, not truncated. Images are (N, C, H, W); segmentation outputs
-(N, C', H, W) in the augmented frame; classification outputs are never de-augmented.
-:meth:`View.deaugment` applies the inverses to any output as it is; :meth:`View.deaugment_log_probs`
-(what :class:`netuq.TTA` uses) undoes the pixel permutations (flips, rotations, shifts) on
-log-probabilities exactly and resamples (:class:`Scale`) the **probabilities** bilinearly, so each
-de-augmented pixel is a convex combination of probability vectors and stays normalised.
+A transform has a list of parameter values with the identity first (flip ``False``, angle 0,
+scale 1, factor 1, value 0, shift (0, 0)), added if you leave it out. Images are (N, C, H, W);
+:meth:`Transform.deaugment` brings an output (N, C', h, w) of the augmented image back to the
+frame of the transform's input. Transforms that only move or copy whole pixels
+(``copies_pixels``: flips, rotations, shifts, and the image-only ``Multiply`` / ``Add``) commute
+with any per-pixel function of the output (softmax, entropy, argmax); :class:`Scale` resamples.
 
 Example:
-    >>> views = d4()
-    >>> len(views)
-    8
-    >>> x = torch.arange(6.0).reshape(1, 1, 2, 3)
-    >>> all(torch.equal(v.deaugment(v.augment(x), x.shape[-2:]), x) for v in views)
-    True
+    >>> Rotate90([90]).deaugment(Rotate90([90]).augment(torch.eye(2)[None, None], 90), 90, (2, 2))
+    tensor([[[[1., 0.],
+              [0., 1.]]]])
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-__all__ = [
-    "Transform",
-    "HorizontalFlip",
-    "VerticalFlip",
-    "Rotate90",
-    "Scale",
-    "Multiply",
-    "Add",
-    "Shift",
-    "Compose",
-    "View",
-    "flips",
-    "d4",
-    "as_compose",
-]
+__all__ = ["Transform", "HorizontalFlip", "VerticalFlip", "Rotate90", "Scale", "Multiply", "Add", "Shift", "Size"]
 
 Size = tuple[int, int]
 
@@ -67,6 +41,10 @@ class Transform:
     #: Whether :meth:`deaugment` mixes several pixels (interpolation) rather than moving or copying
     #: them; such a transform is undone on probabilities, not log-probabilities or logits.
     resamples: bool = False
+    #: Whether :meth:`deaugment` only moves or copies whole pixels (all channels together): then it
+    #: commutes with per-pixel functions, and :class:`netuq.TTA` computes softmax, entropy and argmax
+    #: in the augmented frame and de-augments the results. False for unknown subclasses.
+    copies_pixels: bool = False
 
     def __init__(self, params: Iterable[Any]) -> None:
         params = list(params)
@@ -102,6 +80,7 @@ class HorizontalFlip(Transform):
     """
 
     identity = False
+    copies_pixels = True
 
     def __init__(self) -> None:
         super().__init__([False, True])
@@ -125,6 +104,7 @@ class VerticalFlip(Transform):
     """
 
     identity = False
+    copies_pixels = True
 
     def __init__(self) -> None:
         super().__init__([False, True])
@@ -155,6 +135,7 @@ class Rotate90(Transform):
     """
 
     identity = 0
+    copies_pixels = True
 
     def __init__(self, angles: Sequence[int] = (0, 90, 180, 270)) -> None:
         for a in angles:
@@ -250,6 +231,7 @@ class Multiply(Transform):
     """
 
     identity = 1
+    copies_pixels = True
 
     def __init__(self, factors: Sequence[float]) -> None:
         for f in factors:
@@ -273,6 +255,7 @@ class Add(Transform):
     """
 
     identity = 0
+    copies_pixels = True
 
     def __init__(self, values: Sequence[float]) -> None:
         for v in values:
@@ -304,6 +287,7 @@ class Shift(Transform):
     """
 
     identity = (0, 0)
+    copies_pixels = True
 
     def __init__(self, pixels: Sequence[int | tuple[int, int]], mode: str = "circular") -> None:
         if mode not in ("circular", "zeros"):
@@ -350,208 +334,3 @@ def _shift(x: torch.Tensor, dy: int, dx: int, mode: str) -> torch.Tensor:
     flat = kept.reshape(-1, 1, *kept.shape[-2:])
     out = F.pad(flat.to(_float(flat)), pad, mode="replicate").to(x.dtype)
     return out.reshape(*lead, h, w)
-
-
-class View:
-    """One combination of parameters of a :class:`Compose`: the augment chain and its inverse.
-
-    Attributes:
-        transforms: the transforms, in augmentation order.
-        params: one parameter per transform.
-
-    Example:
-        >>> v = Compose([HorizontalFlip(), Rotate90([90])]).views[3]
-        >>> v.params
-        (True, 90)
-    """
-
-    def __init__(self, transforms: Sequence[Transform], params: Sequence[Any]) -> None:
-        self.transforms = tuple(transforms)
-        self.params = tuple(params)
-
-    @property
-    def is_identity(self) -> bool:
-        """Whether every parameter is its transform's identity."""
-        return all(p == t.identity for t, p in zip(self.transforms, self.params))
-
-    def augment(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> the augmented batch (transforms in order)."""
-        for t, p in zip(self.transforms, self.params):
-            x = t.augment(x, p)
-        return x
-
-    def output_size(self, size: Size) -> Size:
-        """Spatial size of the augmented image for an input of spatial size ``size``."""
-        for t, p in zip(self.transforms, self.params):
-            size = t.output_size(size, p)
-        return tuple(size)
-
-    def deaugment(self, y: torch.Tensor, size: Size) -> torch.Tensor:
-        """Bring an output (N, C', h, w) of the augmented image back to the frame of the original
-        image of spatial size ``size`` (transforms undone in reverse order)."""
-        sizes = [tuple(size)]
-        for t, p in zip(self.transforms, self.params):
-            sizes.append(t.output_size(sizes[-1], p))
-        for i in reversed(range(len(self.transforms))):
-            y = self.transforms[i].deaugment(y, self.params[i], sizes[i])
-        return y
-
-    def deaugment_log_probs(self, log_p: torch.Tensor, size: Size) -> torch.Tensor:
-        """Like :meth:`deaugment`, for log-probabilities (N, C', h, w) over dim 1.
-
-        Pixel moves (flips, rotations, shifts) are applied to the log-probabilities as they are
-        (exact); resampling transforms (``Transform.resamples``, e.g. :class:`Scale`) interpolate
-        the probabilities — bilinear on p, a convex combination per pixel, so the result stays
-        normalised — and return their log, clamped at the dtype's smallest normal number.
-
-        Example:
-            >>> v = Compose([Scale([2])]).views[1]
-            >>> log_p = torch.log_softmax(torch.randn(1, 3, 8, 8), 1)
-            >>> p = v.deaugment_log_probs(log_p, (4, 4)).exp()
-            >>> p.shape, torch.allclose(p, v.deaugment(log_p.exp(), (4, 4)), atol=1e-6)
-            (torch.Size([1, 3, 4, 4]), True)
-        """
-        sizes = [tuple(size)]
-        for t, p in zip(self.transforms, self.params):
-            sizes.append(t.output_size(sizes[-1], p))
-        for i in reversed(range(len(self.transforms))):
-            t, p = self.transforms[i], self.params[i]
-            if not t.resamples:
-                log_p = t.deaugment(log_p, p, sizes[i])
-            elif p != t.identity or tuple(log_p.shape[-2:]) != sizes[i]:
-                log_p = _resample_log_probs(t, log_p, p, sizes[i])
-        return log_p
-
-    def __repr__(self) -> str:
-        return "View(" + ", ".join(f"{type(t).__name__}={p!r}" for t, p in zip(self.transforms, self.params)) + ")"
-
-
-def _resample_log_probs(t: Transform, log_p: torch.Tensor, param: Any, size: Size) -> torch.Tensor:
-    """``log(t.deaugment(p))`` for p = exp(log_p): interpolation is linear per channel, so each
-    (N, C) map is scaled by exp(−its max) first (largest value 1, no underflow of small classes
-    that are small everywhere) and the shift added back after the log."""
-    shift = log_p.amax(dim=(-2, -1), keepdim=True)
-    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-    q = t.deaugment(torch.exp(log_p - shift), param, size)
-    return torch.log(q.clamp_min(torch.finfo(q.dtype).tiny)) + shift
-
-
-class Compose:
-    """Cartesian product of transforms' parameters: ``len`` = the product of their counts.
-
-    Iterating yields :class:`View` objects in ``itertools.product`` order (the first transform
-    varies slowest), the all-identity view first — the same order as ``ttach.Compose``.
-
-    Args:
-        transforms: :class:`Transform` instances, applied in this order.
-
-    Example:
-        >>> c = Compose([HorizontalFlip(), Multiply([0.9, 1.1])])
-        >>> len(c), [v.params for v in c][:3]
-        (6, [(False, 1), (False, 0.9), (False, 1.1)])
-    """
-
-    def __init__(self, transforms: Sequence[Transform]) -> None:
-        transforms = list(transforms)
-        if not transforms:
-            raise ValueError("`transforms` must contain at least one transform, got none")
-        for t in transforms:
-            if not isinstance(t, Transform):
-                raise TypeError(f"`transforms` must be netuq.tta.Transform instances, got {type(t).__name__}")
-        self.transforms = tuple(transforms)
-        self.views = [View(self.transforms, p) for p in itertools.product(*(t.params for t in self.transforms))]
-
-    def __iter__(self) -> Iterator[View]:
-        return iter(self.views)
-
-    def __len__(self) -> int:
-        return len(self.views)
-
-    def __repr__(self) -> str:
-        return f"Compose({list(self.transforms)})"
-
-
-def flips() -> Compose:
-    """Horizontal × vertical flips: 4 views.
-
-    Example:
-        >>> len(flips())
-        4
-    """
-    return Compose([HorizontalFlip(), VerticalFlip()])
-
-
-def d4() -> Compose:
-    """The dihedral group D4 (horizontal flip × rotations by 0/90/180/270°): 8 views.
-
-    Example:
-        >>> [v.params for v in d4()][:2]
-        [(False, 0), (False, 90)]
-    """
-    return Compose([HorizontalFlip(), Rotate90([0, 90, 180, 270])])
-
-
-class _TtachTransform(Transform):
-    """Any other ttach transform, used through its own ``apply_aug_image`` / ``apply_deaug_mask``."""
-
-    resamples = True  # unknown: undo on probabilities (exact up to rounding for a pixel permutation)
-
-    def __init__(self, t: Any) -> None:
-        self.identity = getattr(t, "identity_param", None)
-        self.params = tuple(t.params)
-        self.inner = t
-
-    def augment(self, x: torch.Tensor, param: Any) -> torch.Tensor:
-        return self.inner.apply_aug_image(x, **{self.inner.pname: param})
-
-    def deaugment(self, y: torch.Tensor, param: Any, size: Size) -> torch.Tensor:
-        return self.inner.apply_deaug_mask(y, **{self.inner.pname: param})
-
-    def output_size(self, size: Size, param: Any) -> Size:
-        return tuple(self.augment(torch.zeros(1, 1, *size), param).shape[-2:])
-
-    def __repr__(self) -> str:
-        return f"ttach.{type(self.inner).__name__}({list(self.params)})"
-
-
-def _from_ttach(t: Any) -> Transform:
-    import ttach  # lazy: ttach is an optional (test) dependency
-
-    if isinstance(t, ttach.HorizontalFlip):
-        return HorizontalFlip()
-    if isinstance(t, ttach.VerticalFlip):
-        return VerticalFlip()
-    if isinstance(t, ttach.Rotate90):
-        return Rotate90(list(t.params))
-    if isinstance(t, ttach.Scale):
-        return Scale(list(t.params), interpolation=t.interpolation, align_corners=t.align_corners)
-    if isinstance(t, ttach.Multiply):
-        return Multiply(list(t.params))
-    if isinstance(t, ttach.Add):
-        return Add(list(t.params))
-    return _TtachTransform(t)
-
-
-def as_compose(transforms: Any) -> Compose:
-    """A :class:`Compose` from a Compose, one Transform, a list of Transforms, or a ``ttach.Compose``.
-
-    ttach's flips, ``Rotate90``, ``Scale`` (keeping its interpolation, but undone to the exact
-    size), ``Multiply`` and ``Add`` become their netuq equivalents; any other ttach transform is
-    used through its own methods.
-
-    Example:
-        >>> len(as_compose([HorizontalFlip(), VerticalFlip()]))
-        4
-    """
-    if isinstance(transforms, Compose):
-        return transforms
-    if isinstance(transforms, Transform):
-        return Compose([transforms])
-    if type(transforms).__module__.split(".")[0] == "ttach" and hasattr(transforms, "aug_transforms"):
-        return Compose([_from_ttach(t) for t in transforms.aug_transforms])
-    if isinstance(transforms, (list, tuple)):
-        return Compose(transforms)
-    raise TypeError(
-        "`transforms` must be a netuq.tta.Compose, a Transform, a list of Transforms or a ttach.Compose, "
-        f"got {type(transforms).__name__}"
-    )

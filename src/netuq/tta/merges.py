@@ -1,0 +1,266 @@
+"""Merging the views: streaming sums over views, in place, with memory independent of the view count.
+
+:class:`ViewAccumulator` receives each view's (or block of views') probabilities p (k, N, C, ...),
+per-pixel entropies H[p] (k, N, ...) and one-hot argmax masks, already in the input frame, and
+keeps what :class:`netuq.Prediction` needs: log Σ_v p_v, Σ_v H[p_v], the vote counts and V. For
+``merge`` other than "mean" it also keeps the merged distribution's accumulator (log space):
+
+* ``"gmean"``: Σ_v log p_v (then divided by V and renormalised over classes);
+* ``"max"``: max_v log p_v (renormalised);
+* ``"tsharpen"``: log Σ_v p_v^t with t = :data:`TSHARPEN_T` (minus log V, renormalised).
+
+log Σ_v p_v is exact where a class probability underflows: :class:`LogSum` adds in linear space
+(one in-place add per view, the cost of ttach's merge) and keeps the elements whose running sum
+is below :func:`linear_floor` after the first view in log space (``logaddexp``), so the result is
+log Σ_v p_v to rounding everywhere, even for a class at 1e-300 in every view.
+
+Example:
+    >>> acc = LogSum((1, 2), torch.float32, torch.device("cpu"), views=2)
+    >>> log_p = torch.tensor([[0.0, -200.0]])              # exp(-200) underflows float32
+    >>> acc.add(log_p.exp(), lambda: log_p); acc.add(log_p.exp(), lambda: log_p)
+    >>> acc.result() - math.log(2)                        # log of the mean: finite and exact
+    tensor([[   0., -200.]])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ..prediction import Prediction
+
+__all__ = ["MERGES", "TSHARPEN_T", "LogSum", "ViewAccumulator", "linear_floor"]
+
+MERGES = ("mean", "gmean", "max", "tsharpen")
+TSHARPEN_T = 0.5
+
+# Above this fraction of elements below the floor after the first view, the whole sum is kept in
+# log space (one logaddexp per view) instead of gathering the small elements.
+_LOG_SPACE_FRACTION = 1 / 8
+
+
+def linear_floor(dtype: torch.dtype) -> float:
+    """Smallest sum kept in linear space: tiny / eps (1e-31 in float32, 1e-292 in float64).
+
+    Terms below the smallest normal number carry an absolute error under tiny·eps, which is below
+    eps relative to a sum of at least this floor, so ``log(sum)`` is exact to rounding above it.
+    """
+    info = torch.finfo(dtype)
+    return info.tiny / info.eps
+
+
+class _Sum:
+    """An in-place running sum whose buffer follows the layout of what is added.
+
+    De-augmenting a 90° rotation gives a transposed (non-contiguous) tensor, and adding one into a
+    contiguous buffer costs ~5x a contiguous add. Such terms go to a second, transposed buffer
+    (same strides: a contiguous pass); the two are summed once in :meth:`total`.
+    """
+
+    def __init__(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> None:
+        self.plain = torch.zeros(tuple(shape), dtype=dtype, device=device)
+        self.flipped: torch.Tensor | None = None  # stored (..., W, H); used through .mT
+
+    def add_(self, y: torch.Tensor) -> None:
+        if y.ndim >= 2 and not y.is_contiguous() and y.mT.is_contiguous():
+            if self.flipped is None:
+                self.flipped = torch.zeros_like(y.mT)
+            self.flipped.mT.add_(y)
+        else:
+            self.plain.add_(y)
+
+    def total(self) -> torch.Tensor:
+        return self.plain if self.flipped is None else (self.plain + self.flipped.mT).contiguous()
+
+
+class LogSum:
+    """log Σ_v q_v for q_v ≥ 0 given one (or a block) at a time, exact where the sum underflows.
+
+    Args:
+        shape: shape of each q_v.
+        dtype, device: of the sums.
+        views: the number of additions to come; with one, the log values are kept as given (so a
+            single identity view reproduces the model's ``log_softmax`` bit for bit).
+    """
+
+    def __init__(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device, *, views: int) -> None:
+        self.views = int(views)
+        self.linear = _Sum(shape, dtype, device)
+        self.mode = "log" if self.views == 1 else "new"  # then "linear", "gather" or "log"
+        self.logs: torch.Tensor | None = None  # the log-space part ("gather": 1-D; "log": full)
+        self.index: torch.Tensor | None = None  # "gather": flat indices of the small elements
+
+    def add(self, q: torch.Tensor, log_q: Callable[[], torch.Tensor]) -> None:
+        """Add q (shape ``shape``); ``log_q()`` returns log q and is called only when needed."""
+        if self.mode == "log":
+            lq = log_q()
+            self.logs = lq.clone() if self.logs is None else torch.logaddexp(self.logs, lq, out=self.logs)
+            return
+        self.linear.add_(q)
+        if self.mode == "gather":
+            small = log_q().reshape(-1).index_select(0, self.index)
+            torch.logaddexp(self.logs, small, out=self.logs)
+        elif self.mode == "new":
+            self._choose_mode(q, log_q)
+
+    def _choose_mode(self, q: torch.Tensor, log_q: Callable[[], torch.Tensor]) -> None:
+        """After the first addition (the sum is q): which elements must stay in log space."""
+        floor = linear_floor(q.dtype)
+        if not bool(q.amin() < floor):  # every sum already above the floor: it stays there
+            self.mode = "linear"
+            return
+        small = (q < floor).reshape(-1)
+        count = int(small.sum())
+        if count > _LOG_SPACE_FRACTION * small.numel():
+            self.mode, self.logs = "log", log_q().contiguous().clone()
+        else:
+            self.mode = "gather"
+            self.index = small.nonzero().squeeze(1)
+            self.logs = log_q().reshape(-1).index_select(0, self.index)
+
+    def result(self) -> torch.Tensor:
+        """log Σ_v q_v (a new tensor)."""
+        if self.mode == "log":
+            return self.logs
+        out = torch.log(self.linear.total())
+        if self.mode == "gather":
+            out.view(-1).index_copy_(0, self.index, self.logs)
+        return out
+
+
+class ViewAccumulator:
+    """The running sums of one batch over its views (see the module docstring).
+
+    Args:
+        shape: (N, C, ...) of one view's probabilities in the input frame.
+        dtype, device: of the sums.
+        views: V, the number of views to come.
+        merge: one of :data:`MERGES`.
+        keep_samples: also keep every view's probabilities, in view order.
+    """
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        dtype: torch.dtype,
+        device: torch.device,
+        *,
+        views: int,
+        merge: str = "mean",
+        keep_samples: bool = False,
+    ) -> None:
+        shape = tuple(shape)
+        self.shape, self.views, self.merge, self.count = shape, int(views), merge, 0
+        self.log_sum = LogSum(shape, dtype, device, views=views)
+        self.entropy_sum = torch.zeros(shape[:1] + shape[2:], dtype=dtype, device=device)
+        # argmax counts: uint8 while they fit (adds 3x faster than int32), int32 in the Prediction
+        self.votes = _Sum(shape, torch.uint8 if views <= 255 else torch.int32, device)
+        self.samples = torch.empty((views, *shape), dtype=dtype, device=device) if keep_samples else None
+        self.merged: torch.Tensor | LogSum | None = None
+        if merge == "tsharpen":
+            self.merged = LogSum(shape, dtype, device, views=views)
+
+    def add(
+        self,
+        probs: torch.Tensor,
+        entropy: torch.Tensor,
+        argmax: torch.Tensor,
+        log_probs: Callable[[], torch.Tensor],
+        index: Sequence[int],
+        *,
+        stacked: bool = False,
+    ) -> None:
+        """Add one view (or k views with ``stacked=True``: a leading view axis), in the input frame.
+
+        Args:
+            probs: (N, C, ...) probabilities, or (k, N, C, ...).
+            entropy: (N, ...) their entropies H[p], or (k, N, ...).
+            argmax: (N, C, ...) bool, one True per pixel at the view's predicted class, or (k, ...).
+            log_probs: returns the log-probabilities (the shape of ``probs``); called only where
+                needed (merges other than "mean", or classes whose probability underflows).
+            index: the views' positions in the Compose (the order of ``samples``).
+            stacked: whether the tensors have the leading view axis.
+        """
+        shape = tuple(probs.shape[1:] if stacked else probs.shape)
+        if shape != self.shape:
+            want = ", ".join(map(str, self.shape))
+            raise ValueError(f"`probs` must have shape ({'k, ' if stacked else ''}{want}), got {tuple(probs.shape)}")
+        cache: list[torch.Tensor] = []
+
+        def logs() -> torch.Tensor:
+            if not cache:
+                cache.append(log_probs())
+            return cache[0]
+
+        small_votes = self.votes.plain.dtype == torch.uint8
+        if not stacked:
+            self.log_sum.add(probs, logs)
+            self.entropy_sum.add_(entropy)
+            self.votes.add_(argmax.view(torch.uint8) if small_votes else argmax)
+            if self.samples is not None:
+                self.samples[index[0]].copy_(probs)
+        else:
+            self.log_sum.add(probs.sum(0), lambda: torch.logsumexp(logs(), 0))
+            self.entropy_sum.add_(entropy.sum(0))
+            self.votes.add_(argmax.sum(0, dtype=self.votes.plain.dtype))
+            if self.samples is not None:
+                self.samples[list(index)] = probs
+        if self.merge == "gmean":
+            part = logs().sum(0) if stacked else logs()
+            self.merged = part.clone() if self.merged is None else self.merged.add_(part)
+        elif self.merge == "max":
+            part = logs().amax(0) if stacked else logs()
+            self.merged = part.clone() if self.merged is None else torch.maximum(self.merged, part, out=self.merged)
+        elif self.merge == "tsharpen":
+            scaled = TSHARPEN_T * logs()
+            if stacked:
+                self.merged.add(scaled.exp().sum(0), lambda: torch.logsumexp(scaled, 0))
+            else:
+                self.merged.add(scaled.exp(), lambda: scaled)
+        self.count += probs.shape[0] if stacked else 1
+
+    def prediction(self) -> Prediction:
+        """The Prediction: the views as samples ("mean"), or the merged distribution with the
+        decomposition across views as ``scores`` (other merges)."""
+        if self.count != self.views:
+            raise RuntimeError(f"expected {self.views} views, got {self.count}")
+        views = _prediction_from_sums(
+            self.log_sum.result(), self.entropy_sum, self.votes.total().to(torch.int32), self.count, self.samples
+        )
+        if self.merge == "mean":
+            return views
+        acc = self.merged.result() if isinstance(self.merged, LogSum) else self.merged
+        if self.merge == "gmean":
+            acc = acc / self.count
+        elif self.merge == "tsharpen":
+            acc = acc - math.log(self.count)
+        out = Prediction(
+            scores={
+                "view_aleatoric": views.aleatoric,
+                "view_epistemic": views.epistemic,
+                "view_variation_ratio": views.variation_ratio,
+            }
+        )
+        out.add_log_probs(acc - torch.logsumexp(acc, dim=1, keepdim=True), validate_args=False)
+        return out
+
+
+def _prediction_from_sums(
+    log_sum: torch.Tensor,
+    entropy_sum: torch.Tensor,
+    votes: torch.Tensor,
+    count: int,
+    samples: torch.Tensor | None,
+) -> Prediction:
+    """A Prediction holding these sufficient statistics, as if its ``count`` samples had been
+    added one by one with ``Prediction.add_log_probs`` (tests/test_tta.py checks the equivalence).
+
+    This is the one place that knows Prediction's internal sums.
+    """
+    pred = Prediction(keep_samples=samples is not None)
+    pred._log_sum, pred._entropy_sum, pred._votes, pred._count = log_sum, entropy_sum, votes, count
+    if samples is not None:
+        pred._samples = [samples]
+    return pred

@@ -1,0 +1,248 @@
+"""Test-time augmentation: predict on transformed copies of the input and merge the probabilities.
+
+Transforms and their semantics live in :mod:`netuq.tta.transforms` and :mod:`netuq.tta.compose`
+(ttach-compatible: Cartesian product of parameters, identity included, de-augmentation in reverse
+order). The wrapper
+
+* runs several views per forward call (concatenated along dim 0; how many:
+  :func:`netuq.tta._batching.views_per_forward`, at most ``max_batch`` rows; views are grouped by
+  their augmented size, since e.g. a 90° rotation of a non-square image or a
+  :class:`netuq.tta.Scale` changes it),
+* takes the softmax of every view in its own frame, then brings segmentation outputs back to the
+  input frame before merging. Views that only move pixels (flips, rotations, shifts:
+  :attr:`netuq.tta.View.copies_pixels`) compute the probabilities, their entropy and argmax in the
+  augmented frame and de-augment those (the same numbers as de-augmenting the log-probabilities
+  first, with one copy per view); the others (``Scale``, foreign ttach transforms) go through
+  :meth:`netuq.tta.View.deaugment_log_probs`, which resizes the **probabilities** bilinearly to
+  the exact original H × W, so every pixel stays a normalised distribution,
+* merges **probabilities**, never raw logits, with exact log-space results
+  (:mod:`netuq.tta.merges`), streaming: memory does not grow with the number of views,
+* never changes the model's mode: it runs the model as it is (normally ``eval()``).
+
+Merges (over V views with probabilities p_v):
+
+* ``"mean"``: p̄ = (1/V) Σ_v p_v. The returned Prediction holds the views as samples, so
+  ``aleatoric`` = E_v H[p_v] and ``epistemic`` = H[p̄] − E_v H[p_v] measure the disagreement
+  between views (Ayhan & Berens 2018; Shanmugam et al. 2021 for when TTA helps).
+* ``"gmean"``: exp(mean_v log p_v), renormalised over classes (computed in log space; the
+  product of probabilities underflows).
+* ``"max"``: max_v p_v per class, renormalised.
+* ``"tsharpen"``: mean_v p_v^t with t = 0.5, renormalised (temperature sharpening, Shanmugam
+  et al., "When and Why Test-Time Augmentation Works", 2020 preprint; ttach's ``tsharpen``).
+
+For the merges other than ``"mean"`` the returned Prediction is the merged distribution itself
+(one sample: ``entropy`` = ``aleatoric`` = H[merged], ``epistemic`` = 0), and the decomposition
+across views is attached as ``scores``: ``"view_aleatoric"``, ``"view_epistemic"`` and
+``"view_variation_ratio"`` (each (N, ...); use ``pred.uncertainty("view_epistemic")``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import Any
+
+import torch
+
+from .._checks import check_int, check_logits, float_dtype
+from ..prediction import Prediction
+from ._batching import views_per_forward
+from .bridge import as_compose
+from .compose import Compose, View
+from .merges import MERGES, TSHARPEN_T, ViewAccumulator
+
+__all__ = ["TTA", "MERGES", "TASKS", "TSHARPEN_T"]
+
+TASKS = ("classification", "segmentation")
+
+
+class TTA:
+    """Test-time augmentation around a model; returns a :class:`netuq.Prediction`.
+
+    Args:
+        model: callable (usually an ``nn.Module`` in eval mode), (N, C_in, H, W) -> logits
+            (N, C) for classification or (N, C, H, W) for segmentation.
+        transforms: a :class:`netuq.tta.Compose` (e.g. ``netuq.tta.d4()``), a transform, a list
+            of transforms, or a ``ttach.Compose``.
+        merge: "mean", "gmean", "max" or "tsharpen" (see the module docstring).
+        task: "classification" (outputs merged as they are) or "segmentation" (outputs
+            de-augmented to the input frame first).
+        keep_samples: keep every view's probabilities (``pred.samples``, (V, N, C, ...), in the
+            order of ``transforms``); only with ``merge="mean"``.
+        max_batch: at most this many rows per forward call (``max_batch=N`` runs one view per
+            call like ttach). None: on CPU as many views as keep the stacked input under 2**13
+            elements (at least one: batching pays only for small inputs there), elsewhere
+            :func:`netuq.methods._batching.default_chunk`.
+        no_grad: run under ``torch.no_grad()`` (default).
+
+    Example:
+        >>> import netuq
+        >>> net = torch.nn.Conv2d(3, 4, 1).eval()   # per-pixel: equivariant to flips/rotations
+        >>> tta = TTA(net, netuq.tta.d4(), task="segmentation")
+        >>> x = torch.randn(2, 3, 8, 6)
+        >>> pred = tta(x)
+        >>> pred.probs.shape, pred.num_samples
+        (torch.Size([2, 4, 8, 6]), 8)
+        >>> torch.allclose(pred.probs, net(x).softmax(1), atol=1e-6)
+        True
+    """
+
+    def __init__(
+        self,
+        model: Callable[[torch.Tensor], torch.Tensor],
+        transforms: Any,
+        *,
+        merge: str = "mean",
+        task: str = "classification",
+        keep_samples: bool = False,
+        max_batch: int | None = None,
+        no_grad: bool = True,
+    ) -> None:
+        if not callable(model):
+            raise TypeError(f"`model` must be callable (an nn.Module), got {type(model).__name__}")
+        if merge not in MERGES:
+            raise ValueError(f"`merge` must be one of {list(MERGES)}, got {merge!r}")
+        if task not in TASKS:
+            raise ValueError(f"`task` must be one of {list(TASKS)}, got {task!r}")
+        check_int(max_batch, "max_batch", 1, allow_none=True)
+        if keep_samples and merge != "mean":
+            raise ValueError(f"`keep_samples=True` needs merge='mean' (the views are the samples), got merge={merge!r}")
+        self.model = model
+        self.transforms: Compose = as_compose(transforms)
+        self.merge = merge
+        self.task = task
+        self.keep_samples = bool(keep_samples)
+        self.max_batch = None if max_batch is None else int(max_batch)
+        self.no_grad = bool(no_grad)
+
+    def __repr__(self) -> str:
+        return (
+            f"TTA({type(self.model).__name__}, {len(self.transforms)} views, merge={self.merge!r}, "
+            f"task={self.task!r}, max_batch={self.max_batch})"
+        )
+
+    def __call__(self, x: torch.Tensor) -> Prediction:
+        """Predict on every view of a batch and merge.
+
+        Args:
+            x: (N, C_in, H, W) images.
+
+        Returns:
+            Prediction: ``probs`` (N, C) or (N, C, H, W); see the class docstring for merges.
+        """
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"`x` must be a tensor, got {type(x).__name__}")
+        if x.ndim != 4 or x.shape[0] == 0:
+            raise ValueError(f"`x` must have shape (N, C, H, W) with N >= 1, got shape {tuple(x.shape)}")
+        with ExitStack() as stack:
+            if self.no_grad:
+                stack.enter_context(torch.no_grad())
+            n = x.shape[0]
+            if self.max_batch is not None and self.max_batch < n:
+                return Prediction.cat([self._predict(x[s : s + self.max_batch]) for s in range(0, n, self.max_batch)])
+            return self._predict(x)
+
+    def _predict(self, x: torch.Tensor) -> Prediction:
+        n, size = x.shape[0], tuple(x.shape[-2:])
+        views = self.transforms.views
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, v in enumerate(views):
+            groups.setdefault(v.output_size(size), []).append(i)
+        acc: ViewAccumulator | None = None
+        first: View | None = None
+        for aug_size, idx in groups.items():
+            per_row = x.shape[1] * aug_size[0] * aug_size[1]
+            per_forward = views_per_forward(n, per_row, len(idx), x.device, self.max_batch)
+            for start in range(0, len(idx), per_forward):
+                chunk = idx[start : start + per_forward]
+                for block in self._run([views[i] for i in chunk], chunk, x, size):
+                    probs, stacked = block[0], block[5]
+                    shape = tuple(probs.shape[1:] if stacked else probs.shape)
+                    if acc is None:
+                        first = views[chunk[0]]
+                        acc = ViewAccumulator(
+                            shape, probs.dtype, probs.device,
+                            views=len(views), merge=self.merge, keep_samples=self.keep_samples,
+                        )  # fmt: skip
+                    elif shape != acc.shape:
+                        raise ValueError(
+                            f"`model` outputs must have the same shape for every view once de-augmented, got "
+                            f"{shape} for {views[block[4][0]]} and {acc.shape} for {first}"
+                        )
+                    acc.add(*block[:5], stacked=stacked)
+        return acc.prediction()
+
+    def _run(self, chunk: list[View], index: list[int], x: torch.Tensor, size: tuple[int, int]):
+        """Forward a chunk of views in one call; yield blocks ``(probs, entropy, argmax, log_probs,
+        index, stacked)`` in the input frame, as :meth:`ViewAccumulator.add` takes them."""
+        n, k = x.shape[0], len(chunk)
+        inp = torch.cat([v.augment(x) for v in chunk]) if k > 1 else chunk[0].augment(x)
+        out = self.model(inp)
+        if not isinstance(out, torch.Tensor) or out.ndim < 2 or out.shape[0] != k * n:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"`model` must return logits of shape (N, C, ...) with N = {k * n} rows, got {shape}")
+        if self.task == "segmentation" and out.ndim != 4:
+            raise ValueError(
+                f"`model` must return (N, C, H, W) logits for task='segmentation', got shape {tuple(out.shape)}"
+            )
+        z = _checked_logits(out)
+        if self.task == "classification":  # outputs are never de-augmented: the chunk is one block
+            rest = tuple(z.shape[1:])
+            probs, entropy, argmax = _softmax_stats(z)
+            yield (
+                probs.view(k, n, *rest), entropy.view(k, n, *rest[1:]), argmax.view(k, n, *rest),
+                lambda: torch.log_softmax(z, 1).view(k, n, *rest), index, True,
+            )  # fmt: skip
+            return
+        for i, v in enumerate(chunk):  # one view at a time: its temporaries stay in the caches
+            z_v = z if k == 1 else z.narrow(0, i * n, n)
+            if v.copies_pixels:  # per-pixel results in the augmented frame, then moved back
+                probs, entropy, argmax = _softmax_stats(z_v)
+                probs, entropy, argmax = v.deaugment_all((probs, entropy.unsqueeze(1), argmax), size)
+                yield (
+                    probs, entropy.squeeze(1), argmax,
+                    lambda v=v, z_v=z_v: v.deaugment(torch.log_softmax(z_v, 1), size), index[i : i + 1], False,
+                )  # fmt: skip
+            else:  # resampling: de-augment the log-probabilities (probabilities interpolated)
+                log_p = v.deaugment_log_probs(torch.log_softmax(z_v, 1), size)
+                p = log_p.exp()
+                entropy_v = -(p * log_p).sum(1)  # log_p is finite: clamped where it was resampled
+                argmax_v = _argmax_mask(log_p, log_p.amax(1, keepdim=True))
+                yield p, entropy_v, argmax_v, (lambda log_p=log_p: log_p), index[i : i + 1], False
+
+
+def _checked_logits(out: torch.Tensor) -> torch.Tensor:
+    """The logits in the compute dtype, after a one-pass check (NaN and ±inf propagate into the
+    min/max); :func:`netuq._checks.check_logits` words the error."""
+    if out.is_floating_point() and out.numel():
+        z = out.to(float_dtype(out))
+        lo, hi = torch.aminmax(z)
+        if math.isfinite(lo.item()) and math.isfinite(hi.item()):
+            return z
+    check_logits(out, "logits")  # raises for what the fast check refused
+    return out.to(float_dtype(out))
+
+
+def _softmax_stats(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Softmax over dim 1, its entropy and the one-hot argmax mask, from one shifted pass.
+
+    With s = z − max_c z and S = Σ_c exp(s): p = exp(s) / S and H[p] = log S + Σ_c p·(−s), a sum
+    of two non-negative terms (no cancellation, unlike log S − Σ p·z for large logits).
+    """
+    top = z.amax(1, keepdim=True)
+    shifted = z - top
+    probs = torch.exp(shifted)
+    total = probs.sum(1, keepdim=True)
+    probs.div_(total)
+    entropy = total.log_().squeeze(1) - (probs * shifted).sum(1)
+    return probs, entropy, _argmax_mask(shifted, 0.0)
+
+
+def _argmax_mask(values: torch.Tensor, top: torch.Tensor | float) -> torch.Tensor:
+    """One True per row over dim 1, at the first maximum (``values == top`` unless there are ties)."""
+    mask = values == top
+    if int(torch.count_nonzero(mask)) != mask.numel() // mask.shape[1]:  # ties: keep the first
+        first = values.max(1, keepdim=True).indices
+        mask = torch.zeros_like(mask).scatter_(1, first, True)
+    return mask
