@@ -325,7 +325,7 @@ def test_write_csv_rows(results, tmp_path):
     ms = results["methods"]
     expected = sum(
         len(m["in_distribution"]) + 1 + sum(len(v) for v in m["shift"].values()) + len(m["ood"])
-        + len(m["misclassification"]) for m in ms.values()
+        + len(m["misclassification"]) + sum(len(v) for v in m["ood_kinds"].values()) for m in ms.values()
     )
     assert len(rows) == expected
     ind = [r for r in rows if r["setting"] == "in_distribution"]

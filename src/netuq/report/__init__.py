@@ -16,8 +16,9 @@ exact layout); this package only draws and tabulates it, and never recomputes a 
 
 Example:
     >>> from netuq.report import example_results, summary_lines
-    >>> print(summary_lines(example_results(methods=("mc_dropout", "ensemble")))[0])
-    Lowest NLL: tied: MC dropout + temperature scaling (0.736 ± 0.008); deep ensemble + temperature scaling (0.739 ± 0.009) (the lead is within one standard deviation).
+    >>> line = summary_lines(example_results(methods=("mc_dropout", "ensemble")))[0]
+    >>> print(line[:line.index(")") + 1])
+    Lowest NLL: tied: MC dropout + temperature scaling (0.736 ± 0.008)
 """
 
 from .aggregate import aggregate_seeds

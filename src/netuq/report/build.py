@@ -10,15 +10,32 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._text import (
-    QUICK_NOTE, best_indices, cal_label, column_label, fmt, fmt_stat, is_quick, method_label, metric_label, n_seeds,
+    QUICK_NOTE,
+    best_indices,
+    cal_label,
+    column_label,
+    fmt,
+    fmt_stat,
+    is_quick,
+    method_label,
+    metric_label,
+    n_seeds,
     score_label,
 )
 from .figures import figure_blocks
 from .findings import findings
 from .model import Bullets, Paragraph, Report, Section, Strong, Table
 from .summary import _summary_lines
-from .tables import ALEATORIC_SCORES, MAIN_METRICS, OOD_METRICS, SHIFT_METRICS, kind_rows, main_table, score_rows, \
-    shift_stats
+from .tables import (
+    ALEATORIC_SCORES,
+    MAIN_METRICS,
+    OOD_METRICS,
+    SHIFT_METRICS,
+    kind_rows,
+    main_table,
+    score_rows,
+    shift_stats,
+)
 
 __all__ = ["build_report"]
 

@@ -147,7 +147,7 @@ def figure_blocks(results: Mapping) -> dict[str, list[Figure]]:
 def _unique_files(figs: dict[str, list[Figure]]) -> None:
     """Two method keys with the same slug must not share a file: suffix the later ones."""
     seen: set[str] = set()
-    for section, items in figs.items():
+    for items in figs.values():
         for i, f in enumerate(items):
             file, k = f.file, 2
             while file in seen:
