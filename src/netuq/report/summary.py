@@ -203,7 +203,7 @@ def _summary_lines(results: Mapping) -> list[str]:
             lines.append(line)
     aleatoric = [r for r in ood if r["score"] in ALEATORIC_SCORES and (r.get("auroc") or {}).get("mean") is not None]
     if aleatoric:
-        shown = ", ".join(f"{method_label(results, r['method'])} {score_label(r['score'])}: AUROC "
+        shown = ", ".join(f"{method_label(results, r['method'])} scored by {score_label(r['score'])}: AUROC "
                           f"{fmt(r['auroc']['mean'])}{' (inverted)' if r['auroc']['mean'] < 0.5 else ''}"
                           for r in aleatoric)
         lines.append(f"Not ranked as OOD detectors (aleatoric: they measure noise in the data, not the model's "
