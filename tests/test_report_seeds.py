@@ -114,6 +114,8 @@ def test_aggregate_of_methods_missing_in_some_seeds(runs):
         (lambda r: r["seeds"]["5"]["methods"]["ensemble"]["ood"]["entropy"].__setitem__("auroc", float("nan")),
          r"`results\['seeds'\]\['5'\]\['methods'\]\['ensemble'\]\['ood'\]\['entropy'\]\['auroc'\]` must be a finite"),
         (lambda r: r.__setitem__("seeds", {}), r"`results\['seeds'\]` must hold at least one seed, got 0"),
+        (lambda r: r["methods"]["ensemble"].__setitem__("warnings", "oops"),
+         r"\['warnings'\]` must be a list of \{'message', 'count'\} entries, got 'oops'"),
     ],
 )
 def test_schema_extensions_are_validated(agg, edit, message):

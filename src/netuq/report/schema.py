@@ -276,6 +276,11 @@ def _validate_methods(methods: Mapping, where: str) -> None:
                 _scores(scores, f"{base}['ood_kinds'][{kind!r}]")
         if "seed_values" in m:
             _seed_values(m["seed_values"], f"{base}['seed_values']")
+        if "warnings" in m:
+            if not isinstance(m["warnings"], (list, tuple)):
+                _fail(f"{base}['warnings']", "a list of {'message', 'count'} entries", m["warnings"])
+            for i, w in enumerate(m["warnings"]):
+                _mapping(w, f"{base}['warnings'][{i}]")
         for metric, v in _mapping(m.get("metrics", {}), f"{base}['metrics']").items():
             _number(v, f"{base}['metrics'][{metric!r}]")
         for cal, bins in _mapping(m.get("reliability", {}), f"{base}['reliability']").items():
