@@ -4,18 +4,25 @@ Compute and presentation are kept apart: the benchmark runner computes every num
 it as plain data following :mod:`netuq.report.schema` (read that module's docstring for the
 exact layout); this package only draws and tabulates it, and never recomputes a metric.
 
-* :mod:`netuq.report.plots`: one function per figure, each taking data and an optional
-  matplotlib ``ax`` and returning the figure (matplotlib imported lazily, no pyplot).
+* :mod:`~netuq.report.schema`: the layout, :func:`validate_results`, :func:`example_results`.
+* :func:`aggregate_seeds`: several seeds' results into one (mean ± sd over seeds, seeds kept).
+* :mod:`~netuq.report.tables`, :mod:`~netuq.report.summary`, :mod:`~netuq.report.findings`:
+  the rows of the tables, the summary sentences (winners only when the lead exceeds the spread)
+  and the literature claims checked per seed.
+* :mod:`~netuq.report.build` makes the format-neutral :mod:`~netuq.report.model` once;
+  :mod:`~netuq.report.html` and :mod:`~netuq.report.markdown` render it; :mod:`~netuq.report.figures`
+  decides the figures, drawn by :mod:`netuq.report.plots` (matplotlib imported lazily).
 * :func:`render_report`: report.html (self-contained), report.md, figures/*.png, results.csv.
-* :func:`write_csv`, :func:`summary_lines`, :func:`validate_results`.
 
 Example:
     >>> from netuq.report import example_results, summary_lines
-    >>> print(summary_lines(example_results(methods=("mc_dropout", "ensemble")))[0])
-    Lowest NLL: MC dropout + temperature scaling (0.736 ± 0.008); deep ensemble + temperature scaling (0.739 ± 0.009)
-    is within one standard deviation.
+    >>> line = summary_lines(example_results(methods=("mc_dropout", "ensemble")))[0]
+    >>> print(line[:line.index(")") + 1])
+    Lowest NLL: tied: MC dropout + temperature scaling (0.736 ± 0.008)
 """
 
+from .aggregate import aggregate_seeds
+from .findings import findings
 from .plots import (
     method_colors,
     ood_histogram,
@@ -34,6 +41,8 @@ __all__ = [
     "summary_lines",
     "to_markdown",
     "main_table",
+    "aggregate_seeds",
+    "findings",
     "validate_results",
     "example_results",
     "SCHEMA_VERSION",

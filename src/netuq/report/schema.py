@@ -15,7 +15,8 @@ Top level::
         "total_this_run": float,                 #   any number here is listed as a run total
         "methods": {METHOD: {PHASE: float}}      #   e.g. {"train": 12.3, "evaluate": 1.4}
       },
-      "methods": {METHOD: MethodResults, ...}    # at least one
+      "methods": {METHOD: MethodResults, ...},   # at least one
+      "seeds": {SEED: SeedResults, ...}          # optional: a multi-seed run (see below)
     }
 
 ``METHOD`` is a method key (``"deterministic"``, ``"mc_dropout"``, ``"ensemble"``, ``"tta"``,
@@ -38,10 +39,18 @@ Top level::
       "ood_hist": {SCORE: {"edges": [B + 1 floats], "in": [B], "out": [B]}},  # optional
       "roc": {SCORE: {"fpr": [float], "tpr": [float]}},                   # optional, downsampled
       "segmentation_examples": SegExamples,      # optional (segmentation)
-      "runtime_s": {PHASE: float}                # optional
+      "runtime_s": {PHASE: float},               # optional
+      "ood_kinds": {KIND: {SCORE: {"auroc": float, "aupr": float, "fpr95": float}}},  # optional: one
+                                                 #   entry per kind of OOD input; "ood" pools all kinds
+      "counts": {"test": int, "errors": int},    # optional: test size and wrong predictions (pixels
+                                                 #   for segmentation); totals over seeds in an aggregate
+      "seed_values": SeedValues,                 # optional: per-seed numbers of an aggregate
+      "warnings": [{"message": str, "count": int}]  # optional: warnings raised during the run
     }
 
-    Stat     = {"mean": float|null, "std": float|null}          # std null when not repeated
+    Stat     = {"mean": float|null, "std": float|null,          # std null when not repeated
+                "values"?: [float|null],          # per-seed means (aggregates: one per seed)
+                "fold_std"?: float|null}          # mean over seeds of the within-seed fold sd
     Bins     = netuq.metrics.ReliabilityBins.to_dict():
                {"edges": [n_bins + 1], "counts": [n_bins] ints,
                 "confidence": [n_bins] float|null, "accuracy": [n_bins] float|null}
@@ -53,6 +62,26 @@ Top level::
                    "label": K x H x W ints (255 = ignore), "prediction": K x H x W ints,
                    "entropy": K x H x W floats, "epistemic": K x H x W floats | null,
                    "anomaly": K x H x W 0/1 | null}
+
+Several seeds (:func:`netuq.report.aggregate_seeds`): each seed's run is a results dict as
+above; the aggregate keeps them all under ``"seeds"`` and its top-level ``"methods"`` hold the
+mean over seeds, so every table and figure works unchanged::
+
+    SeedResults = {"methods": {METHOD: MethodResults}, "config"?: {...}, "data"?: {...},
+                   "runtime_s"?: {...}}               # one seed's full numbers, keyed by str(seed)
+    SeedValues  = {"seeds": [SEED],                    # order of every list below
+                   "metrics": {NAME: [float|null]},
+                   "ood": {SCORE: {METRIC: [float|null]}},
+                   "misclassification": {SCORE: {METRIC: [float|null]}},
+                   "ood_kinds": {KIND: {SCORE: {METRIC: [float|null]}}},
+                   "temperature": [float|null],
+                   "counts": {"test": [int|null], "errors": [int|null]}}   # every key optional
+
+In an aggregate, ``Stat["mean"]`` is the mean over seeds of each seed's mean, ``Stat["std"]``
+the sample standard deviation (n − 1) over seeds and ``Stat["values"]`` the per-seed means;
+scalars (``metrics``, ``ood``, ``misclassification``, ``ood_kinds``, ``temperature``, shift
+rows) are means over the seeds that have them, with the per-seed values in ``seed_values``;
+curves, histograms, reliability bins and segmentation examples are seed 0's (the first seed).
 
 Conventions:
 
@@ -162,8 +191,69 @@ def validate_results(results: Any) -> dict:
     for key in ("config", "data", "runtime_s"):
         if key in results:
             _mapping(results[key], f"results[{key!r}]")
+    _validate_methods(methods, "results['methods']")
+    if "seeds" in results:
+        seeds = _mapping(results["seeds"], "results['seeds']")
+        if not seeds:
+            raise ValueError("`results['seeds']` must hold at least one seed, got 0")
+        for seed, entry in seeds.items():
+            p = f"results['seeds'][{seed!r}]"
+            _mapping(entry, p)
+            seed_methods = _mapping(entry.get("methods"), p + "['methods']")
+            if not seed_methods:
+                raise ValueError(f"`{p}['methods']` must have at least one method, got 0")
+            _validate_methods(seed_methods, p + "['methods']")
+            for key in ("config", "data", "runtime_s"):
+                if key in entry:
+                    _mapping(entry[key], f"{p}[{key!r}]")
+    _no_nan(results, "results")
+    return results  # type: ignore[return-value]
+
+
+def _scores(value: Any, path: str) -> None:
+    """``{SCORE: {METRIC: number|null}}``."""
+    for score, vals in _mapping(value, path).items():
+        for metric, v in _mapping(vals, f"{path}[{score!r}]").items():
+            _number(v, f"{path}[{score!r}][{metric!r}]")
+
+
+def _count(value: Any, path: str, *, nullable: bool = False) -> None:
+    if value is None and nullable:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        _fail(path, "a non-negative integer" + (" or null" if nullable else ""), value)
+
+
+def _seed_values(sv: Any, path: str) -> None:
+    _mapping(sv, path)
+    n = None
+    if "seeds" in sv:
+        if not isinstance(sv["seeds"], (list, tuple)):
+            _fail(path + "['seeds']", "a list of seed names", sv["seeds"])
+        n = len(sv["seeds"])
+
+    def lists(value: Any, p: str, depth: int) -> None:
+        if depth == 0:
+            _numbers(value, p, n)
+            return
+        for k, v in _mapping(value, p).items():
+            lists(v, f"{p}[{k!r}]", depth - 1)
+
+    for key, depth in (("metrics", 1), ("ood", 2), ("misclassification", 2), ("ood_kinds", 3), ("temperature", 0)):
+        if key in sv:
+            lists(sv[key], f"{path}[{key!r}]", depth)
+    if "counts" in sv:
+        for key, v in _mapping(sv["counts"], path + "['counts']").items():
+            p = f"{path}['counts'][{key!r}]"
+            if not isinstance(v, (list, tuple)) or (n is not None and len(v) != n):
+                _fail(p, "a list with one count per seed", v)
+            for i, c in enumerate(v):
+                _count(c, f"{p}[{i}]", nullable=True)
+
+
+def _validate_methods(methods: Mapping, where: str) -> None:
     for name, m in methods.items():
-        base = f"results['methods'][{name!r}]"
+        base = f"{where}[{name!r}]"
         _mapping(m, base)
         for cal, stats in _mapping(m.get("in_distribution", {}), f"{base}['in_distribution']").items():
             for metric, stat in _mapping(stats, f"{base}['in_distribution'][{cal!r}]").items():
@@ -173,6 +263,24 @@ def validate_results(results: Any) -> dict:
                     raise ValueError(f"`{p}` must have a 'mean' entry, got keys {sorted(stat)}")
                 _number(stat["mean"], p + "['mean']")
                 _number(stat.get("std"), p + "['std']")
+                _number(stat.get("fold_std"), p + "['fold_std']")
+                if "values" in stat:
+                    _numbers(stat["values"], p + "['values']")
+        if "temperature" in m:
+            _number(m["temperature"], f"{base}['temperature']")
+        if "counts" in m:
+            for key, v in _mapping(m["counts"], f"{base}['counts']").items():
+                _count(v, f"{base}['counts'][{key!r}]")
+        if "ood_kinds" in m:
+            for kind, scores in _mapping(m["ood_kinds"], f"{base}['ood_kinds']").items():
+                _scores(scores, f"{base}['ood_kinds'][{kind!r}]")
+        if "seed_values" in m:
+            _seed_values(m["seed_values"], f"{base}['seed_values']")
+        if "warnings" in m:
+            if not isinstance(m["warnings"], (list, tuple)):
+                _fail(f"{base}['warnings']", "a list of {'message', 'count'} entries", m["warnings"])
+            for i, w in enumerate(m["warnings"]):
+                _mapping(w, f"{base}['warnings'][{i}]")
         for metric, v in _mapping(m.get("metrics", {}), f"{base}['metrics']").items():
             _number(v, f"{base}['metrics'][{metric!r}]")
         for cal, bins in _mapping(m.get("reliability", {}), f"{base}['reliability']").items():
@@ -195,9 +303,7 @@ def validate_results(results: Any) -> dict:
                 if key == "ood_hist":
                     _numbers(curve.get("edges"), f"{p}['edges']", n + 1)
         for key in ("ood", "misclassification"):
-            for score, vals in _mapping(m.get(key, {}), f"{base}[{key!r}]").items():
-                for metric, v in _mapping(vals, f"{base}[{key!r}][{score!r}]").items():
-                    _number(v, f"{base}[{key!r}][{score!r}][{metric!r}]")
+            _scores(m.get(key, {}), f"{base}[{key!r}]")
         for kind, rows in _mapping(m.get("shift", {}), f"{base}['shift']").items():
             if not isinstance(rows, (list, tuple)):
                 _fail(f"{base}['shift'][{kind!r}]", "a list of rows", rows)
@@ -210,25 +316,48 @@ def validate_results(results: Any) -> dict:
                 for metric, v in row.items():
                     if metric != "severity":
                         _number(v, f"{p}[{metric!r}]")
-    _no_nan(results, "results")
-    return results  # type: ignore[return-value]
 
 
-def example_results(task: str = "classification", *, methods=("deterministic", "mc_dropout", "ensemble"), seed=0):
+def example_results(
+    task: str = "classification",
+    *,
+    methods=("deterministic", "mc_dropout", "ensemble"),
+    seed: int = 0,
+    seeds: int | None = None,
+):
     """A small, realistic results dict following the schema, computed with ``netuq.metrics`` on
     synthetic predictions (better methods are made better calibrated). For tests and docs.
+
+    Args:
+        task: ``"classification"`` or ``"segmentation"``.
+        methods: method keys, in display order.
+        seed: seed of the synthetic data (the first seed with ``seeds``).
+        seeds: build this many seeds (``seed``, ``seed + 1``, ...) and return their
+            :func:`netuq.report.aggregate_seeds` aggregate; ``None`` = one plain result.
 
     Example:
         >>> r = example_results()
         >>> sorted(r["methods"]), r["task"]
         (['deterministic', 'ensemble', 'mc_dropout'], 'classification')
+        >>> sorted(example_results(seeds=3)["seeds"])
+        ['0', '1', '2']
     """
+    if task not in TASKS:
+        raise ValueError(f"`task` must be one of {TASKS}, got {task!r}")
+    if seeds is not None:
+        if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+            raise ValueError(f"`seeds` must be a positive int or None, got {seeds!r}")
+        from .aggregate import aggregate_seeds
+
+        return aggregate_seeds([example_results(task, methods=methods, seed=seed + i) for i in range(seeds)])
+    return _example(task, tuple(methods), int(seed))
+
+
+def _example(task: str, methods: tuple, seed: int) -> dict:
     import torch
 
     from .. import metrics as M
 
-    if task not in TASKS:
-        raise ValueError(f"`task` must be one of {TASKS}, got {task!r}")
     gen = torch.Generator().manual_seed(seed)
     n, c = 400, 10
     y = torch.randint(0, c, (n,), generator=gen)
@@ -266,10 +395,13 @@ def example_results(task: str = "classification", *, methods=("deterministic", "
             "max_prob": 1 - ood_probs.max(1).values,
             "entropy": -(ood_probs * ood_probs.clamp_min(1e-12).log()).sum(1),
         }
-        ood, hist, roc = {}, {}, {}
+        ood, hist, roc, kinds = {}, {}, {}, {"noise": {}, "photos": {}}
         for s in scores_in:
             a, b = scores_in[s], scores_out[s]
             ood[s] = {"auroc": M.auroc(b, a), "aupr": M.aupr(b, a), "fpr95": M.fpr_at_tpr(-a, -b, tpr=0.95)}
+            for kind, part in (("noise", b[:100]), ("photos", b[100:])):
+                kinds[kind][s] = {"auroc": M.auroc(part, a), "aupr": M.aupr(part, a),
+                                  "fpr95": M.fpr_at_tpr(-a, -part, tpr=0.95)}
             lo, hi = float(torch.minimum(a.min(), b.min())), float(torch.maximum(a.max(), b.max()))
             edges = torch.linspace(lo, hi, 21)
             hist[s] = {
@@ -310,6 +442,8 @@ def example_results(task: str = "classification", *, methods=("deterministic", "
             "misclassification": {s: {"auroc": M.auroc(u[wrong], u[~wrong])} for s, u in scores_in.items()},
             "shift": shift,
             "ood": ood,
+            "ood_kinds": kinds,
+            "counts": {"test": n, "errors": int(wrong.sum())},
             "ood_hist": hist,
             "roc": roc,
             "runtime_s": {"train": 1.5 + j, "evaluate": 0.3 + 0.2 * j},

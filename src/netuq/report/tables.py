@@ -1,0 +1,139 @@
+"""The rows behind the report's tables, read from a results dict (no formatting, no layout).
+
+One place decides which entries exist (method x calibration, method x score, shift averages), so
+the summary, the findings, the HTML and Markdown tables and results.csv agree on them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ._text import sd
+from .schema import CALIBRATION_ORDER
+
+__all__ = [
+    "MAIN_METRICS", "OOD_METRICS", "SHIFT_METRICS", "ALEATORIC_SCORES", "calibrations", "main_table",
+    "score_rows", "kind_rows", "shift_means", "shift_stats",
+]
+
+MAIN_METRICS = ("nll", "ece", "brier", "accuracy")
+OOD_METRICS = ("auroc", "aupr", "fpr95")
+SHIFT_METRICS = ("accuracy", "ece", "nll", "ece_temperature")
+# Scores that measure noise in the data, not the model's ignorance: shown, never ranked for OOD.
+ALEATORIC_SCORES = frozenset({"sigma"})
+
+
+def calibrations(results: Mapping) -> list[str]:
+    """The calibrations present in any method, in display order."""
+    seen: list[str] = []
+    for m in results["methods"].values():
+        for cal in m.get("in_distribution") or {}:
+            if cal not in seen:
+                seen.append(cal)
+    order = {c: i for i, c in enumerate(CALIBRATION_ORDER)}
+    return sorted(seen, key=lambda c: (order.get(c, len(order)), seen.index(c)))
+
+
+def main_table(results: Mapping) -> list[dict[str, Any]]:
+    """Rows of the main table: one per method x calibration, in display order.
+
+    Each row: ``{"method", "calibration", METRIC: Stat or None}`` for NLL, ECE, Brier and
+    accuracy (``Stat`` as in the schema: ``mean``, ``std`` and, for several seeds, ``values``).
+
+    Example:
+        >>> from netuq.report.schema import example_results
+        >>> rows = main_table(example_results(methods=("ensemble",)))
+        >>> [(r["method"], r["calibration"]) for r in rows]
+        [('ensemble', 'none'), ('ensemble', 'temperature')]
+    """
+    rows = []
+    cals = calibrations(results)
+    for name, m in results["methods"].items():
+        stats = m.get("in_distribution") or {}
+        for cal in cals:
+            if cal in stats:
+                rows.append({"method": name, "calibration": cal, **{k: stats[cal].get(k) for k in MAIN_METRICS}})
+    return rows
+
+
+def _with_spread(mean: Any, values: Any) -> dict[str, Any]:
+    vals = list(values) if isinstance(values, (list, tuple)) else None
+    return {"mean": mean, "std": sd(vals), "values": vals}
+
+
+def score_rows(results: Mapping, key: str = "ood") -> list[dict[str, Any]]:
+    """One row per method x score of ``key`` (``"ood"`` or ``"misclassification"``).
+
+    Each row: ``{"method", "score", METRIC: {"mean", "std", "values"}}``; ``std`` is the sd over
+    seeds (``None`` for one seed) and ``values`` the per-seed numbers (``None`` for one seed).
+    """
+    rows = []
+    for name, m in results["methods"].items():
+        per_seed = ((m.get("seed_values") or {}).get(key)) or {}
+        for score, vals in (m.get(key) or {}).items():
+            row: dict[str, Any] = {"method": name, "score": score}
+            for metric, v in vals.items():
+                row[metric] = _with_spread(v, (per_seed.get(score) or {}).get(metric))
+            rows.append(row)
+    return rows
+
+
+def kind_rows(results: Mapping) -> tuple[list[str], list[dict[str, Any]]]:
+    """OOD per kind: (kinds, rows ``{"method", "score", KIND: {"mean", "std", "values"} of AUROC}``)."""
+    kinds: list[str] = []
+    for m in results["methods"].values():
+        kinds += [k for k in (m.get("ood_kinds") or {}) if k not in kinds]
+    rows = []
+    for name, m in results["methods"].items():
+        per_kind = m.get("ood_kinds") or {}
+        per_seed = (m.get("seed_values") or {}).get("ood_kinds") or {}
+        scores: list[str] = []
+        for k in kinds:
+            scores += [s for s in per_kind.get(k) or {} if s not in scores]
+        for score in scores:
+            row: dict[str, Any] = {"method": name, "score": score}
+            for k in kinds:
+                mean = ((per_kind.get(k) or {}).get(score) or {}).get("auroc")
+                vals = ((per_seed.get(k) or {}).get(score) or {}).get("auroc")
+                row[k] = _with_spread(mean, vals)
+            rows.append(row)
+    return kinds, rows
+
+
+def _shift_means_one(methods: Mapping) -> dict[str, dict[str, float]]:
+    out = {}
+    for name, m in methods.items():
+        rows = [r for rs in (m.get("shift") or {}).values() for r in rs if r.get("severity", 1) >= 1]
+        if not rows:
+            continue
+        means = {}
+        for metric in SHIFT_METRICS:
+            vals = [r[metric] for r in rows if r.get(metric) is not None]
+            if vals:
+                means[metric] = sum(vals) / len(vals)
+        out[name] = means
+    return out
+
+
+def shift_means(results: Mapping) -> dict[str, dict[str, float]]:
+    """Per method: each shift metric averaged over all kinds and severities >= 1."""
+    return _shift_means_one(results["methods"])
+
+
+def shift_stats(results: Mapping) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per method and shift metric: ``{"mean", "std", "values"}`` with the spread over seeds.
+
+    The mean is :func:`shift_means` of the aggregate; ``values`` are each seed's own average
+    over kinds and severities (``None`` for a single run).
+    """
+    means = shift_means(results)
+    seeds = results.get("seeds")
+    per_seed = [_shift_means_one(s.get("methods") or {}) for s in seeds.values()] if seeds else None
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, vals in means.items():
+        out[name] = {}
+        for metric, mean in vals.items():
+            values = [p.get(name, {}).get(metric) for p in per_seed] if per_seed else None
+            out[name][metric] = _with_spread(mean, values)
+    return out
