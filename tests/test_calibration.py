@@ -20,6 +20,9 @@ from netuq.calibration._solvers import solve_temperature
 from netuq.exceptions import NotFittedError
 
 CALIBRATORS = (TemperatureScaling, VectorScaling, MatrixScaling)
+# The same three with a fixed penalty (no inner cross-validation), and unregularised.
+FIXED = (TemperatureScaling, lambda: VectorScaling(l2=0.1), lambda: MatrixScaling(odir=(1.0, 1.0)))
+PLAIN = (TemperatureScaling, lambda: VectorScaling(l2=None), lambda: MatrixScaling(odir=None))
 
 
 def overconfident(n=600, c=5, t_true=2.0, seed=0, dtype=torch.float32):
@@ -113,7 +116,7 @@ def test_nll_decreases_and_nests():
     z, y = overconfident(800, 4, seed=5)
     # Add class-dependent miscalibration that vector and matrix scaling can fix and temperature cannot.
     z = z * torch.tensor([1.0, 2.0, 0.5, 1.0]) + torch.tensor([0.5, 0.0, 0.0, -0.5])
-    fitted = [cls().fit(z, y) for cls in CALIBRATORS]
+    fitted = [make().fit(z, y) for make in PLAIN]  # unregularised: the models nest
     nlls = []
     for cal in fitted:
         nll = float(F.cross_entropy(cal(z).double(), y))
@@ -128,7 +131,7 @@ def test_matrix_scaling_equals_unpenalised_multinomial_logistic_regression():
     from sklearn.linear_model import LogisticRegression
 
     z, y = overconfident(600, 3, seed=6, dtype=torch.float64)
-    ms = MatrixScaling(tol=1e-9).fit(z, y)
+    ms = MatrixScaling(odir=None, tol=1e-9).fit(z, y)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lr = LogisticRegression(C=1e12, tol=1e-12, max_iter=10_000).fit(z.numpy(), y.numpy())
@@ -140,7 +143,7 @@ def test_matrix_scaling_equals_unpenalised_multinomial_logistic_regression():
 def test_odir_objective_matches_independent_scipy_solution():
     z, y = overconfident(300, 3, seed=7, dtype=torch.float64)
     lam, mu = 0.5, 0.2
-    ms = MatrixScaling(odir=(lam, mu), tol=1e-10).fit(z, y)
+    ms = MatrixScaling(odir=(lam, mu), pull_diagonal=False, tol=1e-10).fit(z, y)
     zn, yn, C = z.numpy(), y.numpy(), 3
 
     def objective(theta):  # Kull et al. 2019: NLL + λ/(C(C−1)) Σ_{i≠j} W_ij² + μ/C Σ_j b_j²
@@ -160,7 +163,7 @@ def test_odir_objective_matches_independent_scipy_solution():
 
 def test_odir_shrinks_off_diagonal_and_auto_picks_from_grid():
     z, y = overconfident(400, 4, seed=8)
-    plain = MatrixScaling().fit(z, y)
+    plain = MatrixScaling(odir=None).fit(z, y)
     strong = MatrixScaling(odir=(1e4, 1e4)).fit(z, y)
     off = ~torch.eye(4, dtype=torch.bool)
     assert strong.weight_[off].abs().max() < 0.1 * plain.weight_[off].abs().max()
@@ -183,7 +186,7 @@ def test_temperature_keeps_argmax_and_does_not_touch_input():
     torch.testing.assert_close(ts.predict_proba(z), out.softmax(1))
 
 
-@pytest.mark.parametrize("cls", CALIBRATORS)
+@pytest.mark.parametrize("cls", FIXED)
 def test_segmentation_with_ignore_index_equals_flattened_valid_pixels(cls):
     g = torch.Generator().manual_seed(10)
     z = 2 * torch.randn(3, 4, 5, 6, generator=g, dtype=torch.float64)
@@ -194,7 +197,7 @@ def test_segmentation_with_ignore_index_equals_flattened_valid_pixels(cls):
     flat = cls().fit(z.movedim(1, -1).reshape(-1, 4)[keep], y.reshape(-1)[keep])
     assert seg.n_samples_ == int(keep.sum())
     assert seg.nll_after_ == pytest.approx(flat.nll_after_, rel=1e-9)
-    if cls is TemperatureScaling:
+    if isinstance(seg, TemperatureScaling):
         assert seg.temperature_ == pytest.approx(flat.temperature_, rel=1e-9)
     out = seg(z)
     assert out.shape == z.shape
@@ -269,7 +272,7 @@ def _saved(tmp_path):
         (lambda d: d.update({"class": "Isotonic"}), "unknown class 'Isotonic'"),
         (lambda d: d["fitted"].update(weight=[1.0, 2.0]), r"`weight` must have shape \(3,\) for num_classes=3"),
         (lambda d: d["fitted"].pop("bias"), "missing fitted parameter 'bias'"),
-        (lambda d: d["fitted"].update(bias=["a", 1, 2]), "`bias` must be a"),
+        (lambda d: d["fitted"].update(bias=["a", 1, 2]), "fitted.bias: `bias` must hold numbers, got str 'a'"),
         (lambda d: d.update(num_classes=1), "num_classes must be an integer >= 2"),
         (lambda d: d["params"].update(max_iter=0), "bad parameters for VectorScaling"),
         (lambda d: d["params"].update(foo=1), r"unknown parameter\(s\) \['foo'\]"),
@@ -295,21 +298,27 @@ def test_load_errors_on_bad_json_missing_file_and_bad_temperature(tmp_path):
     data = json.loads(path.read_text())
     data["fitted"]["temperature"] = -1.0
     path.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="`temperature` must be a positive finite number, got -1.0"):
+    with pytest.raises(ValueError, match=r"`temperature` must lie within bounds \[0.01, 100\], got -1.0"):
         load(path)
 
 
 # ----------------------------------------------------------------------------- degenerate data
-def test_separable_data_hits_the_bound_with_a_warning():
+def test_separable_data_fit_the_laplace_smoothed_target_or_hit_the_bound():
     z = torch.tensor([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 5.0]] * 10)
     y = torch.tensor([0, 1, 2] * 10)
     with pytest.warns(RuntimeWarning, match="separable"):
+        bound = TemperatureScaling(separable="bound").fit(z, y)
+    assert bound.temperature_ == pytest.approx(0.01) and math.isfinite(bound.nll_after_)
+    with pytest.warns(RuntimeWarning, match="Laplace-smoothed target"):
         ts = TemperatureScaling().fit(z, y)
-    assert ts.temperature_ == pytest.approx(0.01) and math.isfinite(ts.nll_after_)
-    for cls in (VectorScaling, MatrixScaling):
+    # Every row has margin 5 over two others: p_y = 1 / (1 + 2 exp(-5/T)) = 1 - 1/(n+2) with n = 30.
+    assert ts.temperature_ == pytest.approx(5 / math.log(2 * 31), rel=1e-5)  # float32 solve: rtol 1e-6 on β
+    assert ts.nll_after_ == pytest.approx(math.log(1 + 2 / 62), rel=1e-5)
+    for make in (VectorScaling, MatrixScaling, *PLAIN[1:]):
         with pytest.warns(RuntimeWarning, match="separable"):
-            cal = cls().fit(z, y)
+            cal = make().fit(z, y)
         assert torch.isfinite(cal.weight_).all() and torch.isfinite(cal(z)).all()
+        assert cal.predict_proba(z).gather(1, y[:, None]).min() < 1 - 1e-3  # bounded, not one-hot
 
 
 def test_anti_informative_logits_hit_the_upper_bound():
@@ -415,7 +424,7 @@ def test_fit_and_call_validation():
 
 def test_repr_and_get_params():
     ms = MatrixScaling(odir=(1.0, 2.0), cv=4)
-    assert repr(ms) == "MatrixScaling(odir=(1.0, 2.0), cv=4, max_iter=500, tol=1e-07)"
+    assert repr(ms) == "MatrixScaling(odir=(1.0, 2.0), pull_diagonal=True, cv=4, max_iter=500, tol=1e-07)"
     assert type(ms)(**ms.get_params()).get_params() == ms.get_params()
 
 

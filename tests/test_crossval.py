@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -45,13 +46,15 @@ def test_split_indices_partition_each_repeat():
 def test_schema_and_aggregates():
     z, y = data()
     cv = cross_validate(TemperatureScaling, z, y, repeats=3, seed=1)
-    assert set(cv) == {*METRICS, "uncalibrated", "splits", "folds", "repeats", "seed"}
+    assert set(cv) == {*METRICS, "uncalibrated", "splits", "folds", "repeats", "seed", "catastrophic_splits"}
     assert len(cv["splits"]) == 6 and cv["folds"] == 2 and cv["repeats"] == 3
     for name in METRICS:
-        values = torch.tensor([s["calibrated"][name] for s in cv["splits"]], dtype=torch.float64)
+        values = np.array([s["calibrated"][name] for s in cv["splits"]])
         assert cv[name]["mean"] == pytest.approx(float(values.mean()))
-        assert cv[name]["std"] == pytest.approx(float(values.std(unbiased=False)))
-        assert set(cv["uncalibrated"][name]) == {"mean", "std"}
+        assert cv[name]["std"] == pytest.approx(float(values.std()))
+        assert cv[name]["median"] == pytest.approx(float(np.median(values)))  # numpy: mean of the middle two
+        assert set(cv["uncalibrated"][name]) == {"mean", "std", "median"}
+    assert cv["catastrophic_splits"] == 0 and not any(s["catastrophic"] for s in cv["splits"])
     for s in cv["splits"]:
         assert s["n_fit"] + s["n_eval"] == 200 and s["temperature"] > 1
     # Temperature scaling keeps the argmax: same accuracy on the same splits; it fixes the overconfidence.
