@@ -231,7 +231,7 @@ class Calibrator:
         return self
 
     def _clear_fit(self) -> None:
-        for name in (*self._info_names, *self._fitted_shapes(0), "num_classes_", "_cache", "_ts_status"):
+        for name in (*self._info_names, *self._fitted_shapes(0), "num_classes_", "_cache", "_ts_status", "_scale"):
             self.__dict__.pop(name, None)
 
     def _fit(self, z: torch.Tensor, y: torch.Tensor, image, seed: int, owned: bool) -> None:  # pragma: no cover

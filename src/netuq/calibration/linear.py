@@ -14,8 +14,11 @@ temperature scaling; the defaults are what :data:`~netuq.calibration.CALIBRATORS
 
 All fits run in float64 (float32 on MPS): full-batch L-BFGS on a convex objective, so float32
 input reaches the float64 optimum (in float32 the loss-change stop of 1e-7 ends near-separable
-fits, whose NLL is ~1e-2, after one iteration). Separable fit data (no finite optimum) are fitted
-to the Laplace-smoothed target of :func:`~netuq.calibration.base.separable_smoothing`.
+fits, whose NLL is ~1e-2, after one iteration), on the logits divided by an exact power of two
+that brings their largest magnitude near 1, so that huge, tiny or saturated logits give the same
+well-conditioned problem (the weights are stored in the input's units). Separable fit data (no
+finite optimum) are fitted to the Laplace-smoothed target of
+:func:`~netuq.calibration.base.separable_smoothing`.
 """
 
 from __future__ import annotations
@@ -51,10 +54,21 @@ _INNER_MAX_ITER = 100
 _INNER_TOL = 1e-5
 
 
-class _Start:
-    """The temperature solve every linear fit starts from: β = 1/T, smoothing ε (0 unless separable)."""
+def _unit_scale(z: torch.Tensor) -> float:
+    """The power of two s with max |z| / s in [1, 2) (1 for all-zero z): z / s is exact."""
+    top = float(z.abs().max()) if z.numel() else 0.0
+    return math.ldexp(1.0, math.frexp(top)[1] - 1) if top > 0 else 1.0
 
-    def __init__(self, z: torch.Tensor, y: torch.Tensor) -> None:
+
+class _Start:
+    """The temperature solve every linear fit starts from: β = 1/T, smoothing ε (0 unless separable).
+
+    Fits run on logits divided by a power of two ``scale`` (so that huge, tiny and saturated logits
+    give a well-conditioned problem); β, the weights and the solve are in those units.
+    """
+
+    def __init__(self, z: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> None:
+        self.scale = scale
         sol = solve_temperature(z, y, beta_min=0.01, beta_max=100.0, separable_smoothing=separable_smoothing(y.numel()))
         self.beta, self.status, self.nll_at_one, self.passes = sol.beta, sol.status, sol.nll_at_one, sol.passes
         C = z.shape[1]
@@ -86,10 +100,6 @@ class _LinearScaling(Calibrator):
         raise NotImplementedError
 
     # -------------------------------------------------------------- fitting
-    @staticmethod
-    def _fit_dtype(z: torch.Tensor) -> torch.Tensor:
-        return z if z.device.type == "mps" else z.to(torch.float64)
-
     def _solve(self, z, y, start: _Start, penalty, init, max_iter: int | None = None, tol: float | None = None):
         """Minimise NLL (to the smoothed target if separable) + penalty from ``init``; (params, n_iter, evals, ok)."""
         params = [p.detach().clone().requires_grad_(True) for p in init]
@@ -147,7 +157,7 @@ class _LinearScaling(Calibrator):
         folds = []
         for k in range(self.cv):
             train, test = fold != k, fold == k
-            start = _Start(z[train], y[train])
+            start = _Start(z[train], y[train], self._scale)
             folds.append([z[train], y[train], z[test], y[test], start, self._init(start, z[train], y[train])])
         scores, best, worse = {}, math.inf, 0
         with warnings.catch_warnings():
@@ -179,12 +189,20 @@ class _LinearScaling(Calibrator):
             return grid[0], None
         return min(scores, key=scores.get), scores
 
+    def _scaled(self, z: torch.Tensor) -> torch.Tensor:
+        """Float64 (float32 on MPS) logits divided by an exact power of two; sets ``self._scale``."""
+        z = z if z.device.type == "mps" else z.to(torch.float64)
+        self._scale = _unit_scale(z)
+        return z / self._scale if self._scale != 1.0 else z
+
     def _finish(self, z, y, start: _Start, params, n_iter, evals, converged, extra_passes=0) -> None:
+        """Store the fit in the units of the logits ``z`` (the fit ran on z / scale)."""
+        params = [params[0] / start.scale, params[1]]
         self.weight_ = params[0].to("cpu", torch.float64)
         self.bias_ = params[1].to("cpu", torch.float64)
         self.nll_before_ = start.nll_at_one
         with torch.no_grad():
-            self.nll_after_ = nll64(self._logits(params, z), y)
+            self.nll_after_ = nll64(self._logits(params, z.to(params[0].dtype)), y)
         self.n_iter_, self.n_passes_, self.converged_ = n_iter, start.passes + extra_passes + evals, converged
 
     # -------------------------------------------------------------- warnings
@@ -318,14 +336,14 @@ class VectorScaling(_LinearScaling):
         return lam * ((w / start.beta - 1.0).square().mean() + b.square().mean())
 
     def _fit(self, z, y, image, seed, owned) -> None:
-        z = self._fit_dtype(z)
+        z0, z = z, self._scaled(z)
         self._warn_constant(z)
-        start = _Start(z, y)
+        start = _Start(z, y, self._scale)
         self._warn_separable(start)
         lam, self.l2_scores_ = self._choose(z, y, image, seed, self.l2, L2_GRID, strength=lambda v: v)
         self.l2_ = None if lam is None else float(lam)
         params, n_iter, evals, converged = self._solve(z, y, start, lam, self._init(start, z, y))
-        self._finish(z, y, start, params, n_iter, evals, converged)
+        self._finish(z0, y, start, params, n_iter, evals, converged)
 
     def _transform(self, z: torch.Tensor) -> torch.Tensor:
         shape = (1, -1) + (1,) * (z.ndim - 2)
@@ -434,8 +452,9 @@ class MatrixScaling(_LinearScaling):
         W, b = params
         C = W.shape[0]
         loss = 0.0
-        if lam:
-            loss = loss + lam * (W.square().sum() - W.diagonal().square().sum()) / (C * (C - 1))
+        if lam:  # W here is W·scale (the fit runs on z / scale): the penalty is on W itself
+            off = (W.square().sum() - W.diagonal().square().sum()) / (C * (C - 1) * start.scale**2)
+            loss = loss + lam * off
         if mu:
             loss = loss + mu * b.square().mean()
             if self.pull_diagonal:
@@ -443,9 +462,9 @@ class MatrixScaling(_LinearScaling):
         return loss
 
     def _fit(self, z, y, image, seed, owned) -> None:
-        z = self._fit_dtype(z)
+        z0, z = z, self._scaled(z)
         self._warn_constant(z)
-        start = _Start(z, y)
+        start = _Start(z, y, self._scale)
         self._warn_separable(start)
         odir, self.odir_scores_ = self._choose(z, y, image, seed, self.odir, ODIR_GRID, strength=lambda p: p)
         self.odir_ = None if odir is None else (float(odir[0]), float(odir[1]))
@@ -457,7 +476,7 @@ class MatrixScaling(_LinearScaling):
         else:
             init = self._init(start, z, y)
         params, n_iter, evals, converged = self._solve(z, y, start, odir, init)
-        self._finish(z, y, start, params, n_iter, evals, converged, extra)
+        self._finish(z0, y, start, params, n_iter, evals, converged, extra)
 
     def _transform(self, z: torch.Tensor) -> torch.Tensor:
         W, b = self._param("weight_", z), self._param("bias_", z)
