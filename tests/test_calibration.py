@@ -321,6 +321,20 @@ def test_separable_data_fit_the_laplace_smoothed_target_or_hit_the_bound():
         assert cal.predict_proba(z).gather(1, y[:, None]).min() < 1 - 1e-3  # bounded, not one-hot
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_matrix_scaling_on_an_error_free_ensemble_prediction_iterates():
+    # The log mean probability of a 5-member ensemble with every prediction right. In float32 the
+    # unregularised vector fit drove the NLL to exactly 0, so matrix scaling started there with a
+    # zero gradient and stopped after no iteration at the vector solution (issue 15).
+    g = torch.Generator().manual_seed(34)
+    y = torch.randint(0, 10, (270,), generator=g)
+    members = torch.stack([12 * (4.0 * F.one_hot(y, 10) + torch.randn(270, 10, generator=g)) for _ in range(5)])
+    z = members.softmax(-1).mean(0).log().clamp_min(-100).float()
+    assert bool((z.argmax(1) == y).all())
+    ms = MatrixScaling(odir=None).fit(z, y)
+    assert ms.n_iter_ > 1 and 0 < ms.nll_after_ < VectorScaling(l2=None).fit(z, y).nll_after_
+
+
 def test_anti_informative_logits_hit_the_upper_bound():
     z = torch.tensor([[2.0, 0.0], [0.0, 2.0]] * 5)
     y = torch.tensor([1, 0] * 5)  # always wrong: the best positive temperature is +infinity

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -344,7 +345,7 @@ class Calibrator:
             raise ValueError(f"must be true or false, got {value!r}")
         return value
 
-    def save(self, path):
+    def save(self, path: str | Path) -> Path:
         """Write the fitted calibrator to one JSON file, atomically (floats round-trip exactly).
 
         Example:
