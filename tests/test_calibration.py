@@ -710,3 +710,11 @@ def test_files_written_before_the_new_parameters_load_as_they_were_fitted(tmp_pa
         data["params"].pop("cv", None) if make is VectorScaling else None
         path.write_text(json.dumps(data))
         assert getattr(load(path), key) == legacy
+
+
+@pytest.mark.parametrize("make", FIXED)
+def test_nll_before_is_the_uncalibrated_nll_whatever_the_logit_scale(make):
+    z, y = overconfident(200, 4, seed=35)
+    for s in (1.0, 300.0):
+        cal = make().fit(z * s, y)
+        assert cal.nll_before_ == pytest.approx(float(F.cross_entropy((z * s).double(), y)), rel=1e-6)

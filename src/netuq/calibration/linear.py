@@ -70,7 +70,7 @@ class _Start:
     def __init__(self, z: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> None:
         self.scale = scale
         sol = solve_temperature(z, y, beta_min=0.01, beta_max=100.0, separable_smoothing=separable_smoothing(y.numel()))
-        self.beta, self.status, self.nll_at_one, self.passes = sol.beta, sol.status, sol.nll_at_one, sol.passes
+        self.beta, self.status, self.passes = sol.beta, sol.status, sol.passes
         C = z.shape[1]
         eps = separable_smoothing(y.numel()) if sol.status in ("smoothed", "upper") else 0.0
         self.label_smoothing = eps * C / (C - 1)  # torch's smoothing spreads ε·C/(C−1) over all C classes
@@ -200,8 +200,8 @@ class _LinearScaling(Calibrator):
         params = [params[0] / start.scale, params[1]]
         self.weight_ = params[0].to("cpu", torch.float64)
         self.bias_ = params[1].to("cpu", torch.float64)
-        self.nll_before_ = start.nll_at_one
         with torch.no_grad():
+            self.nll_before_ = nll64(z, y)  # the uncalibrated NLL (the start solve ran on z / scale)
             self.nll_after_ = nll64(self._logits(params, z.to(params[0].dtype)), y)
         self.n_iter_, self.n_passes_, self.converged_ = n_iter, start.passes + extra_passes + evals, converged
 
