@@ -182,3 +182,27 @@ def test_max_samples_subsamples_each_fit_but_scores_every_pixel():
     full = cross_validate(TemperatureScaling, z, y, repeats=2, ignore_index=255)
     assert a["uncalibrated"] == full["uncalibrated"]
     assert [s["n_eval"] for s in a["splits"]] == [s["n_eval"] for s in full["splits"]]
+
+
+class Sharpen:
+    """A harmful 'calibrator': multiplies the logits by a factor that depends on the fit half."""
+
+    def fit(self, logits, labels, **kwargs):
+        self.k = 1.0 if int(labels[0]) % 2 else 20.0  # harmful on some splits only
+        return self
+
+    def __call__(self, logits):
+        return logits * self.k
+
+
+def test_median_and_catastrophic_splits_count_what_they_define():
+    from netuq.calibration.crossval import CATASTROPHIC_FACTOR
+
+    z, y = data(scale=1.0)
+    cv = cross_validate(Sharpen, z, y, repeats=4, seed=3)
+    rows = cv["splits"]
+    expected = [r["calibrated"]["nll"] > CATASTROPHIC_FACTOR * r["uncalibrated"]["nll"] for r in rows]
+    assert [r["catastrophic"] for r in rows] == expected
+    assert cv["catastrophic_splits"] == sum(expected) and 0 < sum(expected) < len(rows)
+    nll = np.array([r["calibrated"]["nll"] for r in rows])
+    assert cv["nll"]["median"] == pytest.approx(float(np.median(nll))) and cv["nll"]["median"] < cv["nll"]["mean"]
