@@ -619,6 +619,7 @@ def test_recommended_calibrators_are_not_catastrophic_on_small_near_separable_se
     assert plain["nll"]["mean"] > 3 * ts  # what the regularisation prevents (the test can fail)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_error_free_fit_half_gives_a_sane_temperature():
     z, y = near_separable(200, 10, seed=1)
     right = z.argmax(1) == y
@@ -712,6 +713,7 @@ def test_files_written_before_the_new_parameters_load_as_they_were_fitted(tmp_pa
         assert getattr(load(path), key) == legacy
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("make", FIXED)
 def test_nll_before_is_the_uncalibrated_nll_whatever_the_logit_scale(make):
     z, y = overconfident(200, 4, seed=35)
