@@ -11,11 +11,16 @@ Part 2, vector and matrix scaling on N = 10,000 x C = 100 (+ a held-out set of t
 from the same generator): fit time, train NLL, held-out NLL for netuq (unregularised, ODIR
 "auto") and the peers when importable.
 
-Run: ``.venv/bin/python benchmarks/bench_calibration.py`` (or ``make bench``).
+Part 3, cost curves of temperature scaling: fit time and peak memory above the logits for four
+values of N (C = 100) and four of C (N = 20,000), each with its fitted log-log slope, so a change
+in how the fit scales shows as a number (slope 1 = linear; the fit is a few passes over N·C).
+
+Run: ``.venv/bin/python perf/bench_calibration.py`` (or ``make bench``).
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 import warnings
@@ -180,9 +185,10 @@ def part2() -> None:
         return cal
 
     run("netuq TemperatureScaling", TemperatureScaling)
-    run("netuq VectorScaling", VectorScaling)
-    run("netuq MatrixScaling (unregularised)", MatrixScaling)
-    ms = run("netuq MatrixScaling (ODIR auto)", lambda: MatrixScaling(odir="auto"))
+    run("netuq VectorScaling (unregularised)", lambda: VectorScaling(l2=None))
+    run("netuq VectorScaling (L2 auto, default)", VectorScaling)
+    run("netuq MatrixScaling (unregularised)", lambda: MatrixScaling(odir=None))
+    ms = run("netuq MatrixScaling (ODIR auto, default)", MatrixScaling)
     print(
         f"ODIR auto chose (lambda, mu) = {ms.odir_}; inner-CV NLL per grid point: "
         + ", ".join(f"{k[0]:g}: {v:.4f}" for k, v in ms.odir_scores_.items())
@@ -200,26 +206,105 @@ def part2() -> None:
         )
     except ImportError:
         print("netcal: skipped: not installed")
-    print(f"{'method':<38}{'time s':>8}{'train NLL':>12}{'held-out NLL':>14}")
+    print(f"{'method':<42}{'time s':>8}{'train NLL':>12}{'held-out NLL':>14}")
     for name, secs, tr, te in rows:
-        print(f"{name:<38}{secs:>8.3f}{tr:>12.5f}{te:>14.5f}")
+        print(f"{name:<42}{secs:>8.3f}{tr:>12.5f}{te:>14.5f}")
     by = {r[0]: r for r in rows}
-    m, o = by["netuq MatrixScaling (unregularised)"], by["netuq MatrixScaling (ODIR auto)"]
+    m, o = by["netuq MatrixScaling (unregularised)"], by["netuq MatrixScaling (ODIR auto, default)"]
     print(
         f"held-out NLL, ODIR / unregularised matrix: {o[3] / m[3]:.3f}; train NLL gap (overfit) unregularised: "
         f"{m[3] - m[2]:.4f}, ODIR: {o[3] - o[2]:.4f}"
     )
 
 
+def _exact_rss_accounting() -> None:
+    """glibc only: serve every allocation >= 128 KiB by mmap and return it on free, so that a
+    buffer the fit allocates always shows in the peak RSS instead of reusing freed heap."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD (fixes it: no dynamic growth)
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _peak_rss_reset() -> int | None:
+    """Reset the process's peak RSS (Linux /proc/self/clear_refs) and return the current RSS in bytes."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return _status_kib("VmRSS") * 1024
+    except OSError:
+        return None
+
+
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise OSError(key)
+
+
+def _measure(n: int, c: int, repeats: int = 3) -> tuple[float, float | None]:
+    """(median fit seconds, peak extra MiB above the logits) of TemperatureScaling on n x c float32 logits."""
+    z, y = make_logits(n, c, seed=2, scale=4.0)
+    times, peaks = [], []
+    for _ in range(repeats):
+        gc.collect()
+        before = _peak_rss_reset()
+        t0 = time.perf_counter()
+        TemperatureScaling().fit(z, y)
+        times.append(time.perf_counter() - t0)
+        if before is not None:
+            peaks.append((_status_kib("VmHWM") * 1024 - before) / 2**20)
+    return float(np.median(times)), (float(np.median(peaks)) if peaks else None)
+
+
+def part3() -> None:
+    """Cost curves of temperature scaling: time and peak memory against N and C, with log-log slopes."""
+    _exact_rss_accounting()
+    print("\ntemperature scaling cost curves (float32 logits, median of 3 fits; memory: peak RSS above the logits)")
+    for label, points in (("N", [(n, 100) for n in (12_500, 25_000, 50_000, 100_000)]),
+                          ("C", [(20_000, c) for c in (50, 100, 200, 400)])):
+        xs, ts, ms = [], [], []
+        print(f"{label:>8}{'time ms':>10}{'peak MiB':>10}{'logits MiB':>12}")
+        for n, c in points:
+            secs, mib = _measure(n, c)
+            xs.append(n if label == "N" else c)
+            ts.append(secs)
+            ms.append(mib)
+            peak = "n/a" if mib is None else f"{mib:.1f}"
+            print(f"{xs[-1]:>8}{secs * 1e3:>10.1f}{peak:>10}{n * c * 4 / 2**20:>12.1f}")
+        slope_t = np.polyfit(np.log(xs), np.log(ts), 1)[0]
+        good = [(x, m) for x, m in zip(xs, ms) if m is not None and m > 0]
+        slope_m = math.nan
+        if len(good) > 1:
+            slope_m = np.polyfit(np.log([g[0] for g in good]), np.log([g[1] for g in good]), 1)[0]
+        print(f"log-log slope in {label}: time {slope_t:.2f}, peak memory {slope_m:.2f} (1.0 = linear)")
+
+
 if __name__ == "__main__":
     import os
+    import subprocess
+    import sys
 
     # Default 1 thread: on a small shared machine OpenMP threads fighting other processes slow every
     # method down many-fold; set NETUQ_BENCH_THREADS to measure with more.
     torch.set_num_threads(int(os.environ.get("NETUQ_BENCH_THREADS", "1")))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    if sys.argv[1:] != ["--curves"]:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     torch.manual_seed(0)
     start = time.perf_counter()
+    if sys.argv[1:] == ["--curves"]:
+        part3()
+        sys.exit(0)
     part1()
     part2()
+    # The cost curves run in a fresh process: peak RSS only sees the fit's buffers when the heap
+    # has not been grown (and left holding freed memory) by the parts above.
+    sys.stdout.flush()
+    subprocess.run([sys.executable, __file__, "--curves"], check=True)
     print(f"\ntotal {time.perf_counter() - start:.1f} s")

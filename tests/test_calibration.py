@@ -20,6 +20,9 @@ from netuq.calibration._solvers import solve_temperature
 from netuq.exceptions import NotFittedError
 
 CALIBRATORS = (TemperatureScaling, VectorScaling, MatrixScaling)
+# The same three with a fixed penalty (no inner cross-validation), and unregularised.
+FIXED = (TemperatureScaling, lambda: VectorScaling(l2=0.1), lambda: MatrixScaling(odir=(1.0, 1.0)))
+PLAIN = (TemperatureScaling, lambda: VectorScaling(l2=None), lambda: MatrixScaling(odir=None))
 
 
 def overconfident(n=600, c=5, t_true=2.0, seed=0, dtype=torch.float32):
@@ -113,7 +116,7 @@ def test_nll_decreases_and_nests():
     z, y = overconfident(800, 4, seed=5)
     # Add class-dependent miscalibration that vector and matrix scaling can fix and temperature cannot.
     z = z * torch.tensor([1.0, 2.0, 0.5, 1.0]) + torch.tensor([0.5, 0.0, 0.0, -0.5])
-    fitted = [cls().fit(z, y) for cls in CALIBRATORS]
+    fitted = [make().fit(z, y) for make in PLAIN]  # unregularised: the models nest
     nlls = []
     for cal in fitted:
         nll = float(F.cross_entropy(cal(z).double(), y))
@@ -128,7 +131,7 @@ def test_matrix_scaling_equals_unpenalised_multinomial_logistic_regression():
     from sklearn.linear_model import LogisticRegression
 
     z, y = overconfident(600, 3, seed=6, dtype=torch.float64)
-    ms = MatrixScaling(tol=1e-9).fit(z, y)
+    ms = MatrixScaling(odir=None, tol=1e-9).fit(z, y)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lr = LogisticRegression(C=1e12, tol=1e-12, max_iter=10_000).fit(z.numpy(), y.numpy())
@@ -140,7 +143,7 @@ def test_matrix_scaling_equals_unpenalised_multinomial_logistic_regression():
 def test_odir_objective_matches_independent_scipy_solution():
     z, y = overconfident(300, 3, seed=7, dtype=torch.float64)
     lam, mu = 0.5, 0.2
-    ms = MatrixScaling(odir=(lam, mu), tol=1e-10).fit(z, y)
+    ms = MatrixScaling(odir=(lam, mu), pull_diagonal=False, tol=1e-10).fit(z, y)
     zn, yn, C = z.numpy(), y.numpy(), 3
 
     def objective(theta):  # Kull et al. 2019: NLL + λ/(C(C−1)) Σ_{i≠j} W_ij² + μ/C Σ_j b_j²
@@ -160,7 +163,7 @@ def test_odir_objective_matches_independent_scipy_solution():
 
 def test_odir_shrinks_off_diagonal_and_auto_picks_from_grid():
     z, y = overconfident(400, 4, seed=8)
-    plain = MatrixScaling().fit(z, y)
+    plain = MatrixScaling(odir=None).fit(z, y)
     strong = MatrixScaling(odir=(1e4, 1e4)).fit(z, y)
     off = ~torch.eye(4, dtype=torch.bool)
     assert strong.weight_[off].abs().max() < 0.1 * plain.weight_[off].abs().max()
@@ -183,7 +186,7 @@ def test_temperature_keeps_argmax_and_does_not_touch_input():
     torch.testing.assert_close(ts.predict_proba(z), out.softmax(1))
 
 
-@pytest.mark.parametrize("cls", CALIBRATORS)
+@pytest.mark.parametrize("cls", FIXED)
 def test_segmentation_with_ignore_index_equals_flattened_valid_pixels(cls):
     g = torch.Generator().manual_seed(10)
     z = 2 * torch.randn(3, 4, 5, 6, generator=g, dtype=torch.float64)
@@ -194,7 +197,7 @@ def test_segmentation_with_ignore_index_equals_flattened_valid_pixels(cls):
     flat = cls().fit(z.movedim(1, -1).reshape(-1, 4)[keep], y.reshape(-1)[keep])
     assert seg.n_samples_ == int(keep.sum())
     assert seg.nll_after_ == pytest.approx(flat.nll_after_, rel=1e-9)
-    if cls is TemperatureScaling:
+    if isinstance(seg, TemperatureScaling):
         assert seg.temperature_ == pytest.approx(flat.temperature_, rel=1e-9)
     out = seg(z)
     assert out.shape == z.shape
@@ -269,7 +272,7 @@ def _saved(tmp_path):
         (lambda d: d.update({"class": "Isotonic"}), "unknown class 'Isotonic'"),
         (lambda d: d["fitted"].update(weight=[1.0, 2.0]), r"`weight` must have shape \(3,\) for num_classes=3"),
         (lambda d: d["fitted"].pop("bias"), "missing fitted parameter 'bias'"),
-        (lambda d: d["fitted"].update(bias=["a", 1, 2]), "`bias` must be a"),
+        (lambda d: d["fitted"].update(bias=["a", 1, 2]), "fitted.bias: `bias` must hold numbers, got str 'a'"),
         (lambda d: d.update(num_classes=1), "num_classes must be an integer >= 2"),
         (lambda d: d["params"].update(max_iter=0), "bad parameters for VectorScaling"),
         (lambda d: d["params"].update(foo=1), r"unknown parameter\(s\) \['foo'\]"),
@@ -295,21 +298,41 @@ def test_load_errors_on_bad_json_missing_file_and_bad_temperature(tmp_path):
     data = json.loads(path.read_text())
     data["fitted"]["temperature"] = -1.0
     path.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="`temperature` must be a positive finite number, got -1.0"):
+    with pytest.raises(ValueError, match=r"`temperature` must lie within bounds \[0.01, 100\], got -1.0"):
         load(path)
 
 
 # ----------------------------------------------------------------------------- degenerate data
-def test_separable_data_hits_the_bound_with_a_warning():
+def test_separable_data_fit_the_laplace_smoothed_target_or_hit_the_bound():
     z = torch.tensor([[5.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 5.0]] * 10)
     y = torch.tensor([0, 1, 2] * 10)
     with pytest.warns(RuntimeWarning, match="separable"):
+        bound = TemperatureScaling(separable="bound").fit(z, y)
+    assert bound.temperature_ == pytest.approx(0.01) and math.isfinite(bound.nll_after_)
+    with pytest.warns(RuntimeWarning, match="Laplace-smoothed target"):
         ts = TemperatureScaling().fit(z, y)
-    assert ts.temperature_ == pytest.approx(0.01) and math.isfinite(ts.nll_after_)
-    for cls in (VectorScaling, MatrixScaling):
+    # Every row has margin 5 over two others: p_y = 1 / (1 + 2 exp(-5/T)) = 1 - 1/(n+2) with n = 30.
+    assert ts.temperature_ == pytest.approx(5 / math.log(2 * 31), rel=1e-5)  # float32 solve: rtol 1e-6 on β
+    assert ts.nll_after_ == pytest.approx(math.log(1 + 2 / 62), rel=1e-5)
+    for make in (VectorScaling, MatrixScaling, *PLAIN[1:]):
         with pytest.warns(RuntimeWarning, match="separable"):
-            cal = cls().fit(z, y)
+            cal = make().fit(z, y)
         assert torch.isfinite(cal.weight_).all() and torch.isfinite(cal(z)).all()
+        assert cal.predict_proba(z).gather(1, y[:, None]).min() < 1 - 1e-3  # bounded, not one-hot
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_matrix_scaling_on_an_error_free_ensemble_prediction_iterates():
+    # The log mean probability of a 5-member ensemble with every prediction right. In float32 the
+    # unregularised vector fit drove the NLL to exactly 0, so matrix scaling started there with a
+    # zero gradient and stopped after no iteration at the vector solution (issue 15).
+    g = torch.Generator().manual_seed(34)
+    y = torch.randint(0, 10, (270,), generator=g)
+    members = torch.stack([12 * (4.0 * F.one_hot(y, 10) + torch.randn(270, 10, generator=g)) for _ in range(5)])
+    z = members.softmax(-1).mean(0).log().clamp_min(-100).float()
+    assert bool((z.argmax(1) == y).all())
+    ms = MatrixScaling(odir=None).fit(z, y)
+    assert ms.n_iter_ > 1 and 0 < ms.nll_after_ < VectorScaling(l2=None).fit(z, y).nll_after_
 
 
 def test_anti_informative_logits_hit_the_upper_bound():
@@ -415,7 +438,7 @@ def test_fit_and_call_validation():
 
 def test_repr_and_get_params():
     ms = MatrixScaling(odir=(1.0, 2.0), cv=4)
-    assert repr(ms) == "MatrixScaling(odir=(1.0, 2.0), cv=4, max_iter=500, tol=1e-07)"
+    assert repr(ms) == "MatrixScaling(odir=(1.0, 2.0), pull_diagonal=True, cv=4, max_iter=500, tol=1e-07)"
     assert type(ms)(**ms.get_params()).get_params() == ms.get_params()
 
 
@@ -452,3 +475,248 @@ def test_cross_validate_on_probabilities_raises():
     z, y = overconfident(60, 3, seed=23)
     with pytest.raises(ValueError, match=PROBS_MSG):
         netuq.calibration.cross_validate(TemperatureScaling, z.softmax(1), y, repeats=1)
+
+
+# ----------------------------------------------------------------------------- registry
+def test_registry_is_filled_by_the_classes_and_builds_the_recommended_configuration(tmp_path):
+    from netuq.calibration import CALIBRATORS, Calibrator
+
+    assert CALIBRATORS == {"temperature": TemperatureScaling, "vector": VectorScaling, "matrix": MatrixScaling}
+    assert all(cls.name == name for name, cls in CALIBRATORS.items())
+    assert CALIBRATORS["vector"]().l2 == "auto" and CALIBRATORS["matrix"]().odir == "auto"
+
+    class Shift(Calibrator):  # a new calibrator is one class: the registry and load() pick it up
+        name = "test-shift"
+        _param_names = ()
+
+        def _fitted_shapes(self, num_classes):
+            return {"bias_": (num_classes,)}
+
+        def _fit(self, z, y, image, seed, owned):
+            self.bias_ = torch.log(torch.bincount(y, minlength=z.shape[1]).double() + 1)
+
+        def _transform(self, z):
+            return z + self._param("bias_", z).view(1, -1)
+
+    try:
+        assert CALIBRATORS["test-shift"] is Shift
+        z, y = overconfident(100, 3, seed=30)
+        back = load(Shift().fit(z, y).save(tmp_path / "s.json"))
+        assert type(back) is Shift and torch.equal(back(z), Shift().fit(z, y)(z))
+        with pytest.raises(ValueError, match="calibrator name 'temperature' is taken by TemperatureScaling"):
+            type("Other", (Calibrator,), {"name": "temperature"})
+    finally:
+        CALIBRATORS.pop("test-shift", None)
+
+
+# ----------------------------------------------------------------------------- hard inputs vs float64 scipy
+def _hard(kind):
+    """(float32/16 logits, labels) of one class of numerically hard input; float64 optimum is the reference."""
+    g = torch.Generator().manual_seed(31)
+    base = 3 * torch.randn(300, 4, generator=g, dtype=torch.float64)
+    y = torch.multinomial((base / 2).softmax(1), 1, generator=g).squeeze(1)
+    pred = base.argmax(1)
+    if kind == "saturated":  # float32 softmax exactly one-hot, labels disagree 30% of the time
+        return F.one_hot(pred, 4).float() * 200, y
+    if kind == "saturated-1e4":
+        return F.one_hot(pred, 4).float() * 1e4, y
+    if kind == "mixed":  # half the rows saturated, half ordinary
+        z = base.clone()
+        z[::2] = F.one_hot(pred[::2], 4).double() * 300
+        return z.float(), y
+    if kind == "huge":
+        return (base * 1e20).float(), y
+    if kind == "float16":
+        return base.half(), y
+    if kind == "bfloat16":
+        return base.bfloat16(), y
+    if kind == "ties":  # integer logits: many rows with a tied maximum
+        return base.round().clamp(-2, 2).float(), y
+    if kind == "log-probs":  # near-separable log of a mean prediction, what an ensemble hands in
+        return (6 * base).log_softmax(1).float(), y
+    raise AssertionError(kind)
+
+
+HARD = ("saturated", "saturated-1e4", "mixed", "huge", "float16", "bfloat16", "ties", "log-probs")
+
+
+@pytest.mark.parametrize("kind", HARD)
+def test_temperature_reaches_the_float64_optimum_on_hard_input(kind):
+    from reference.calibration_reference import nll_np, temperature_reference
+
+    z, y = _hard(kind)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no false "constant rows" (or any other) warning
+        ts = TemperatureScaling(bounds=(1e-30, 1e30)).fit(z, y)
+    zn, yn = z.double().numpy(), y.numpy()
+    T, ref = temperature_reference(zn, yn, bounds=(1e-30, 1e30))
+    assert nll_np(zn / ts.temperature_, yn) - ref <= 1e-6 * ref
+    assert ts.temperature_ == pytest.approx(T, rel=1e-3)
+
+
+def test_issue_case_saturated_one_hot_float32():
+    g = torch.Generator().manual_seed(32)
+    pred = torch.randint(0, 10, (1000,), generator=g)
+    y = torch.where(torch.rand(1000, generator=g) < 0.2, (pred + torch.randint(1, 10, (1000,), generator=g)) % 10, pred)
+    ts = TemperatureScaling().fit(F.one_hot(pred, 10).float() * 200, y)
+    assert 45 < ts.temperature_ < 70 and ts.nll_after_ < 1.2 and ts.converged_  # T = 1 gives NLL ~40
+
+
+@pytest.mark.parametrize("kind", [k for k in HARD if k != "huge"] + ["huge"])
+@pytest.mark.parametrize("which", ["vector", "matrix", "matrix-kull"])
+def test_linear_fits_reach_the_float64_optimum_on_hard_input(kind, which):
+    from reference.calibration_reference import matrix_objective, matrix_reference, vector_objective, vector_reference
+
+    z, y = _hard(kind)
+    zn, yn = z.double().numpy(), y.numpy()
+    s = 2.0 ** (math.frexp(float(np.abs(zn).max()))[1] - 1)  # the reference in unit-scale logits too
+    beta = 1 / TemperatureScaling(bounds=(1e-30, 1e30)).fit(z.double(), y).temperature_
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if which == "vector":
+            cal = VectorScaling(l2=0.1).fit(z, y)
+            ours = vector_objective(cal.weight_.numpy() * s, cal.bias_.numpy(), zn / s, yn, 0.1, beta * s)
+            ref = vector_reference(zn / s, yn, 0.1, beta * s)
+        else:
+            pull = which == "matrix"
+            cal = MatrixScaling(odir=(1.0, 1.0), pull_diagonal=pull).fit(z, y)
+            args = (zn / s, yn, 1.0 / s**2, 1.0, beta * s, pull)
+            ours = matrix_objective(cal.weight_.numpy() * s, cal.bias_.numpy(), *args)
+            ref = matrix_reference(*args)
+    assert ours - ref <= 1e-7 * max(1.0, abs(ref)), (ours, ref)
+    assert cal.converged_ and cal.n_iter_ > 1
+
+
+def test_linear_fit_raises_rather_than_return_parameters_it_would_not_load():
+    z, y = _hard("float16")
+    with pytest.raises(ValueError, match="the fit produced invalid parameters: `weight` must be at most 1e"):
+        VectorScaling(l2=0.1).fit(z.float() * 1e-20, y)  # the optimum needs w ~ 1e20
+
+
+# ----------------------------------------------------------------------------- small near-separable sets
+def near_separable(n=540, c=10, seed=0):
+    """Overconfident, near-separable logits like the digits benchmark's (about 2% errors)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, c, (n,), generator=g)
+    z = 4.0 * F.one_hot(y, c) + torch.randn(n, c, generator=g)
+    return 12.0 * z, y  # T ≈ 3
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_recommended_calibrators_are_not_catastrophic_on_small_near_separable_sets():
+    from netuq.calibration import CALIBRATORS, cross_validate
+
+    z, y = near_separable()
+    assert 0.01 < float((z.argmax(1) != y).float().mean()) < 0.04
+    cv = {name: cross_validate(make, z, y, repeats=1) for name, make in CALIBRATORS.items()}
+    ts = cv["temperature"]["nll"]["mean"]
+    assert ts < 0.5 * cv["temperature"]["uncalibrated"]["nll"]["mean"]
+    for name in ("vector", "matrix"):
+        assert cv[name]["nll"]["mean"] < 1.5 * ts, (name, cv[name]["nll"]["mean"], ts)
+        assert cv[name]["nll"]["mean"] < cv[name]["uncalibrated"]["nll"]["mean"]
+        assert cv[name]["catastrophic_splits"] == 0
+    plain = cross_validate(lambda: VectorScaling(l2=None), z, y, repeats=1)
+    assert plain["nll"]["mean"] > 3 * ts  # what the regularisation prevents (the test can fail)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_error_free_fit_half_gives_a_sane_temperature():
+    z, y = near_separable(200, 10, seed=1)
+    right = z.argmax(1) == y
+    ts = TemperatureScaling().fit(z[right], y[right])  # every prediction correct
+    held = F.cross_entropy(z[~right] / ts.temperature_, y[~right])
+    bound = TemperatureScaling(separable="bound").fit(z[right], y[right])
+    assert ts.temperature_ > 10 * bound.temperature_
+    assert float(held) < 0.2 * float(F.cross_entropy(z[~right] / bound.temperature_, y[~right]))
+
+
+# ----------------------------------------------------------------------------- the class of bad files
+def _file(tmp_path, make=TemperatureScaling):
+    path = make().fit(*overconfident(100, 3, seed=33)).save(tmp_path / "c.json")
+    return path, json.loads(path.read_text())
+
+
+def _set(*keys, value):
+    def edit(d):
+        for k in keys[:-1]:
+            d = d[k]
+        d[keys[-1]] = value
+    return edit
+
+
+BAD_FILES = [
+    # temperature: wrong type, NaN, inf, negative, tiny, out of bounds
+    (TemperatureScaling, _set("fitted", "temperature", value="1.0"), "fitted.temperature: `temperature` must hold num"),
+    (TemperatureScaling, _set("fitted", "temperature", value=True), "`temperature` must hold numbers, got bool"),
+    (TemperatureScaling, _set("fitted", "temperature", value=[1.0]), "fitted.temperature"),
+    (TemperatureScaling, _set("fitted", "temperature", value=float("nan")), "`temperature` must be finite"),
+    (TemperatureScaling, _set("fitted", "temperature", value=float("inf")), "`temperature` must be finite"),
+    (TemperatureScaling, _set("fitted", "temperature", value=-2.0), "must lie within bounds"),
+    (TemperatureScaling, _set("fitted", "temperature", value=1e-308), r"within bounds \[0.01, 100\], got 1e-308"),
+    (TemperatureScaling, _set("fitted", "temperature", value=500.0), "must lie within bounds"),
+    (TemperatureScaling, _set("params", "bounds", value=[0, 1]), "bad parameters for TemperatureScaling"),
+    (TemperatureScaling, _set("params", "separable", value="maybe"), "`separable` must be one of"),
+    # vector / matrix: shapes, NaN, magnitude
+    (VectorScaling, _set("fitted", "weight", value=[[1.0, 1.0, 1.0]]), r"`weight` must have shape \(3,\)"),
+    (VectorScaling, _set("fitted", "bias", value=[0.0, float("nan"), 0.0]), "fitted.bias: `bias` must be finite"),
+    (VectorScaling, _set("fitted", "weight", value=[1e300, 1.0, 1.0]), "`weight` must be at most 1e"),
+    (VectorScaling, _set("params", "l2", value=-1.0), "bad parameters for VectorScaling"),
+    (MatrixScaling, _set("fitted", "weight", value=[1.0, 1.0, 1.0]), r"`weight` must have shape \(3, 3\)"),
+    (MatrixScaling, _set("params", "pull_diagonal", value="yes"), "`pull_diagonal` must be True or False"),
+    (MatrixScaling, _set("fit_info", "odir_scores", value=[[1.0, "a", 0.5]]), "fit_info.odir_scores"),
+    (MatrixScaling, _set("fit_info", "odir", value=[1.0, -1.0]), "fit_info.odir"),
+    # fit information
+    (TemperatureScaling, _set("fit_info", "n_iter", value=-1), "fit_info.n_iter must be an integer >= 0"),
+    (TemperatureScaling, _set("fit_info", "converged", value="yes"), "fit_info.converged must be true or false"),
+    (TemperatureScaling, _set("fit_info", "nll_after", value=float("nan")), "fit_info.nll_after must be a finite"),
+    # structure: unknown class, missing / extra keys, non-objects
+    (TemperatureScaling, _set("class", value="Isotonic"), "unknown class 'Isotonic'"),
+    (TemperatureScaling, _set("class", value=["TemperatureScaling"]), "unknown class"),
+    (TemperatureScaling, lambda d: d.pop("num_classes"), "missing key 'num_classes'"),
+    (TemperatureScaling, lambda d: d["fitted"].pop("temperature"), "missing fitted parameter 'temperature'"),
+    (TemperatureScaling, lambda d: d["params"].pop("bounds"), r"missing parameter\(s\) \['bounds'\]"),
+    (TemperatureScaling, _set("extra", value=1), r"unknown key\(s\) \['extra'\]"),
+    (TemperatureScaling, _set("fitted", "weight", value=[1.0]), "unknown fitted parameter 'weight'"),
+    (TemperatureScaling, _set("fit_info", "secret", value=1), r"unknown fit_info key\(s\) \['secret'\]"),
+    (TemperatureScaling, _set("params", value=[]), "`params` must be a JSON object, got list"),
+    (TemperatureScaling, _set("fitted", value=None), "`fitted` must be a JSON object"),
+]
+
+
+@pytest.mark.parametrize("make, edit, match", BAD_FILES)
+def test_load_refuses_every_value_the_fit_would_not_produce(tmp_path, make, edit, match):
+    path, data = _file(tmp_path, make)
+    edit(data)
+    path.write_text(json.dumps(data))  # json writes NaN / Infinity for float nan / inf
+    with pytest.raises(ValueError, match=match) as info:
+        load(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '"netuq"', "3", "null", "[" * 100_000 + "]" * 100_000,
+                                  '{"a":' * 50_000 + "1" + "}" * 50_000])
+def test_load_refuses_non_object_and_deeply_nested_json(tmp_path, text):
+    path = tmp_path / "odd.json"
+    path.write_text(text)
+    match = "odd.json: not a valid netuq calibrator file: (expected a JSON object|JSON nested)"
+    with pytest.raises(ValueError, match=match):
+        load(path)
+
+
+def test_files_written_before_the_new_parameters_load_as_they_were_fitted(tmp_path):
+    for make, key, legacy in ((TemperatureScaling, "separable", "bound"), (VectorScaling, "l2", None),
+                              (MatrixScaling, "pull_diagonal", False)):
+        path, data = _file(tmp_path, make)
+        data["params"].pop(key)
+        data["params"].pop("cv", None) if make is VectorScaling else None
+        path.write_text(json.dumps(data))
+        assert getattr(load(path), key) == legacy
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("make", FIXED)
+def test_nll_before_is_the_uncalibrated_nll_whatever_the_logit_scale(make):
+    z, y = overconfident(200, 4, seed=35)
+    for s in (1.0, 300.0):
+        cal = make().fit(z * s, y)
+        assert cal.nll_before_ == pytest.approx(float(F.cross_entropy((z * s).double(), y)), rel=1e-6)

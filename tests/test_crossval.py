@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -45,13 +46,15 @@ def test_split_indices_partition_each_repeat():
 def test_schema_and_aggregates():
     z, y = data()
     cv = cross_validate(TemperatureScaling, z, y, repeats=3, seed=1)
-    assert set(cv) == {*METRICS, "uncalibrated", "splits", "folds", "repeats", "seed"}
+    assert set(cv) == {*METRICS, "uncalibrated", "splits", "folds", "repeats", "seed", "catastrophic_splits"}
     assert len(cv["splits"]) == 6 and cv["folds"] == 2 and cv["repeats"] == 3
     for name in METRICS:
-        values = torch.tensor([s["calibrated"][name] for s in cv["splits"]], dtype=torch.float64)
+        values = np.array([s["calibrated"][name] for s in cv["splits"]])
         assert cv[name]["mean"] == pytest.approx(float(values.mean()))
-        assert cv[name]["std"] == pytest.approx(float(values.std(unbiased=False)))
-        assert set(cv["uncalibrated"][name]) == {"mean", "std"}
+        assert cv[name]["std"] == pytest.approx(float(values.std()))
+        assert cv[name]["median"] == pytest.approx(float(np.median(values)))  # numpy: mean of the middle two
+        assert set(cv["uncalibrated"][name]) == {"mean", "std", "median"}
+    assert cv["catastrophic_splits"] == 0 and not any(s["catastrophic"] for s in cv["splits"])
     for s in cv["splits"]:
         assert s["n_fit"] + s["n_eval"] == 200 and s["temperature"] > 1
     # Temperature scaling keeps the argmax: same accuracy on the same splits; it fixes the overconfidence.
@@ -179,3 +182,27 @@ def test_max_samples_subsamples_each_fit_but_scores_every_pixel():
     full = cross_validate(TemperatureScaling, z, y, repeats=2, ignore_index=255)
     assert a["uncalibrated"] == full["uncalibrated"]
     assert [s["n_eval"] for s in a["splits"]] == [s["n_eval"] for s in full["splits"]]
+
+
+class Sharpen:
+    """A harmful 'calibrator': multiplies the logits by a factor that depends on the fit half."""
+
+    def fit(self, logits, labels, **kwargs):
+        self.k = 1.0 if int(labels[0]) % 2 else 20.0  # harmful on some splits only
+        return self
+
+    def __call__(self, logits):
+        return logits * self.k
+
+
+def test_median_and_catastrophic_splits_count_what_they_define():
+    from netuq.calibration.crossval import CATASTROPHIC_FACTOR
+
+    z, y = data(scale=1.0)
+    cv = cross_validate(Sharpen, z, y, repeats=4, seed=3)
+    rows = cv["splits"]
+    expected = [r["calibrated"]["nll"] > CATASTROPHIC_FACTOR * r["uncalibrated"]["nll"] for r in rows]
+    assert [r["catastrophic"] for r in rows] == expected
+    assert cv["catastrophic_splits"] == sum(expected) and 0 < sum(expected) < len(rows)
+    nll = np.array([r["calibrated"]["nll"] for r in rows])
+    assert cv["nll"]["median"] == pytest.approx(float(np.median(nll))) and cv["nll"]["median"] < cv["nll"]["mean"]

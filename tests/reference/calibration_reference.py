@@ -116,3 +116,90 @@ def aurc_reference(probs, labels, scores=None) -> float:
     if scores is not None:
         conf = np.asarray(scores, dtype=np.float64)
     return float(risk_coverage_reference(conf, 1.0 - correct).mean())
+
+
+# ----------------------------------------------------------------------------- calibrator objectives
+# Float64 scipy references for the calibrators' objectives, written from the definitions:
+# temperature scaling (Guo et al. 2017), vector scaling with an L2 pull toward the temperature
+# solution, matrix scaling with ODIR (Kull et al. 2019, eq. 7), optionally with the diagonal pulled
+# toward 1/T. Inputs are cast to float64 numpy first, so "the float64 optimum of float32 input".
+
+
+def _lse(s: np.ndarray) -> np.ndarray:
+    m = s.max(1, keepdims=True)
+    return (m + np.log(np.exp(s - m).sum(1, keepdims=True))).squeeze(1)
+
+
+def nll_np(s: np.ndarray, y: np.ndarray, smoothing: float = 0.0) -> float:
+    """Mean cross-entropy of logits ``s`` to the target 1 − ε on y and ε/(C−1) elsewhere."""
+    logp = s - _lse(s)[:, None]
+    at_y = logp[np.arange(len(y)), y]
+    if not smoothing:
+        return float(-at_y.mean())
+    rest = logp.sum(1) - at_y
+    return float(-((1 - smoothing) * at_y + smoothing / (s.shape[1] - 1) * rest).mean())
+
+
+def temperature_reference(z, y, bounds=(0.01, 100.0), smoothing: float = 0.0) -> tuple[float, float]:
+    """(T, NLL) minimising the NLL over T in ``bounds`` by bounded Brent search on log T."""
+    from scipy.optimize import minimize_scalar
+
+    z, y = np.asarray(z, dtype=np.float64), np.asarray(y)
+    res = minimize_scalar(
+        lambda u: nll_np(z / np.exp(u), y, smoothing), bounds=np.log(bounds), method="bounded",
+        options={"xatol": 1e-12},
+    )
+    return float(np.exp(res.x)), float(res.fun)
+
+
+def _vector_objective(theta, z, y, lam, beta):
+    C = z.shape[1]
+    w, b = theta[:C], theta[C:]
+    return nll_np(z * w + b, y) + lam * (np.mean((w / beta - 1) ** 2) + np.mean(b**2))
+
+
+def _matrix_objective(theta, z, y, lam, mu, beta, pull_diagonal):
+    C = z.shape[1]
+    W, b = theta[: C * C].reshape(C, C), theta[C * C :]
+    off = W - np.diag(np.diag(W))
+    loss = nll_np(z @ W.T + b, y) + lam * (off**2).sum() / (C * (C - 1)) + mu * np.mean(b**2)
+    if pull_diagonal:
+        loss += mu * np.mean((np.diag(W) / beta - 1) ** 2)
+    return loss
+
+
+def vector_objective(w, b, z, y, lam, beta) -> float:
+    """NLL(w ⊙ z + b) + λ [mean (w T − 1)² + mean b²] in float64, with β = 1/T."""
+    z = np.asarray(z, dtype=np.float64)
+    return _vector_objective(np.concatenate([np.asarray(w), np.asarray(b)]), z, np.asarray(y), lam, beta)
+
+
+def matrix_objective(W, b, z, y, lam, mu, beta, pull_diagonal=True) -> float:
+    """NLL(W z + b) + λ mean off-diagonal W² + μ mean b² (+ μ mean (W_jj T − 1)²) in float64."""
+    z = np.asarray(z, dtype=np.float64)
+    theta = np.concatenate([np.asarray(W).ravel(), np.asarray(b)])
+    return _matrix_objective(theta, z, np.asarray(y), lam, mu, beta, pull_diagonal)
+
+
+def vector_reference(z, y, lam, beta) -> float:
+    """The minimum of :func:`vector_objective` by scipy BFGS from (w = β, b = 0)."""
+    from scipy.optimize import minimize
+
+    z, y = np.asarray(z, dtype=np.float64), np.asarray(y)
+    C = z.shape[1]
+    start = np.concatenate([np.full(C, beta), np.zeros(C)])
+    res = minimize(_vector_objective, start, args=(z, y, lam, beta), method="BFGS", options={"gtol": 1e-10})
+    return float(res.fun)
+
+
+def matrix_reference(z, y, lam, mu, beta, pull_diagonal=True) -> float:
+    """The minimum of :func:`matrix_objective` by scipy BFGS from (W = β I, b = 0)."""
+    from scipy.optimize import minimize
+
+    z, y = np.asarray(z, dtype=np.float64), np.asarray(y)
+    C = z.shape[1]
+    start = np.concatenate([(beta * np.eye(C)).ravel(), np.zeros(C)])
+    res = minimize(
+        _matrix_objective, start, args=(z, y, lam, mu, beta, pull_diagonal), method="BFGS", options={"gtol": 1e-10}
+    )
+    return float(res.fun)

@@ -65,9 +65,9 @@ def _histogram(u_in: torch.Tensor, u_out: torch.Tensor, bins: int = 30) -> dict[
 
 
 def _calibrator(name: str):
-    from .. import calibration as C
+    from ..calibration import CALIBRATORS
 
-    return {"temperature": C.TemperatureScaling, "vector": C.VectorScaling, "matrix": C.MatrixScaling}[name]
+    return CALIBRATORS[name]
 
 
 def evaluate_method(

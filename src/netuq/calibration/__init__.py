@@ -1,27 +1,43 @@
 """Post-hoc calibration of logits and the repeated 2-fold protocol for reporting it.
 
-* :class:`TemperatureScaling`, :class:`VectorScaling`, :class:`MatrixScaling` (Guo et al. 2017;
-  ODIR of Kull et al. 2019): ``fit(logits, labels)`` then ``calibrator(logits)`` → new logits.
+* :data:`CALIBRATORS`: name → class ("temperature", "vector", "matrix"), filled by the classes
+  themselves; ``CALIBRATORS[name]()`` is the recommended configuration.
+* :class:`TemperatureScaling`, :class:`VectorScaling` (L2 toward the temperature solution),
+  :class:`MatrixScaling` (ODIR of Kull et al. 2019) (Guo et al. 2017): ``fit(logits, labels)``
+  then ``calibrator(logits)`` → new logits.
 * :func:`cross_validate`: repeated random 2-fold fit/evaluate on the test set (Ashukha et al. 2020).
 * :func:`load`: read a calibrator written by ``calibrator.save(path)``.
 
+Adding a calibrator: one module defining a :class:`Calibrator` subclass with a ``name`` (imported
+below) plus its tests; the registry, ``load``, the benchmark and ``netuq calibrate`` pick it up.
+
+For a sampling method (MC dropout, ensembles, TTA) calibrate the log of the mean prediction,
+``Prediction.log_probs``, not averaged logits.
+
 Example:
     >>> import torch
-    >>> from netuq.calibration import TemperatureScaling
+    >>> from netuq.calibration import CALIBRATORS, TemperatureScaling
     >>> ts = TemperatureScaling().fit(torch.tensor([[3.0, 0.0], [3.0, 0.0], [0.0, 3.0]]), torch.tensor([0, 1, 1]))
     >>> round(ts.temperature_, 3)
     4.328
+    >>> sorted(CALIBRATORS), CALIBRATORS["temperature"] is TemperatureScaling
+    (['matrix', 'temperature', 'vector'], True)
 """
 
+from .base import CALIBRATORS, Calibrator
 from .crossval import cross_validate
-from .scaling import ODIR_GRID, Calibrator, MatrixScaling, TemperatureScaling, VectorScaling, load
+from .linear import L2_GRID, ODIR_GRID, MatrixScaling, VectorScaling
+from .persistence import load
+from .temperature import TemperatureScaling
 
 __all__ = [
+    "CALIBRATORS",
     "Calibrator",
     "TemperatureScaling",
     "VectorScaling",
     "MatrixScaling",
     "ODIR_GRID",
+    "L2_GRID",
     "cross_validate",
     "load",
 ]

@@ -8,6 +8,14 @@ convex function of β with
 so a safeguarded Newton iteration (bracketing and geometric bisection whenever a Newton step
 leaves the bracket) reaches the optimum in a handful of passes over the logits, each pass giving
 value, slope and curvature at once.
+
+Float32 logits are evaluated in float32 (the speed of the fit) with the means over rows in
+float64, after two exact rescalings that keep float32 away from its limits: each row's maximum
+is subtracted (so exp never overflows) and the logits are multiplied by a power of two that brings
+the largest centred magnitude near 1 (so z² neither overflows for huge logits nor underflows for
+tiny ones); the solve then runs in the rescaled β. A zero curvature is *not* taken to mean
+constant rows: when the float32 softmax is one-hot (saturated logits) the curvature underflows to
+0 while the slope does not, and the iteration shrinks β until the softmax is resolved.
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ class TemperatureSolution:
     nll_at_one: float  # NLL at beta = 1 (the uncalibrated logits)
     passes: int  # evaluations of (NLL, slope, curvature), one pass over the logits each
     iterations: int  # Newton / bisection steps taken
-    # "converged", "upper" (β at its upper bound, i.e. T at its lower one), "lower", "constant", "max_iter"
+    # "converged", "upper" (β at its upper bound, i.e. T at its lower one), "lower", "constant", "max_iter",
+    # "smoothed" (separable data, converged on the smoothed target)
     status: str
 
 
@@ -41,7 +50,9 @@ def centred(z: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
 class TemperatureObjective:
     """NLL(β), NLL'(β), NLL''(β) in one chunked pass over centred logits ``zc`` (M, C).
 
-    ``zc_y`` (M,) float64 holds the centred logit of the true class. Every row of ``zc`` has
+    ``zc_y`` (M,) float64 holds the centred logit of the true class (with ``smoothing`` ε > 0:
+    the mean centred logit under the smoothed target, 1 − ε on the label and ε/(C−1) on each
+    other class, which turns the NLL into the cross-entropy to that target). Every row of ``zc`` has
     maximum 0, so exp(β zc) <= 1 and its row sum s0 >= 1: no overflow, and log s0 is exact for
     any β > 0. Per chunk: e = exp(β zc), s0 = Σ e, s1 = Σ e zc, s2 = Σ e zc² (row sums), then
     E_p[z] − z_y = s1/s0 − zc_y and Var_p[z] = s2/s0 − (s1/s0)². One work buffer is reused for
@@ -49,12 +60,15 @@ class TemperatureObjective:
     products with a ones vector (BLAS), and the means over rows are taken in float64.
     """
 
-    def __init__(self, zc: torch.Tensor, y: torch.Tensor) -> None:
+    def __init__(self, zc: torch.Tensor, y: torch.Tensor, smoothing: float = 0.0) -> None:
         self.zc = zc
         # float64 for the means over rows (on the CPU for devices without float64, e.g. MPS)
         self.acc_device = torch.device("cpu") if zc.device.type == "mps" else zc.device
         self.zc_y = zc.gather(1, y.unsqueeze(1)).squeeze(1).to(self.acc_device, torch.float64)
         M, C = zc.shape
+        if smoothing:
+            rest = zc.sum(1, dtype=torch.float64).to(self.acc_device) - self.zc_y
+            self.zc_y = (1.0 - smoothing) * self.zc_y + smoothing / (C - 1) * rest
         self.rows = max(1, min(M, _CHUNK_ELEMENTS // C))
         self.buf = torch.empty(self.rows, C, dtype=zc.dtype, device=zc.device)
         self.ones = torch.ones(C, dtype=zc.dtype, device=zc.device)
@@ -92,6 +106,8 @@ def solve_temperature(
     rtol: float | None = None,
     max_iter: int = 100,
     inplace: bool = False,
+    smoothing: float = 0.0,
+    separable_smoothing: float | None = None,
 ) -> TemperatureSolution:
     """Minimise NLL(β) on [beta_min, beta_max] exactly by safeguarded Newton (see module docstring).
 
@@ -104,17 +120,46 @@ def solve_temperature(
             logits and 1e-6 for float32 (whose rounding makes the slope noisy at ~1e-7).
         max_iter: most Newton / bisection steps.
         inplace: centre ``z`` in place (only for a private copy of the logits).
+        smoothing: ε of a smoothed target (see :class:`TemperatureObjective`); 0 for the NLL.
+        separable_smoothing: if given and the solve ends at the upper bound on β (separable
+            data: no finite optimum), solve again with this ``smoothing``; the status is then
+            "smoothed" (or still "upper"); ``nll`` and ``nll_at_one`` stay the plain NLL.
     """
     if rtol is None:
         rtol = 1e-10 if z.dtype == torch.float64 else 1e-6
-    evaluate = TemperatureObjective(centred(z, inplace=inplace), y)
+    zc = centred(z, inplace=inplace)
+    spread = -float(zc.amin())  # largest centred magnitude; 0 iff every row is constant
+    if spread == 0.0:
+        # Every row is constant over the classes: NLL = log C whatever β.
+        evaluate = TemperatureObjective(zc, y, smoothing)
+        f = evaluate(1.0)[0]
+        beta = min(max(1.0, beta_min), beta_max)
+        return TemperatureSolution(beta, f, f, evaluate.passes, 0, "constant")
+    # Exact rescaling by a power of two: zc · 2^-k has its largest magnitude in [1, 2).
+    scale = math.ldexp(1.0, math.frexp(spread)[1] - 1)
+    if scale != 1.0:
+        zc = zc.mul_(1.0 / scale)  # zc is a private tensor here (z − max, or z itself when inplace)
+    sol = _newton(TemperatureObjective(zc, y, smoothing), beta_min * scale, beta_max * scale, scale, rtol, max_iter)
+    if sol.status == "upper" and separable_smoothing:
+        again = _newton(
+            TemperatureObjective(zc, y, separable_smoothing), beta_min * scale, beta_max * scale, scale, rtol, max_iter
+        )
+        plain = TemperatureObjective(zc, y, smoothing)
+        again.nll = plain(again.beta)[0]  # the plain NLL at the smoothed optimum
+        again.passes += sol.passes + plain.passes
+        again.iterations += sol.iterations
+        again.nll_at_one = sol.nll_at_one
+        again.status = "smoothed" if again.status == "converged" else again.status
+        sol = again
+    sol.beta /= scale
+    return sol
 
-    beta = min(max(1.0, beta_min), beta_max)
+
+def _newton(evaluate, beta_min, beta_max, beta_one, rtol, max_iter) -> TemperatureSolution:
+    """The safeguarded Newton iteration on [beta_min, beta_max]; ``beta_one`` is β = 1 in these units."""
+    beta = min(max(beta_one, beta_min), beta_max)
     f, g, h = evaluate(beta)
-    nll_at_one = f if beta == 1.0 else evaluate(1.0)[0]
-    if h == 0.0:
-        # Var_p[z_i] = 0 in every row: every row is constant over the classes, NLL = log C for all β.
-        return TemperatureSolution(1.0, nll_at_one, nll_at_one, evaluate.passes, 0, "constant")
+    nll_at_one = f if beta == beta_one else evaluate(beta_one)[0]
     best_beta, best_f = beta, f
     lo, hi = beta_min, beta_max  # bracket of the minimiser
     lo_known = hi_known = False  # whether the slope has been evaluated at lo / hi
@@ -144,7 +189,11 @@ def solve_temperature(
             # optimum is far up: try the bound (and bracket from there if it lies below).
             cand = beta_max
         elif not lo < cand < hi:
-            if g > 0.0 and not lo_known:
+            if g > 0.0 and not lo_known and h == 0.0:
+                # Curvature underflowed with a positive slope: the float32 softmax is one-hot while
+                # some labels disagree. Shrink fast; at β <= 32 (largest |zc| < 2) exp never underflows.
+                cand = max(min(beta / 8.0, 32.0), beta_min)
+            elif g > 0.0 and not lo_known:
                 # Newton in u = log β instead: f'(u) = β g > 0 and f''(u) = β² h + β g > 0, a step
                 # that shrinks β by less than a factor e and stays positive.
                 cand = max(beta * math.exp(-g / (beta * h + g)), beta_min)

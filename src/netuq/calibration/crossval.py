@@ -19,11 +19,17 @@ import torch
 from .. import metrics
 from .._checks import check_labels, float_dtype
 from ..metrics._core import check_n_bins
-from .scaling import Calibrator, _check_logits_finite_hint
+from .base import Calibrator, check_calibration_logits
 
-__all__ = ["cross_validate", "split_indices"]
+__all__ = ["cross_validate", "split_indices", "CATASTROPHIC_FACTOR"]
 
 METRICS = ("nll", "ece", "brier", "accuracy")
+
+#: A split is *catastrophic* when calibration more than doubles the held-out NLL:
+#: calibrated NLL > CATASTROPHIC_FACTOR × the uncalibrated NLL of the same held-out part. One such
+#: split (e.g. a temperature fitted on an error-free half) can dominate a mean over 10 splits,
+#: which is why the median and the count are reported beside mean ± std.
+CATASTROPHIC_FACTOR = 2.0
 
 
 def split_indices(n: int, *, folds: int = 2, repeats: int = 5, seed: int = 0) -> list[tuple[int, int, torch.Tensor]]:
@@ -84,7 +90,11 @@ def _summary(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     out = {}
     for name in METRICS:
         values = torch.tensor([row[name] for row in rows], dtype=torch.float64)
-        out[name] = {"mean": float(values.mean()), "std": float(values.std(unbiased=False))}
+        out[name] = {
+            "mean": float(values.mean()),
+            "std": float(values.std(unbiased=False)),
+            "median": float(values.quantile(0.5)),  # the mean of the middle two for an even count
+        }
     return out
 
 
@@ -128,10 +138,13 @@ def cross_validate(
 
     Returns:
         A dict with, for each of "nll" (the calibrated log-likelihood, as NLL), "ece", "brier" and
-        "accuracy", ``{"mean", "std"}`` over the folds × repeats held-out scores (population std,
-        ddof = 0); "uncalibrated": the same for the raw logits; "splits": one dict per split with
-        "repeat", "fold", "n_fit", "n_eval" (examples), "calibrated" and "uncalibrated" scores and,
-        for temperature scaling, "temperature"; and "folds", "repeats", "seed".
+        "accuracy", ``{"mean", "std", "median"}`` over the folds × repeats held-out scores
+        (population std, ddof = 0; the median of an even count is the mean of the middle two);
+        "uncalibrated": the same for the raw logits; "catastrophic_splits": how many splits are
+        catastrophic (calibrated held-out NLL > :data:`CATASTROPHIC_FACTOR` × uncalibrated);
+        "splits": one dict per split with "repeat", "fold", "n_fit", "n_eval" (examples),
+        "calibrated" and "uncalibrated" scores, "catastrophic" and, for temperature scaling,
+        "temperature"; and "folds", "repeats", "seed".
 
     Example:
         >>> from netuq.calibration import TemperatureScaling
@@ -149,7 +162,7 @@ def cross_validate(
             raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"`seed` must be an int, got {type(seed).__name__}")
-    z = _check_logits_finite_hint(logits)
+    z = check_calibration_logits(logits)
     y = check_labels(labels, z.shape[1], z.shape[:1] + z.shape[2:], ignore_index=ignore_index, probs_name="logits")
     y = y.to(z.device)
     n = z.shape[0]
@@ -181,12 +194,14 @@ def cross_validate(
             "calibrated": _scores(p_cal, y_eval, n_bins, ignore_index),
             "uncalibrated": _scores(p_raw, y_eval, n_bins, ignore_index),
         }
+        row["catastrophic"] = row["calibrated"]["nll"] > CATASTROPHIC_FACTOR * row["uncalibrated"]["nll"]
         temperature = getattr(cal, "temperature_", None)
         if isinstance(temperature, float) and math.isfinite(temperature):
             row["temperature"] = temperature
         splits.append(row)
     out: dict[str, Any] = _summary([s["calibrated"] for s in splits])
     out["uncalibrated"] = _summary([s["uncalibrated"] for s in splits])
+    out["catastrophic_splits"] = sum(s["catastrophic"] for s in splits)
     out["splits"] = splits
     out.update(folds=folds, repeats=repeats, seed=seed)
     return out

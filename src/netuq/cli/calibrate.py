@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
+from ..calibration import CALIBRATORS
 from ._common import read_arrays
 
-METHODS = ("temperature", "vector", "matrix")
+METHODS = tuple(CALIBRATORS)
 
 
 def register(sub) -> None:
@@ -65,15 +66,10 @@ def _parse_odir(text):
 
 
 def _factory(method: str, odir):
-    from ..calibration import MatrixScaling, TemperatureScaling, VectorScaling
-
     if odir is not None and method != "matrix":
         raise ValueError(f"--odir applies to --method matrix only, got --method {method}")
-    if method == "temperature":
-        return TemperatureScaling
-    if method == "vector":
-        return VectorScaling
-    return lambda: MatrixScaling(odir=odir)
+    cls = CALIBRATORS[method]  # the recommended configuration unless --odir says otherwise
+    return cls if odir is None else (lambda: cls(odir=odir))
 
 
 def read_logits(args):
