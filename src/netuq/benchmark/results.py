@@ -111,17 +111,17 @@ def read_json(path: str | Path, expect: type | None = dict) -> Any:
     return data
 
 
-def load_checkpoint(path: str | Path, *, into=None, map_location="cpu") -> dict:
+def load_checkpoint(path: str | Path, *, into=None) -> dict:
     """Read a state dict saved with ``torch.save(model.state_dict(), path)``, safely and validated.
 
-    The file is read with ``torch.load(weights_only=True)`` (no arbitrary unpickling), and must hold a
+    The file is read with ``torch.load(weights_only=True)`` on the CPU (no arbitrary unpickling; see
+    :func:`netuq.io.torch_load`), and must hold a
     mapping of parameter names to tensors. With ``into`` (an ``nn.Module``), the state dict is also
     loaded into it (strict: same keys and shapes).
 
     Args:
         path: the checkpoint file.
         into: optional module to load the weights into.
-        map_location: passed to ``torch.load``.
 
     Returns:
         The state dict.
@@ -139,14 +139,12 @@ def load_checkpoint(path: str | Path, *, into=None, map_location="cpu") -> dict:
     """
     import torch
 
+    from ..io import torch_load
+
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path} does not exist" if not path.exists() else f"{path} is not a file")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # UnpicklingError, EOFError, RuntimeError (zip), OSError [Errno 22], ...
-        why = f"{type(err).__name__}: {_first_line(err)}"
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({why})") from None
+    state = torch_load(path)  # on the CPU; load_state_dict copies to the module's device
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):
         raise ValueError(f"{path} is not a state dict (expected names mapped to tensors, got {type(state).__name__})")
@@ -154,7 +152,9 @@ def load_checkpoint(path: str | Path, *, into=None, map_location="cpu") -> dict:
         try:
             into.load_state_dict(state)
         except (RuntimeError, ValueError, KeyError) as err:
-            raise ValueError(f"{path} does not fit {type(into).__name__} ({_first_line(err)})") from None
+            lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+            why = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else _first_line(err)
+            raise ValueError(f"{path} does not fit {type(into).__name__} ({why})") from None
     return state
 
 
