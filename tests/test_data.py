@@ -418,7 +418,16 @@ def test_cifar_reader_refuses_arbitrary_pickles(tmp_path):
 
     with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as fh:
         pickle.dump({b"data": Evil(), b"labels": []}, fh)
-    with pytest.raises(pickle.UnpicklingError, match="refusing to unpickle builtins.print"):
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    with pytest.raises(ValueError, match=rf"{path}: .*refusing to unpickle builtins.print"):
+        D.read_cifar10(tmp_path, train=False)
+    data = (tmp_path / "cifar-10-batches-py" / "data_batch_1").read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(ValueError, match=rf"{path}: not a CIFAR-10 python batch \(\w+Error"):
+        D.read_cifar10(tmp_path, train=False)
+    with open(path, "wb") as fh:
+        pickle.dump({b"data": np.zeros((3, 100), np.uint8), b"labels": [0, 1, 2]}, fh)
+    with pytest.raises(ValueError, match=rf"{path}: bad CIFAR batch"):
         D.read_cifar10(tmp_path, train=False)
 
 

@@ -170,15 +170,23 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 
 def _load_pickle(path: Path) -> dict:
-    with open(path, "rb") as fh:
-        return _ArrayUnpickler(io.BytesIO(fh.read()), encoding="bytes").load()
+    """Unpickle a CIFAR file with :class:`_ArrayUnpickler`; every failure is a ValueError naming the file."""
+    try:
+        with open(path, "rb") as fh:
+            data = _ArrayUnpickler(io.BytesIO(fh.read()), encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            OSError) as err:
+        raise ValueError(f"{path}: not a CIFAR-10 python batch ({type(err).__name__}: {err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a CIFAR-10 python batch (a {type(data).__name__}, expected a dict)")
+    return data
 
 
-def _key(d: dict, name: str):
+def _key(d: dict, name: str, path: Path):
     for k in (name, name.encode()):
         if k in d:
             return d[k]
-    raise ValueError(f"CIFAR batch has no {name!r} entry (keys: {sorted(map(str, d))})")
+    raise ValueError(f"{path}: CIFAR batch has no {name!r} entry (keys: {sorted(map(str, d))})")
 
 
 def read_cifar10(data_dir: str | Path, *, train: bool = True) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
@@ -186,6 +194,11 @@ def read_cifar10(data_dir: str | Path, *, train: bool = True) -> tuple[np.ndarra
 
     Returns:
         ``(images, labels, class_names)``: (N, 3, 32, 32) uint8, (N,) int64, 10 names.
+
+    Raises:
+        FileNotFoundError: a batch is missing.
+        ValueError: naming the file: not a CIFAR batch (also any pickled object other than
+            numpy arrays and plain containers, which is never unpickled), or inconsistent sizes.
     """
     folder = Path(data_dir) / "cifar-10-batches-py"
     names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
@@ -195,13 +208,23 @@ def read_cifar10(data_dir: str | Path, *, train: bool = True) -> tuple[np.ndarra
         if not path.is_file():
             raise FileNotFoundError(f"no {name} in {folder}; {_HINT}")
         batch = _load_pickle(path)
-        xs.append(np.asarray(_key(batch, "data"), dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(_key(batch, "labels"), dtype=np.int64))
+        try:
+            x = np.asarray(_key(batch, "data", path), dtype=np.uint8).reshape(-1, 3, 32, 32)
+            y = np.asarray(_key(batch, "labels", path), dtype=np.int64).reshape(-1)
+        except (TypeError, ValueError) as err:
+            msg = str(err)
+            raise ValueError(msg if msg.startswith(str(path)) else f"{path}: bad CIFAR batch ({msg})") from None
+        if len(x) != len(y) or (len(y) and not 0 <= int(y.min()) <= int(y.max()) <= 9):
+            raise ValueError(f"{path}: bad CIFAR batch ({len(x)} images, {len(y)} labels, labels must be 0..9)")
+        xs.append(x)
+        ys.append(y)
     classes = _CIFAR
     meta = folder / "batches.meta"
     if meta.is_file():
-        raw = _key(_load_pickle(meta), "label_names")
+        raw = _key(_load_pickle(meta), "label_names", meta)
         classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in raw)
+        if len(classes) != 10:
+            raise ValueError(f"{meta}: expected 10 label names, got {len(classes)}")
     return np.concatenate(xs), np.concatenate(ys), classes
 
 
