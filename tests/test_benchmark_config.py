@@ -82,8 +82,9 @@ def test_run_dir_config_mismatch(tmp_path):
     run.check_config({"seed": 0, "epochs": 3})  # same: fine
     with pytest.raises(ValueError, match=r"different configuration \(differs in \['seed'\]\)"):
         run.check_config({"seed": 1, "epochs": 3})
-    run.write_part("m", {"v": 1})
-    assert run.has_part("m") and json.loads(run.part_path("m").read_text()) == {"v": 1}
+    part = {"metrics": {"nll": 0.5}, "in_distribution": {"none": {"nll": {"mean": 0.5, "std": 0.0}}}}
+    run.write_part("m", part)
+    assert run.has_part("m") and json.loads(run.part_path("m").read_text()) == part
 
 
 def test_run_warnings_are_summarised_once_with_counts():

@@ -8,9 +8,15 @@ import numpy as np
 import pytest
 import torch
 
+import netuq.calibration as _calibration
 from netuq import metrics
 from netuq.calibration import TemperatureScaling, cross_validate, load
-from netuq.cli import main
+
+if not hasattr(_calibration, "CALIBRATORS"):  # until the calibrator registry (contract 1) is merged
+    _calibration.CALIBRATORS = {"temperature": _calibration.TemperatureScaling,
+                                "vector": _calibration.VectorScaling, "matrix": _calibration.MatrixScaling}
+
+from netuq.cli import main  # noqa: E402
 from netuq.io import save_arrays
 
 
@@ -79,6 +85,8 @@ def test_calibrate_segmentation_npy_with_ignore_index(tmp_path, capsys):
         capsys,
         "calibrate",
         tmp_path / "seg.npy",
+        "--input",
+        "logits",
         "--labels",
         tmp_path / "gt.npy",
         "--ignore-index",
@@ -100,7 +108,10 @@ def test_calibrate_probs_file_calibrates_their_log(tmp_path, capsys, preds):
     np.save(tmp_path / "probs.npy", z.softmax(1).numpy())
     np.save(tmp_path / "probs_labels.npy", y.numpy())
     code, _, err = run(capsys, "calibrate", tmp_path / "probs.npy")
-    assert code == 2 and "looks like probabilities (values in [0, 1] summing to 1): pass --input probs" in err
+    assert code == 2 and "a .npy file holds one array: say what it is with --input logits or --input probs" in err
+    save_arrays(tmp_path / "mislabelled.npz", y, logits=z.softmax(1))
+    code, _, err = run(capsys, "calibrate", tmp_path / "mislabelled.npz")
+    assert code == 2 and "array 'logits' looks like probabilities (values in [0, 1] summing to 1)" in err
     code, out, _ = run(capsys, "calibrate", tmp_path / "probs.npy", "--input", "probs", "--repeats", 1)
     assert code == 0
 
@@ -141,7 +152,7 @@ def test_evaluate_npy_needs_input_kind(tmp_path, capsys, preds):
         (["calibrate", "{d}/p.npz", "--method", "isotonic"], "invalid choice: 'isotonic'"),
         (["calibrate", "{d}/p.npz", "--repeats", "1", "--plot", "{d}/x.unknownext"], "--plot"),
         (["evaluate", "{d}/p.npz", "--labels-key", "gt"], "no array named 'gt'"),
-        (["evaluate", "{d}/p.npz", "--n-bins", "0"], "`n_bins` must be a positive integer"),
+        (["evaluate", "{d}/p.npz", "--n-bins", "0"], "argument --n-bins: must be an integer in [1, 100000], got 0"),
     ],
 )
 def test_errors_are_one_line_exit_2(tmp_path, capsys, preds, argv, message):

@@ -2,6 +2,7 @@
 
 import gzip
 import pickle
+import re
 import struct
 
 import numpy as np
@@ -417,7 +418,16 @@ def test_cifar_reader_refuses_arbitrary_pickles(tmp_path):
 
     with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as fh:
         pickle.dump({b"data": Evil(), b"labels": []}, fh)
-    with pytest.raises(pickle.UnpicklingError, match="refusing to unpickle builtins.print"):
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    with pytest.raises(ValueError, match=rf"{path}: .*refusing to unpickle builtins.print"):
+        D.read_cifar10(tmp_path, train=False)
+    data = (tmp_path / "cifar-10-batches-py" / "data_batch_1").read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(ValueError, match=rf"{path}: not a CIFAR-10 python batch \(\w+Error"):
+        D.read_cifar10(tmp_path, train=False)
+    with open(path, "wb") as fh:
+        pickle.dump({b"data": np.zeros((3, 100), np.uint8), b"labels": [0, 1, 2]}, fh)
+    with pytest.raises(ValueError, match=rf"{path}: bad CIFAR batch"):
         D.read_cifar10(tmp_path, train=False)
 
 
@@ -458,3 +468,154 @@ def test_load_torchvision_errors(tmp_path):
             D.load_torchvision("mnist", tmp_path, backend="torchvision")
         _fake_mnist(tmp_path)
         assert D.load_torchvision("mnist", tmp_path).name == "mnist"  # auto falls back to the reader
+
+
+# ------------------------------------------------------------------- Fashion-MNIST: every layout, no real data
+_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _fake_fashion(folder, *, gz: bool, n_train=50, n_test=20, seed=3):
+    """The four IDX files in ``folder`` (created), .gz or plain; returns the arrays written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        arrays[f"{prefix}-images-idx3-ubyte"] = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        arrays[f"{prefix}-labels-idx1-ubyte"] = (rng.permutation(n) % 10).astype(np.uint8)
+    for stem, arr in arrays.items():
+        if gz:
+            (folder / (stem + ".gz")).write_bytes(gzip.compress(_idx(arr)))
+        else:
+            (folder / stem).write_bytes(_idx(arr))
+    return arrays
+
+
+LAYOUTS = {  # where the files go under the folder passed as data_dir
+    "flat .gz (Debian package)": ("", True),
+    "flat uncompressed": ("", False),
+    "raw/ .gz": ("raw", True),
+    "raw/ uncompressed": ("raw", False),
+    "FashionMNIST/raw/ .gz (torchvision root)": ("FashionMNIST/raw", True),
+    "FashionMNIST/raw/ uncompressed (torchvision root)": ("FashionMNIST/raw", False),
+}
+
+
+class _NoTorchvision:
+    """Stands in for an installed torchvision whose dataset classes must not be needed."""
+
+    class datasets:  # noqa: N801 - mirrors torchvision.datasets
+        def __getattr__(self, name):  # pragma: no cover - reached only on failure
+            raise AssertionError("torchvision's reader was used for an IDX layout it cannot read")
+
+
+@pytest.mark.parametrize("torchvision_installed", [False, True])
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_fashion_mnist_every_layout_with_or_without_torchvision(tmp_path, monkeypatch, layout, torchvision_installed):
+    sub, gz = LAYOUTS[layout]
+    arrays = _fake_fashion(tmp_path / sub if sub else tmp_path, gz=gz)
+    import sys
+
+    if torchvision_installed:
+        monkeypatch.setitem(sys.modules, "torchvision", _NoTorchvision())
+        monkeypatch.setitem(sys.modules, "torchvision.datasets", _NoTorchvision.datasets())
+    else:
+        monkeypatch.setitem(sys.modules, "torchvision", None)  # import fails
+    images, labels = D.read_mnist(tmp_path, train=False, folder="FashionMNIST")
+    assert np.array_equal(images, arrays["t10k-images-idx3-ubyte"]) and labels.dtype == np.int64
+    assert np.array_equal(labels, arrays["t10k-labels-idx1-ubyte"])
+    ds = D.load_torchvision("fashionmnist", tmp_path, val_size=10)  # backend "auto"
+    assert ds.class_names[0] == "T-shirt/top" and ds.input_shape == (1, 28, 28)
+    assert (len(ds.train.y), len(ds.val.y), len(ds.test.y)) == (40, 10, 20)
+    expected = torch.from_numpy(arrays["t10k-images-idx3-ubyte"]).float()[:, None] / 255
+    assert torch.equal(ds.test.x, expected)
+    assert torch.equal(ds.test.y, torch.from_numpy(arrays["t10k-labels-idx1-ubyte"].astype(np.int64)))
+
+
+def test_fashion_mnist_default_folder_is_the_debian_path(tmp_path, monkeypatch):
+    from netuq.data import vision
+
+    assert vision.DEFAULT_DIRS["fashionmnist"] == (vision.Path("/usr/share/datasets/fashion-mnist"),)
+    missing = tmp_path / "nowhere"
+    monkeypatch.setitem(vision.DEFAULT_DIRS, "fashionmnist", (missing, tmp_path / "pkg"))
+    with pytest.raises(FileNotFoundError, match=rf"not in {missing}, {tmp_path / 'pkg'}; `apt-get install "
+                                                 r"dataset-fashion-mnist`"):
+        D.load_torchvision("fashionmnist")
+    arrays = _fake_fashion(tmp_path / "pkg", gz=True)
+    ds = D.load_torchvision("fashion-mnist", val_size=5, backend="builtin")
+    assert len(ds.test.y) == 20 and torch.equal(ds.test.y, torch.from_numpy(arrays["t10k-labels-idx1-ubyte"]).long())
+    with pytest.raises(ValueError, match=r"`data_dir` must name the folder holding 'mnist', got None"):
+        D.load_torchvision("mnist")
+    with pytest.raises(ValueError, match="`download=True` needs a `data_dir`"):
+        D.load_torchvision("fashionmnist", download=True)
+
+
+def test_missing_files_name_every_folder_searched(tmp_path):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "train-images-idx3-ubyte.gz").write_bytes(b"")  # the labels are missing
+    with pytest.raises(FileNotFoundError) as exc:
+        D.read_mnist(tmp_path, folder="FashionMNIST")
+    for folder in D.idx_folders(tmp_path, "FashionMNIST"):
+        assert str(folder) in str(exc.value)
+
+
+def test_corrupt_idx_files_are_value_errors_naming_the_file(tmp_path):
+    good = _idx(np.arange(12, dtype=np.uint8).reshape(3, 2, 2))
+    cases = {
+        "truncated.gz": (gzip.compress(good)[:-9], "truncated or corrupt gzip file"),
+        "garbage.gz": (b"\x1f\x8b" + b"\x00" * 20, "truncated or corrupt gzip file"),
+        "empty": (b"", "not an IDX file (bad magic number none: empty file)"),
+        "header": (good[:9], "the header needs 16 bytes, got 9"),
+        "long": (good + b"\x00", "expected 12 data bytes, got 13"),
+        "text.gz": (gzip.compress(b"<html>not found</html>"), "not an IDX file"),
+    }
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match=re.escape(message)) as exc:
+            D.read_idx(path)
+        assert str(exc.value).startswith(str(path))
+    plain_named_gz = tmp_path / "plain.gz"  # compression is recognised by content, not by name
+    plain_named_gz.write_bytes(good)
+    assert D.read_idx(plain_named_gz).shape == (3, 2, 2)
+    with pytest.raises(FileNotFoundError):
+        D.read_idx(tmp_path / "absent")
+
+
+def test_mismatched_mnist_files_name_the_file(tmp_path):
+    arrays = _fake_fashion(tmp_path, gz=False)
+    labels = tmp_path / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(_idx(arrays["t10k-labels-idx1-ubyte"][:-1]))
+    with pytest.raises(ValueError, match=rf"{labels} holds 19 labels for the 20 images"):
+        D.read_mnist(tmp_path, train=False)
+    labels.write_bytes(_idx(np.full(20, 12, np.uint8)))
+    with pytest.raises(ValueError, match=rf"{labels}: labels must be 0..9, got 12"):
+        D.read_mnist(tmp_path, train=False)
+    images = tmp_path / "t10k-images-idx3-ubyte"
+    images.write_bytes(_idx(np.zeros((20, 784), np.uint8)))
+    with pytest.raises(ValueError, match=rf"{images}: expected \(N, H, W\) uint8 images"):
+        D.read_mnist(tmp_path, train=False)
+
+
+def test_fashion_ood_sets():
+    sets = D.fashion_ood(30, seed=1)
+    assert list(sets) == list(D.FASHION_OOD_KINDS) == ["digits", "photos", "noise"]
+    for x in sets.values():
+        assert x.shape == (30, 1, 28, 28) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    again = D.fashion_ood(30, seed=1)
+    assert all(torch.equal(sets[k], again[k]) for k in sets)
+    other = D.fashion_ood(30, seed=2)
+    assert not any(torch.equal(sets[k], other[k]) for k in sets)
+    # Each "digits" image is one of scikit-learn's digits upscaled (torch's bilinear as the reference).
+    pool = torch.from_numpy(sk_load_digits().images).float()[:, None] / 16
+    up = F.interpolate(pool, size=(28, 28), mode="bilinear", align_corners=False).clamp(0, 1).flatten(1)
+    dist = torch.cdist(sets["digits"].flatten(1), up, compute_mode="donot_use_mm_for_euclid_dist")
+    assert float(dist.min(1).values.max()) < 1e-4
+    assert len(set(dist.argmin(1).tolist())) == 30  # drawn without replacement
+    # Photo crops are not noise: neighbouring pixels are strongly correlated, unlike the noise set.
+    def neighbour_corr(x):
+        a, b = x[..., :, :-1].flatten(), x[..., :, 1:].flatten()
+        return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+
+    assert neighbour_corr(sets["photos"]) > 0.5 > 0.1 > abs(neighbour_corr(sets["noise"]))
+    x, kind = D.ood_images(6, size=(28, 28), kinds=("digits", "noise"), seed=0)
+    assert x.shape == (6, 1, 28, 28) and set(kind) <= {"digits", "uniform", "gaussian"}

@@ -14,13 +14,15 @@ Calibrators are saved with ``calibrator.save(path)`` and read with :func:`netuq.
 
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["ArrayFile", "load_arrays", "save_arrays", "SUFFIXES"]
+__all__ = ["ArrayFile", "load_arrays", "save_arrays", "torch_load", "SUFFIXES"]
 
 SUFFIXES = (".npz", ".npy", ".pt", ".pth", ".safetensors")
 _KINDS = ("logits", "probs")
@@ -75,6 +77,38 @@ def _to_tensor(value, name: str, path: Path) -> torch.Tensor:
     raise ValueError(f"{path}: entry {name!r} must be a tensor or array, got {type(value).__name__}")
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def torch_load(path: str | Path):
+    """``torch.load(path, weights_only=True)`` on the CPU, quietly, every failure a ValueError naming the file.
+
+    Only tensors and plain containers are rebuilt (no arbitrary unpickling); a file holding other
+    Python objects is refused with the name of the first one torch would not rebuild.
+
+    Raises:
+        ValueError: starting with the file (missing, truncated, foreign, not a torch file).
+    """
+    import pickle
+
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error, if any, is what matters
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist") from None
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported (?:global: GLOBAL [\w.]+|operand \d+)", str(err))
+        why = found.group(0) if found else _first_line(err)
+        raise ValueError(f"{path}: refused: it holds Python objects other than tensors and plain containers "
+                         f"({why})") from None
+    except Exception as err:  # EOFError, RuntimeError (zip archive), OSError [Errno 22], ...
+        raise ValueError(f"{path}: cannot read file ({type(err).__name__}: {_first_line(err)})") from None
+
+
 def _read_mapping(path: Path) -> dict:
     """All named arrays of an .npz / .pt / .safetensors file (values may be numpy or torch)."""
     suffix = path.suffix.lower()
@@ -82,7 +116,7 @@ def _read_mapping(path: Path) -> dict:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
     if suffix in (".pt", ".pth"):
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = torch_load(path)
         if not isinstance(data, dict):
             raise ValueError(
                 f"{path}: expected a dict of tensors (torch.save({{'logits': ..., 'labels': ...}})), "

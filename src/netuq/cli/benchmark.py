@@ -25,7 +25,9 @@ def register(sub) -> None:
     p.add_argument("--dataset", choices=("digits", "mnist", "fashionmnist", "cifar10"), default=None,
                    help="classification data (default: the embedded digits); others need --data-dir")
     p.add_argument("--data-dir", default=None,
-                   help="local folder of MNIST / Fashion-MNIST / CIFAR-10 (torchvision's layout)")
+                   help="local folder of MNIST / Fashion-MNIST (IDX files, .gz or not, flat or in raw/) or CIFAR-10 "
+                   "(cifar-10-batches-py/); Fashion-MNIST is found by itself where the Debian package "
+                   "dataset-fashion-mnist puts it")
     p.add_argument("--methods", type=_csv, default=None, help="comma-separated subset of methods")
     p.add_argument("--calibrators", type=_csv, default=None, help="comma-separated subset of calibrators")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda")
@@ -40,6 +42,7 @@ def register(sub) -> None:
 
 def run(args, echo=print) -> int:
     from ..benchmark import load_config, run_benchmark
+    from ..benchmark.results import RunDir
 
     config = load_config(
         args.config,
@@ -60,6 +63,7 @@ def run(args, echo=print) -> int:
             torch.empty(1, device=config.device)
         except (RuntimeError, AssertionError) as err:
             raise ValueError(f"`--device` {config.device!r} is not available here ({err})") from None
+    RunDir(args.out).check_files()  # a corrupt config.json or models/*.pt: one line naming it, before any work
     start = time.perf_counter()
     results = run_benchmark(config, args.out, progress=not args.no_progress,
                             log=lambda m: print(m, file=sys.stderr))

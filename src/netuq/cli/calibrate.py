@@ -3,11 +3,11 @@
 The before/after table comes from the repeated k-fold protocol of Ashukha et al. 2020
 (:func:`netuq.calibration.cross_validate`): every "after" number is measured on data the
 calibrator was not fitted on. ``--save`` then fits once on all the data and writes the
-calibrator as JSON (:func:`netuq.calibration.load` reads it back). ``--plot`` draws reliability
-diagrams of the uncalibrated and the out-of-fold calibrated predictions of the first repeat.
+calibrator as JSON (:func:`netuq.calibration.load` reads it back; ``netuq evaluate --calibrator``
+applies it). ``--plot`` draws reliability diagrams of the uncalibrated and the out-of-fold
+calibrated predictions of the first repeat.
 
-Input: .npz / .pt / .safetensors with arrays ``logits`` (or ``probs``, whose log is calibrated)
-and ``labels``, or ``FILE.npy`` with ``--labels LABELS.npy`` (see :func:`netuq.io.load_arrays`).
+Input: see :mod:`netuq.cli._common` (probabilities are calibrated through their log).
 """
 
 from __future__ import annotations
@@ -18,20 +18,26 @@ from pathlib import Path
 import torch
 
 from ..calibration import CALIBRATORS
-from ._common import read_arrays
+from ._common import add_input_arguments, read_predictions
 
-METHODS = tuple(CALIBRATORS)
+DESCRIPTION = (
+    "Fit temperature, vector or matrix scaling to stored logits (or probabilities, through their log). "
+    "The before/after table is measured by repeated k-fold cross-validation (Ashukha et al. 2020): every "
+    "'calibrated' number comes from data the calibrator was not fitted on. --save then fits once on all "
+    "the data and writes the calibrator as JSON, which 'netuq evaluate FILE --calibrator PATH' applies. "
+    "A .npy FILE needs --input and --labels."
+)
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "calibrate",
         help="fit temperature/vector/matrix scaling to stored logits; report it by repeated 2-fold CV",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        description=DESCRIPTION,
     )
-    p.add_argument("file", metavar="FILE", help=".npz, .pt, .safetensors or .npy file of logits and labels")
-    p.add_argument("--labels", metavar="LABELS", default=None, help="labels .npy file (for FILE.npy input)")
-    p.add_argument("--method", choices=METHODS, default="temperature", help="calibrator (default: temperature)")
+    add_input_arguments(p)
+    p.add_argument("--method", choices=sorted(CALIBRATORS), default="temperature",
+                   help="calibrator (default: temperature)")
     p.add_argument(
         "--odir",
         default=None,
@@ -41,12 +47,6 @@ def register(sub) -> None:
     p.add_argument("--folds", type=int, default=2, help="folds per repeat (default: 2)")
     p.add_argument("--repeats", type=int, default=5, help="random splits (default: 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the splits (default: 0)")
-    p.add_argument("--n-bins", type=int, default=15, help="ECE bins (default: 15)")
-    p.add_argument("--ignore-index", type=int, default=None, help="label value to ignore (segmentation)")
-    p.add_argument("--input", choices=("logits", "probs"), default=None, help="which array to read (default: auto)")
-    p.add_argument("--logits-key", default="logits", help="array name of the logits (default: logits)")
-    p.add_argument("--probs-key", default="probs", help="array name of the probabilities (default: probs)")
-    p.add_argument("--labels-key", default="labels", help="array name of the labels (default: labels)")
     p.add_argument("--save", metavar="PATH", default=None, help="fit on all data and write the calibrator (JSON)")
     p.add_argument("--plot", metavar="PNG", default=None, help="write reliability diagrams before/after")
     p.set_defaults(run=run)
@@ -66,36 +66,13 @@ def _parse_odir(text):
 
 
 def _factory(method: str, odir):
-    if odir is not None and method != "matrix":
+    """A zero-argument constructor of the chosen calibrator (``CALIBRATORS[method]``)."""
+    cls = CALIBRATORS[method]
+    if odir is None:
+        return cls
+    if method != "matrix":
         raise ValueError(f"--odir applies to --method matrix only, got --method {method}")
-    cls = CALIBRATORS[method]  # the recommended configuration unless --odir says otherwise
-    return cls if odir is None else (lambda: cls(odir=odir))
-
-
-def read_logits(args):
-    """Read FILE; return (logits, labels, note) where probabilities become log-probabilities."""
-    data = read_arrays(args)
-    if data.kind == "logits":
-        values = data.values
-        if args.input is None and str(args.file).lower().endswith(".npy") and _looks_like_probs(values):
-            raise ValueError(
-                f"{args.file} looks like probabilities (values in [0, 1] summing to 1): pass --input probs, "
-                "or --input logits if they really are logits"
-            )
-        return values, data.labels, ""
-    from .._checks import check_probs
-
-    probs = check_probs(data.values, "probs")
-    tiny = torch.finfo(probs.dtype if probs.dtype == torch.float64 else torch.float32).tiny
-    logits = probs.to(torch.float64 if probs.dtype == torch.float64 else torch.float32).clamp_min(tiny).log()
-    return logits, data.labels, " (probabilities: calibrating their log)"
-
-
-def _looks_like_probs(values: torch.Tensor) -> bool:
-    if not values.is_floating_point() or values.numel() == 0:
-        return False
-    v = values.to(torch.float64)
-    return bool(v.min() >= 0) and bool(v.max() <= 1) and bool(((v.sum(1) - 1).abs() <= 1e-3).all())
+    return lambda: cls(odir=odir)
 
 
 def _row(name: str, before: dict, after: dict) -> str:
@@ -110,7 +87,9 @@ def run(args, echo=print) -> int:
 
     odir = _parse_odir(args.odir)
     make = _factory(args.method, odir)
-    logits, labels, note = read_logits(args)
+    data = read_predictions(args)
+    logits, labels = data.logits(), data.labels
+    note = " (probabilities: calibrating their log)" if data.kind == "probs" else ""
     cv = cross_validate(
         make,
         logits,
@@ -121,8 +100,7 @@ def run(args, echo=print) -> int:
         n_bins=args.n_bins,
         ignore_index=args.ignore_index,
     )
-    shape = "x".join(str(s) for s in logits.shape)
-    echo(f"{args.method} scaling on {args.file} [{shape}]{note}")
+    echo(f"{args.method} scaling on {args.file} [{data.shape}]{note}")
     echo(f"{args.folds}-fold x {args.repeats} repeats (seed {args.seed}), mean ± std over held-out folds:")
     echo(f"{'metric':<10}{'uncalibrated':>20}{'calibrated':>20}")
     for name in ("nll", "ece", "brier", "accuracy"):
@@ -176,17 +154,10 @@ def _plot(args, make, logits, labels) -> Path:
 
     fig = Figure(figsize=(9, 4.2))
     axes = fig.subplots(1, 2, sharey=True)
-    try:  # the report's diagram when that module is there; a plain one otherwise
-        from ..report.plots import reliability_diagram
-    except ImportError:  # pragma: no cover - depends on the installed pieces
-        reliability_diagram = None
+    from ..report.plots import reliability_diagram
+
     for ax, (title, bins, ece) in zip(axes, panels):
-        label = f"{title}\nECE = {ece:.4f}"
-        if reliability_diagram is not None:
-            reliability_diagram(bins, ax=ax, title=label)
-        else:  # pragma: no cover
-            _draw_reliability(ax, bins)
-            ax.set_title(label)
+        reliability_diagram(bins, ax=ax, title=f"{title}\nECE = {ece:.4f}")
     path = Path(args.plot)
     fig.tight_layout()
     try:
@@ -194,30 +165,3 @@ def _plot(args, make, logits, labels) -> Path:
     except ValueError as err:  # e.g. an unknown image suffix
         raise ValueError(f"--plot {path}: {err}") from None
     return path
-
-
-def _draw_reliability(ax, bins) -> None:
-    """A plain reliability diagram: accuracy per confidence bin against the diagonal."""
-    edges = bins.edges.numpy()
-    width = edges[1:] - edges[:-1]
-    acc = torch.nan_to_num(bins.accuracy, nan=0.0).numpy()
-    conf = torch.nan_to_num(bins.confidence, nan=0.0).numpy()
-    nonempty = (bins.counts > 0).numpy()
-    ax.bar(edges[:-1], acc, width=width, align="edge", color="tab:blue", edgecolor="black", label="accuracy")
-    ax.bar(
-        edges[:-1][nonempty],
-        (conf - acc)[nonempty],
-        bottom=acc[nonempty],
-        width=width[nonempty],
-        align="edge",
-        color="tab:red",
-        alpha=0.3,
-        edgecolor="tab:red",
-        label="gap to confidence",
-    )
-    ax.plot([0, 1], [0, 1], "k--", linewidth=1)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.legend(loc="upper left")

@@ -1,20 +1,24 @@
 """The ``netuq`` command line: argument parsing and dispatch only.
 
 Each subcommand lives in :mod:`netuq.cli` as a module with ``register(subparsers)`` and
-``run(args) -> int``. Any expected failure (bad flags, unreadable or mismatched files, bad
-values) prints one line on stderr and exits with code 2 — never a traceback.
+``run(args, echo) -> int``. Any expected failure (bad flags, unreadable or mismatched files, bad
+values) prints one line on stderr and exits with code 2 — never a traceback. Warnings are printed
+as one line each (``netuq: warning: ...``).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import pickle
 import sys
+import warnings
 from collections.abc import Sequence
+
+from . import benchmark, calibrate, evaluate, report
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS = ("benchmark", "report", "calibrate", "evaluate")
+COMMANDS = (benchmark, report, calibrate, evaluate)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -34,19 +38,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"netuq {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"netuq.cli.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"netuq.cli.{name}":
-                raise
-            continue
+    for module in COMMANDS:
         module.register(sub)
     return parser
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    text = str(message).strip()
+    print(f"netuq: warning: {text.splitlines()[0] if text else category.__name__}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``netuq`` script; returns the exit code."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -60,8 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("netuq: interrupted (finished results are kept; rerun to resume)", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, KeyError, OSError, RuntimeError, ImportError) as err:
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except (ValueError, TypeError, KeyError, OSError, RuntimeError, ImportError, EOFError,
+            pickle.UnpicklingError) as err:
+        msg = _first_line(err)
         if isinstance(err, KeyError):
             msg = msg.strip("'\"")
         print(f"netuq: error: {msg}", file=sys.stderr)

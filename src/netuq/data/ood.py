@@ -1,10 +1,12 @@
-"""Out-of-distribution images: natural-image patches and noise, built offline.
+"""Out-of-distribution images: natural-image patches, digits and noise, built offline.
 
 The natural patches are random crops of scikit-learn's two bundled sample photographs
 (``load_sample_images``: a Chinese temple, ``"china"``, and a flower, ``"flower"``), converted
 to gray (ITU-R 601 luma) unless colour is asked for, resized with antialiasing to the input size
 and min-max scaled to [0, 1], the intensity range of the digits. Noise images are uniform
 U(0, 1) (``"uniform"``) or Gaussian N(0.5, 0.25²) clipped to [0, 1] (``"gaussian"``).
+``"digits"`` are scikit-learn's 8×8 handwritten digits (ink 0..16 scaled to [0, 1]) upscaled to
+the input size: the classic near-OOD set for Fashion-MNIST (:func:`fashion_ood`).
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-__all__ = ["OOD_KINDS", "ood_images", "sample_image"]
+__all__ = ["OOD_KINDS", "FASHION_OOD_KINDS", "fashion_ood", "ood_images", "sample_image"]
 
-OOD_KINDS: tuple[str, ...] = ("china", "flower", "uniform", "gaussian")
+OOD_KINDS: tuple[str, ...] = ("china", "flower", "uniform", "gaussian", "digits")
+FASHION_OOD_KINDS: tuple[str, ...] = ("digits", "photos", "noise")
 _ALIASES = {"noise": ("uniform", "gaussian")}
 
 
@@ -131,6 +134,22 @@ def crops(name: str, count: int, size: tuple[int, int], rng: np.random.Generator
     return _minmax(out).astype(np.float32)
 
 
+@lru_cache(maxsize=1)
+def _digit_images() -> np.ndarray:
+    from sklearn.datasets import load_digits
+
+    return load_digits().images.astype(np.float32) / 16.0  # (1797, 8, 8), ink in [0, 1]
+
+
+def digits(count: int, size: tuple[int, int], rng: np.random.Generator, *, channels: int = 1) -> np.ndarray:
+    """``count`` of scikit-learn's digits drawn at random (without replacement while there are enough),
+    upscaled to ``size`` by linear interpolation: (count, channels, H, W) float32 in [0, 1]."""
+    pool = _digit_images()
+    idx = rng.choice(len(pool), size=count, replace=count > len(pool))
+    out = np.clip(resize(pool[idx], size), 0.0, 1.0).astype(np.float32)
+    return np.repeat(out[:, None], channels, axis=1)
+
+
 def _expand_kinds(kinds) -> tuple[str, ...]:
     if isinstance(kinds, str):
         kinds = (kinds,)
@@ -163,7 +182,8 @@ def ood_images(
         size: (H, W) of each image, the model's input size.
         seed: seed of every random draw.
         kinds: any of ``"china"``, ``"flower"`` (photo patches), ``"uniform"``, ``"gaussian"``
-            (noise); ``"noise"`` stands for both noise kinds.
+            (noise), ``"digits"`` (scikit-learn's digits, upscaled); ``"noise"`` stands for both
+            noise kinds.
         channels: 1 (gray) or 3 (colour patches, noise per channel), to match the model's input.
 
     Returns:
@@ -194,6 +214,39 @@ def ood_images(
             x[idx] = rng.random(shape, dtype=np.float32)
         elif kind == "gaussian":
             x[idx] = np.clip(0.5 + 0.25 * rng.standard_normal(shape), 0.0, 1.0)
+        elif kind == "digits":
+            x[idx] = digits(len(idx), size, rng, channels=channels)
         else:
             x[idx] = crops(kind, len(idx), size, rng, channels=channels)
     return torch.from_numpy(x), [concrete[k] for k in assign]
+
+
+def fashion_ood(n: int, seed: int = 0, *, size: tuple[int, int] = (28, 28)) -> dict[str, torch.Tensor]:
+    """Out-of-distribution sets for Fashion-MNIST, ``n`` images of each kind, as {kind: tensor}.
+
+    * ``"digits"``: scikit-learn's handwritten digits upscaled to 28 × 28 — near-OOD (the classic
+      Fashion-MNIST vs MNIST pairing; bright strokes on black like the clothes);
+    * ``"photos"``: grayscale 28 × 28 crops of scikit-learn's two sample photographs;
+    * ``"noise"``: uniform and Gaussian noise images.
+
+    Each kind is drawn from its own seed derived from ``seed``, so adding a kind never changes
+    another.
+
+    Args:
+        n: images per kind.
+        seed: seed of every random draw.
+        size: (H, W), 28 × 28 for Fashion-MNIST.
+
+    Returns:
+        {kind: (n, 1, H, W) float32 tensor in [0, 1]} for the kinds of :data:`FASHION_OOD_KINDS`.
+
+    Example:
+        >>> sets = fashion_ood(4, seed=0)
+        >>> {k: tuple(v.shape) for k, v in sets.items()}
+        {'digits': (4, 1, 28, 28), 'photos': (4, 1, 28, 28), 'noise': (4, 1, 28, 28)}
+    """
+    from .._random import derive_seed
+
+    kinds = {"digits": ("digits",), "photos": ("china", "flower"), "noise": ("uniform", "gaussian")}
+    return {name: ood_images(n, size=size, seed=derive_seed(seed, i), kinds=parts)[0]
+            for i, (name, parts) in enumerate(kinds.items())}
