@@ -8,26 +8,8 @@ import sys
 from pathlib import Path
 
 import netuq
-import netuq.calibration as _calibration
 
 SRC = str(Path(netuq.__file__).resolve().parent.parent)
-
-# Until the calibrator registry (contract 1, netuq.calibration.CALIBRATORS) is merged, the child
-# process gets it from the three classes; once it exists, the plain `python -m netuq` runs.
-_SHIM = (
-    "import runpy, sys; import netuq.calibration as c; "
-    "c.CALIBRATORS = {'temperature': c.TemperatureScaling, 'vector': c.VectorScaling, 'matrix': c.MatrixScaling}; "
-    "sys.argv[0] = 'netuq'; runpy.run_module('netuq', run_name='__main__', alter_sys=True)"
-)
-HAS_REGISTRY = hasattr(_calibration, "CALIBRATORS")
-
-
-def install_registry() -> None:
-    """The same stop-gap in this process (for tests that call netuq.cli.main directly)."""
-    if not hasattr(_calibration, "CALIBRATORS"):
-        _calibration.CALIBRATORS = {"temperature": _calibration.TemperatureScaling,
-                                    "vector": _calibration.VectorScaling, "matrix": _calibration.MatrixScaling}
-
 
 def netuq_cli(*args, cwd=None, timeout: float = 300) -> subprocess.CompletedProcess:
     """``python -m netuq ARGS`` in a subprocess; returns the completed process (text stdout/stderr)."""
@@ -35,8 +17,7 @@ def netuq_cli(*args, cwd=None, timeout: float = 300) -> subprocess.CompletedProc
     env["PYTHONPATH"] = SRC + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.pop("PYTHONWARNINGS", None)
     env.setdefault("OMP_NUM_THREADS", "1")
-    head = ["-m", "netuq"] if HAS_REGISTRY else ["-c", _SHIM]
-    return subprocess.run([sys.executable, *head, *map(str, args)], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "netuq", *map(str, args)], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 

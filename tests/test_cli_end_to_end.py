@@ -11,13 +11,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from _cli_run import assert_one_line_error, install_registry, netuq_cli
+from _cli_run import assert_one_line_error, netuq_cli
 from sklearn.metrics import log_loss
 
-from netuq.io import save_arrays
-
-install_registry()
 from netuq.cli import main  # noqa: E402
+from netuq.io import save_arrays
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

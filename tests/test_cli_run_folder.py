@@ -11,15 +11,13 @@ import pickle
 
 import pytest
 import torch
-from _cli_run import assert_one_line_error, install_registry, netuq_cli
+from _cli_run import assert_one_line_error, netuq_cli
 
 from netuq.benchmark import load_config
 from netuq.benchmark.recipes import make_network
 from netuq.benchmark.results import RunDir, load_checkpoint, read_json, validate_part
-from netuq.report import example_results
-
-install_registry()
 from netuq.cli import main  # noqa: E402
+from netuq.report import example_results
 
 QUICK = ["--quick", "--methods", "deterministic", "--calibrators", "none", "--no-progress"]
 
