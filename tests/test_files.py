@@ -57,3 +57,26 @@ def test_inside_refuses_paths_that_leave_the_folder(tmp_path):
     (root / "linked").symlink_to(tmp_path / "out")
     with pytest.raises(ValueError, match="outside the folder"):
         inside(root, "linked", "roc.png")
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".pt", ".npy", ".safetensors"])
+def test_save_arrays_never_writes_through_a_symlink(tmp_path, suffix):
+    import torch
+
+    from netuq.io import load_arrays, save_arrays
+
+    target = tmp_path / f"target{suffix}"
+    target.write_bytes(b"precious")
+    link = tmp_path / f"preds{suffix}"
+    link.symlink_to(target)
+    save_arrays(link, logits=torch.randn(4, 3), labels=torch.tensor([0, 1, 2, 0]))
+    assert target.read_bytes() == b"precious" and not link.is_symlink()
+    kwargs = {"kind": "logits", "labels_path": tmp_path / "preds_labels.npy"} if suffix == ".npy" else {}
+    assert load_arrays(link, **kwargs) is not None
+
+
+def test_confidence_budget_checks_ignore_index():
+    from netuq.methods.confidence import ConfidenceBudget
+
+    with pytest.raises(TypeError, match="ignore_index"):
+        ConfidenceBudget(ignore_index=2.5)

@@ -286,17 +286,20 @@ def save_arrays(
     def as_torch(v):
         return torch.as_tensor(v).detach().cpu().contiguous()
 
+    from ._files import atomic_write, atomic_write_bytes
+
+    # every file goes through the atomic writer: never half-written, never through a symlink
     if suffix == ".npz":
-        np.savez(path, **{k: as_torch(v).numpy() for k, v in arrays.items()})
+        atomic_write(path, lambda fh: np.savez(fh, **{k: as_torch(v).numpy() for k, v in arrays.items()}))
     elif suffix in (".pt", ".pth"):
-        torch.save({k: as_torch(v) for k, v in arrays.items()}, path)
+        atomic_write(path, lambda fh: torch.save({k: as_torch(v) for k, v in arrays.items()}, fh))
     elif suffix == ".safetensors":
-        _safetensors_module().save_file({k: as_torch(v) for k, v in arrays.items()}, str(path))
+        atomic_write_bytes(path, _safetensors_module().save({k: as_torch(v) for k, v in arrays.items()}))
     elif suffix == ".npy":
         if logits is not None and probs is not None:
             raise ValueError("a .npy file holds one array: pass `logits` or `probs`, not both")
-        np.save(path, as_torch(logits if logits is not None else probs).numpy())
-        np.save(path.with_name(f"{path.stem}_labels.npy"), as_torch(labels).numpy())
+        atomic_write(path, lambda fh: np.save(fh, as_torch(logits if logits is not None else probs).numpy()))
+        atomic_write(path.with_name(f"{path.stem}_labels.npy"), lambda fh: np.save(fh, as_torch(labels).numpy()))
     else:
         raise ValueError(f"{path}: unsupported file type {suffix or '(none)'!r}; expected one of {', '.join(SUFFIXES)}")
     return path

@@ -160,8 +160,14 @@ def _plot(args, make, logits, labels) -> Path:
         reliability_diagram(bins, ax=ax, title=f"{title}\nECE = {ece:.4f}")
     path = Path(args.plot)
     fig.tight_layout()
+    import io
+
+    from .._files import atomic_write_bytes
+
+    buf = io.BytesIO()
     try:
-        fig.savefig(path, dpi=120)
+        fig.savefig(buf, dpi=120, format=path.suffix.lstrip(".").lower() or "png")
     except ValueError as err:  # e.g. an unknown image suffix
         raise ValueError(f"--plot {path}: {err}") from None
+    atomic_write_bytes(path, buf.getvalue())  # never half-written, never through a symlink
     return path

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import _check_finite, _check_float, check_labels, check_logits, float_dtype
+from .._checks import _check_finite, _check_float, check_ignore_index, check_labels, check_logits, float_dtype
 from .._checks import check_positive_int as _check_positive_int
 from .._modes import eval_mode
 from ..prediction import Prediction
@@ -268,7 +268,7 @@ class ConfidenceBudget(Callback):
         self.beta = float(beta)
         self.lmbda = float(lmbda)
         self.hint_prob = _check_probability(hint_prob, "hint_prob")
-        self.ignore_index = ignore_index
+        self.ignore_index = check_ignore_index(ignore_index)
 
     def update(self, confidence_penalty: float) -> float:
         """One budget step from the batch mean of −log c; returns the new λ."""
@@ -284,7 +284,7 @@ class ConfidenceBudget(Callback):
             s = s.squeeze(1)
         penalty = F.softplus(-s.to(float_dtype(s)))
         if self.ignore_index is not None:
-            penalty = penalty[target.to(s.device) != self.ignore_index]
+            penalty = penalty[target.to(s.device).long() != self.ignore_index]  # int64: no wrap-around
         if penalty.numel():
             self.update(float(penalty.mean()))
 
