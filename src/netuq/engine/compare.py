@@ -285,9 +285,10 @@ def _evaluate(name: str, method: Any, test_loader, opts: dict[str, Any]) -> tupl
         if anomaly is not None:
             apos = anomaly.reshape(-1).nonzero().squeeze(1)
             anomaly_sample.offer(apos.numel(), _take_rows(flat, L, apos, scores, logits=False))
-        if task == "segmentation" and len(examples.get("label", [])) < opts["examples"] and \
+        kept = sum(len(t) for t in examples.get("label", []))
+        if task == "segmentation" and kept < opts["examples"] and \
                 batch.x.ndim == 4 and tuple(batch.x.shape[-2:]) == tuple(y.shape[-2:]):
-            k = opts["examples"] - sum(len(t) for t in examples.get("label", []))
+            k = opts["examples"] - kept
             ex = {"image": _image(batch.x[:k]), "label": y[:k], "prediction": pred.prediction[:k],
                   "entropy": pred.entropy[:k], "anomaly": None if anomaly is None else anomaly[:k].to(torch.int64)}
             if epistemic and pred.num_samples > 1:
@@ -301,11 +302,13 @@ def _evaluate(name: str, method: Any, test_loader, opts: dict[str, Any]) -> tupl
 
     part: dict[str, Any] = {"label": name}
     values = metric_values(um)
+    z, yy = sample.get("logits"), sample.get("y")
+    if task == "classification":  # every row is in memory: the exact functional metrics
+        values = M.evaluate(z.exp(), yy, n_bins=n_bins, validate_args=False)
     part["metrics"] = {k: values[k] for k in METRIC_KEYS if k in values}
     if members:
         part["members"] = [{k: metric_values(m)[k] for k in ("accuracy", "nll", "brier", "ece")} for m in um_members]
     samples = opts["calibration_samples"]
-    z, yy = sample.get("logits"), sample.get("y")
     if fitted is None:
         part["in_distribution"], rel_ts = _protocol(sample, images, cals, opts["repeats"], seed, n_bins, samples)
         fitted = _fit_on(z, yy, ("temperature",), samples, seed)
