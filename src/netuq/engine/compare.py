@@ -316,8 +316,7 @@ def _evaluate(name: str, method: Any, test_loader, opts: dict[str, Any]) -> tupl
             p = torch.softmax(fitted.reference(z).double(), 1)
             rel_ts = M.reliability_bins(p, yy, n_bins=n_bins, validate_args=False).to_dict()
     else:
-        none = {k: {"mean": values[k], "std": None} for k in PROTOCOL_KEYS}
-        part["in_distribution"] = {"none": none} if "none" in cals else {}
+        part["in_distribution"] = {"none": {k: {"mean": values[k], "std": None} for k in PROTOCOL_KEYS}}
         for k in cals:
             if k != "none":
                 v = metric_values(um_cal[k])
@@ -420,7 +419,9 @@ def compare(
     Args:
         methods: display name -> method (any kind :func:`netuq.predict` takes).
         test_loader: labelled batches ``(x, y)`` or ``(x, y, anomaly)``: for segmentation the
-            optional third element is a bool (N, H, W) mask of anomaly (OOD) pixels.
+            optional third element is a bool (N, H, W) mask of anomaly (OOD) pixels. Every loader
+            is iterated once per method, so pass re-iterable loaders (a DataLoader, a list), not
+            one-shot generators, when comparing several methods.
         calibration: labelled loader to fit the calibrators on; None: 2-fold protocol on the test set.
         calibrators: subset of ``"none"`` and the names of ``netuq.calibration.CALIBRATORS``.
         ood: an OOD loader, or kind -> loader (labels not needed; every row/pixel is OOD).
@@ -445,6 +446,7 @@ def compare(
         >>> g = torch.Generator().manual_seed(0)
         >>> x = torch.randn(64, 4, generator=g); y = (x[:, 0] > 0).long()
         >>> net = torch.nn.Linear(4, 2)
+        >>> _ = net.weight.data.copy_(torch.tensor([[2.0, 0, 0, 0], [-2.0, 0, 0, 0]]))
         >>> test = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
         >>> res = netuq.compare({"plain": net}, test, repeats=1)
         >>> sorted(res["methods"]["plain"]["in_distribution"])
