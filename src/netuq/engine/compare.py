@@ -446,7 +446,7 @@ def compare(
         >>> g = torch.Generator().manual_seed(0)
         >>> x = torch.randn(64, 4, generator=g); y = (x[:, 0] > 0).long()
         >>> net = torch.nn.Linear(4, 2)
-        >>> _ = net.weight.data.copy_(torch.tensor([[2.0, 0, 0, 0], [-2.0, 0, 0, 0]]))
+        >>> _ = net.weight.data.copy_(torch.tensor([[-2.0, 0, 0, 0], [2.0, 0, 0, 0]]))
         >>> test = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
         >>> res = netuq.compare({"plain": net}, test, repeats=1)
         >>> sorted(res["methods"]["plain"]["in_distribution"])
