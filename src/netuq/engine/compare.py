@@ -401,7 +401,7 @@ def compare(
     progress: bool = False,
     keys: Sequence[str] = DEFAULT_KEYS,
     repeats: int = 5,
-    max_pixels: int = 500_000,
+    max_pixels: int = 250_000,
     calibration_samples: int | None = None,
     examples: int = 4,
 ) -> dict[str, Any]:
