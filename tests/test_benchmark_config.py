@@ -101,3 +101,36 @@ def test_run_warnings_are_summarised_once_with_counts():
         {"message": "RuntimeWarning: T hit its bound", "count": 3},
         {"message": "UserWarning: other", "count": 1},
     ]
+
+
+def test_methods_are_derived_from_the_one_recipe_map():
+    from netuq.benchmark import recipes
+    from netuq.benchmark.config import CALIBRATORS, METHODS
+
+    assert METHODS == tuple(recipes.RECIPES)
+    assert CALIBRATORS[0] == "none" and {"temperature", "vector", "matrix"} <= set(CALIBRATORS)
+    for name, recipe in recipes.RECIPES.items():
+        assert recipe.scores[:2] == ("max_prob", "entropy"), name
+        assert ("mutual_information" in recipe.scores) == recipe.epistemic, name
+        assert recipe.label
+
+
+def test_checkpoints_are_written_atomically_and_bad_ones_are_named(tmp_path):
+    import pytest
+    import torch
+
+    from netuq.benchmark.recipes import load_weights, save_weights
+
+    net = torch.nn.Linear(2, 3)
+    path = tmp_path / "models" / "net.pt"
+    save_weights(net.state_dict(), path)
+    assert [p.name for p in path.parent.iterdir()] == ["net.pt"]  # no temporary file left behind
+    other = torch.nn.Linear(2, 3)
+    load_weights(other, path)
+    assert torch.equal(other.weight, net.weight)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"model checkpoint .*net.pt cannot be loaded"):
+        load_weights(other, path)
+    save_weights({"weight": torch.zeros(5, 5)}, path)
+    with pytest.raises(ValueError, match="net.pt cannot be loaded"):
+        load_weights(other, path)

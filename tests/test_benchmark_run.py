@@ -27,10 +27,18 @@ def test_quick_run_writes_everything(quick_run, capsys):
     results = json.loads((quick_run / "results.json").read_text())
     validate_results(results)
     assert list(results["methods"]) == list(load_config(quick=True).methods)
-    for part in results["methods"].values():
+    from netuq.benchmark.recipes import RECIPES
+
+    for name, part in results["methods"].items():
         assert set(part["in_distribution"]) == {"none", "temperature", "vector", "matrix"}
         assert 0.0 <= part["metrics"]["accuracy"] <= 1.0
         assert part["shift"] and part["ood"]
+        # netuq.compare scores each method with exactly the scores its recipe declares.
+        assert tuple(part["misclassification"]) == RECIPES[name].scores, name
+        assert tuple(part["ood"]) == RECIPES[name].scores, name
+        assert len(part["ood_kinds"]) > 1 and all(set(v) == set(part["ood"]) for v in part["ood_kinds"].values())
+        assert part["counts"]["test"] == results["data"]["test"]
+        assert 0 <= part["counts"]["errors"] <= part["counts"]["test"]
     html = (quick_run / "report.html").read_text()
     figures = list((quick_run / "figures").glob("*.png"))
     assert figures and html.count("data:image/png;base64,") >= len(figures)

@@ -11,6 +11,7 @@ Example:
 
 from . import calibration, data, measures, metrics, report, tta
 from . import nn as nn  # netuq.nn: public, but not in __all__ (a star import must not shadow torch.nn)
+from .engine import compare, predict
 from .exceptions import NotFittedError
 from .methods.confidence import (
     ConfidenceBudget,
@@ -36,6 +37,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Prediction",
+    "predict",
+    "compare",
     "NotFittedError",
     "measures",
     "metrics",

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 __all__ = ["BenchmarkConfig", "METHODS", "CALIBRATORS", "load_config"]
 
-METHODS = ("deterministic", "mc_dropout", "ensemble", "tta", "heteroscedastic", "confidence")
-CALIBRATORS = ("none", "temperature", "vector", "matrix")
+from ..engine._scoring import CALIBRATOR_NAMES
+from .recipes import RECIPES
+
+METHODS = tuple(RECIPES)  # one entry per recipe, in the report's order
+CALIBRATORS = CALIBRATOR_NAMES  # "none" plus netuq.calibration's registry
 TASKS = ("classification", "segmentation")
 DATASETS = ("digits", "mnist", "fashionmnist", "cifar10")
 
@@ -73,7 +76,6 @@ class BenchmarkConfig:
     calibration_pixels: int = 20000
     device: str = "cpu"
     quick: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

@@ -1,6 +1,11 @@
 """How the benchmark builds, trains and wraps each method: one small recipe per method.
 
-Each recipe returns a *predictor*: a callable ``x -> netuq.Prediction`` on a batch of inputs.
+:data:`RECIPES` is the one map of benchmark methods (name -> :class:`Recipe`: build function,
+scores it offers, whether its samples have an epistemic part, display label); ``METHODS`` is
+derived from it, so adding a method touches this module (plus its tests) only.
+
+Each recipe returns a *predictor* that :func:`netuq.compare` takes: a netuq method or a callable
+``x -> netuq.Prediction`` on a batch of inputs.
 The deterministic network is trained once and shared by the deterministic baseline, MC dropout
 and TTA (they differ only at prediction time); its weights are cached in the run folder so an
 interrupted run does not retrain it. The ensemble keeps its members in the run folder too and
@@ -9,30 +14,44 @@ resumes member by member.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from .._files import atomic_write
 from ..models import SmallCNN, SmallUNet
 from ..prediction import Prediction
 from ..training import fit
-from .config import BenchmarkConfig
+
+if TYPE_CHECKING:
+    from .config import BenchmarkConfig
+
+__all__ = ["RECIPES", "Recipe", "IGNORE", "make_network", "train_base", "save_weights", "load_weights"]
 
 Predictor = Callable[[torch.Tensor], Prediction]
 
 IGNORE = 255
 
 
-def _save_atomic(state: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+def save_weights(state: dict, path: Path) -> None:
+    """``torch.save`` through :func:`netuq._files.atomic_write` (no half-written checkpoint on a crash)."""
+    atomic_write(path, lambda fh: torch.save(state, fh))
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load a checkpoint written by :func:`save_weights` (``weights_only``); any failure names the file."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as err:  # unpickling, truncated file, wrong keys or shapes
+        raise ValueError(
+            f"model checkpoint {path} cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+            "delete it (or the run folder) to retrain"
+        ) from err
 
 
 def make_network(config: BenchmarkConfig, num_classes: int, in_channels: int = 1) -> nn.Module:
@@ -64,10 +83,10 @@ def train_base(config: BenchmarkConfig, data, cache: Path) -> nn.Module:
         torch.manual_seed(config.seed)
         model = make_network(config, data.num_classes, data.in_channels)
     if cache.exists():
-        model.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
+        load_weights(model, cache)
     else:
         fit(model, data.train, val_data=data.val, loss=_loss(config), **_fit_kwargs(config))
-        _save_atomic(model.state_dict(), cache)
+        save_weights(model.state_dict(), cache)
     return model.to(config.device).eval()
 
 
@@ -163,7 +182,7 @@ def heteroscedastic(config: BenchmarkConfig, data, cache: Path) -> Predictor:
         net = _HeadNet(body, HeteroscedasticHead(body.feature_dim, data.num_classes, spatial=spatial))
     ignore = IGNORE if spatial else None
     if cache.exists():
-        net.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
+        load_weights(net, cache)
     else:
 
         def loss(out, y):
@@ -177,7 +196,7 @@ def heteroscedastic(config: BenchmarkConfig, data, cache: Path) -> Predictor:
                                        ignore_index=ignore)
 
         fit(net, data.train, val_data=data.val, loss=loss, val_loss=val_loss, **_fit_kwargs(config, 1))
-        _save_atomic(net.state_dict(), cache)
+        save_weights(net.state_dict(), cache)
     net.to(config.device).eval()
     gen = torch.Generator(device=config.device)
     gen.manual_seed(config.seed)  # seeded once: fresh noise for every batch, reproducible per run
@@ -187,6 +206,7 @@ def heteroscedastic(config: BenchmarkConfig, data, cache: Path) -> Predictor:
             mu, sigma = net(x)
             return heteroscedastic_predict(mu, sigma, samples=config.het_predict_samples, generator=gen)
 
+    predict.epistemic = False  # logit noise: the samples' disagreement is aleatoric (Kendall & Gal 2017)
     return predict
 
 
@@ -203,12 +223,12 @@ def confidence(config: BenchmarkConfig, data, cache: Path) -> Predictor:
         net = _HeadNet(body, classifier, ConfidenceHead(width, spatial=spatial))
     ignore = IGNORE if spatial else None
     if cache.exists():
-        net.load_state_dict(torch.load(cache, map_location="cpu", weights_only=True))
+        load_weights(net, cache)
     else:
         budget = ConfidenceBudget(beta=0.3, lmbda=0.1, ignore_index=ignore)
         fit(net, data.train, val_data=data.val, loss=budget.loss, val_loss=budget.val_loss, callbacks=[budget],
             **_fit_kwargs(config, 2))
-        _save_atomic(net.state_dict(), cache)
+        save_weights(net.state_dict(), cache)
     net.to(config.device).eval()
 
     def predict(x: torch.Tensor) -> Prediction:
@@ -217,3 +237,37 @@ def confidence(config: BenchmarkConfig, data, cache: Path) -> Predictor:
             return confidence_predict(logits, conf)
 
     return predict
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One benchmark method.
+
+    Attributes:
+        build: ``(config, data, models_dir, base) -> predictor``; ``base()`` returns the shared
+            deterministic network (trained on first use, cached in ``models_dir / "base.pt"``).
+        scores: the uncertainty scores its predictions offer (contract names, higher = less sure).
+        epistemic: whether its samples carry an epistemic part (mutual information is reported).
+        label: display name in the report.
+    """
+
+    build: Callable[[Any, Any, Path, Callable[[], nn.Module]], Any]
+    scores: tuple[str, ...]
+    epistemic: bool
+    label: str
+
+
+_BASIC = ("max_prob", "entropy")
+
+RECIPES: dict[str, Recipe] = {
+    "deterministic": Recipe(lambda c, d, m, base: deterministic(base()), _BASIC, False, "deterministic"),
+    "mc_dropout": Recipe(lambda c, d, m, base: mc_dropout(base(), c), (*_BASIC, "mutual_information"), True,
+                         "MC dropout"),
+    "ensemble": Recipe(lambda c, d, m, base: ensemble(c, d, m / "ensemble"), (*_BASIC, "mutual_information"), True,
+                       "deep ensemble"),
+    "tta": Recipe(lambda c, d, m, base: tta(base(), c), (*_BASIC, "mutual_information"), True, "TTA"),
+    "heteroscedastic": Recipe(lambda c, d, m, base: heteroscedastic(c, d, m / "heteroscedastic.pt"),
+                              (*_BASIC, "sigma"), False, "heteroscedastic"),
+    "confidence": Recipe(lambda c, d, m, base: confidence(c, d, m / "confidence.pt"), (*_BASIC, "confidence"), False,
+                         "learned confidence"),
+}

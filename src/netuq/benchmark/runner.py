@@ -1,4 +1,4 @@
-"""The benchmark runner: data -> methods -> calibration -> metrics -> results. Orchestration only.
+"""The benchmark runner: built-in data -> recipes (training) -> :func:`netuq.compare` -> report.
 
 Every finished method is written atomically to ``parts/<method>.json`` in the run folder; a rerun
 with the same folder and configuration skips finished methods (and reuses trained weights), so an
@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 
+from ..engine import compare
 from . import recipes
 from .config import BenchmarkConfig
-from .evaluation import evaluate_method
 from .results import RunDir, atomic_write_json
 
-__all__ = ["run_benchmark", "BenchData", "prepare_data"]
+__all__ = ["run_benchmark", "BenchData", "prepare_data", "evaluate_method"]
 
 
 @dataclass
@@ -81,21 +81,45 @@ def _summarise_warnings(caught: list[warnings.WarningMessage]) -> list[dict[str,
     return [{"message": msg, "count": n} for msg, n in sorted(counts.items())]
 
 
-def _build(method: str, config: BenchmarkConfig, data: BenchData, run: RunDir, base: Callable[[], torch.nn.Module]):
-    models = run.root / "models"
-    if method == "deterministic":
-        return recipes.deterministic(base())
-    if method == "mc_dropout":
-        return recipes.mc_dropout(base(), config)
-    if method == "tta":
-        return recipes.tta(base(), config)
-    if method == "ensemble":
-        return recipes.ensemble(config, data, models / "ensemble")
-    if method == "heteroscedastic":
-        return recipes.heteroscedastic(config, data, models / "heteroscedastic.pt")
-    if method == "confidence":
-        return recipes.confidence(config, data, models / "confidence.pt")
-    raise ValueError(f"unknown method {method!r}")  # pragma: no cover - config validates
+def _batches(x: torch.Tensor, *rest: torch.Tensor | None, size: int) -> list[tuple[torch.Tensor, ...]]:
+    parts = [t for t in rest if t is not None]
+    return [(x[i : i + size], *(t[i : i + size] for t in parts)) for i in range(0, len(x), size)]
+
+
+def evaluate_method(method: str, predictor, data: BenchData, config: BenchmarkConfig) -> dict:
+    """Every number the report shows for one method: the benchmark data as loaders, through
+    :func:`netuq.compare` (2-fold calibration protocol on the test set, shifts, OOD)."""
+    seg = config.task == "segmentation"
+    size = 32 if seg else 512
+    x_test, y_test = data.test
+    test = _batches(x_test, y_test, data.test_anomaly if seg else None, size=size)
+    shifts = {kind: {sev: _batches(xs, y_test, size=size) for sev, xs in by_sev.items()}
+              for kind, by_sev in data.shifted.items()}
+    ood = None
+    if data.ood is not None:
+        ood_x, kinds = data.ood
+        ood = {}
+        for kind in dict.fromkeys(kinds):
+            idx = torch.tensor([i for i, k in enumerate(kinds) if k == kind])
+            ood[kind] = _batches(ood_x[idx], size=size)
+    results = compare(
+        {method: predictor},
+        test,
+        calibration=None,
+        calibrators=config.calibrators,
+        ood=ood,
+        shifts=shifts,
+        ignore_index=recipes.IGNORE if seg else None,
+        n_bins=config.n_bins,
+        seed=config.seed,
+        device=config.device,
+        repeats=config.cv_repeats,
+        calibration_samples=config.calibration_pixels if seg else None,
+    )
+    part = results["methods"][method]
+    part["method"] = method
+    part["label"] = recipes.RECIPES[method].label
+    return part
 
 
 def run_benchmark(
@@ -140,17 +164,15 @@ def run_benchmark(
         if bar is not None:
             bar.set_postfix_str(f"{method}: training")
 
-        def tick(stage: str, method=method) -> None:
-            if bar is not None:
-                bar.set_postfix_str(f"{method}: {stage}")
-
         # Expected numerical warnings (e.g. a nearly separable half of the 2-fold protocol) are
         # recorded with the results instead of flooding the terminal.
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            predictor = _build(method, config, data, run, base)
+            predictor = recipes.RECIPES[method].build(config, data, run.root / "models", base)
             t1 = time.perf_counter()
-            part = evaluate_method(method, predictor, data, config, progress=tick)
+            if bar is not None:
+                bar.set_postfix_str(f"{method}: evaluating")
+            part = evaluate_method(method, predictor, data, config)
         part["runtime_s"] = {"train": t1 - t0, "evaluate": time.perf_counter() - t1}
         part["warnings"] = _summarise_warnings(caught)
         run.write_part(method, part)
