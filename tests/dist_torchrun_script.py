@@ -44,8 +44,9 @@ def _fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, ignore_index: int = -
     return net.eval()
 
 
-def _loader(dataset, batch_size: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, sampler=EvalSampler(dataset))
+def _loader(dataset, batch_size: int, whole_batches: bool = False) -> DataLoader:
+    sampler = EvalSampler(dataset, batch_size=batch_size if whole_batches else None)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler)
 
 
 def _classification() -> dict:
@@ -56,7 +57,7 @@ def _classification() -> dict:
     net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 3))
     _fit(net, x, y)
     members = [_fit(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), x, y) for _ in range(2)]
-    ens = netuq.Ensemble(members, vectorize=False)  # "auto" picks the faster path by timing it
+    ens = netuq.Ensemble(members)
     mc = netuq.MCDropout(net, samples=4, seed=3)
     data = TensorDataset(x, y)
     cal = TensorDataset(x[:25] + 0.1, y[:25])
@@ -64,16 +65,20 @@ def _classification() -> dict:
     out = {}
     pred, labels = netuq.predict(net, _loader(data, 8))
     out["predict_plain"] = {"probs": pred.probs, "entropy": pred.entropy, "labels": labels}
-    pred, _ = netuq.predict(ens, _loader(data, 8))
+    # The ensemble's mixture (logsumexp over members) rounds some rows by their position in the batch, and a
+    # seeded MCDropout draws one mask per row position: exact with whole batches sharded (or batch_size=1).
+    pred, _ = netuq.predict(ens, _loader(data, 8, whole_batches=True))
     out["predict_ensemble"] = {"probs": pred.probs, "aleatoric": pred.aleatoric}
-    # A seeded MCDropout draws one mask per row position of a batch: exact with batch_size=1.
     pred, labels = netuq.predict(mc, _loader(data, 1))
     out["predict_mc"] = {"probs": pred.probs, "mi": pred.epistemic, "labels": labels}
-    out["compare"] = netuq.compare({"plain": net, "ensemble": ens}, _loader(data, 8), ood=_loader(ood, 2), repeats=2)
+    pred, labels = netuq.predict(mc, _loader(data, 8, whole_batches=True))
+    out["predict_mc_batches"] = {"probs": pred.probs, "mi": pred.epistemic, "labels": labels}
+    out["compare"] = netuq.compare({"plain": net}, _loader(data, 8), ood=_loader(ood, 2), repeats=2)
+    out["compare_batches"] = netuq.compare({"ensemble": ens, "mc": mc}, _loader(data, 8, whole_batches=True),
+                                           ood={"far": _loader(ood, 2, whole_batches=True)}, repeats=2)
     out["compare_calibration"] = netuq.compare({"plain": net}, _loader(data, 8), calibration=_loader(cal, 4),
                                                calibrators=("none", "temperature", "vector"),
                                                shifts={"noise": {1: _loader(cal, 4)}})
-    out["compare_mc"] = netuq.compare({"mc": mc}, _loader(data, 1), repeats=1)
     return out
 
 
@@ -115,15 +120,22 @@ def _streaming() -> dict:
     return {"uncertainty": um.compute(), "reliability": um.reliability().to_dict(), "ece": ce.compute()}
 
 
-def _padded() -> dict:
-    """A DistributedSampler pads the ranks: netuq warns and the gathered set is one example too long."""
+def _misuse() -> dict:
+    """A DistributedSampler pads the ranks: netuq warns and gathers 46 of 45; a batch size mismatch raises."""
     x = torch.randn(45, 4, generator=torch.Generator().manual_seed(3))
     data = TensorDataset(x, torch.arange(45) % 3)
     sampler = DistributedSampler(data, shuffle=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pred, labels = netuq.predict(nn.Linear(4, 3), DataLoader(data, batch_size=8, sampler=sampler))
-    return {"n": len(labels), "warned": any("DistributedSampler" in str(w.message) for w in caught)}
+    mismatch = DataLoader(data, batch_size=4, sampler=EvalSampler(data, batch_size=8))
+    try:
+        netuq.predict(nn.Linear(4, 3), mismatch)
+        error = ""
+    except ValueError as err:
+        error = str(err)
+    return {"n": len(labels), "warned": any("DistributedSampler" in str(w.message) for w in caught),
+            "mismatch_error": error}
 
 
 def record(out: Path) -> None:
@@ -136,7 +148,7 @@ def record(out: Path) -> None:
         result = {"world_size": torch.distributed.get_world_size() if distributed else 1,
                   "classification": _classification(), "segmentation": _segmentation(), "streaming": _streaming()}
         if distributed:
-            result["padded"] = _padded()
+            result["misuse"] = _misuse()
         (out / f"rank{rank}.json").write_text(json.dumps(_plain(result)))
     finally:
         torch.set_num_threads(threads)

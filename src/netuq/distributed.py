@@ -2,15 +2,28 @@
 
 Under ``torch.distributed`` (gloo on the CPU, nccl on GPUs), give each rank's ``DataLoader`` an
 :class:`EvalSampler`; :func:`netuq.predict` and :func:`netuq.compare` then gather every rank's
-predictions step by step, put the rows back in dataset order and cut them into the batches a
-one-process loader with the same ``batch_size`` would yield. Everything downstream (streaming
-metrics, the seeded pixel sample, calibrators, the 2-fold protocol) therefore sees exactly the
-batches of one process, and every rank returns the one-process result, bit for bit, provided the
-method's prediction for an example does not depend on the other examples of its batch (any
-deterministic model in eval mode, TTA, an ensemble). A seeded ``MCDropout`` draws one mask per
-row *position* of a batch and a ``HeteroscedasticClassifier`` draws its noise in batch order, so
-their samples follow the per-rank batches: the result is then the same on every rank and a valid
-evaluation, but equal to one process only with ``batch_size=1``.
+predictions step by step (sizes first, padded, gathered, trimmed), put the rows back in dataset
+order and cut them into the batches a one-process loader with the same ``batch_size`` (and a
+sequential sampler) would yield. Everything downstream (streaming metrics, the seeded pixel
+sample, calibrators, the 2-fold protocol) therefore sees the batches of one process, and every
+rank returns the same whole-set result.
+
+How exact: with ``EvalSampler(dataset, batch_size=B)`` (whole batches sharded) every example is
+computed in the same batch, at the same position, as in one process, so the result equals one
+process bit for bit for any method that is deterministic given its batch: plain models,
+ensembles, TTA, a seeded ``MCDropout``. With the default (single indices interleaved) an example
+meets other batch-mates at another position: the result is bit for bit the one-process result
+when the method's output for an example does not depend on that (a plain MLP, for instance), but
+a seeded ``MCDropout`` draws one mask per row position, and some CPU kernels (an ensemble's
+log-sum-exp, convolutions whose spatial size leaves a SIMD tail) round an example's last bit by
+its position, so those agree with one process only to float32 rounding. A
+``HeteroscedasticClassifier`` draws its noise in batch order on each rank: a valid evaluation,
+the same on every rank, not the one-process draw. A ``DistributedSampler`` repeats examples to pad
+the ranks: netuq warns, and those examples count twice.
+
+Every rank must iterate its loaders the same number of times (collectives per step); an error
+raised on one rank only (a malformed batch) leaves the others waiting until the process group's
+timeout.
 
 The streaming metrics (:mod:`netuq.metrics.streaming`) on their own sync through torchmetrics:
 their states are sums (integer counts, float64 sums), so the synced counts equal one process
@@ -74,17 +87,27 @@ class EvalSampler(torch.utils.data.Sampler[int]):
     handle, and which also lets them restore the dataset order (rank r's k-th example is index
     ``k * W + r``).
 
+    With ``batch_size=B`` whole batches are sharded instead: rank r gets the one-process batches
+    r, r + W, … (indices ``[kB, (k + 1)B)`` for k ≡ r mod W). Every example then sits in the same
+    batch, at the same position, as in one process, so even a method whose output depends on the
+    batch (a seeded ``MCDropout``'s masks, kernels that round by position) gives exactly the
+    one-process result; the rank's DataLoader must use the same ``batch_size``.
+
     Args:
         dataset: anything with ``len()``.
         num_replicas: the world size W (default: that of the process group, else 1).
         rank: this rank (default: that of the process group, else 0).
+        batch_size: shard whole batches of this size (None: single indices).
 
     Example:
         >>> [list(EvalSampler(range(7), num_replicas=3, rank=r)) for r in range(3)]
         [[0, 3, 6], [1, 4], [2, 5]]
+        >>> [list(EvalSampler(range(7), num_replicas=2, rank=r, batch_size=2)) for r in range(2)]
+        [[0, 1, 4, 5], [2, 3, 6]]
     """
 
-    def __init__(self, dataset: Sized, num_replicas: int | None = None, rank: int | None = None) -> None:
+    def __init__(self, dataset: Sized, num_replicas: int | None = None, rank: int | None = None, *,
+                 batch_size: int | None = None) -> None:
         if not isinstance(dataset, Sized):
             raise TypeError(f"`dataset` must have a length (len(dataset)), got {type(dataset).__name__}")
         default_rank, default_world = world()
@@ -94,12 +117,20 @@ class EvalSampler(torch.utils.data.Sampler[int]):
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or not 0 <= self.rank < self.num_replicas:
             raise ValueError(f"`rank` must be an integer in [0, {self.num_replicas}), got {self.rank!r}")
         self.dataset = dataset
+        self.batch_size = None if batch_size is None else check_positive_int(batch_size, "batch_size")
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+        n, b, w = len(self.dataset), self.batch_size or 1, self.num_replicas
+        return (i for k in range(self.rank, -(-n // b), w) for i in range(k * b, min((k + 1) * b, n)))
 
     def __len__(self) -> int:
-        return len(range(self.rank, len(self.dataset), self.num_replicas))
+        n, b, w = len(self.dataset), self.batch_size or 1, self.num_replicas
+        return sum(min((k + 1) * b, n) - k * b for k in range(self.rank, -(-n // b), w))
+
+    def position(self, rank: int, j: int) -> int:
+        """The dataset index of rank ``rank``'s ``j``-th example (how the gathered rows go back in order)."""
+        b, w = self.batch_size or 1, self.num_replicas
+        return ((j // b) * w + rank) * b + j % b
 
     def set_epoch(self, epoch: int) -> None:
         """No-op (the order never changes): lets EvalSampler replace a DistributedSampler as is."""
@@ -192,6 +223,9 @@ def gather_stream(local: Iterable, loader: Any, name: str = "loader") -> Iterato
         raise ValueError(f"`{name}`'s EvalSampler has num_replicas={sampler.num_replicas} but the world size is "
                          f"{size}; build it after init_process_group or pass num_replicas={size}")
     chunk = getattr(loader, "batch_size", None)
+    if ordered and sampler.batch_size is not None and chunk != sampler.batch_size:
+        raise ValueError(f"`{name}`'s EvalSampler shards batches of {sampler.batch_size} but the DataLoader's "
+                         f"batch_size is {chunk}; use the same batch size for both")
     device = _comm_device()
     it = iter(local)
     seen = [0] * size  # rows received so far from each rank
@@ -234,7 +268,7 @@ def gather_stream(local: Iterable, loader: Any, name: str = "loader") -> Iterato
             continue
         for r in range(size):
             for j in range(sizes[r]):
-                buffer[(seen[r] + j) * size + r] = {k: gathered[k][r][j] for k in spec}
+                buffer[sampler.position(r, seen[r] + j)] = {k: gathered[k][r][j] for k in spec}
             seen[r] += sizes[r]
         step = chunk or max(sizes)
         while all(p in buffer for p in range(next_pos, next_pos + step)):
