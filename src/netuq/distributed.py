@@ -229,12 +229,12 @@ def gather_stream(local: Iterable, loader: Any, name: str = "loader") -> Iterato
     device = _comm_device()
     it = iter(local)
     seen = [0] * size  # rows received so far from each rank
-    buffer: dict[int, dict[str, torch.Tensor]] = {}  # dataset position -> row
+    pos = torch.empty(0, dtype=torch.long)  # dataset positions of the rows waiting in `pending`, sorted
+    pending: dict[str, torch.Tensor] = {}
     next_pos, index, meta = 0, 0, None
 
-    def emit(rows: list[dict[str, torch.Tensor]]):
+    def emit(cols: dict[str, torch.Tensor]):
         nonlocal index
-        cols = {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
         out = _unpack(cols, meta, index)
         index += 1
         return out
@@ -252,7 +252,7 @@ def gather_stream(local: Iterable, loader: Any, name: str = "loader") -> Iterato
         torch.distributed.all_gather_object(infos, info)
         present = [i for i in infos if i is not None]
         if not present:
-            if index == 0 and not buffer:
+            if index == 0 and not pos.numel():
                 raise ValueError(f"`{name}` yielded no batches on any rank; it must yield at least one")
             break
         spec, meta = present[0]["spec"], present[0]["meta"]
@@ -261,22 +261,27 @@ def gather_stream(local: Iterable, loader: Any, name: str = "loader") -> Iterato
                 raise ValueError(f"`{name}`: rank {r}'s batch holds {i['spec']} but another rank's {spec}; every rank "
                                  "must run the same method on batches of the same kind")
         sizes = [0 if i is None else i["n"] for i in infos]
-        gathered = {k: _all_gather_rows(cols.get(k) if item is not None else None, s, sizes, device)
+        gathered = {k: torch.cat(_all_gather_rows(cols.get(k) if item is not None else None, s, sizes, device))
                     for k, s in spec.items()}
-        if not ordered:
-            yield emit([{k: gathered[k][r][j] for k in spec} for r in range(size) for j in range(sizes[r])])
+        if not ordered:  # each step's rows in rank order
+            yield emit(gathered)
             continue
-        for r in range(size):
-            for j in range(sizes[r]):
-                buffer[sampler.position(r, seen[r] + j)] = {k: gathered[k][r][j] for k in spec}
-            seen[r] += sizes[r]
+        new = torch.cat([sampler.position(r, torch.arange(seen[r], seen[r] + sizes[r])) for r in range(size)])
+        seen = [a + b for a, b in zip(seen, sizes)]
+        pos = torch.cat([pos, new])
+        order = pos.argsort()
+        pos = pos[order]
+        pending = {k: torch.cat([pending[k], v]) if k in pending else v for k, v in gathered.items()}
+        pending = {k: v[order] for k, v in pending.items()}
+        # Emit every complete one-process batch of the contiguous prefix next_pos, next_pos + 1, ...
         step = chunk or max(sizes)
-        while all(p in buffer for p in range(next_pos, next_pos + step)):
-            yield emit([buffer.pop(p) for p in range(next_pos, next_pos + step)])
-            next_pos += step
-    if buffer:  # the last, shorter batch
-        positions = sorted(buffer)
-        if positions != list(range(next_pos, next_pos + len(positions))):
+        ready = int((pos == torch.arange(next_pos, next_pos + len(pos))).cumprod(0).sum())
+        done = ready - ready % step
+        for a in range(0, done, step):
+            yield emit({k: v[a:a + step] for k, v in pending.items()})
+        pos, pending, next_pos = pos[done:], {k: v[done:] for k, v in pending.items()}, next_pos + done
+    if pos.numel():  # the last, shorter batch
+        if not torch.equal(pos, torch.arange(next_pos, next_pos + len(pos))):
             raise ValueError(f"`{name}`: the ranks' examples do not cover positions {next_pos}.. without gaps; each "
                              "rank's loader must use an EvalSampler over the same data set")
-        yield emit([buffer.pop(p) for p in positions])
+        yield emit(pending)
