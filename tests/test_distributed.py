@@ -118,6 +118,7 @@ def _close(a, b, path: str = "") -> None:
         assert a == b, path
 
 
+@pytest.mark.slow  # ~25 s on 2 busy cores (two torchrun processes start, import torch and evaluate)
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                     reason="needs torch.distributed with the gloo backend")
 def test_torchrun_two_processes_return_the_one_process_results_on_every_rank(tmp_path):
@@ -156,5 +157,6 @@ def test_torchrun_two_processes_return_the_one_process_results_on_every_rank(tmp
         _close(ref["streaming"], got["streaming"], f"rank {rank}: streaming")
         misuse = got["misuse"]
         assert misuse["warned"] and misuse["n"] == 46  # DistributedSampler: 45 examples counted as 46
+        assert misuse["whole"] == 45  # a loader that does not shard is each rank's whole set, not gathered
         assert "batch_size is 4" in misuse["mismatch_error"]
 

@@ -21,6 +21,11 @@ its position, so those agree with one process only to float32 rounding. A
 the same on every rank, not the one-process draw. A ``DistributedSampler`` repeats examples to pad
 the ranks: netuq warns, and those examples count twice.
 
+With ``distributed=None`` (the default of ``predict`` / ``compare``) a loader is gathered only when
+its sampler shards the data (``EvalSampler``, ``DistributedSampler``); any other loader (a list of
+batches, a DataLoader without such a sampler) is taken as the whole set on each rank, so it is
+never counted W times. ``distributed=True`` gathers every loader.
+
 Every rank must iterate its loaders the same number of times (collectives per step); an error
 raised on one rank only (a malformed batch) leaves the others waiting until the process group's
 timeout.
@@ -49,7 +54,7 @@ import torch
 from ._checks import check_positive_int
 from .prediction import Prediction
 
-__all__ = ["EvalSampler", "is_distributed", "world"]
+__all__ = ["EvalSampler", "is_distributed", "shards", "world"]
 
 
 def world() -> tuple[int, int]:
@@ -144,6 +149,11 @@ def loader_sampler(loader: Any) -> Any:
         inner = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
         sampler = inner if inner is not None else sampler
     return sampler
+
+
+def shards(loader: Any) -> bool:
+    """Whether the loader's sampler shards the data over the ranks (EvalSampler, DistributedSampler)."""
+    return isinstance(loader_sampler(loader), (EvalSampler, torch.utils.data.DistributedSampler))
 
 
 def _comm_device() -> torch.device:

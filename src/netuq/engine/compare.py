@@ -441,8 +441,9 @@ def compare(
         max_pixels: segmentation: size of the seeded pixel sample per set (classification keeps all).
         calibration_samples: fit each calibrator on at most this many sampled rows (None: all).
         examples: segmentation: images kept for the report's example figure.
-        distributed: gather every loader's batches from all ranks of the process group (None:
-            whenever one with world size > 1 is initialised). With an
+        distributed: gather every loader's batches from all ranks of the process group (None: when
+            one with world size > 1 is initialised, for the loaders whose sampler shards the data,
+            an ``EvalSampler`` or a ``DistributedSampler``; True: for every loader). With an
             :class:`netuq.distributed.EvalSampler` in every rank's loaders, every rank returns the
             one-process results (see :mod:`netuq.distributed` for the methods this is exact for).
 

@@ -62,9 +62,9 @@ def stream(
     group (see :mod:`netuq.distributed`) every rank yields the gathered batches of the whole set,
     in dataset order and cut as one process would when the loader uses an ``EvalSampler``.
     """
-    from ..distributed import gather_stream, is_distributed
+    from ..distributed import gather_stream, is_distributed, shards
 
-    gather = is_distributed(distributed)
+    gather = is_distributed(distributed) and (distributed is True or shards(loader))
     local = _local(method, loader, device=device, keys=keys, seed=seed, progress=progress, name=name,
                    predictor=predictor, members=list(members), allow_empty=gather)
     if gather:
@@ -96,10 +96,12 @@ def predict(
         progress: show a tqdm bar.
         keys: mapping keys of the input, the labels and (for ``compare``) the anomaly mask.
         seed: seeds the noise of a ``HeteroscedasticClassifier``.
-        distributed: gather the whole set from every rank of the process group (None: whenever one
-            with world size > 1 is initialised; see :mod:`netuq.distributed`). Give each rank's
+        distributed: gather the whole set from every rank of the process group. None (auto): when
+            one with world size > 1 is initialised and the loader's sampler shards the data (an
+            ``EvalSampler`` or a ``DistributedSampler``); any other loader is taken as this rank's
+            whole set. True: always gather (the loaders are per-rank shards). Give each rank's
             DataLoader a :class:`netuq.distributed.EvalSampler`: then every rank returns the
-            one-process result, in dataset order.
+            one-process result, in dataset order (see :mod:`netuq.distributed`).
 
     Returns:
         ``(pred, labels)``: a Prediction (N, C, ...) on the CPU and the labels (N, ...) on the CPU,
