@@ -79,8 +79,9 @@ def _split(batch: Any, index: int, keys: tuple[str, ...], name: str) -> Batch:
     return Batch(index, x, y, None if anomaly is None else anomaly.bool())
 
 
-def iter_batches(loader: Iterable, keys: Sequence[str] = DEFAULT_KEYS, *, name: str = "loader") -> Iterator[Batch]:
-    """Split every batch of ``loader``; errors name the batch index. Raises on an empty loader."""
+def iter_batches(loader: Iterable, keys: Sequence[str] = DEFAULT_KEYS, *, name: str = "loader",
+                 allow_empty: bool = False) -> Iterator[Batch]:
+    """Split every batch of ``loader``; errors name the batch index. Raises on an empty loader (unless allowed)."""
     keys = _check_keys(keys)
     if isinstance(loader, (torch.Tensor, Mapping, str, bytes)) or not isinstance(loader, Iterable):
         raise TypeError(
@@ -100,7 +101,7 @@ def iter_batches(loader: Iterable, keys: Sequence[str] = DEFAULT_KEYS, *, name: 
         labelled = has
         count += 1
         yield batch
-    if count == 0:
+    if count == 0 and not allow_empty:
         raise ValueError(f"`{name}` yielded no batches; it must yield at least one")
 
 

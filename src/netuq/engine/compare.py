@@ -24,6 +24,7 @@ import torch
 
 from .. import metrics as M
 from .._checks import check_positive_int
+from ..distributed import is_distributed
 from ._batches import DEFAULT_KEYS, as_predictor, method_device, offers_epistemic
 from ._sample import Reservoir
 from ._scoring import (
@@ -50,7 +51,9 @@ def _streaming(num_classes: int, n_bins: int, ignore_index: int | None, *, full:
     from ..metrics.streaming import UncertaintyMetrics
 
     kw = {"classwise": True} if full else {"fine_bins": 64}
-    return UncertaintyMetrics(num_classes, n_bins=n_bins, ignore_index=ignore_index, validate_args=validate, **kw)
+    # Every rank streams the gathered whole set (netuq.distributed): a torchmetrics sync would count it W times.
+    return UncertaintyMetrics(num_classes, n_bins=n_bins, ignore_index=ignore_index, validate_args=validate,
+                              sync_on_compute=False, **kw)
 
 
 def _flat_rows(pred, y: torch.Tensor | None, mask: torch.Tensor | None):
@@ -161,12 +164,13 @@ def _protocol(sample: Reservoir, groups: int, names: Sequence[str], repeats: int
     return {n: summary[n] for n in order}, rel
 
 
-def _sample_pass(method, loader, predictor, *, device, keys, seed, progress, name, ignore_index, max_pixels):
+def _sample_pass(method, loader, predictor, *, device, keys, seed, progress, name, ignore_index, max_pixels,
+                 distributed):
     """Calibration loader: a bounded sample of (log-probs, label) over its valid rows."""
     sample: Reservoir | None = None
     n = 0
-    for batch, pred in stream(method, loader, device=device, keys=keys, seed=seed, progress=progress, name=name,
-                              predictor=predictor):
+    for batch, pred, _ in stream(method, loader, device=device, keys=keys, seed=seed, progress=progress, name=name,
+                              predictor=predictor, distributed=distributed):
         if batch.y is None:
             raise ValueError(f"`{name}` batch {batch.index} has no labels; calibration needs labels")
         y = batch.y.cpu()
@@ -181,12 +185,12 @@ def _sample_pass(method, loader, predictor, *, device, keys, seed, progress, nam
     return sample.get("logits"), sample.get("y"), n
 
 
-def _score_loader(method, loader, predictor, *, device, keys, seed, progress, name, cap, epistemic):
+def _score_loader(method, loader, predictor, *, device, keys, seed, progress, name, cap, epistemic, distributed):
     """OOD loader: a bounded sample of every score over all its rows (pixels)."""
     sample = Reservoir(cap, seed)
     images = 0
-    for _batch, pred in stream(method, loader, device=device, keys=keys, seed=seed, progress=progress, name=name,
-                               predictor=predictor):
+    for _batch, pred, _ in stream(method, loader, device=device, keys=keys, seed=seed, progress=progress, name=name,
+                               predictor=predictor, distributed=distributed):
         scores = uncertainty_scores(pred, epistemic)
         positions, flat, L = _flat_rows(pred, None, None)
         scores = _check_scores(scores, positions.numel())
@@ -196,11 +200,11 @@ def _score_loader(method, loader, predictor, *, device, keys, seed, progress, na
 
 
 def _shift_row(method, loader, predictor, severity, fitted, *, device, keys, seed, progress, name, n_bins,
-               ignore_index):
+               ignore_index, distributed):
     um, um_ts = None, None
     ent_sum, count = 0.0, 0
-    for batch, pred in stream(method, loader, device=device, keys=keys, seed=seed, progress=progress, name=name,
-                              predictor=predictor):
+    for batch, pred, _ in stream(method, loader, device=device, keys=keys, seed=seed, progress=progress, name=name,
+                              predictor=predictor, distributed=distributed):
         if batch.y is None:
             raise ValueError(f"`{name}` batch {batch.index} has no labels; shifted data needs labels")
         y = batch.y.cpu()
@@ -227,7 +231,8 @@ def _evaluate(name: str, method: Any, test_loader, opts: dict[str, Any]) -> tupl
     predictor = as_predictor(method, seed=seed, name=where)
     device = opts["device"] if opts["device"] is not None else method_device(method)
     epistemic = offers_epistemic(method)
-    common = {"device": device, "keys": opts["keys"], "seed": seed, "progress": opts["progress"]}
+    common = {"device": device, "keys": opts["keys"], "seed": seed, "progress": opts["progress"],
+              "distributed": opts["distributed"]}
     cals = opts["calibrators"]
     fitted: _Fitted | None = None
     info: dict[str, Any] = {}
@@ -244,7 +249,8 @@ def _evaluate(name: str, method: Any, test_loader, opts: dict[str, Any]) -> tupl
     images, n_valid, errors = 0, 0, 0
     examples: dict[str, list[torch.Tensor]] = {}
     task = None
-    for batch, pred in stream(method, test_loader, name="test_loader", predictor=predictor, **common):
+    for batch, pred, member_preds in stream(method, test_loader, name="test_loader", predictor=predictor,
+                                            members=members, **common):
         if batch.y is None:
             raise ValueError(f"`test_loader` batch {batch.index} has no labels; compare needs labelled test data")
         y = batch.y.cpu()
@@ -269,10 +275,8 @@ def _evaluate(name: str, method: Any, test_loader, opts: dict[str, Any]) -> tupl
                 um_cal[k].update(torch.softmax(cal(lp), 1), y)
             if "temperature" not in fitted.by_name:
                 um_cal["temperature"].update(torch.softmax(fitted.reference(lp), 1), y)
-        x_dev = batch.x.to(device) if members else None
-        for run, m in zip(members, um_members):
-            with torch.no_grad():
-                m.update(run(x_dev).to("cpu").probs, y)
+        for member_pred, m in zip(member_preds, um_members):
+            m.update(member_pred.probs, y)
         valid = torch.ones_like(y, dtype=torch.bool) if ignore is None else y != ignore
         wrong = (pred.prediction != y) & valid
         n_valid += int(valid.sum())
@@ -404,6 +408,7 @@ def compare(
     max_pixels: int = 250_000,
     calibration_samples: int | None = None,
     examples: int = 4,
+    distributed: bool | None = None,
 ) -> dict[str, Any]:
     """Score every method on the same data; the results ``netuq.report.render_report`` draws.
 
@@ -436,6 +441,11 @@ def compare(
         max_pixels: segmentation: size of the seeded pixel sample per set (classification keeps all).
         calibration_samples: fit each calibrator on at most this many sampled rows (None: all).
         examples: segmentation: images kept for the report's example figure.
+        distributed: gather every loader's batches from all ranks of the process group (None: when
+            one with world size > 1 is initialised, for the loaders whose sampler shards the data,
+            an ``EvalSampler`` or a ``DistributedSampler``; True: for every loader). With an
+            :class:`netuq.distributed.EvalSampler` in every rank's loaders, every rank returns the
+            one-process results (see :mod:`netuq.distributed` for the methods this is exact for).
 
     Returns:
         Plain data (schema 1 of :mod:`netuq.report.schema`): ``task``, ``config``, ``data``,
@@ -476,8 +486,9 @@ def compare(
         "repeats": check_positive_int(repeats, "repeats"), "max_pixels": check_positive_int(max_pixels, "max_pixels"),
         "calibration_samples": None if calibration_samples is None else check_positive_int(
             calibration_samples, "calibration_samples"),
-        "examples": int(examples),
+        "examples": int(examples), "distributed": distributed,
     }
+    is_distributed(distributed)  # checks the argument before any pass
     start = time.perf_counter()
     parts, info = {}, {}
     for name, method in methods.items():

@@ -25,6 +25,24 @@ def _progress(loader: Iterable, enabled: bool, desc: str):
     return tqdm(loader, total=total, desc=desc, unit="batch", leave=False)
 
 
+def _local(method, loader, *, device, keys, seed, progress, name, predictor, members, allow_empty):
+    run = predictor or as_predictor(method, seed=seed)
+    dev = torch.device(device) if device is not None else method_device(method)
+    for batch in iter_batches(_progress(loader, progress, name), keys, name=name, allow_empty=allow_empty):
+        x = batch.x.to(dev)
+        with torch.no_grad():
+            pred = run(x)
+        if not isinstance(pred, Prediction):
+            raise TypeError(
+                f"`method` must return a netuq.Prediction, got {type(pred).__name__} on {name} batch {batch.index}"
+            )
+        pred = pred.to("cpu")
+        check_labels_shape(pred, batch, name)
+        with torch.no_grad():
+            extra = [m(x).to("cpu") for m in members]
+        yield batch, pred, extra
+
+
 def stream(
     method: Any,
     loader: Iterable,
@@ -35,20 +53,24 @@ def stream(
     progress: bool = False,
     name: str = "loader",
     predictor=None,
-) -> Iterator[tuple[Batch, Prediction]]:
-    """Yield ``(batch, prediction)`` per batch, both on the CPU; labels checked against the prediction."""
-    run = predictor or as_predictor(method, seed=seed)
-    dev = torch.device(device) if device is not None else method_device(method)
-    for batch in iter_batches(_progress(loader, progress, name), keys, name=name):
-        with torch.no_grad():
-            pred = run(batch.x.to(dev))
-        if not isinstance(pred, Prediction):
-            raise TypeError(
-                f"`method` must return a netuq.Prediction, got {type(pred).__name__} on {name} batch {batch.index}"
-            )
-        pred = pred.to("cpu")
-        check_labels_shape(pred, batch, name)
-        yield batch, pred
+    members: Sequence = (),
+    distributed: bool | None = None,
+) -> Iterator[tuple[Batch, Prediction, list[Prediction]]]:
+    """Yield ``(batch, prediction, member_predictions)`` per batch, all on the CPU; labels checked.
+
+    ``members``: predictors also run on every batch (an ensemble's members). Under a process
+    group (see :mod:`netuq.distributed`) every rank yields the gathered batches of the whole set,
+    in dataset order and cut as one process would when the loader uses an ``EvalSampler``.
+    """
+    from ..distributed import gather_stream, is_distributed, shards
+
+    gather = is_distributed(distributed) and (distributed is True or shards(loader))
+    local = _local(method, loader, device=device, keys=keys, seed=seed, progress=progress, name=name,
+                   predictor=predictor, members=list(members), allow_empty=gather)
+    if gather:
+        yield from gather_stream(local, loader, name)
+    else:
+        yield from local
 
 
 def predict(
@@ -59,6 +81,7 @@ def predict(
     progress: bool = False,
     keys: Sequence[str] = DEFAULT_KEYS,
     seed: int = 0,
+    distributed: bool | None = None,
 ) -> tuple[Prediction, torch.Tensor | None]:
     """Run ``method`` over every batch of ``loader`` and concatenate: one Prediction, one label tensor.
 
@@ -73,6 +96,12 @@ def predict(
         progress: show a tqdm bar.
         keys: mapping keys of the input, the labels and (for ``compare``) the anomaly mask.
         seed: seeds the noise of a ``HeteroscedasticClassifier``.
+        distributed: gather the whole set from every rank of the process group. None (auto): when
+            one with world size > 1 is initialised and the loader's sampler shards the data (an
+            ``EvalSampler`` or a ``DistributedSampler``); any other loader is taken as this rank's
+            whole set. True: always gather (the loaders are per-rank shards). Give each rank's
+            DataLoader a :class:`netuq.distributed.EvalSampler`: then every rank returns the
+            one-process result, in dataset order (see :mod:`netuq.distributed`).
 
     Returns:
         ``(pred, labels)``: a Prediction (N, C, ...) on the CPU and the labels (N, ...) on the CPU,
@@ -92,7 +121,8 @@ def predict(
     """
     preds: list[Prediction] = []
     labels: list[torch.Tensor] = []
-    for batch, pred in stream(method, loader, device=device, keys=keys, seed=seed, progress=progress):
+    for batch, pred, _ in stream(method, loader, device=device, keys=keys, seed=seed, progress=progress,
+                                 distributed=distributed):
         preds.append(pred)
         if batch.y is not None:
             labels.append(batch.y.cpu())
