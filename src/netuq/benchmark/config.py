@@ -163,7 +163,7 @@ SEGMENTATION_DEFAULTS = {"epochs": 14, "batch_size": 16, "mc_samples": 8, "het_s
 
 # Fashion-MNIST on 2 CPU cores: one seed (9 trained networks) in < 10 minutes, three in < 30.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "fashionmnist": {"max_train": 6000, "max_test": 2000, "epochs": 12, "patience": 3, "cv_repeats": 1,
+    "fashionmnist": {"max_train": 5000, "max_test": 1500, "epochs": 12, "patience": 3, "cv_repeats": 1,
                      "mc_samples": 30, "het_predict_samples": 50},
 }
 
