@@ -31,7 +31,7 @@ def register(sub) -> None:
     p.add_argument("--methods", type=_csv, default=None, help="comma-separated subset of methods")
     p.add_argument("--calibrators", type=_csv, default=None, help="comma-separated subset of calibrators")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda")
-    p.add_argument("--seed", type=int, default=None, help="base seed: the seeds run are S, S+1, ... (default 0)")
+    p.add_argument("--seed", type=int, default=None, help="base seed: the seeds run are S, S+1 and so on (default 0)")
     p.add_argument("--seeds", type=int, default=None,
                    help="independent repetitions (data split, training, sampling); the report shows mean ± sd "
                    "over them (default 3; 1 for --quick and segmentation)")
