@@ -134,3 +134,19 @@ def test_checkpoints_are_written_atomically_and_bad_ones_are_named(tmp_path):
     save_weights({"weight": torch.zeros(5, 5)}, path)
     with pytest.raises(ValueError, match="net.pt cannot be loaded"):
         load_weights(other, path)
+
+
+def test_fashionmnist_defaults_and_its_debian_folder(monkeypatch, tmp_path):
+    from netuq.benchmark import config as config_module
+    from netuq.benchmark.config import DATASET_DEFAULTS
+
+    monkeypatch.setitem(config_module.DEFAULT_DIRS, "fashionmnist", (tmp_path,))
+    c = load_config(dataset="fashionmnist")
+    assert c.data_dir is None and c.seeds == 3  # found in the default folder, several seeds
+    for key, value in DATASET_DEFAULTS["fashionmnist"].items():
+        assert getattr(c, key) == value
+    assert load_config(dataset="fashionmnist", epochs=5, seeds=1).epochs == 5  # flags win
+    assert load_config(dataset="fashionmnist", quick=True).seeds == 1
+    monkeypatch.setitem(config_module.DEFAULT_DIRS, "fashionmnist", (tmp_path / "missing",))
+    with pytest.raises(ValueError, match=r"`data_dir` must name the folder .* \(looked in .*missing\)"):
+        load_config(dataset="fashionmnist")

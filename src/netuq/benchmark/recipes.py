@@ -6,9 +6,10 @@ derived from it, so adding a method touches this module (plus its tests) only.
 
 Each recipe returns a *predictor* that :func:`netuq.compare` takes: a netuq method or a callable
 ``x -> netuq.Prediction`` on a batch of inputs.
-The deterministic network is trained once and shared by the deterministic baseline, MC dropout
-and TTA (they differ only at prediction time); its weights are cached in the run folder so an
-interrupted run does not retrain it. The ensemble keeps its members in the run folder too and
+The deterministic network is trained once and shared by the deterministic baseline and MC dropout
+(they differ only at prediction time); TTA gets its own network, trained with the augmentations it
+averages at test time (Wang et al. 2019). Weights are cached in the run folder so an
+interrupted run does not retrain them. The ensemble keeps its members in the run folder too and
 resumes member by member.
 """
 
@@ -30,7 +31,8 @@ from ..training import fit
 if TYPE_CHECKING:
     from .config import BenchmarkConfig
 
-__all__ = ["RECIPES", "Recipe", "IGNORE", "make_network", "train_base", "save_weights", "load_weights"]
+__all__ = ["RECIPES", "Recipe", "IGNORE", "make_network", "train_base", "train_augmented", "tta_transforms",
+           "augmenting_loader", "method_notes", "save_weights", "load_weights"]
 
 Predictor = Callable[[torch.Tensor], Prediction]
 
@@ -74,6 +76,7 @@ def _fit_kwargs(config: BenchmarkConfig, seed_offset: int = 0) -> dict:
         "batch_size": config.batch_size,
         "device": config.device,
         "seed": config.seed + seed_offset,
+        "patience": config.patience,
     }
 
 
@@ -107,16 +110,75 @@ def mc_dropout(model: nn.Module, config: BenchmarkConfig) -> Predictor:
     return MCDropout(model, samples=config.mc_samples, seed=config.seed)
 
 
-def tta(model: nn.Module, config: BenchmarkConfig) -> Predictor:
+def tta_transforms(config: BenchmarkConfig):
+    """The TTA views of the task (:class:`netuq.tta.Compose`), used at training and at test time."""
     from .. import tta as T
-    from ..methods.tta import TTA
 
     if config.task == "segmentation":
-        transforms = T.Compose([T.HorizontalFlip(), T.Shift([(2, 2), (-2, -2)])])
-        return TTA(model, transforms, task="segmentation")
+        return T.Compose([T.HorizontalFlip(), T.Shift([(2, 2), (-2, -2)])])
+    if config.dataset == "fashionmnist":
+        # Clothes are left-right symmetric classes: flips, as Wang et al. and Ashukha et al. use on images.
+        return T.Compose([T.HorizontalFlip(), T.Shift([(0, 1), (1, 0), (0, -1), (-1, 0)], mode="zeros")])
     # 8x8 digits are not flip-invariant; one-pixel translations and contrast changes are.
-    transforms = T.Compose([T.Shift([(0, 1), (1, 0), (0, -1), (-1, 0)], mode="zeros"), T.Multiply([0.9, 1.1])])
-    return TTA(model, transforms, task="classification")
+    return T.Compose([T.Shift([(0, 1), (1, 0), (0, -1), (-1, 0)], mode="zeros"), T.Multiply([0.9, 1.1])])
+
+
+def augmenting_loader(data: tuple[torch.Tensor, torch.Tensor], transforms, *, batch_size: int, seed: int,
+                      segmentation: bool = False) -> torch.utils.data.DataLoader:
+    """Shuffled training batches in which each image is replaced by one of ``transforms``' views drawn
+    uniformly at random (the identity included), reproducibly from ``seed``.
+
+    Segmentation labels (N, H, W) get the same view as their image; that needs views that only move
+    pixels (flips, circular shifts).
+    """
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from .. import tta as T
+
+    views = list(transforms)
+    moves = (T.HorizontalFlip, T.VerticalFlip, T.Rotate90)
+    if segmentation and not all(isinstance(t, moves) or (isinstance(t, T.Shift) and t.mode == "circular")
+                                for t in transforms.transforms):
+        raise ValueError("segmentation training augmentations must only move pixels (flips, 90° rotations, "
+                         f"circular shifts), got {[type(t).__name__ for t in transforms.transforms]}")
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.Generator().manual_seed(seed + 1)
+
+    def collate(items):
+        x = torch.stack([it[0] for it in items])
+        y = torch.stack([it[1] for it in items])
+        which = torch.randint(len(views), (len(x),), generator=pick)
+        x_out, y_out = x.clone(), y.clone()
+        for v in which.unique().tolist():
+            mask = which == v
+            x_out[mask] = views[v].augment(x[mask])
+            if segmentation:
+                y_out[mask] = views[v].augment(y[mask].unsqueeze(1)).squeeze(1)
+        return x_out, y_out
+
+    return DataLoader(TensorDataset(*data), batch_size=batch_size, shuffle=True, generator=gen, collate_fn=collate)
+
+
+def train_augmented(config: BenchmarkConfig, data, cache: Path) -> nn.Module:
+    """Train (or load from ``cache``) TTA's network: as the deterministic one, on augmented batches."""
+    with torch.random.fork_rng():
+        torch.manual_seed(config.seed + 3)
+        model = make_network(config, data.num_classes, data.in_channels)
+    if cache.exists():
+        load_weights(model, cache)
+    else:
+        kwargs = _fit_kwargs(config, 3)
+        loader = augmenting_loader(tuple(data.train), tta_transforms(config), batch_size=kwargs.pop("batch_size"),
+                                   seed=kwargs["seed"], segmentation=config.task == "segmentation")
+        fit(model, loader, val_data=data.val, loss=_loss(config), **kwargs)
+        save_weights(model.state_dict(), cache)
+    return model.to(config.device).eval()
+
+
+def tta(model: nn.Module, config: BenchmarkConfig) -> Predictor:
+    from ..methods.tta import TTA
+
+    return TTA(model, tta_transforms(config), task=config.task)
 
 
 def ensemble(config: BenchmarkConfig, data, folder: Path) -> Predictor:
@@ -211,8 +273,17 @@ def heteroscedastic(config: BenchmarkConfig, data, cache: Path) -> Predictor:
 
 
 def confidence(config: BenchmarkConfig, data, cache: Path) -> Predictor:
-    """DeVries & Taylor (2018) learned confidence with the hint budget."""
-    from ..methods.confidence import ConfidenceBudget, ConfidenceHead, confidence_predict
+    """DeVries & Taylor (2018) learned confidence with the hint budget.
+
+    The "confidence" score (1 − c) is c of the input perturbed by ε = ``DEVRIES_TAYLOR_EPSILON``
+    toward higher confidence (their OOD detector; probabilities come from the unperturbed input).
+    """
+    from ..methods.confidence import (
+        DEVRIES_TAYLOR_EPSILON,
+        ConfidenceBudget,
+        ConfidenceHead,
+        confidence_model_predict,
+    )
 
     spatial = config.task == "segmentation"
     with torch.random.fork_rng():
@@ -232,9 +303,7 @@ def confidence(config: BenchmarkConfig, data, cache: Path) -> Predictor:
     net.to(config.device).eval()
 
     def predict(x: torch.Tensor) -> Prediction:
-        with torch.no_grad():
-            logits, conf = net(x)
-            return confidence_predict(logits, conf)
+        return confidence_model_predict(net, x, epsilon=DEVRIES_TAYLOR_EPSILON)
 
     return predict
 
@@ -246,6 +315,7 @@ class Recipe:
     Attributes:
         build: ``(config, data, models_dir, base) -> predictor``; ``base()`` returns the shared
             deterministic network (trained on first use, cached in ``models_dir / "base.pt"``).
+            TTA trains its own (``models_dir / "tta.pt"``).
         scores: the uncertainty scores its predictions offer (contract names, higher = less sure).
         epistemic: whether its samples carry an epistemic part (mutual information is reported).
         label: display name in the report.
@@ -265,9 +335,65 @@ RECIPES: dict[str, Recipe] = {
                          "MC dropout"),
     "ensemble": Recipe(lambda c, d, m, base: ensemble(c, d, m / "ensemble"), (*_BASIC, "mutual_information"), True,
                        "deep ensemble"),
-    "tta": Recipe(lambda c, d, m, base: tta(base(), c), (*_BASIC, "mutual_information"), True, "TTA"),
+    "tta": Recipe(lambda c, d, m, base: tta(train_augmented(c, d, m / "tta.pt"), c), (*_BASIC, "mutual_information"),
+                  True, "TTA"),
     "heteroscedastic": Recipe(lambda c, d, m, base: heteroscedastic(c, d, m / "heteroscedastic.pt"),
                               (*_BASIC, "sigma"), False, "heteroscedastic"),
     "confidence": Recipe(lambda c, d, m, base: confidence(c, d, m / "confidence.pt"), (*_BASIC, "confidence"), False,
                          "learned confidence"),
 }
+
+
+def method_notes(config: BenchmarkConfig) -> list[str]:
+    """How the run sized and configured its methods, in words (``results["notes"]``, shown by the report)."""
+    from ..methods.confidence import DEVRIES_TAYLOR_EPSILON
+
+    stop = f", early stopping after {config.patience} epochs without a lower validation loss" if config.patience else ""
+    sub = ""
+    if config.dataset != "digits" and config.task == "classification":
+        sub = f"; train+validation subsample {config.max_train or 'all'}, test subsample {config.max_test or 'all'}"
+    seeds = ", ".join(map(str, config.seed_list))
+    notes = [
+        f"Sizes: {config.seeds} seed{'s' if config.seeds > 1 else ''} ({seeds}), each with its own data split, "
+        f"training and sampling; {config.epochs} epochs per network{stop} (the epoch with the lowest validation "
+        f"loss is kept){sub}; calibration by {config.cv_repeats} × repeated 2-fold cross-validation on the test set "
+        "within each seed.",
+    ]
+    m = set(config.methods)
+    if "tta" in m:
+        notes.append(f"TTA: its network is trained with the augmentations it averages at test time "
+                     f"({len(tta_transforms(config))} views: {_views_words(config)}; each training image replaced "
+                     "by a view drawn at random), as Wang et al. 2019 do; not the deterministic baseline's network.")
+    if "ensemble" in m:
+        notes.append(f"Deep ensemble: {config.members} members, each trained on a different fold of a stratified "
+                     f"{config.members}-fold split of the training set (checkpoint chosen on its own held-out fold); "
+                     "no adversarial training (Lakshminarayanan et al. 2017 find it optional).")
+    if "confidence" in m:
+        notes.append(f"Learned confidence (DeVries & Taylor 2018): hint budget β = 0.3; the score 1 − c is computed "
+                     f"on the input perturbed by ε = {DEVRIES_TAYLOR_EPSILON:g} toward higher confidence (their OOD "
+                     "detector, ε of their code; class probabilities from the unperturbed input); cutout was not "
+                     "used.")
+    if "heteroscedastic" in m:
+        notes.append("Heteroscedastic head (Kendall & Gal 2017): σ models aleatoric noise, so it is reported but not "
+                     "ranked as an OOD detector.")
+    if "mc_dropout" in m:
+        notes.append(f"MC dropout (Gal & Ghahramani 2016): {config.mc_samples} samples of the dropout layer before "
+                     "the classifier (p = 0.3 for classification).")
+    cals = [c for c in config.calibrators if c != "none"]
+    if {"vector", "matrix"} & set(cals):
+        notes.append("Calibrators as netuq.calibration.CALIBRATORS recommends: vector scaling with an L2 penalty "
+                     "toward the temperature solution, matrix scaling with ODIR (Kull et al. 2019), penalties "
+                     "chosen by inner cross-validation on the fit half; temperature scaling bounded to "
+                     "[0.01, 100] with error-free halves fitted to Laplace-smoothed targets.")
+    return notes
+
+
+def _views_words(config: BenchmarkConfig) -> str:
+    words = {"HorizontalFlip": "horizontal flip", "Shift": "shifts", "Multiply": "contrast ×"}
+    parts = []
+    for t in tta_transforms(config).transforms:
+        name = type(t).__name__
+        params = [p for p in t.params if p != t.identity]
+        parts.append(f"{words.get(name, name)} {', '.join(map(str, params))}" if name != "HorizontalFlip"
+                     else words[name])
+    return "; ".join(parts) + " and their combinations, identity included"

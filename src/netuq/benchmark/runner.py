@@ -53,8 +53,14 @@ def prepare_data(config: BenchmarkConfig) -> BenchData:
             ds = D.load_torchvision(config.dataset, config.data_dir, seed=config.seed, max_train=config.max_train,
                                     max_test=config.max_test)
         test_x = ds.test[0]
-        ood_x, ood_kind = D.ood_images(config.n_ood, size=tuple(test_x.shape[-2:]), seed=config.seed,
-                                       channels=test_x.shape[1])
+        if config.dataset == "fashionmnist":  # near OOD (upscaled digits), photos, noise: n_ood split evenly
+            sets = D.fashion_ood(max(1, config.n_ood // len(D.FASHION_OOD_KINDS)), seed=config.seed,
+                                 size=tuple(test_x.shape[-2:]))
+            ood_x = torch.cat(list(sets.values()))
+            ood_kind = [k for k, v in sets.items() for _ in range(len(v))]
+        else:
+            ood_x, ood_kind = D.ood_images(config.n_ood, size=tuple(test_x.shape[-2:]), seed=config.seed,
+                                           channels=test_x.shape[1])
         bench = BenchData(train=ds.train, val=ds.val, test=ds.test, num_classes=ds.num_classes,
                           shifted={}, ood=(ood_x, list(ood_kind)))
     else:
@@ -102,7 +108,23 @@ def evaluate_method(method: str, predictor, data: BenchData, config: BenchmarkCo
         for kind in dict.fromkeys(kinds):
             idx = torch.tensor([i for i, k in enumerate(kinds) if k == kind])
             ood[kind] = _batches(ood_x[idx], size=size)
-    results = compare(
+    # Digits: every tensor is tiny (8 x 8 images, 539 x 10 logits); the calibrators' many small
+    # L-BFGS steps run several times faster on one thread than on two contending ones.
+    threads = torch.get_num_threads()
+    if config.dataset == "digits" and config.task == "classification":
+        torch.set_num_threads(1)
+    try:
+        results = _compare(method, predictor, test, shifts, ood, config, seg)
+    finally:
+        torch.set_num_threads(threads)
+    part = results["methods"][method]
+    part["method"] = method
+    part["label"] = recipes.RECIPES[method].label
+    return part
+
+
+def _compare(method, predictor, test, shifts, ood, config: BenchmarkConfig, seg: bool) -> dict:
+    return compare(
         {method: predictor},
         test,
         calibration=None,
@@ -116,10 +138,66 @@ def evaluate_method(method: str, predictor, data: BenchData, config: BenchmarkCo
         repeats=config.cv_repeats,
         calibration_samples=config.calibration_pixels if seg else None,
     )
-    part = results["methods"][method]
-    part["method"] = method
-    part["label"] = recipes.RECIPES[method].label
-    return part
+
+
+def _run_seed(config: BenchmarkConfig, run: RunDir, say: Callable[[str], None], bar, *, write: bool,
+              data: BenchData | None = None) -> dict[str, Any]:
+    """One seed's results (a single-seed results dict); finished parts in ``run`` are reused."""
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.check_config(config.to_dict())
+    data = data if data is not None else prepare_data(config)
+    say(f"seed {config.seed}: data {data.info}")
+
+    base_model: list[torch.nn.Module] = []
+
+    def base() -> torch.nn.Module:
+        if not base_model:
+            base_model.append(recipes.train_base(config, data, run.root / "models" / "base.pt"))
+        return base_model[0]
+
+    for method in config.methods:
+        if run.has_part(method):
+            say(f"seed {config.seed} {method}: done already, reusing {run.part_path(method)}")
+            if bar is not None:
+                bar.update(1)
+            continue
+        t0 = time.perf_counter()
+        if bar is not None:
+            bar.set_postfix_str(f"seed {config.seed} {method}: training")
+
+        # Expected numerical warnings (e.g. a nearly separable half of the 2-fold protocol) are
+        # recorded with the results instead of flooding the terminal.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            predictor = recipes.RECIPES[method].build(config, data, run.root / "models", base)
+            t1 = time.perf_counter()
+            if bar is not None:
+                bar.set_postfix_str(f"seed {config.seed} {method}: evaluating")
+            part = evaluate_method(method, predictor, data, config)
+        part["runtime_s"] = {"train": t1 - t0, "evaluate": time.perf_counter() - t1}
+        part["warnings"] = _summarise_warnings(caught)
+        run.write_part(method, part)
+        say(f"seed {config.seed} {method}: {part['runtime_s']['train']:.1f} s training, "
+            f"{part['runtime_s']['evaluate']:.1f} s evaluation")
+        if bar is not None:
+            bar.update(1)
+    methods = {m: run.read_part(m) for m in config.methods}
+    results = {
+        "schema": 1,
+        "task": config.task,
+        "config": config.to_dict(),
+        "data": data.info,
+        "methods": methods,
+        "runtime_s": {"methods": {m: p.get("runtime_s", {}) for m, p in methods.items()}},
+    }
+    if write:  # a seed of a multi-seed run: its own results.json beside its parts
+        atomic_write_json(run.root / "results.json", results)
+    return results
+
+
+def seed_dir(out: str | Path, config: BenchmarkConfig, seed: int) -> Path:
+    """The folder of one seed: the run folder itself for a one-seed run, ``out/seed-<seed>`` otherwise."""
+    return Path(out) if config.seeds == 1 else Path(out) / f"seed-{seed}"
 
 
 def run_benchmark(
@@ -130,67 +208,42 @@ def run_benchmark(
     render: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) the benchmark into ``out`` and return the merged results.
+    """Run (or resume) the benchmark into ``out`` and return the results (aggregated over seeds).
 
-    Writes ``out/parts/<method>.json`` as each method finishes, then ``results.json``,
-    ``results.csv`` and, with ``render``, the figures and ``report.html``.
+    Each seed ``config.seed + i`` (``i < config.seeds``) is an independent repetition: its own data
+    split, training and sampling, written to ``out/seed-<s>/`` (``parts/<method>.json`` as each
+    method finishes, ``models/``, then that seed's ``results.json``); a one-seed run writes these
+    into ``out`` itself. Finished parts and trained networks are reused, so an interrupted run
+    resumes where it stopped. The seeds' results are merged by
+    :func:`netuq.report.aggregate_seeds` (mean ± sd over seeds, every seed's numbers under
+    ``"seeds"``) into ``out/results.json``, with ``"notes"`` saying how the methods were configured;
+    then ``results.csv`` and, with ``render``, the figures and ``report.html``.
     """
+    from ..report import aggregate_seeds
+
     say = log or (lambda _msg: None)
     run = RunDir(out)
     run.root.mkdir(parents=True, exist_ok=True)
     run.check_config(config.to_dict())
     start = time.perf_counter()
-    data = prepare_data(config)
-    say(f"data: {data.info}")
-
-    base_model: list[torch.nn.Module] = []
-
-    def base() -> torch.nn.Module:
-        if not base_model:
-            base_model.append(recipes.train_base(config, data, run.root / "models" / "base.pt"))
-        return base_model[0]
-
+    first = prepare_data(config.for_seed(config.seed))  # a missing data set fails before the progress bar
     bar = None
-    todo = [m for m in config.methods if not run.has_part(m)]
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(config.methods), initial=len(config.methods) - len(todo), desc="benchmark", unit="method")
-    for method in config.methods:
-        if run.has_part(method):
-            say(f"{method}: done already, reusing {run.part_path(method)}")
-            continue
-        t0 = time.perf_counter()
+        bar = tqdm(total=len(config.methods) * config.seeds, desc="benchmark", unit="method")
+    try:
+        per_seed = [_run_seed(config.for_seed(s), RunDir(seed_dir(out, config, s)), say, bar,
+                              write=config.seeds > 1, data=first if s == config.seed else None)
+                    for s in config.seed_list]
+    finally:
         if bar is not None:
-            bar.set_postfix_str(f"{method}: training")
-
-        # Expected numerical warnings (e.g. a nearly separable half of the 2-fold protocol) are
-        # recorded with the results instead of flooding the terminal.
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            predictor = recipes.RECIPES[method].build(config, data, run.root / "models", base)
-            t1 = time.perf_counter()
-            if bar is not None:
-                bar.set_postfix_str(f"{method}: evaluating")
-            part = evaluate_method(method, predictor, data, config)
-        part["runtime_s"] = {"train": t1 - t0, "evaluate": time.perf_counter() - t1}
-        part["warnings"] = _summarise_warnings(caught)
-        run.write_part(method, part)
-        say(f"{method}: {part['runtime_s']['train']:.1f} s training, {part['runtime_s']['evaluate']:.1f} s evaluation")
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-
-    results = {
-        "schema": 1,
-        "task": config.task,
-        "config": config.to_dict(),
-        "data": data.info,
-        "methods": {m: run.read_part(m) for m in config.methods},
-        "runtime_s": {"total_this_run": time.perf_counter() - start},
-    }
-    results["runtime_s"]["methods"] = {m: p.get("runtime_s", {}) for m, p in results["methods"].items()}
+            bar.close()
+    results = aggregate_seeds(per_seed)
+    results["config"] = config.to_dict()
+    results["notes"] = recipes.method_notes(config)
+    runtime = results.setdefault("runtime_s", {})
+    runtime["total_this_run"] = time.perf_counter() - start
     atomic_write_json(run.root / "results.json", results)
     if render:
         from ..report import render_report

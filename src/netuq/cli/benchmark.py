@@ -31,7 +31,10 @@ def register(sub) -> None:
     p.add_argument("--methods", type=_csv, default=None, help="comma-separated subset of methods")
     p.add_argument("--calibrators", type=_csv, default=None, help="comma-separated subset of calibrators")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="base seed: the seeds run are S, S+1 and so on (default 0)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="independent repetitions (data split, training, sampling); the report shows mean ± sd "
+                   "over them (default 3; 1 for --quick and segmentation)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--out", default="netuq-run", help="run folder (reused to resume an interrupted run)")
     p.add_argument("--config", default=None, help="TOML file with benchmark settings ([benchmark] table)")
@@ -53,6 +56,7 @@ def run(args, echo=print) -> int:
         calibrators=args.calibrators,
         device=args.device,
         seed=args.seed,
+        seeds=args.seeds,
         epochs=args.epochs,
         quick=args.quick,
     )

@@ -107,6 +107,9 @@ def _header(results: Mapping) -> list:
     blocks: list = [Paragraph(" · ".join(meta), style="meta")]
     if is_quick(results):
         blocks.append(Paragraph(_S(QUICK_NOTE[0].upper() + QUICK_NOTE[1:] + "."), style="note"))
+    notes = [str(n) for n in (results.get("notes") or []) if isinstance(n, str)]
+    if notes:  # how the run configured its methods (netuq benchmark writes them)
+        blocks.append(Bullets(notes))
     return blocks
 
 

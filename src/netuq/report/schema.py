@@ -16,8 +16,9 @@ Top level::
         "methods": {METHOD: {PHASE: float}}      #   e.g. {"train": 12.3, "evaluate": 1.4}
       },
       "methods": {METHOD: MethodResults, ...},   # at least one
-      "seeds": {SEED: SeedResults, ...}          # optional: a multi-seed run (see below)
-    }
+      "seeds": {SEED: SeedResults, ...},         # optional: a multi-seed run (see below)
+      "notes": [str, ...]                        # optional: how the run sized and configured its
+    }                                            #   methods (listed under the report's header)
 
 ``METHOD`` is a method key (``"deterministic"``, ``"mc_dropout"``, ``"ensemble"``, ``"tta"``,
 ``"heteroscedastic"``, ``"confidence"`` or anything else). ``MethodResults``::
