@@ -452,6 +452,64 @@ def test_tied_logits_vote_for_the_first_class_like_prediction():
     _assert_same_prediction(pred, _reference(Tied(), tta.d4(), x))
 
 
+@pytest.mark.parametrize("hw", [(3, 5), (4, 4)], ids=["wide", "square"])
+def test_pixel_form_equals_the_transform_chain_for_every_flip_and_rotation_view(hw):
+    """deaugment_all folds flips and rotations into one transpose and one flip: exactly the chain."""
+    composes = [
+        tta.Compose([tta.HorizontalFlip(), tta.VerticalFlip(), tta.Rotate90([90, 180, 270]), tta.Multiply([0.9])]),
+        tta.Compose([tta.Rotate90([90, 180, 270]), tta.HorizontalFlip(), tta.Rotate90([90]), tta.VerticalFlip()]),
+    ]
+    forms = set()
+    for compose in composes:
+        for v in compose.views:
+            y = torch.randn(2, 3, *v.output_size(hw))
+            chain = y
+            sizes = [hw]
+            for t, p in zip(v.transforms, v.params):
+                sizes.append(t.output_size(sizes[-1], p))
+            for i in reversed(range(len(v.transforms))):
+                chain = v.transforms[i].deaugment(chain, v.params[i], sizes[i])
+            assert v.pixel_form is not None
+            forms.add(v.pixel_form)
+            (out,) = v.deaugment_all([y], hw)
+            assert torch.equal(out, chain) and out.shape == (2, 3, *hw), v
+    assert len(forms) == 8  # the eight elements of the dihedral group
+    assert tta.Compose([tta.Shift([(1, 0)])]).views[1].pixel_form is None  # not a flip or rotation
+    assert tta.Compose([tta.Scale([2])]).views[1].pixel_form is None
+
+
+def test_fast_pass_runs_each_view_once_and_reruns_exactly_only_on_ties_or_non_finite_logits():
+    """The default pass checks ties and finiteness once at the end; a batch it refuses is run
+    again with per-view checks (so the result and the error are those of the exact pass)."""
+    x = torch.randn(2, 3, 4, 6)
+    model = Counting(_pixelwise())
+    pred = netuq.TTA(model, tta.d4(), task="segmentation")(x)
+    assert sum(model.rows) == 8 * 2  # 8 views of 2 images, each once
+    _assert_same_prediction(pred, _reference(model, tta.d4(), x))
+
+    class Tied(nn.Module):
+        def forward(self, x):
+            return torch.zeros(x.shape[0], 3, *x.shape[-2:])  # every class ties everywhere
+
+    tied = Counting(Tied())
+    pred = netuq.TTA(tied, tta.d4(), task="segmentation")(x)
+    assert sum(tied.rows) == 2 * 8 * 2  # refused by the end check, run again exactly
+    assert bool((pred.variation_ratio == 0).all())  # one vote per view, all for class 0
+    torch.testing.assert_close(pred.probs, torch.full_like(pred.probs, 1 / 3))
+
+    class Poisoned(nn.Module):  # finite everywhere but one pixel of one view
+        def forward(self, x):
+            z = x[:, :2].clone()
+            if x.shape[0] > 2:
+                z[3, 0, 1, 2] = float("nan")
+            return z
+
+    with pytest.raises(ValueError, match="`logits` must be finite"):
+        netuq.TTA(Poisoned(), tta.d4(), task="segmentation")(x)
+    with pytest.raises(TypeError, match="`logits` must be a floating-point tensor"):
+        netuq.TTA(lambda x: torch.ones(x.shape[0], 2, dtype=torch.long), tta.flips())(x)
+
+
 def test_float64_models_stay_float64_and_match_the_reference():
     model, x = _unet().double(), torch.randn(1, 3, 8, 8, dtype=torch.float64)
     pred = netuq.TTA(model, tta.flips(), task="segmentation")(x)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .transforms import HorizontalFlip, Rotate90, Size, Transform, VerticalFlip
+from .transforms import Add, HorizontalFlip, Multiply, Rotate90, Size, Transform, VerticalFlip
 
 __all__ = ["View", "Compose", "flips", "d4"]
 
@@ -81,6 +81,11 @@ class View:
             >>> all(torch.equal(a, v.deaugment(y, (3, 3))) for a in v.deaugment_all([y, y], (3, 3)))
             True
         """
+        form = self.pixel_form
+        if form is not None:  # flips and rotations: one transpose (a view) and one flip per output
+            transpose, dims = form
+            out = [y.mT if transpose else y for y in ys]
+            return tuple(y.flip(dims) if dims else y for y in out)
         sizes = [tuple(size)]
         for t, p in zip(self.transforms, self.params):
             sizes.append(t.output_size(sizes[-1], p))
@@ -90,6 +95,25 @@ class View:
             if p != t.identity:
                 out = [t.deaugment(y, p, sizes[i]) for y in out]
         return tuple(out)
+
+    @property
+    def pixel_form(self) -> tuple[bool, tuple[int, ...]] | None:
+        """The de-augmentation as ``(transpose, flip_dims)`` when the view is made of flips,
+        90° rotations and image-only transforms: ``deaugment(y) == flip(y.mT if transpose else y,
+        flip_dims)``; None otherwise. Composes the chain symbolically (a rotation by 90° is a flip
+        then a transpose, as in ``torch.rot90``), so D4 views cost one copy instead of up to three.
+
+        Example:
+            >>> v = Compose([Rotate90([90])]).views[1]
+            >>> v.pixel_form                                    # rot90(y, -1) == flip(y.mT, -1)
+            (True, (-1,))
+            >>> y = torch.randn(1, 2, 3, 4)
+            >>> torch.equal(v.deaugment_all([y], (4, 3))[0], torch.rot90(y, -1, (-2, -1)))
+            True
+        """
+        if not hasattr(self, "_pixel_form"):
+            self._pixel_form = _compose_pixel_form(self.transforms, self.params)
+        return self._pixel_form
 
     def deaugment_log_probs(self, log_p: torch.Tensor, size: Size) -> torch.Tensor:
         """Like :meth:`deaugment`, for log-probabilities (N, C', h, w) over dim 1.
@@ -130,6 +154,36 @@ def _resample_log_probs(t: Transform, log_p: torch.Tensor, param: Any, size: Siz
     shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
     q = t.deaugment(torch.exp(log_p - shift), param, size)
     return torch.log(q.clamp_min(torch.finfo(q.dtype).tiny)) + shift
+
+
+def _pixel_ops(t: Transform, p: Any) -> list[str] | None:
+    """De-augmentation of one transform as flips of the last axes ("-1", "-2") and transposes
+    ("T"), applied in order; None for a transform that is not a pure pixel move of this kind."""
+    if p == t.identity or type(t) in (Multiply, Add):  # image-only: nothing to undo
+        return []
+    if type(t) is HorizontalFlip:
+        return ["-1"]
+    if type(t) is VerticalFlip:
+        return ["-2"]
+    if type(t) is Rotate90:  # torch.rot90 by k: k=1 flips the last axis then transposes, k=3 the other
+        return {1: ["-1", "T"], 2: ["-1", "-2"], 3: ["-2", "T"]}[(-(p // 90)) % 4]
+    return None
+
+
+def _compose_pixel_form(transforms: Sequence[Transform], params: Sequence[Any]) -> tuple[bool, tuple[int, ...]] | None:
+    """Fold the reverse-order de-augmentation into y -> flip(T^t(y), F): a flip of axis a after it
+    toggles a in F; a transpose after it swaps the axes of F and toggles t."""
+    transpose, flips = False, set()
+    for t, p in zip(reversed(transforms), reversed(params)):
+        ops = _pixel_ops(t, p)
+        if ops is None:
+            return None
+        for op in ops:
+            if op == "T":
+                transpose, flips = not transpose, {{"-1": "-2", "-2": "-1"}[a] for a in flips}
+            else:
+                flips ^= {op}
+    return transpose, tuple(sorted(int(a) for a in flips))
 
 
 class Compose:

@@ -56,23 +56,32 @@ class _Sum:
 
     De-augmenting a 90° rotation gives a transposed (non-contiguous) tensor, and adding one into a
     contiguous buffer costs ~5x a contiguous add. Such terms go to a second, transposed buffer
-    (same strides: a contiguous pass); the two are summed once in :meth:`total`.
+    (same strides: a contiguous pass); the two are summed once in :meth:`total`. Each buffer
+    starts as a copy of its first term (no zero fill and add).
     """
 
     def __init__(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> None:
-        self.plain = torch.zeros(tuple(shape), dtype=dtype, device=device)
+        self.shape, self.dtype, self.device = tuple(shape), dtype, device
+        self.plain: torch.Tensor | None = None
         self.flipped: torch.Tensor | None = None  # stored (..., W, H); used through .mT
 
     def add_(self, y: torch.Tensor) -> None:
         if y.ndim >= 2 and not y.is_contiguous() and y.mT.is_contiguous():
             if self.flipped is None:
-                self.flipped = torch.zeros_like(y.mT)
-            self.flipped.mT.add_(y)
+                self.flipped = y.mT.to(self.dtype, copy=True)
+            else:
+                self.flipped.mT.add_(y)
+        elif self.plain is None:
+            self.plain = y.to(self.dtype, memory_format=torch.contiguous_format, copy=True)
         else:
             self.plain.add_(y)
 
     def total(self) -> torch.Tensor:
-        return self.plain if self.flipped is None else (self.plain + self.flipped.mT).contiguous()
+        if self.flipped is None:
+            return torch.zeros(self.shape, dtype=self.dtype, device=self.device) if self.plain is None else self.plain
+        if self.plain is None:
+            return self.flipped.mT.contiguous()
+        return (self.plain + self.flipped.mT).contiguous()
 
 
 class LogSum:
@@ -157,6 +166,7 @@ class ViewAccumulator:
         self.entropy_sum = torch.zeros(shape[:1] + shape[2:], dtype=dtype, device=device)
         # argmax counts: uint8 while they fit (adds 3x faster than int32), int32 in the Prediction
         self.votes = _Sum(shape, torch.uint8 if views <= 255 else torch.int32, device)
+        self._votes_total: torch.Tensor | None = None
         self.samples = torch.empty((views, *shape), dtype=dtype, device=device) if keep_samples else None
         self.merged: torch.Tensor | LogSum | None = None
         if merge == "tsharpen":
@@ -178,6 +188,7 @@ class ViewAccumulator:
             probs: (N, C, ...) probabilities, or (k, N, C, ...).
             entropy: (N, ...) their entropies H[p], or (k, N, ...).
             argmax: (N, C, ...) bool, one True per pixel at the view's predicted class, or (k, ...).
+                Not checked here: :meth:`one_vote_each_and_finite` checks the sums once at the end.
             log_probs: returns the log-probabilities (the shape of ``probs``); called only where
                 needed (merges other than "mean", or classes whose probability underflows).
             index: the views' positions in the Compose (the order of ``samples``).
@@ -194,7 +205,7 @@ class ViewAccumulator:
                 cache.append(log_probs())
             return cache[0]
 
-        small_votes = self.votes.plain.dtype == torch.uint8
+        small_votes = self.votes.dtype == torch.uint8
         if not stacked:
             self.log_sum.add(probs, logs)
             self.entropy_sum.add_(entropy)
@@ -204,7 +215,7 @@ class ViewAccumulator:
         else:
             self.log_sum.add(probs.sum(0), lambda: torch.logsumexp(logs(), 0))
             self.entropy_sum.add_(entropy.sum(0))
-            self.votes.add_(argmax.sum(0, dtype=self.votes.plain.dtype))
+            self.votes.add_(argmax.sum(0, dtype=self.votes.dtype))
             if self.samples is not None:
                 self.samples[list(index)] = probs
         if self.merge == "gmean":
@@ -221,13 +232,25 @@ class ViewAccumulator:
                 self.merged.add(scaled.exp(), lambda: scaled)
         self.count += probs.shape[0] if stacked else 1
 
+    def _votes(self) -> torch.Tensor:
+        if self._votes_total is None:
+            self._votes_total = self.votes.total()
+        return self._votes_total
+
+    def one_vote_each_and_finite(self) -> bool:
+        """Whether every pixel got exactly one vote per view (no argmax ties) and every entropy
+        is finite (NaN or ±inf logits make it NaN): what the fast pass of :class:`netuq.TTA`
+        leaves unchecked per view. One device sync."""
+        ok = torch.isfinite(self.entropy_sum).all() & (self._votes().sum(1) == self.count).all()
+        return bool(ok)
+
     def prediction(self) -> Prediction:
         """The Prediction: the views as samples ("mean"), or the merged distribution with the
         decomposition across views as ``scores`` (other merges)."""
         if self.count != self.views:
             raise RuntimeError(f"expected {self.views} views, got {self.count}")
         views = _prediction_from_sums(
-            self.log_sum.result(), self.entropy_sum, self.votes.total().to(torch.int32), self.count, self.samples
+            self.log_sum.result(), self.entropy_sum, self._votes().to(torch.int32), self.count, self.samples
         )
         if self.merge == "mean":
             return views

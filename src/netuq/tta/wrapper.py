@@ -143,7 +143,16 @@ class TTA:
                 return Prediction.cat([self._predict(x[s : s + self.max_batch]) for s in range(0, n, self.max_batch)])
             return self._predict(x)
 
-    def _predict(self, x: torch.Tensor) -> Prediction:
+    def _predict(self, x: torch.Tensor, exact: bool = False) -> Prediction:
+        """Run every view of ``x`` and merge.
+
+        The default pass is optimistic: no per-view finiteness or tie check (each costs a full
+        pass over the outputs, and a device sync). One check at the end (every entropy finite,
+        exactly one vote per pixel and view) accepts it; otherwise the batch is run again with
+        ``exact=True``, which checks every view's logits (the error names them) and breaks argmax
+        ties at the first maximum, as :meth:`netuq.Prediction.add_log_probs` does. A result the
+        check accepts equals the exact one.
+        """
         n, size = x.shape[0], tuple(x.shape[-2:])
         views = self.transforms.views
         groups: dict[tuple[int, int], list[int]] = {}
@@ -151,12 +160,15 @@ class TTA:
             groups.setdefault(v.output_size(size), []).append(i)
         acc: ViewAccumulator | None = None
         first: View | None = None
+        work = _Workspace()
         for aug_size, idx in groups.items():
             per_row = x.shape[1] * aug_size[0] * aug_size[1]
             per_forward = views_per_forward(n, per_row, len(idx), x.device, self.max_batch)
             for start in range(0, len(idx), per_forward):
                 chunk = idx[start : start + per_forward]
-                for block in self._run([views[i] for i in chunk], chunk, x, size):
+                for block in self._run([views[i] for i in chunk], chunk, x, size, work, exact):
+                    if block is None:  # the model returned something the fast pass does not take
+                        return self._predict(x, exact=True)
                     probs, stacked = block[0], block[5]
                     shape = tuple(probs.shape[1:] if stacked else probs.shape)
                     if acc is None:
@@ -171,11 +183,18 @@ class TTA:
                             f"{shape} for {views[block[4][0]]} and {acc.shape} for {first}"
                         )
                     acc.add(*block[:5], stacked=stacked)
+                    del block, probs  # free this view's outputs before the next forward
+        if not exact and not acc.one_vote_each_and_finite():
+            return self._predict(x, exact=True)
         return acc.prediction()
 
-    def _run(self, chunk: list[View], index: list[int], x: torch.Tensor, size: tuple[int, int]):
+    def _run(
+        self, chunk: list[View], index: list[int], x: torch.Tensor, size: tuple[int, int], work: _Workspace, exact: bool
+    ):
         """Forward a chunk of views in one call; yield blocks ``(probs, entropy, argmax, log_probs,
-        index, stacked)`` in the input frame, as :meth:`ViewAccumulator.add` takes them."""
+        index, stacked)`` in the input frame, as :meth:`ViewAccumulator.add` takes them (argmax
+        ties broken only when ``exact``). Yields None when the fast pass cannot
+        take the output (not floating point), so that the caller runs the exact one."""
         n, k = x.shape[0], len(chunk)
         inp = torch.cat([v.augment(x) for v in chunk]) if k > 1 else chunk[0].augment(x)
         out = self.model(inp)
@@ -186,10 +205,16 @@ class TTA:
             raise ValueError(
                 f"`model` must return (N, C, H, W) logits for task='segmentation', got shape {tuple(out.shape)}"
             )
-        z = _checked_logits(out)
+        if exact:
+            z, stats = _checked_logits(out), _softmax_stats
+        elif not out.is_floating_point():
+            yield None
+            return
+        else:
+            z, stats = out.to(float_dtype(out)), work.softmax_stats
         if self.task == "classification":  # outputs are never de-augmented: the chunk is one block
             rest = tuple(z.shape[1:])
-            probs, entropy, argmax = _softmax_stats(z)
+            probs, entropy, argmax = stats(z)
             yield (
                 probs.view(k, n, *rest), entropy.view(k, n, *rest[1:]), argmax.view(k, n, *rest),
                 lambda: torch.log_softmax(z, 1).view(k, n, *rest), index, True,
@@ -198,7 +223,7 @@ class TTA:
         for i, v in enumerate(chunk):  # one view at a time: its temporaries stay in the caches
             z_v = z if k == 1 else z.narrow(0, i * n, n)
             if v.copies_pixels:  # per-pixel results in the augmented frame, then moved back
-                probs, entropy, argmax = _softmax_stats(z_v)
+                probs, entropy, argmax = stats(z_v)
                 probs, entropy, argmax = v.deaugment_all((probs, entropy.unsqueeze(1), argmax), size)
                 yield (
                     probs, entropy.squeeze(1), argmax,
@@ -208,8 +233,43 @@ class TTA:
                 log_p = v.deaugment_log_probs(torch.log_softmax(z_v, 1), size)
                 p = log_p.exp()
                 entropy_v = -(p * log_p).sum(1)  # log_p is finite: clamped where it was resampled
-                argmax_v = _argmax_mask(log_p, log_p.amax(1, keepdim=True))
+                top = log_p.amax(1, keepdim=True)
+                argmax_v = _argmax_mask(log_p, top) if exact else log_p == top
                 yield p, entropy_v, argmax_v, (lambda log_p=log_p: log_p), index[i : i + 1], False
+
+
+class _Workspace:
+    """Buffers reused across the views of one batch (the per-view temporaries of the fast pass).
+
+    A fresh (N, C, H, W) temporary per view and step costs an allocation, and on CPU often the
+    page faults of memory the allocator had given back; reusing a few buffers avoids both. Every
+    buffer is consumed before the next view is computed (the accumulator adds or copies it).
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple, torch.Tensor] = {}
+
+    def _buffer(self, name: str, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        dtype = like.dtype if dtype is None else dtype
+        key = (name, tuple(like.shape), dtype, like.device)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = torch.empty(like.shape, dtype=dtype, device=like.device)
+        return buf
+
+    def softmax_stats(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:func:`_softmax_stats` into two reused float buffers and a bool one, without the tie
+        check (see ``TTA._predict``)."""
+        top = z.amax(1, keepdim=True)
+        shifted = torch.sub(z, top, out=self._buffer("shifted", z))
+        # argmax mask: a float compare then a float -> bool copy are ~3x faster than a bool compare
+        floats = torch.eq(shifted, 0.0, out=self._buffer("floats", z))
+        mask = self._buffer("mask", z, torch.bool).copy_(floats)
+        probs = torch.exp(shifted, out=floats)  # the float buffer is free again
+        total = probs.sum(1, keepdim=True)
+        probs.div_(total)
+        entropy = total.log_().squeeze(1) - shifted.mul_(probs).sum(1)
+        return probs, entropy, mask
 
 
 def _checked_logits(out: torch.Tensor) -> torch.Tensor:
