@@ -136,7 +136,24 @@ def _misuse() -> dict:
         error = str(err)
     whole, _ = netuq.predict(nn.Linear(4, 3), DataLoader(data, batch_size=8))  # not sharded: not gathered
     warned = any("DistributedSampler" in str(w.message) for w in caught)
-    return {"n": len(labels), "whole": len(whole), "warned": warned, "mismatch_error": error}
+
+    class FailsOnRankOne(nn.Module):  # a model that fails on rank 1's third batch only
+        def __init__(self):
+            super().__init__()
+            self.calls, self.lin = 0, nn.Linear(4, 3)
+
+        def forward(self, x):
+            self.calls += 1
+            if torch.distributed.get_rank() == 1 and self.calls == 3:
+                raise ValueError("bad batch on this rank")
+            return self.lin(x)
+
+    try:
+        netuq.compare({"plain": FailsOnRankOne()}, DataLoader(data, batch_size=4, sampler=EvalSampler(data)))
+        failure = ""
+    except (ValueError, RuntimeError) as err:
+        failure = f"{type(err).__name__}: {err}"
+    return {"n": len(labels), "whole": len(whole), "warned": warned, "mismatch_error": error, "failure": failure}
 
 
 def record(out: Path) -> None:

@@ -159,4 +159,7 @@ def test_torchrun_two_processes_return_the_one_process_results_on_every_rank(tmp
         assert misuse["warned"] and misuse["n"] == 46  # DistributedSampler: 45 examples counted as 46
         assert misuse["whole"] == 45  # a loader that does not shard is each rank's whole set, not gathered
         assert "batch_size is 4" in misuse["mismatch_error"]
+        # a failure on one rank stops both (the test's timeout would catch a hang)
+        want = "ValueError: bad batch on this rank" if rank == 1 else "RuntimeError: `test_loader`: rank 1 failed"
+        assert misuse["failure"].startswith(want), misuse["failure"]
 

@@ -26,9 +26,10 @@ its sampler shards the data (``EvalSampler``, ``DistributedSampler``); any other
 batches, a DataLoader without such a sampler) is taken as the whole set on each rank, so it is
 never counted W times. ``distributed=True`` gathers every loader.
 
-Every rank must iterate its loaders the same number of times (collectives per step); an error
-raised on one rank only (a malformed batch) leaves the others waiting until the process group's
-timeout.
+The ranks step together (one collective per step). An error raised on one rank only while it
+reads a batch or predicts on it (a malformed batch, a model that fails) is sent to the others at
+that step: the failing rank raises its own error, every other rank a ``RuntimeError`` naming the
+rank and the error, so no rank is left waiting for the process group's timeout.
 
 The streaming metrics (:mod:`netuq.metrics.streaming`) on their own sync through torchmetrics:
 their states are sums (integer counts, float64 sums), so the synced counts equal one process
@@ -250,16 +251,25 @@ def gather_stream(local: Iterable, loader: Any, name: str = "loader") -> Iterato
         return out
 
     while True:
-        item = next(it, None)
-        info = None
-        if item is not None:
-            batch, pred, members = item
-            cols = _pack(batch, pred, members)
-            info = {"n": len(batch.x), "spec": {k: (tuple(v.shape[1:]), v.dtype) for k, v in cols.items()},
-                    "meta": {"p": (pred._count, pred.samples is not None),
-                             **{f"m{i}": (m._count, m.samples is not None) for i, m in enumerate(members)}}}
+        info, failure = None, None
+        try:  # a step that fails on this rank only must stop every rank, not leave them waiting
+            item = next(it, None)
+            if item is not None:
+                batch, pred, members = item
+                cols = _pack(batch, pred, members)
+                info = {"n": len(batch.x), "spec": {k: (tuple(v.shape[1:]), v.dtype) for k, v in cols.items()},
+                        "meta": {"p": (pred._count, pred.samples is not None),
+                                 **{f"m{i}": (m._count, m.samples is not None) for i, m in enumerate(members)}}}
+        except Exception as err:  # re-raised below, after every rank has heard of it
+            failure, info = err, {"error": f"{type(err).__name__}: {err}"}
         infos: list[Any] = [None] * size
         torch.distributed.all_gather_object(infos, info)
+        if failure is not None:
+            raise failure
+        failed = [(r, i["error"]) for r, i in enumerate(infos) if i is not None and "error" in i]
+        if failed:
+            raise RuntimeError(f"`{name}`: rank {failed[0][0]} failed at step {index}, so every rank stops: "
+                               f"{failed[0][1]}")
         present = [i for i in infos if i is not None]
         if not present:
             if index == 0 and not pos.numel():
