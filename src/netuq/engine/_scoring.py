@@ -17,15 +17,9 @@ SCORE_ORDER = ("max_prob", "entropy", "mutual_information", "sigma", "confidence
 
 
 def _registry() -> dict[str, type]:
-    try:
-        from ..calibration import CALIBRATORS  # the calibrator registry (name -> class)
+    from ..calibration import CALIBRATORS  # the calibrator registry (name -> class); imported late (cycle)
 
-        return dict(CALIBRATORS)
-    except ImportError:
-        # Mirrors netuq.calibration.CALIBRATORS on branches that predate the registry.
-        from ..calibration import MatrixScaling, TemperatureScaling, VectorScaling
-
-        return {"temperature": TemperatureScaling, "vector": VectorScaling, "matrix": MatrixScaling}
+    return dict(CALIBRATORS)
 
 
 #: "none" (no calibration) plus every registered calibrator name.
