@@ -510,6 +510,57 @@ def test_fast_pass_runs_each_view_once_and_reruns_exactly_only_on_ties_or_non_fi
         netuq.TTA(lambda x: torch.ones(x.shape[0], 2, dtype=torch.long), tta.flips())(x)
 
 
+def test_no_grad_false_backpropagates_like_the_plain_computation():
+    net = _pixelwise()
+    x = torch.randn(2, 3, 4, 5, requires_grad=True)
+    pred = netuq.TTA(net, tta.d4(), task="segmentation", no_grad=False)(x)
+    pred.probs.sum(1).mul(torch.arange(20.0).view(4, 5)).sum().backward()  # weights: not constant per pixel
+    got, x.grad = x.grad.clone(), None
+    ref = torch.stack([v.deaugment(torch.softmax(net(v.augment(x)), 1), (4, 5)) for v in tta.d4()]).mean(0)
+    ref.sum(1).mul(torch.arange(20.0).view(4, 5)).sum().backward()
+    torch.testing.assert_close(got, x.grad)
+    torch.testing.assert_close(pred.probs.detach(), ref.detach())
+
+
+def test_half_logits_run_the_exact_pass_once_remembered():
+    net = Counting(_pixelwise())
+    t = netuq.TTA(lambda x: net(x).half(), tta.flips(), task="segmentation")
+    x = torch.randn(2, 3, 4, 4)
+    pred = t(x)
+    first = sum(net.rows)
+    net.rows.clear()
+    t(x)
+    assert first == 2 * 4 * 2 and sum(net.rows) == 4 * 2  # later calls run the exact pass straight away
+    ref = _reference(lambda v: net(v).half().float(), tta.flips(), x)
+    _assert_same_prediction(pred, ref, atol=1e-5)
+
+
+def test_rotations_by_full_turns_and_overflowing_logit_spreads():
+    net, x = _pixelwise(), torch.randn(1, 3, 4, 4)
+    full = netuq.TTA(net, tta.Compose([tta.Rotate90([0, 360, -720])]), task="segmentation")(x)
+    torch.testing.assert_close(full.probs, net(x).softmax(1).detach())  # every view is the identity
+    assert full.variation_ratio.abs().max() == 0
+
+    def wide(x):  # finite float32 logits whose spread (max - min) overflows to inf
+        z = torch.zeros(x.shape[0], 3, *x.shape[-2:])
+        z[:, 0], z[:, 1] = 3e38, -3e38
+        return z
+
+    pred = netuq.TTA(wide, tta.d4(), task="segmentation")(x)
+    assert bool(torch.isfinite(pred.entropy).all()) and float(pred.entropy.abs().max()) < 1e-6
+
+
+def test_resampling_views_check_every_view_even_where_interpolation_skips_a_pixel():
+    def poisoned(x):  # NaN at one pixel of the 3x view only: the resize back to 6 x 6 never reads it
+        z = x[:, :2].clone()
+        if x.shape[-1] == 18:
+            z[0, 0, 0, 0] = float("nan")
+        return z
+
+    with pytest.raises(ValueError, match="`logits` must be finite"):
+        netuq.TTA(poisoned, tta.Compose([tta.Scale([3])]), task="segmentation")(torch.randn(1, 3, 6, 6))
+
+
 def test_float64_models_stay_float64_and_match_the_reference():
     model, x = _unet().double(), torch.randn(1, 3, 8, 8, dtype=torch.float64)
     pred = netuq.TTA(model, tta.flips(), task="segmentation")(x)

@@ -230,15 +230,17 @@ def gather_stream(local: Iterable, loader: Any, name: str = "loader") -> Iterato
             "result counts them twice and is not the one-process result; use netuq.distributed.EvalSampler",
             UserWarning, stacklevel=3)
     ordered = isinstance(sampler, EvalSampler) and sampler.num_replicas == size
-    if isinstance(sampler, EvalSampler) and not ordered:
-        raise ValueError(f"`{name}`'s EvalSampler has num_replicas={sampler.num_replicas} but the world size is "
-                         f"{size}; build it after init_process_group or pass num_replicas={size}")
     chunk = getattr(loader, "batch_size", None)
-    if ordered and sampler.batch_size is not None and chunk != sampler.batch_size:
-        raise ValueError(f"`{name}`'s EvalSampler shards batches of {sampler.batch_size} but the DataLoader's "
-                         f"batch_size is {chunk}; use the same batch size for both")
+    setup: ValueError | None = None  # raised at the first step, after the other ranks have heard of it
+    if isinstance(sampler, EvalSampler) and not ordered:
+        setup = ValueError(f"`{name}`'s EvalSampler has num_replicas={sampler.num_replicas} but the world size "
+                           f"is {size}; build it after init_process_group or pass num_replicas={size}")
+    elif ordered and sampler.batch_size is not None and chunk != sampler.batch_size:
+        setup = ValueError(f"`{name}`'s EvalSampler shards batches of {sampler.batch_size} but the DataLoader's "
+                           f"batch_size is {chunk}; use the same batch size for both")
     device = _comm_device()
     it = iter(local)
+    steps = 0  # collective steps so far (the batches emitted can be fewer or more)
     seen = [0] * size  # rows received so far from each rank
     pos = torch.empty(0, dtype=torch.long)  # dataset positions of the rows waiting in `pending`, sorted
     pending: dict[str, torch.Tensor] = {}
@@ -253,6 +255,8 @@ def gather_stream(local: Iterable, loader: Any, name: str = "loader") -> Iterato
     while True:
         info, failure = None, None
         try:  # a step that fails on this rank only must stop every rank, not leave them waiting
+            if setup is not None:
+                raise setup
             item = next(it, None)
             if item is not None:
                 batch, pred, members = item
@@ -268,8 +272,9 @@ def gather_stream(local: Iterable, loader: Any, name: str = "loader") -> Iterato
             raise failure
         failed = [(r, i["error"]) for r, i in enumerate(infos) if i is not None and "error" in i]
         if failed:
-            raise RuntimeError(f"`{name}`: rank {failed[0][0]} failed at step {index}, so every rank stops: "
+            raise RuntimeError(f"`{name}`: rank {failed[0][0]} failed at step {steps}, so every rank stops: "
                                f"{failed[0][1]}")
+        steps += 1
         present = [i for i in infos if i is not None]
         if not present:
             if index == 0 and not pos.numel():

@@ -166,7 +166,7 @@ def _pixel_ops(t: Transform, p: Any) -> list[str] | None:
     if type(t) is VerticalFlip:
         return ["-2"]
     if type(t) is Rotate90:  # torch.rot90 by k: k=1 flips the last axis then transposes, k=3 the other
-        return {1: ["-1", "T"], 2: ["-1", "-2"], 3: ["-2", "T"]}[(-(p // 90)) % 4]
+        return {0: [], 1: ["-1", "T"], 2: ["-1", "-2"], 3: ["-2", "T"]}[(-(p // 90)) % 4]  # 360° is 0
     return None
 
 

@@ -115,6 +115,7 @@ class TTA:
         self.keep_samples = bool(keep_samples)
         self.max_batch = None if max_batch is None else int(max_batch)
         self.no_grad = bool(no_grad)
+        self._exact_outputs = False  # set once the model's outputs need the exact pass (half logits)
 
     def __repr__(self) -> str:
         return (
@@ -155,6 +156,9 @@ class TTA:
         """
         n, size = x.shape[0], tuple(x.shape[-2:])
         views = self.transforms.views
+        # resampling views are checked per view (see _fast_pass_takes); the fast pass writes into
+        # buffers with out=, which autograd refuses
+        exact = exact or self._exact_outputs or torch.is_grad_enabled() or not all(v.copies_pixels for v in views)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, v in enumerate(views):
             groups.setdefault(v.output_size(size), []).append(i)
@@ -167,7 +171,8 @@ class TTA:
             for start in range(0, len(idx), per_forward):
                 chunk = idx[start : start + per_forward]
                 for block in self._run([views[i] for i in chunk], chunk, x, size, work, exact):
-                    if block is None:  # the model returned something the fast pass does not take
+                    if block is None:  # outputs the fast pass does not take: remember, run exactly
+                        self._exact_outputs = True
                         return self._predict(x, exact=True)
                     probs, stacked = block[0], block[5]
                     shape = tuple(probs.shape[1:] if stacked else probs.shape)
@@ -205,11 +210,11 @@ class TTA:
             raise ValueError(
                 f"`model` must return (N, C, H, W) logits for task='segmentation', got shape {tuple(out.shape)}"
             )
-        if exact:
-            z, stats = _checked_logits(out), _softmax_stats
-        elif not out.is_floating_point():
+        if not exact and not _fast_pass_takes(out):
             yield None
             return
+        if exact:
+            z, stats = _checked_logits(out), _softmax_stats
         else:
             z, stats = out.to(float_dtype(out)), work.softmax_stats
         if self.task == "classification":  # outputs are never de-augmented: the chunk is one block
@@ -233,8 +238,7 @@ class TTA:
                 log_p = v.deaugment_log_probs(torch.log_softmax(z_v, 1), size)
                 p = log_p.exp()
                 entropy_v = -(p * log_p).sum(1)  # log_p is finite: clamped where it was resampled
-                top = log_p.amax(1, keepdim=True)
-                argmax_v = _argmax_mask(log_p, top) if exact else log_p == top
+                argmax_v = _argmax_mask(log_p, log_p.amax(1, keepdim=True))  # only in exact passes
                 yield p, entropy_v, argmax_v, (lambda log_p=log_p: log_p), index[i : i + 1], False
 
 
@@ -272,6 +276,18 @@ class _Workspace:
         return probs, entropy, mask
 
 
+def _fast_pass_takes(out: torch.Tensor) -> bool:
+    """Whether the optimistic pass takes these outputs: float32 / float64 logits with at least one
+    class. Half and bfloat16 logits tie at the top class often enough (a few percent of rows with
+    many classes) that the end check would refuse most batches; they run the exact pass.
+
+    The pass also needs views that only move pixels (a resampling view, ``Scale`` or a foreign
+    ttach transform, may skip a non-finite pixel in its interpolation, so it is checked per view)
+    and gradients off; ``TTA._predict`` decides those before the first forward.
+    """
+    return out.dtype in (torch.float32, torch.float64) and out.shape[1] > 0
+
+
 def _checked_logits(out: torch.Tensor) -> torch.Tensor:
     """The logits in the compute dtype, after a one-pass check (NaN and ±inf propagate into the
     min/max); :func:`netuq._checks.check_logits` words the error."""
@@ -292,11 +308,14 @@ def _softmax_stats(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     """
     top = z.amax(1, keepdim=True)
     shifted = z - top
+    mask = _argmax_mask(shifted, 0.0)
+    # finite logits whose spread overflows (z - top = -inf) would give 0 * -inf = NaN below
+    shifted = shifted.clamp(min=torch.finfo(shifted.dtype).min)
     probs = torch.exp(shifted)
     total = probs.sum(1, keepdim=True)
-    probs.div_(total)
-    entropy = total.log_().squeeze(1) - (probs * shifted).sum(1)
-    return probs, entropy, _argmax_mask(shifted, 0.0)
+    probs = probs / total  # out of place: the exact pass also serves no_grad=False (backprop)
+    entropy = total.log().squeeze(1) - (probs * shifted).sum(1)
+    return probs, entropy, mask
 
 
 def _argmax_mask(values: torch.Tensor, top: torch.Tensor | float) -> torch.Tensor:
