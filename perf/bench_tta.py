@@ -5,8 +5,8 @@ Cases (issue 14): "seg" = SmallUNet(1, 11, width=16) on 4 x 1 x 64 x 64, D4 (8 v
 both average probabilities; netuq also returns the entropy / aleatoric / epistemic sums and votes.
 The run fails (exit status 1) if netuq's mean probabilities differ from ttach's by more than 1e-5.
 
-* Time: every variant in this process, interleaved round-robin (a shared machine's load drifts
-  equally on each), median of ``ROUNDS`` rounds after a warm-up, on one thread
+* Time: every variant in this process, interleaved in a fresh seeded order each round (a shared
+  machine's load drifts equally on each), median of ``ROUNDS`` rounds after a warm-up, on one thread
   (``NETUQ_BENCH_THREADS`` to change; restored afterwards). "vs ttach" = ttach's median / netuq's.
 * Peak memory: one child process runs every variant in turn with ``MALLOC_MMAP_THRESHOLD_=65536``
   (freed buffers go back to the system, so the resident size follows live memory); for each, after
@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -31,7 +32,7 @@ import time
 
 import torch
 
-ROUNDS = 5
+ROUNDS = 7
 TOLERANCE = 1e-5
 CASES = {"seg": "SmallUNet 4 x 1 x 64 x 64, D4", "cls": "SmallCNN 64 x 1 x 28 x 28, D4"}
 VARIANTS = {
@@ -126,15 +127,18 @@ def peaks() -> dict[tuple, float]:
 
 
 def timings(keys: list[tuple]) -> dict[tuple, float]:
-    """Median seconds per call, all points interleaved round-robin."""
+    """Median seconds per call, all points interleaved (a new seeded order each round)."""
     runs = {k: make(*k) for k in keys}
     for run in runs.values():
         run()
     times: dict[tuple, list[float]] = {k: [] for k in keys}
+    order = list(runs)
+    shuffle = random.Random(0).shuffle
     for _ in range(ROUNDS):
-        for k, run in runs.items():
+        shuffle(order)  # no variant always runs right after the same other one (caches, allocator state)
+        for k in order:
             start = time.perf_counter()
-            run()
+            runs[k]()
             times[k].append(time.perf_counter() - start)
     return {k: statistics.median(v) for k, v in times.items()}
 
