@@ -58,6 +58,9 @@ def _transforms(views: int, lib):
     return lib.Compose([flip, rot, lib.Add([0.1]) if lib.__name__ == "netuq.tta" else lib.Add(values=[0, 0.1])])
 
 
+_MODELS: dict[tuple[str, int], tuple[torch.nn.Module, torch.Tensor]] = {}
+
+
 def make(case: str, variant: str, size: int = 64, views: int = 8):
     """A function running one variant on one input and returning the merged probabilities."""
     import ttach
@@ -65,12 +68,17 @@ def make(case: str, variant: str, size: int = 64, views: int = 8):
     import netuq
     from netuq.models import SmallCNN, SmallUNet
 
-    torch.manual_seed(0)
+    key = (case, size)
+    if key not in _MODELS:  # one model and input per case, shared by every variant (same memory)
+        torch.manual_seed(0)
+        if case == "cls":
+            _MODELS[key] = SmallCNN(1, 10).eval(), torch.randn(64, 1, 28, 28)
+        else:
+            _MODELS[key] = SmallUNet(1, 11, width=16).eval(), torch.randn(4, 1, size, size)
+    model, x = _MODELS[key]
     if case == "cls":
-        model, x = SmallCNN(1, 10).eval(), torch.randn(64, 1, 28, 28)
         task, wrapper = "classification", ttach.ClassificationTTAWrapper
     else:
-        model, x = SmallUNet(1, 11, width=16).eval(), torch.randn(4, 1, size, size)
         task, wrapper = "segmentation", ttach.SegmentationTTAWrapper
     if variant == "ttach":
         softmaxed = torch.nn.Sequential(model, torch.nn.Softmax(1))
