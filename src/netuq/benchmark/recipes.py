@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .config import BenchmarkConfig
 
 __all__ = ["RECIPES", "Recipe", "IGNORE", "make_network", "train_base", "train_augmented", "tta_transforms",
-           "augmenting_loader", "method_notes", "save_weights", "load_weights"]
+           "augmenting_loader", "method_notes", "pooling_grid", "save_weights", "load_weights"]
 
 Predictor = Callable[[torch.Tensor], Prediction]
 
@@ -60,7 +60,14 @@ def make_network(config: BenchmarkConfig, num_classes: int, in_channels: int = 1
     """The reference network of the task: SmallCNN (classification) or SmallUNet (digit scenes)."""
     if config.task == "segmentation":
         return SmallUNet(in_channels, num_classes, width=config.width, dropout=0.1)
-    return SmallCNN(in_channels, num_classes, width=config.width, dropout=0.3)
+    return SmallCNN(in_channels, num_classes, width=config.width, dropout=0.3, grid=pooling_grid(config))
+
+
+def pooling_grid(config: BenchmarkConfig) -> int:
+    """SmallCNN's final pooling grid: global average pooling on 8 × 8 digits; a 4 × 4 grid of region
+    averages on the 28 × 28 / 32 × 32 data sets, whose classes differ by shape (global pooling keeps
+    Fashion-MNIST at ~0.75 accuracy, the grid reaches ~0.86)."""
+    return 1 if config.dataset == "digits" else 4
 
 
 def _loss(config: BenchmarkConfig):
@@ -359,6 +366,11 @@ def method_notes(config: BenchmarkConfig) -> list[str]:
         f"loss is kept){sub}; calibration by {config.cv_repeats} × repeated 2-fold cross-validation on the test set "
         "within each seed.",
     ]
+    if config.task == "classification":
+        grid = pooling_grid(config)
+        pool = "global average pooling" if grid == 1 else f"average pooling over a {grid} × {grid} grid"
+        notes.append(f"Networks: SmallCNN of width {config.width} (three 3 × 3 conv blocks, {pool}, dropout p = 0.3, "
+                     f"linear), Adam lr {config.lr:g}, batch {config.batch_size}.")
     m = set(config.methods)
     if "tta" in m:
         notes.append(f"TTA: its network is trained with the augmentations it averages at test time "
