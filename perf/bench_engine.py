@@ -1,4 +1,4 @@
-"""Peak memory of ``netuq.compare`` on segmentation: 50 vs 200 images of 3 x 256 x 256, 19 classes.
+"""Peak memory of ``netuq.compare`` on segmentation: 50 vs 200 images of 3 x 128 x 128, 19 classes.
 
 Each size runs in its own child process (peak RSS is per process): a tiny seeded conv segmenter,
 a loader that *generates* its batches (so the data set itself is never held), labels with 5%
@@ -6,11 +6,14 @@ ignored pixels and an anomaly mask as the third element, then ``netuq.compare`` 
 2-fold calibration protocol. Reported per size: wall time, peak RSS (``ru_maxrss``) and its growth
 over the RSS just before the call (after the imports and a warm-up call on 2 images), and the
 tracemalloc peak of Python objects (tracemalloc does not see torch's tensor allocations, hence RSS).
+The children run with ``MALLOC_MMAP_THRESHOLD_=65536``: freed buffers go back to the system at
+once, so the RSS follows live memory (with glibc's adaptive threshold the heap keeps what it
+once held, and the "growth" then measures fragmentation: 1.0x-1.3x between runs).
 
-For scale: holding the (N, C, H, W) probabilities of the whole set alone would take N x 19 x 256
-x 256 x 4 bytes (249 MB for 50 images, 996 MB for 200). Target: growth ratio 200/50 about 1.0.
+For scale: holding the (N, C, H, W) probabilities of the whole set alone would take N x 19 x 128
+x 128 x 4 bytes (62 MB for 50 images, 249 MB for 200). Target: growth ratio 200/50 about 1.0.
 
-Environment: ``NETUQ_BENCH_QUICK=1`` uses 128 x 128 images; ``NETUQ_BENCH_THREADS`` sets torch's
+Environment: ``NETUQ_BENCH_QUICK=1`` uses 64 x 64 images; ``NETUQ_BENCH_THREADS`` sets torch's
 intra-op threads in the children (default 1).
 """
 
@@ -24,7 +27,7 @@ import time
 
 QUICK = os.environ.get("NETUQ_BENCH_QUICK", "") not in ("", "0")
 THREADS = int(os.environ.get("NETUQ_BENCH_THREADS", "1"))
-SIZE = 128 if QUICK else 256
+SIZE = 64 if QUICK else 128
 CLASSES, BATCH, SIZES = 19, 10, (50, 200)
 
 CHILD = """
@@ -56,7 +59,7 @@ def rss():
         return int(fh.read().split()[1]) * resource.getpagesize()
 
 
-netuq.compare({"net": net}, loader(2), ignore_index=255, repeats=1)  # lazy imports, first-call setup
+netuq.compare({"net": net}, loader(2), ignore_index=255, repeats=1, calibrators=("none", "temperature"))  # warm-up
 before = rss()
 tracemalloc.start()
 t0 = time.perf_counter()
@@ -72,7 +75,7 @@ print(json.dumps({"n": n, "wall": wall, "before": before, "peak": peak, "py_peak
 def run(n: int) -> dict:
     here = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, PYTHONPATH=os.path.join(here, "..", "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS=str(THREADS))
+               OMP_NUM_THREADS=str(THREADS), MALLOC_MMAP_THRESHOLD_="65536")
     out = subprocess.run([sys.executable, "-c", CHILD, str(n), str(SIZE), str(CLASSES), str(BATCH), str(THREADS)],
                          capture_output=True, text=True, env=env, timeout=600)
     if out.returncode:
