@@ -174,6 +174,29 @@ def main() -> None:
         torch.set_num_threads(threads)
 
 
+def merge_overhead(rounds: int = 40) -> dict[str, float]:
+    """Median seconds of each library's own per-call work: the model is a stub returning fixed logits."""
+    import ttach
+
+    import netuq
+
+    z, x = torch.randn(4, 11, 64, 64, generator=torch.Generator().manual_seed(0)), torch.zeros(4, 1, 64, 64)
+    ours = netuq.TTA(lambda inp: z, _transforms(8, netuq.tta), task="segmentation")
+    theirs = ttach.SegmentationTTAWrapper(lambda inp: torch.softmax(z, 1), _transforms(8, ttach), merge_mode="mean")
+    runs = {"netuq": lambda: ours(x), "ttach": lambda: theirs(x)}
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    order, shuffle = list(runs), random.Random(1).shuffle
+    for f in runs.values():
+        f()
+    for _ in range(rounds):
+        shuffle(order)
+        for k in order:
+            start = time.perf_counter()
+            runs[k]()
+            times[k].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def main_points() -> list[tuple[str, str, int, int]]:
     """The headline points: every variant of every case at its default size, D4."""
     return [(case, v, _SIZE[case], 8) for case in CASES for v in VARIANTS]
@@ -230,6 +253,10 @@ def run_all() -> None:
     print("  (vs ttach > 1: faster, median over processes of each process's ratio; in both cases the two netuq")
     print("   rows run the same code, one view per call, so their difference is this machine's noise;")
     print("   peak mem: rise of the peak RSS during one call)")
+    stub = merge_overhead()
+    print(f"  merge work alone (a stub model returning fixed 4 x 11 x 64 x 64 logits, D4): netuq "
+          f"{stub['netuq'] * 1e3:.1f} ms (softmax, entropy, votes, sums), ttach {stub['ttach'] * 1e3:.1f} ms "
+          f"(softmax, mean): {stub['netuq'] / stub['ttach']:.2f}x ttach's")
     t = timings([k for k in points() if k not in set(main_points()) or k[0] == "seg"])
 
     for axis, values in (("H x W", SIZES), ("views", VIEWS)):
