@@ -3,6 +3,7 @@ augmented training, the confidence OOD perturbation and the notes the report sho
 
 from __future__ import annotations
 
+import os
 import statistics
 
 import pytest
@@ -38,6 +39,9 @@ def test_seeds_flag_bad_value_one_line(capsys, tmp_path):
     assert main(["benchmark", "--seeds", "0", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "`seeds` must be a positive integer" in err
+    assert main(["benchmark", "--jobs", "0", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "`--jobs` must be a positive integer, got 0" in err
 
 
 @pytest.fixture(scope="module")
@@ -111,14 +115,14 @@ def test_interrupted_seed_resumes(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(method, predictor, data, cfg)
 
-    monkeypatch.setattr(runner_module, "evaluate_method", flaky)
+    monkeypatch.setattr(runner_module, "evaluate_method", flaky)  # seen in this process only: jobs=1
     with pytest.raises(KeyboardInterrupt):
-        run_benchmark(config, tmp_path, render=False)
+        run_benchmark(config, tmp_path, render=False, jobs=1)
     assert not (tmp_path / "results.json").exists()
     assert sorted(p.stem for p in (tmp_path / "seed-0" / "parts").glob("*.json")) == ["deterministic", "mc_dropout"]
     assert [p.stem for p in (tmp_path / "seed-1" / "parts").glob("*.json")] == ["deterministic"]
     seed0 = (tmp_path / "seed-0" / "parts" / "mc_dropout.json").read_bytes()
-    results = run_benchmark(config, tmp_path, render=False)
+    results = run_benchmark(config, tmp_path, render=False, jobs=1)
     assert calls == [(0, "deterministic"), (0, "mc_dropout"), (1, "deterministic"), (1, "mc_dropout"),
                      (1, "mc_dropout")]
     assert (tmp_path / "seed-0" / "parts" / "mc_dropout.json").read_bytes() == seed0
@@ -126,6 +130,34 @@ def test_interrupted_seed_resumes(tmp_path, monkeypatch):
     # a different number of seeds in the same folder is refused
     with pytest.raises(ValueError, match=r"different configuration \(differs in \['seeds'\]\)"):
         run_benchmark(config.replace(seeds=3), tmp_path, render=False)
+
+
+def _without_runtimes(obj):
+    if isinstance(obj, dict):
+        return {k: _without_runtimes(v) for k, v in obj.items() if k not in ("runtime_s", "warnings")}
+    if isinstance(obj, list):
+        return [_without_runtimes(v) for v in obj]
+    return obj
+
+
+def test_seeds_in_parallel_processes_equal_the_sequential_run_and_resume(tmp_path):
+    """Digits seeds run on one thread wherever they run, so jobs=2 (two spawned processes) gives the
+    numbers of jobs=1 exactly; a rerun after a lost part recomputes only that part."""
+    config = load_config(seeds=2, methods=("deterministic", "mc_dropout"), **TINY)
+    assert runner_module.default_jobs(config) == min(2, os.cpu_count() or 1)
+    assert runner_module.default_jobs(config.replace(dataset="mnist", data_dir=str(tmp_path))) == 1
+    assert runner_module.default_jobs(config.replace(seeds=1)) == 1
+    seq = run_benchmark(config, tmp_path / "seq", render=False, jobs=1)
+    par = run_benchmark(config, tmp_path / "par", render=False, jobs=2)
+    assert _without_runtimes(par["seeds"]) == _without_runtimes(seq["seeds"])
+    lost = tmp_path / "par" / "seed-1" / "parts" / "mc_dropout.json"
+    kept = (tmp_path / "par" / "seed-0" / "parts" / "mc_dropout.json").read_bytes()
+    lost.unlink()
+    again = run_benchmark(config, tmp_path / "par", render=False, jobs=2)
+    assert lost.is_file() and (tmp_path / "par" / "seed-0" / "parts" / "mc_dropout.json").read_bytes() == kept
+    assert _without_runtimes(again["seeds"]) == _without_runtimes(seq["seeds"])
+    with pytest.raises(ValueError, match=r"`jobs` must be a positive integer, got 0"):
+        run_benchmark(config, tmp_path / "bad", render=False, jobs=0)
 
 
 @pytest.mark.parametrize("segmentation", [False, True])

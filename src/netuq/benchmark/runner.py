@@ -7,22 +7,26 @@ interrupted run continues where it stopped.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .._checks import check_positive_int
 from ..engine import compare
 from . import recipes
 from .config import BenchmarkConfig
 from .results import RunDir, atomic_write_json
 
-__all__ = ["run_benchmark", "BenchData", "prepare_data", "evaluate_method"]
+__all__ = ["run_benchmark", "BenchData", "prepare_data", "evaluate_method", "default_jobs"]
 
 
 @dataclass
@@ -108,15 +112,7 @@ def evaluate_method(method: str, predictor, data: BenchData, config: BenchmarkCo
         for kind in dict.fromkeys(kinds):
             idx = torch.tensor([i for i, k in enumerate(kinds) if k == kind])
             ood[kind] = _batches(ood_x[idx], size=size)
-    # Digits: every tensor is tiny (8 x 8 images, 539 x 10 logits); the calibrators' many small
-    # L-BFGS steps run several times faster on one thread than on two contending ones.
-    threads = torch.get_num_threads()
-    if config.dataset == "digits" and config.task == "classification":
-        torch.set_num_threads(1)
-    try:
-        results = _compare(method, predictor, test, shifts, ood, config, seg)
-    finally:
-        torch.set_num_threads(threads)
+    results = _compare(method, predictor, test, shifts, ood, config, seg)
     part = results["methods"][method]
     part["method"] = method
     part["label"] = recipes.RECIPES[method].label
@@ -140,9 +136,43 @@ def _compare(method, predictor, test, shifts, ood, config: BenchmarkConfig, seg:
     )
 
 
+def one_thread(config: BenchmarkConfig) -> bool:
+    """Whether a seed runs on one thread: digits classification, whose tensors are tiny (8 x 8
+    images, 539 x 10 logits): training is no faster on two threads and the calibrators' many small
+    L-BFGS steps are several times slower on two contending ones. Its numbers therefore do not
+    depend on the machine's cores or on ``jobs``."""
+    return config.dataset == "digits" and config.task == "classification"
+
+
 def _run_seed(config: BenchmarkConfig, run: RunDir, say: Callable[[str], None], bar, *, write: bool,
               data: BenchData | None = None) -> dict[str, Any]:
     """One seed's results (a single-seed results dict); finished parts in ``run`` are reused."""
+    threads = torch.get_num_threads()
+    if one_thread(config):
+        torch.set_num_threads(1)
+    try:
+        return _run_seed_methods(config, run, say, bar, write=write, data=data)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _seed_job(config: BenchmarkConfig, root: str, threads: int) -> dict[str, Any]:
+    """One seed in a worker process (``jobs > 1``)."""
+    torch.set_num_threads(threads)
+    return _run_seed(config, RunDir(root), lambda _msg: None, None, write=True)
+
+
+def default_jobs(config: BenchmarkConfig) -> int:
+    """Seeds run at once when ``jobs`` is None: one per core (at most one per seed) for digits on
+    the CPU, whose one-thread seeds leave the other cores idle; otherwise 1 (a seed's threads use
+    the cores)."""
+    if config.seeds == 1 or config.device != "cpu" or not one_thread(config):
+        return 1
+    return max(1, min(config.seeds, os.cpu_count() or 1))
+
+
+def _run_seed_methods(config: BenchmarkConfig, run: RunDir, say: Callable[[str], None], bar, *, write: bool,
+                      data: BenchData | None = None) -> dict[str, Any]:
     run.root.mkdir(parents=True, exist_ok=True)
     run.check_config(config.to_dict())
     data = data if data is not None else prepare_data(config)
@@ -207,8 +237,13 @@ def run_benchmark(
     progress: bool = False,
     render: bool = True,
     log: Callable[[str], None] | None = None,
+    jobs: int | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the benchmark into ``out`` and return the results (aggregated over seeds).
+
+    ``jobs`` seeds run at once, each in its own process (None: :func:`default_jobs`); a seed's
+    results do not depend on it for digits (one thread per seed either way); elsewhere each
+    process gets cores / jobs threads, and float rounding may then differ in the last digits.
 
     Each seed ``config.seed + i`` (``i < config.seeds``) is an independent repetition: its own data
     split, training and sampling, written to ``out/seed-<s>/`` (``parts/<method>.json`` as each
@@ -232,10 +267,14 @@ def run_benchmark(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(config.methods) * config.seeds, desc="benchmark", unit="method")
+    jobs = default_jobs(config) if jobs is None else check_positive_int(jobs, "jobs")
     try:
-        per_seed = [_run_seed(config.for_seed(s), RunDir(seed_dir(out, config, s)), say, bar,
-                              write=config.seeds > 1, data=first if s == config.seed else None)
-                    for s in config.seed_list]
+        if min(jobs, config.seeds) > 1:
+            per_seed = _run_seeds_in_processes(config, out, min(jobs, config.seeds), say, bar)
+        else:
+            per_seed = [_run_seed(config.for_seed(s), RunDir(seed_dir(out, config, s)), say, bar,
+                                  write=config.seeds > 1, data=first if s == config.seed else None)
+                        for s in config.seed_list]
     finally:
         if bar is not None:
             bar.close()
@@ -254,3 +293,29 @@ def run_benchmark(
 
         write_csv(results, run.root / "results.csv")
     return results
+
+
+def _run_seeds_in_processes(config: BenchmarkConfig, out, jobs: int, say, bar) -> list[dict[str, Any]]:
+    """Every seed of ``config`` in a pool of ``jobs`` fresh (spawned) processes, in seed order.
+
+    Each seed writes its own folder as in a sequential run (so an interrupted run resumes either
+    way); a failing seed cancels the seeds not yet started and re-raises its error.
+    """
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    done: dict[int, dict[str, Any]] = {}
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_seed_job, config.for_seed(s), str(seed_dir(out, config, s)), threads): s
+                   for s in config.seed_list}
+        try:
+            for future in as_completed(futures):
+                seed = futures[future]
+                done[seed] = future.result()
+                times = done[seed]["runtime_s"]["methods"]
+                total = sum(sum(t.values()) for t in times.values())
+                say(f"seed {seed}: done ({total:.1f} s of training and evaluation, {jobs} seeds at a time)")
+                if bar is not None:
+                    bar.update(len(config.methods))
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    return [done[s] for s in config.seed_list]

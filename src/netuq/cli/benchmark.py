@@ -40,6 +40,8 @@ def register(sub) -> None:
     p.add_argument("--config", default=None, help="TOML file with benchmark settings ([benchmark] table)")
     p.add_argument("--quick", action="store_true", default=None, help="tiny smoke-test run (< 30 s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="seeds run at once, one process each (default: one per core for digits, else 1)")
     p.set_defaults(run=run)
 
 
@@ -69,8 +71,10 @@ def run(args, echo=print) -> int:
             raise ValueError(f"`--device` {config.device!r} is not available here ({err})") from None
     RunDir(args.out).check_files()  # a corrupt config.json or models/*.pt: one line naming it, before any work
     start = time.perf_counter()
+    if args.jobs is not None and args.jobs < 1:
+        raise ValueError(f"`--jobs` must be a positive integer, got {args.jobs}")
     results = run_benchmark(config, args.out, progress=not args.no_progress,
-                            log=lambda m: print(m, file=sys.stderr))
+                            log=lambda m: print(m, file=sys.stderr), jobs=args.jobs)
     from ..report.render import summary_lines
 
     for line in summary_lines(results):
