@@ -164,16 +164,21 @@ def _protocol(sample: Reservoir, groups: int, names: Sequence[str], repeats: int
     return {n: summary[n] for n in order}, rel
 
 
+def _labelled(method, loader, predictor, why: str, *, name: str, **kw):
+    """``(pred, labels on the CPU)`` per batch of ``loader``; a batch without labels raises (``why``)."""
+    for batch, pred, _ in stream(method, loader, predictor=predictor, name=name, **kw):
+        if batch.y is None:
+            raise ValueError(f"`{name}` batch {batch.index} has no labels; {why}")
+        yield pred, batch.y.cpu()
+
+
 def _sample_pass(method, loader, predictor, *, device, keys, seed, progress, name, ignore_index, max_pixels,
                  distributed):
     """Calibration loader: a bounded sample of (log-probs, label) over its valid rows."""
     sample: Reservoir | None = None
     n = 0
-    for batch, pred, _ in stream(method, loader, device=device, keys=keys, seed=seed, progress=progress, name=name,
-                              predictor=predictor, distributed=distributed):
-        if batch.y is None:
-            raise ValueError(f"`{name}` batch {batch.index} has no labels; calibration needs labels")
-        y = batch.y.cpu()
+    for pred, y in _labelled(method, loader, predictor, "calibration needs labels", device=device, keys=keys,
+                             seed=seed, progress=progress, name=name, distributed=distributed):
         if sample is None:
             sample = Reservoir(None if pred.log_probs.ndim == 2 else max_pixels, seed)
         valid = None if ignore_index is None else y != ignore_index
@@ -203,11 +208,8 @@ def _shift_row(method, loader, predictor, severity, fitted, *, device, keys, see
                ignore_index, distributed):
     um, um_ts = None, None
     ent_sum, count = 0.0, 0
-    for batch, pred, _ in stream(method, loader, device=device, keys=keys, seed=seed, progress=progress, name=name,
-                              predictor=predictor, distributed=distributed):
-        if batch.y is None:
-            raise ValueError(f"`{name}` batch {batch.index} has no labels; shifted data needs labels")
-        y = batch.y.cpu()
+    for pred, y in _labelled(method, loader, predictor, "shifted data needs labels", device=device, keys=keys,
+                             seed=seed, progress=progress, name=name, distributed=distributed):
         if um is None:
             c = pred.log_probs.shape[1]
             um, um_ts = _streaming(c, n_bins, ignore_index), _streaming(c, n_bins, ignore_index)

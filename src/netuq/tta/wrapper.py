@@ -199,7 +199,7 @@ class TTA:
         """Forward a chunk of views in one call; yield blocks ``(probs, entropy, argmax, log_probs,
         index, stacked)`` in the input frame, as :meth:`ViewAccumulator.add` takes them (argmax
         ties broken only when ``exact``). Yields None when the fast pass cannot
-        take the output (not floating point), so that the caller runs the exact one."""
+        take the output (see :func:`_fast_pass_takes`), so that the caller runs the exact one."""
         n, k = x.shape[0], len(chunk)
         inp = torch.cat([v.augment(x) for v in chunk]) if k > 1 else chunk[0].augment(x)
         out = self.model(inp)
