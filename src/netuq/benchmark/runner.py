@@ -165,7 +165,13 @@ def _seed_job(config: BenchmarkConfig, root: str, threads: int) -> dict[str, Any
 def default_jobs(config: BenchmarkConfig) -> int:
     """Seeds run at once when ``jobs`` is None: one per core (at most one per seed) for digits on
     the CPU, whose one-thread seeds leave the other cores idle; otherwise 1 (a seed's threads use
-    the cores)."""
+    the cores).
+
+    Example:
+        >>> from netuq.benchmark import load_config
+        >>> default_jobs(load_config(seeds=1)), default_jobs(load_config(seeds=3)) == min(3, os.cpu_count() or 1)
+        (1, True)
+    """
     if config.seeds == 1 or config.device != "cpu" or not one_thread(config):
         return 1
     return max(1, min(config.seeds, os.cpu_count() or 1))
