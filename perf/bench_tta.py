@@ -1,8 +1,11 @@
 """TTA speed and memory: netuq.TTA vs ttach (one view per call), and how both grow with H × W and views.
 
 Cases (issue 14): "seg" = SmallUNet(1, 11, width=16) on 4 x 1 x 64 x 64, D4 (8 views);
-"cls" = SmallCNN(1, 10) on 64 x 1 x 28 x 28, D4. ttach gets a softmax model and merge "mean", so
-both average probabilities; netuq also returns the entropy / aleatoric / epistemic sums and votes.
+"cls" = SmallCNN(1, 10) on 64 x 1 x 28 x 28, D4; "cls256" the same on 256 images (a test-set
+batch: there netuq splits each view's 256 rows into forwards whose largest activation stays near
+the caches; the "max_batch=N" row runs them in one call, as ttach does). ttach gets a softmax
+model and merge "mean", so both average probabilities; netuq also returns the entropy /
+aleatoric / epistemic sums and votes.
 The run fails (exit status 1) if netuq's mean probabilities differ from ttach's by more than 1e-5.
 
 * Time: the headline table from ``PROCESSES`` fresh processes (median of their medians, and the
@@ -19,7 +22,7 @@ The run fails (exit status 1) if netuq's mean probabilities differ from ttach's 
   (flip; flips; D4; D4 x Add([0.1])); slope = least-squares slope of log(time or peak) against
   log(H·W or views): ~1 = linear. Memory should not grow with the views (streaming merge).
 
-Run: ``.venv/bin/python perf/bench_tta.py`` (or ``make bench``); about 30 s on an idle machine.
+Run: ``.venv/bin/python perf/bench_tta.py`` (or ``make bench``); about 90 s on an idle machine.
 """
 
 from __future__ import annotations
@@ -38,14 +41,18 @@ import torch
 ROUNDS = 7
 PROCESSES = 3
 TOLERANCE = 1e-5
-CASES = {"seg": "SmallUNet 4 x 1 x 64 x 64, D4", "cls": "SmallCNN 64 x 1 x 28 x 28, D4"}
+CASES = {
+    "seg": "SmallUNet 4 x 1 x 64 x 64, D4",
+    "cls": "SmallCNN 64 x 1 x 28 x 28, D4",
+    "cls256": "SmallCNN 256 x 1 x 28 x 28, D4",
+}
 VARIANTS = {
     "ttach": "ttach wrapper (1 view per call)",
     "netuq": "netuq.TTA (default)",
     "netuq_1": "netuq.TTA (max_batch=N: 1 view per call)",
 }
 SIZES = (32, 64, 128)
-_SIZE = {"seg": 64, "cls": 28}
+_SIZE = {"seg": 64, "cls": 28, "cls256": 28}
 VIEWS = (2, 4, 8, 16)
 
 
@@ -75,12 +82,12 @@ def make(case: str, variant: str, size: int = 64, views: int = 8):
     key = (case, size)
     if key not in _MODELS:  # one model and input per case, shared by every variant (same memory)
         torch.manual_seed(0)
-        if case == "cls":
-            _MODELS[key] = SmallCNN(1, 10).eval(), torch.randn(64, 1, 28, 28)
+        if case.startswith("cls"):
+            _MODELS[key] = SmallCNN(1, 10).eval(), torch.randn(256 if case == "cls256" else 64, 1, 28, 28)
         else:
             _MODELS[key] = SmallUNet(1, 11, width=16).eval(), torch.randn(4, 1, size, size)
     model, x = _MODELS[key]
-    if case == "cls":
+    if case.startswith("cls"):
         task, wrapper = "classification", ttach.ClassificationTTAWrapper
     else:
         task, wrapper = "segmentation", ttach.SegmentationTTAWrapper
@@ -250,9 +257,10 @@ def run_all() -> None:
             print(f"  {title:<32} {name:<42} {sec * 1e3:8.1f} ms {statistics.median(ratios):8.2f}x {spread:>13} "
                   f"{_mem(m):>10} {rel:>9}")
     print(f"  max |p_netuq - p_ttach| = {worst:.1e} (must be <= {TOLERANCE:g})")
-    print("  (vs ttach > 1: faster, median over processes of each process's ratio; in both cases the two netuq")
-    print("   rows run the same code, one view per call, so their difference is this machine's noise;")
-    print("   peak mem: rise of the peak RSS during one call)")
+    print("  (vs ttach > 1: faster, median over processes of each process's ratio; in \"seg\" and \"cls\" the two")
+    print("   netuq rows run the same code, one view per call, so their difference is this machine's noise; in")
+    print("   \"cls256\" the default splits each view's rows (largest activation near the caches), max_batch=N")
+    print("   does not; peak mem: rise of the peak RSS during one call)")
     stub = merge_overhead()
     print(f"  merge work alone (a stub model returning fixed 4 x 11 x 64 x 64 logits, D4): netuq "
           f"{stub['netuq'] * 1e3:.1f} ms (softmax, entropy, votes, sums), ttach {stub['ttach'] * 1e3:.1f} ms "

@@ -591,3 +591,103 @@ def test_one_home_for_tta():
     assert tta.MERGES == ("mean", "gmean", "max", "tsharpen") and tta.TSHARPEN_T == 0.5
     for name in tta.__all__:
         assert hasattr(tta, name), name
+
+
+def test_buffers_are_reused_across_calls_and_replaced_for_a_new_shape():
+    """The per-thread workspace keeps one shape's buffers between calls: results equal a fresh
+    wrapper's bit for bit, whatever shapes came before, and the buffers stay those of one shape."""
+    model, transforms = _unet(), tta.d4()
+    wrapper = netuq.TTA(model, transforms, task="segmentation")
+    a, b = torch.randn(2, 3, 8, 8), torch.randn(1, 3, 8, 12)
+    for x in (a, b, a, a, b):
+        fresh = netuq.TTA(model, transforms, task="segmentation")(x)
+        pred = wrapper(x)
+        for name in ("probs", "aleatoric", "variation_ratio"):
+            assert torch.equal(getattr(pred, name), getattr(fresh, name)), name
+        n, _, h, w = x.shape  # the logits' frames: (n, 4, h, w) and, for rotated views, (n, 4, w, h)
+        assert {k[1] for k in wrapper._workspace()._buffers} == {(n, 4, h, w), (n, 4, w, h)}
+        assert len(wrapper._workspace()._buffers) == (4 if h == w else 8)  # 4 names, per frame
+
+
+def test_large_workspaces_are_not_kept(monkeypatch):
+    from netuq.tta.wrapper import _Workspace
+
+    monkeypatch.setattr(_Workspace, "KEEP_BYTES", 1024)
+    wrapper = netuq.TTA(_unet(), tta.flips(), task="segmentation")
+    wrapper(torch.randn(2, 3, 8, 8))
+    assert wrapper._workspace()._buffers == {}
+
+
+def test_threads_calling_one_wrapper_get_their_own_buffers():
+    import threading
+
+    model, transforms = _unet(), tta.d4()
+    wrapper = netuq.TTA(model, transforms, task="segmentation")
+    inputs = [torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    expected = [netuq.TTA(model, transforms, task="segmentation")(x).probs for x in inputs]
+    results: dict[int, torch.Tensor] = {}
+
+    def work(i):
+        for _ in range(5):
+            results[i] = wrapper(inputs[i]).probs
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, want in enumerate(expected):
+        assert torch.equal(results[i], want)
+
+
+def test_wrapper_pickles_without_its_buffers():
+    import pickle
+
+    wrapper = netuq.TTA(_unet(), tta.d4(), task="segmentation")
+    x = torch.randn(1, 3, 8, 8)
+    before = wrapper(x).probs
+    again = pickle.loads(pickle.dumps(wrapper))
+    torch.testing.assert_close(again(x).probs, before, atol=1e-6, rtol=0)
+
+
+def test_rows_per_forward_follow_the_measured_largest_activation(monkeypatch):
+    """The first forward of a shape measures its largest activation; later forwards split their
+    rows to keep it under the device budget, with the same results."""
+    from netuq.methods import _batching
+
+    model, x = Counting(_cnn()), torch.randn(12, 3, 8, 8)
+    ref = netuq.TTA(model, tta.flips(), max_batch=12)(x)  # one view of 12 rows per call
+    monkeypatch.setitem(_batching.ACTIVATION_ELEMENTS, "cpu", 5 * 4 * 8 * 8)  # 5 rows of the first conv (4 x 8 x 8)
+    model.rows.clear()
+    wrapper = netuq.TTA(model, tta.flips())
+    pred = wrapper(x)
+    assert model.rows[0] == 24  # the first forward (two views of 12 small images) measures
+    assert model.rows[1:] == [4] * 6  # then one view a call, its 12 rows split in 3 (at most 5 each)
+    _assert_same_prediction(pred, _reference(model.model, tta.flips(), x, "classification"), atol=1e-5)
+    torch.testing.assert_close(pred.probs, ref.probs, atol=1e-6, rtol=0)
+    model.rows.clear()
+    wrapper(x)
+    assert max(model.rows) <= 5  # the plan is kept: no second measurement
+    model.rows.clear()
+    netuq.TTA(model, tta.flips(), max_batch=12)(x)
+    assert model.rows == [12] * 4  # the user's max_batch wins
+
+
+def test_linear_sums_serve_probs_without_a_log_and_take_more_samples():
+    """A TTA prediction whose sums stayed linear gives probs as sum / V; asking for log_probs,
+    concatenating, moving and adding samples behave as for any Prediction."""
+    model, x = _unet(), torch.randn(2, 3, 8, 8)
+    pred = netuq.TTA(model, tta.d4(), task="segmentation")(x)
+    assert pred._linear_sum is not None and pred._log_sum_value is None
+    probs = pred.probs
+    assert pred._log_sum_value is None  # probs needed no log
+    torch.testing.assert_close(pred.log_probs.exp(), probs, atol=1e-7, rtol=1e-6)
+    assert len(pred) == 2 and "shape=(2, 4, 8, 8)" in repr(pred)
+    cat = netuq.Prediction.cat([pred, pred.to("cpu")])
+    assert cat._linear_sum is not None
+    torch.testing.assert_close(cat.probs, torch.cat([probs, probs]))
+    extra = torch.softmax(torch.randn(2, 4, 8, 8), 1)
+    ref = _reference(model, tta.d4(), x)
+    pred.add(extra)
+    ref.add(extra.double())
+    _assert_same_prediction(pred, ref)

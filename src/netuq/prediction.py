@@ -91,13 +91,32 @@ class Prediction:
     ) -> None:
         self.keep_samples = bool(keep_samples)
         self.scores: dict[str, torch.Tensor] = dict(scores or {})
-        self._log_sum: torch.Tensor | None = None  # (N, C, ...) log Σ_s p_s
+        self._log_sum_value: torch.Tensor | None = None  # (N, C, ...) log Σ_s p_s (see _log_sum)
+        self._linear_sum: torch.Tensor | None = None  # (N, C, ...) Σ_s p_s when held in linear space
         self._entropy_sum: torch.Tensor | None = None  # (N, ...) Σ_s H[p_s]
         self._votes: torch.Tensor | None = None  # (N, C, ...) int32 argmax counts
         self._samples: list[torch.Tensor] = []
         self._count = 0
         if probs is not None:
             self.add(probs)
+
+    # ------------------------------------------------------------------ the sums
+    @property
+    def _log_sum(self) -> torch.Tensor | None:
+        """(N, C, ...) log Σ_s p_s; taken lazily from ``_linear_sum`` where a merge left the sum in
+        linear space (every element at or above :func:`netuq.tta.merges.linear_floor`, so its log
+        is exact), which spares ``probs`` a log and an exp of the whole tensor."""
+        if self._log_sum_value is None and self._linear_sum is not None:
+            self._log_sum_value = torch.log(self._linear_sum)
+        return self._log_sum_value
+
+    @_log_sum.setter
+    def _log_sum(self, value: torch.Tensor | None) -> None:
+        self._log_sum_value, self._linear_sum = value, None
+
+    def _sum_tensor(self) -> torch.Tensor | None:
+        """Whichever sum is held (for shapes, dtypes and the argmax, which both share)."""
+        return self._linear_sum if self._linear_sum is not None else self._log_sum_value
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -164,22 +183,26 @@ class Prediction:
         counts = {p._count for p in preds}
         if len(counts) != 1 or 0 in counts:
             raise ValueError(f"`predictions` must all hold the same (non-zero) number of samples, got {sorted(counts)}")
-        first = preds[0]._log_sum
+        first = preds[0]._sum_tensor()
         for i, p in enumerate(preds):
-            if p._log_sum.shape[1:] != first.shape[1:]:
+            total = p._sum_tensor()
+            if total.shape[1:] != first.shape[1:]:
                 want = ", ".join(["·", *map(str, first.shape[1:])])
                 raise ValueError(
                     f"`predictions` must all have shape (·, C, ...) = ({want}), "
-                    f"got {tuple(p._log_sum.shape)} at position {i}"
+                    f"got {tuple(total.shape)} at position {i}"
                 )
-            if p._log_sum.device != first.device:
+            if total.device != first.device:
                 raise ValueError(
                     f"`predictions` must all be on one device, got {first.device} at position 0 and "
-                    f"{p._log_sum.device} at position {i}; move them with .to(device) first"
+                    f"{total.device} at position {i}; move them with .to(device) first"
                 )
         out = cls(keep_samples=all(p.keep_samples for p in preds))
         out._count = preds[0]._count
-        out._log_sum = torch.cat([p._log_sum for p in preds])
+        if all(p._linear_sum is not None for p in preds):  # keep the sums linear (no log)
+            out._linear_sum = torch.cat([p._linear_sum for p in preds])
+        else:
+            out._log_sum = torch.cat([p._log_sum for p in preds])
         out._entropy_sum = torch.cat([p._entropy_sum for p in preds])
         out._votes = torch.cat([p._votes for p in preds])
         if out.keep_samples:
@@ -259,9 +282,10 @@ class Prediction:
         if not stacked:
             log_p, p = log_p.unsqueeze(0), p.unsqueeze(0)
         k = log_p.shape[0]
-        if self._log_sum is not None and log_p.shape[1:] != self._log_sum.shape:
+        held = self._sum_tensor()
+        if held is not None and log_p.shape[1:] != held.shape:
             raise ValueError(
-                f"`probs` must have shape {tuple(self._log_sum.shape)} like the samples already added, "
+                f"`probs` must have shape {tuple(held.shape)} like the samples already added, "
                 f"got shape {tuple(log_p.shape[1:])}"
             )
         chunk_log_sum = log_p[0] if k == 1 else torch.logsumexp(log_p, dim=0)
@@ -302,6 +326,8 @@ class Prediction:
     @property
     def probs(self) -> torch.Tensor:
         """(N, C, ...) mean predictive probabilities p̄ = (1/S) Σ_s p_s."""
+        if self._linear_sum is not None:
+            return self._linear_sum / self._count
         return self.log_probs.exp()
 
     @property
@@ -313,7 +339,7 @@ class Prediction:
     def prediction(self) -> torch.Tensor:
         """(N, ...) predicted class, argmax of p̄."""
         self._require()
-        return self._log_sum.argmax(1)
+        return self._sum_tensor().argmax(1)
 
     @property
     def entropy(self) -> torch.Tensor:
@@ -340,7 +366,7 @@ class Prediction:
     def variation_ratio(self) -> torch.Tensor:
         """(N, ...) 1 − (votes of the modal class) / S."""
         self._require()
-        return _variation_ratio_from_votes(self._votes, self._count, self._log_sum.dtype)
+        return _variation_ratio_from_votes(self._votes, self._count, self._sum_tensor().dtype)
 
     @property
     def samples(self) -> torch.Tensor | None:
@@ -389,14 +415,17 @@ class Prediction:
         new = _RENAMED.get(kind) or (kind[2:] if kind.startswith("1-") and kind[2:] in self.scores else None)
         if new is not None:
             raise ValueError(f"`kind` {kind!r} was renamed: use {new!r} (higher = less sure, as every score)")
-        options = [*computed, *(k for k in ("sigma", "confidence") if k in self.scores),
-                   *sorted(k for k in self.scores if k not in ("sigma", "confidence"))]
+        options = [
+            *computed,
+            *(k for k in ("sigma", "confidence") if k in self.scores),
+            *sorted(k for k in self.scores if k not in ("sigma", "confidence")),
+        ]
         missing = f" (this prediction has no scores[{kind!r}])" if kind in SCORES else ""
         raise ValueError(f"`kind` must be one of {options}{missing}, got {kind!r}")
 
     def to(self, device: torch.device | str) -> Prediction:
         """Move every tensor to ``device`` (returns self)."""
-        for name in ("_log_sum", "_entropy_sum", "_votes"):
+        for name in ("_log_sum_value", "_linear_sum", "_entropy_sum", "_votes"):
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.to(device))
@@ -406,8 +435,9 @@ class Prediction:
 
     def __len__(self) -> int:
         self._require()
-        return self._log_sum.shape[0]
+        return self._sum_tensor().shape[0]
 
     def __repr__(self) -> str:
-        shape = None if self._log_sum is None else tuple(self._log_sum.shape)
+        total = self._sum_tensor()
+        shape = None if total is None else tuple(total.shape)
         return f"Prediction(shape={shape}, num_samples={self._count}, keep_samples={self.keep_samples})"

@@ -11,8 +11,11 @@
 from __future__ import annotations
 
 import torch
+from torch.overrides import TorchFunctionMode
 
-__all__ = ["ACTIVATION_ELEMENTS", "DEFAULT_ELEMENTS", "activation_chunk", "balanced_chunk", "default_chunk"]
+__all__ = [
+    "ACTIVATION_ELEMENTS", "DEFAULT_ELEMENTS", "LargestTensor", "activation_chunk", "balanced_chunk", "default_chunk",
+]  # fmt: skip
 
 # Memory cap on the rows per forward: as many samples (or TTA views) as keep the stacked input (the
 # trunk output when cached) under this many elements, and at least one sample (N rows).
@@ -57,3 +60,26 @@ def activation_chunk(largest_per_sample: int, device: torch.device) -> int:
     """
     budget = ACTIVATION_ELEMENTS["cpu" if device.type == "cpu" else "other"]
     return max(1, budget // max(1, largest_per_sample))
+
+
+class LargestTensor(TorchFunctionMode):
+    """Torch-function mode recording ``largest``, the most elements of any tensor a torch function
+    returned while it was active (the largest activation of a forward).
+
+    Example:
+        >>> with LargestTensor() as probe:
+        ...     _ = torch.nn.Conv2d(1, 8, 3, padding=1)(torch.zeros(2, 1, 5, 5))
+        >>> probe.largest                                   # 2 x 8 x 5 x 5
+        400
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out

@@ -57,7 +57,7 @@ class _Sum:
     De-augmenting a 90° rotation gives a transposed (non-contiguous) tensor, and adding one into a
     contiguous buffer costs ~5x a contiguous add. Such terms go to a second, transposed buffer
     (same strides: a contiguous pass); the two are summed once in :meth:`total`. Each buffer
-    starts as a copy of its first term (no zero fill and add).
+    starts as its first term (a copy, or the term itself with ``own=True``: no zero fill and add).
     """
 
     def __init__(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> None:
@@ -65,23 +65,64 @@ class _Sum:
         self.plain: torch.Tensor | None = None
         self.flipped: torch.Tensor | None = None  # stored (..., W, H); used through .mT
 
-    def add_(self, y: torch.Tensor) -> None:
-        if y.ndim >= 2 and not y.is_contiguous() and y.mT.is_contiguous():
-            if self.flipped is None:
-                self.flipped = y.mT.to(self.dtype, copy=True)
-            else:
-                self.flipped.mT.add_(y)
-        elif self.plain is None:
-            self.plain = y.to(self.dtype, memory_format=torch.contiguous_format, copy=True)
-        else:
-            self.plain.add_(y)
+    @staticmethod
+    def _transposed(y: torch.Tensor) -> bool:
+        return y.ndim >= 2 and not y.is_contiguous() and y.mT.is_contiguous()
 
-    def total(self) -> torch.Tensor:
+    def add_(self, y: torch.Tensor, *, own: bool = False, transposed: bool | None = None) -> None:
+        """Add ``y``. ``transposed=True``: ``y`` is the term in the transposed frame, (..., W, H)
+        (added to the transposed buffer as it is); None: a transposed view is recognised by its
+        strides. ``own=True``: the caller gives ``y`` up (the sum may keep it as its buffer)."""
+        if transposed is None:
+            transposed = self._transposed(y)
+            y = y.mT if transposed else y
+        if self._first(y, own, transposed):
+            return
+        (self.flipped if transposed else self.plain).add_(y)
+
+    def addcdiv_(self, y: torch.Tensor, d: torch.Tensor, *, value: float = 1.0, transposed: bool | None = None) -> None:
+        """Add ``value * y / d`` (``d`` broadcast, e.g. the softmax denominators) in one pass;
+        ``transposed`` as in :meth:`add_` (for both ``y`` and ``d``)."""
+        if transposed is None:
+            transposed = self._transposed(y)
+            y, d = (y.mT, d.mT) if transposed else (y, d)
+        target = self.flipped if transposed else self.plain
+        if target is None:
+            first = torch.div(y, d)
+            self._first(first if value == 1 else first.mul_(value), True, transposed)
+        else:
+            target.addcdiv_(y, d, value=value)
+
+    def _first(self, y: torch.Tensor, own: bool, transposed: bool) -> bool:
+        """Start the buffer of this frame with ``y`` if it is empty; whether it was."""
+        if (self.flipped if transposed else self.plain) is not None:
+            return False
+        keep = own and y.dtype == self.dtype and y.is_contiguous()
+        y = y if keep else y.to(self.dtype, memory_format=torch.contiguous_format, copy=True)
+        if transposed:
+            self.flipped = y
+        else:
+            self.plain = y
+        return True
+
+    def total(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The sum (contiguous, in ``dtype``, default the sum's); the buffers are consumed."""
+        dtype = self.dtype if dtype is None else dtype
+        if self.plain is None and self.flipped is None:
+            return torch.zeros(self.shape, dtype=dtype, device=self.device)
         if self.flipped is None:
-            return torch.zeros(self.shape, dtype=self.dtype, device=self.device) if self.plain is None else self.plain
-        if self.plain is None:
-            return self.flipped.mT.contiguous()
-        return (self.plain + self.flipped.mT).contiguous()
+            out = self.plain.to(dtype)
+        else:
+            # the transposed part read as (-1, W, H) planes: ~2x faster than through the N-d view
+            h, w = self.shape[-2:]
+            part = self.flipped.reshape(-1, w, h).transpose(1, 2)
+            if self.plain is None:
+                out = part.to(dtype, memory_format=torch.contiguous_format).view(self.shape)
+            else:
+                out = self.plain.to(dtype)
+                out.view(-1, h, w).add_(part)
+        self.plain, self.flipped, self.dtype = out, None, dtype
+        return out
 
 
 class LogSum:
@@ -101,18 +142,24 @@ class LogSum:
         self.logs: torch.Tensor | None = None  # the log-space part ("gather": 1-D; "log": full)
         self.index: torch.Tensor | None = None  # "gather": flat indices of the small elements
 
-    def add(self, q: torch.Tensor, log_q: Callable[[], torch.Tensor]) -> None:
-        """Add q (shape ``shape``); ``log_q()`` returns log q and is called only when needed."""
+    def add(self, q: torch.Tensor, log_q: Callable[[], torch.Tensor], *, own: bool = False) -> None:
+        """Add q (shape ``shape``); ``log_q()`` returns log q and is called only when needed;
+        ``own=True``: the caller gives ``q`` up (the sum may keep it as its buffer)."""
         if self.mode == "log":
             lq = log_q()
             self.logs = lq.clone() if self.logs is None else torch.logaddexp(self.logs, lq, out=self.logs)
             return
-        self.linear.add_(q)
+        self.linear.add_(q, own=own)
         if self.mode == "gather":
             small = log_q().reshape(-1).index_select(0, self.index)
             torch.logaddexp(self.logs, small, out=self.logs)
         elif self.mode == "new":
             self._choose_mode(q, log_q)
+
+    def linear_total(self) -> torch.Tensor | None:
+        """Σ_v q_v in linear space when every element stayed above the floor (its log is then
+        exact, see :func:`linear_floor`), else None."""
+        return self.linear.total() if self.mode == "linear" else None
 
     def _choose_mode(self, q: torch.Tensor, log_q: Callable[[], torch.Tensor]) -> None:
         """After the first addition (the sum is q): which elements must stay in log space."""
@@ -163,7 +210,7 @@ class ViewAccumulator:
         shape = tuple(shape)
         self.shape, self.views, self.merge, self.count = shape, int(views), merge, 0
         self.log_sum = LogSum(shape, dtype, device, views=views)
-        self.entropy_sum = torch.zeros(shape[:1] + shape[2:], dtype=dtype, device=device)
+        self.entropy_sum = _Sum(shape[:1] + (1,) + shape[2:], dtype, device)  # (N, 1, ...): like Σ_c
         # argmax counts: uint8 while they fit (adds 3x faster than int32), int32 in the Prediction
         self.votes = _Sum(shape, torch.uint8 if views <= 255 else torch.int32, device)
         self._votes_total: torch.Tensor | None = None
@@ -205,16 +252,15 @@ class ViewAccumulator:
                 cache.append(log_probs())
             return cache[0]
 
-        small_votes = self.votes.dtype == torch.uint8
         if not stacked:
             self.log_sum.add(probs, logs)
-            self.entropy_sum.add_(entropy)
-            self.votes.add_(argmax.view(torch.uint8) if small_votes else argmax)
+            self.entropy_sum.add_(entropy.unsqueeze(1))
+            self._add_votes(argmax)
             if self.samples is not None:
                 self.samples[index[0]].copy_(probs)
         else:
             self.log_sum.add(probs.sum(0), lambda: torch.logsumexp(logs(), 0))
-            self.entropy_sum.add_(entropy.sum(0))
+            self.entropy_sum.add_(entropy.sum(0).unsqueeze(1))
             self.votes.add_(argmax.sum(0, dtype=self.votes.dtype))
             if self.samples is not None:
                 self.samples[list(index)] = probs
@@ -232,16 +278,69 @@ class ViewAccumulator:
                 self.merged.add(scaled.exp(), lambda: scaled)
         self.count += probs.shape[0] if stacked else 1
 
+    def add_logits(
+        self,
+        z: torch.Tensor,
+        index: Sequence[int],
+        *,
+        transposed: bool = False,
+        buffer: Callable[..., torch.Tensor] | None = None,
+    ) -> None:
+        """Add one view from its logits, in the fast pass of :class:`netuq.TTA`: no finiteness or
+        tie check per view (:meth:`one_vote_each_and_finite` checks the sums once at the end).
+
+        With s = z − max_c z, e = exp(s) and S = Σ_c e: p = e / S, H[p] = log S − Σ_c e·s / S
+        (two non-negative terms) and the argmax mask s == 0. For ``merge="mean"`` without kept
+        samples, once the first view has shown that no probability underflows, the divisions are
+        fused into the running sums (``addcdiv_``); otherwise the probabilities go to :meth:`add`.
+
+        Args:
+            z: (N, C, ...) logits of one view in the input frame, contiguous; or with
+                ``transposed=True`` those of the transposed frame (..., W, H), contiguous (a
+                rotated view: the sums keep such terms in transposed buffers, contiguous adds).
+            index: the view's position in the Compose.
+            buffer: ``buffer(name, like, dtype=None)`` returns a reusable tensor like ``like``
+                (:class:`netuq.tta.wrapper._Workspace`); default: fresh tensors.
+        """
+        if buffer is None:
+            buffer = _fresh
+        shape = tuple(z.shape[:-2]) + tuple(z.shape[-2:][::-1]) if transposed else tuple(z.shape)
+        if shape != self.shape:
+            raise ValueError(f"`z` must have shape ({', '.join(map(str, self.shape))}), got {shape}")
+        top = z.amax(1, keepdim=True)
+        s = torch.sub(z, top, out=buffer("shifted", z))
+        # argmax mask: a float compare then a copy to the votes' dtype are ~3x faster than a bool compare
+        floats = torch.eq(s, 0.0, out=buffer("floats", z))
+        mask = buffer("argmax", z, self.votes.dtype).copy_(floats)
+        e = torch.exp(s, out=floats)  # the float buffer is free again
+        total = e.sum(1, keepdim=True)
+        log_total = total.log()
+        weighted = torch.mul(s, e, out=buffer("product", z)).sum(1, keepdim=True)  # Σ_c e·s <= 0
+        if self.merge == "mean" and self.samples is None and self.log_sum.mode == "linear":
+            self.log_sum.linear.addcdiv_(e, total, transposed=transposed)
+            self.votes.add_(mask, transposed=transposed)
+            self.entropy_sum.add_(log_total, transposed=transposed)
+            self.entropy_sum.addcdiv_(weighted, total, value=-1.0, transposed=transposed)
+            self.count += 1
+            return
+        frame = (lambda y: y.mT) if transposed else (lambda y: y)
+        probs, entropy = frame(e / total), frame(log_total - weighted / total).squeeze(1)
+        self.add(probs, entropy, frame(mask), lambda: frame(s - log_total), index)
+
+    def _add_votes(self, argmax: torch.Tensor) -> None:
+        self.votes.add_(argmax.view(torch.uint8) if self.votes.dtype == torch.uint8 else argmax)
+
     def _votes(self) -> torch.Tensor:
+        """The vote counts, int32 (what Prediction holds)."""
         if self._votes_total is None:
-            self._votes_total = self.votes.total()
+            self._votes_total = self.votes.total(torch.int32)
         return self._votes_total
 
     def one_vote_each_and_finite(self) -> bool:
         """Whether every pixel got exactly one vote per view (no argmax ties) and every entropy
         is finite (NaN or ±inf logits make it NaN): what the fast pass of :class:`netuq.TTA`
         leaves unchecked per view. One device sync."""
-        ok = torch.isfinite(self.entropy_sum).all() & (self._votes().sum(1) == self.count).all()
+        ok = torch.isfinite(self.entropy_sum.total()).all() & (self._votes().sum(1) == self.count).all()
         return bool(ok)
 
     def prediction(self) -> Prediction:
@@ -249,9 +348,8 @@ class ViewAccumulator:
         decomposition across views as ``scores`` (other merges)."""
         if self.count != self.views:
             raise RuntimeError(f"expected {self.views} views, got {self.count}")
-        views = _prediction_from_sums(
-            self.log_sum.result(), self.entropy_sum, self._votes().to(torch.int32), self.count, self.samples
-        )
+        entropy = self.entropy_sum.total().squeeze(1)
+        views = _prediction_from_sums(self.log_sum, entropy, self._votes(), self.count, self.samples)
         if self.merge == "mean":
             return views
         acc = self.merged.result() if isinstance(self.merged, LogSum) else self.merged
@@ -270,8 +368,12 @@ class ViewAccumulator:
         return out
 
 
+def _fresh(name: str, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    return torch.empty_like(like, dtype=dtype)
+
+
 def _prediction_from_sums(
-    log_sum: torch.Tensor,
+    log_sum: LogSum,
     entropy_sum: torch.Tensor,
     votes: torch.Tensor,
     count: int,
@@ -279,11 +381,17 @@ def _prediction_from_sums(
 ) -> Prediction:
     """A Prediction holding these sufficient statistics, as if its ``count`` samples had been
     added one by one with ``Prediction.add_log_probs`` (tests/test_tta.py checks the equivalence).
+    A sum that stayed linear is handed over as it is (Prediction takes its log only if asked).
 
     This is the one place that knows Prediction's internal sums.
     """
     pred = Prediction(keep_samples=samples is not None)
-    pred._log_sum, pred._entropy_sum, pred._votes, pred._count = log_sum, entropy_sum, votes, count
+    linear = log_sum.linear_total()
+    if linear is not None:
+        pred._linear_sum = linear
+    else:
+        pred._log_sum = log_sum.result()
+    pred._entropy_sum, pred._votes, pred._count = entropy_sum, votes, count
     if samples is not None:
         pred._samples = [samples]
     return pred

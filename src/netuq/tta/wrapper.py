@@ -7,14 +7,19 @@ order). The wrapper
 * runs several views per forward call (concatenated along dim 0; how many:
   :func:`netuq.tta._batching.views_per_forward`, at most ``max_batch`` rows; views are grouped by
   their augmented size, since e.g. a 90° rotation of a non-square image or a
-  :class:`netuq.tta.Scale` changes it),
+  :class:`netuq.tta.Scale` changes it); without ``max_batch``, the first forward of an input
+  shape also measures its largest activation, and later forwards split their rows to keep it
+  under :data:`netuq.methods._batching.ACTIVATION_ELEMENTS` (on CPU a forward over many rows
+  falls off the caches: see :meth:`TTA._forward`),
 * takes the softmax of every view in its own frame, then brings segmentation outputs back to the
   input frame before merging. Views that only move pixels (flips, rotations, shifts:
-  :attr:`netuq.tta.View.copies_pixels`) compute the probabilities, their entropy and argmax in the
-  augmented frame and de-augment those (the same numbers as de-augmenting the log-probabilities
-  first, with one copy per view); the others (``Scale``, foreign ttach transforms) go through
-  :meth:`netuq.tta.View.deaugment_log_probs`, which resizes the **probabilities** bilinearly to
-  the exact original H × W, so every pixel stays a normalised distribution,
+  :attr:`netuq.tta.View.copies_pixels`) de-augment their **logits** with one copy (softmax,
+  entropy and argmax commute with moving pixels; a rotated view is handed over in the transposed
+  frame, see :func:`_logits_in_input_frame`) and the accumulator computes the rest into its
+  sums (:meth:`netuq.tta.merges.ViewAccumulator.add_logits`); the others (``Scale``, foreign
+  ttach transforms) go through :meth:`netuq.tta.View.deaugment_log_probs`, which resizes the
+  **probabilities** bilinearly to the exact original H × W, so every pixel stays a normalised
+  distribution,
 * merges **probabilities**, never raw logits, with exact log-space results
   (:mod:`netuq.tta.merges`), streaming: memory does not grow with the number of views,
 * never changes the model's mode: it runs the model as it is (normally ``eval()``).
@@ -39,13 +44,15 @@ across views is attached as ``scores``: ``"view_aleatoric"``, ``"view_epistemic"
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from contextlib import ExitStack
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from .._checks import check_int, check_logits, float_dtype
+from ..methods._batching import LargestTensor, activation_chunk, balanced_chunk
 from ..prediction import Prediction
 from ._batching import views_per_forward
 from .bridge import as_compose
@@ -116,6 +123,8 @@ class TTA:
         self.max_batch = None if max_batch is None else int(max_batch)
         self.no_grad = bool(no_grad)
         self._exact_outputs = False  # set once the model's outputs need the exact pass (half logits)
+        self._workspaces = threading.local()  # per thread: one call's buffers, kept for the next
+        self._plans: dict[tuple, int] = {}  # (input shape, view size, dtype, device) -> rows per forward
 
     def __repr__(self) -> str:
         return (
@@ -164,18 +173,32 @@ class TTA:
             groups.setdefault(v.output_size(size), []).append(i)
         acc: ViewAccumulator | None = None
         first: View | None = None
-        work = _Workspace()
+        work = self._workspace()
         for aug_size, idx in groups.items():
             per_row = x.shape[1] * aug_size[0] * aug_size[1]
-            per_forward = views_per_forward(n, per_row, len(idx), x.device, self.max_batch)
-            for start in range(0, len(idx), per_forward):
+            plan = (tuple(x.shape), aug_size, x.dtype, str(x.device))
+            start = 0
+            while start < len(idx):
+                rows = None if self.max_batch is not None else self._plans.get(plan, 0)  # 0: not measured
+                per_forward = views_per_forward(n, per_row, len(idx) - start, x.device, self.max_batch)
+                if rows:  # and keep the largest activation near the caches (once measured)
+                    per_forward = balanced_chunk(min(per_forward, max(1, rows // n)), len(idx) - start)
                 chunk = idx[start : start + per_forward]
-                for block in self._run([views[i] for i in chunk], chunk, x, size, work, exact):
+                start += len(chunk)
+                inp = torch.cat([views[i].augment(x) for i in chunk]) if len(chunk) > 1 else views[chunk[0]].augment(x)
+                out = self._forward(inp, rows, plan)
+                del inp
+                for block in self._run([views[i] for i in chunk], chunk, out, n, size, work, exact):
                     if block is None:  # outputs the fast pass does not take: remember, run exactly
                         self._exact_outputs = True
                         return self._predict(x, exact=True)
-                    probs, stacked = block[0], block[5]
-                    shape = tuple(probs.shape[1:] if stacked else probs.shape)
+                    if isinstance(block, _Logits):
+                        z_d = block.z
+                        shape = tuple(z_d.shape[:-2]) + tuple(z_d.shape[-2:][:: -1 if block.transposed else 1])
+                        probs = z_d
+                    else:
+                        probs = block.probs
+                        shape = tuple(probs.shape[1:] if block.stacked else probs.shape)
                     if acc is None:
                         first = views[chunk[0]]
                         acc = ViewAccumulator(
@@ -185,24 +208,75 @@ class TTA:
                     elif shape != acc.shape:
                         raise ValueError(
                             f"`model` outputs must have the same shape for every view once de-augmented, got "
-                            f"{shape} for {views[block[4][0]]} and {acc.shape} for {first}"
+                            f"{shape} for {views[block.index[0]]} and {acc.shape} for {first}"
                         )
-                    acc.add(*block[:5], stacked=stacked)
+                    if isinstance(block, _Logits):
+                        acc.add_logits(block.z, block.index, transposed=block.transposed, buffer=work.buffer)
+                        del z_d
+                    else:
+                        acc.add(probs, block.entropy, block.argmax, block.log_probs, block.index, stacked=block.stacked)
                     del block, probs  # free this view's outputs before the next forward
+                del out
+        work.end_call()
         if not exact and not acc.one_vote_each_and_finite():
             return self._predict(x, exact=True)
         return acc.prediction()
 
+    def _workspace(self) -> _Workspace:
+        """This thread's workspace (buffers reused from call to call while they stay small)."""
+        work = getattr(self._workspaces, "work", None)
+        if work is None:
+            work = self._workspaces.work = _Workspace()
+        return work
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_workspaces")  # buffers (and a thread-local) are not part of the wrapper's state
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._workspaces = threading.local()
+
+    def _forward(self, inp: torch.Tensor, rows: int | None, plan: tuple) -> Any:
+        """The model on ``inp``, at most ``rows`` rows per call (outputs concatenated); ``rows=0``:
+        one call that measures its largest activation and stores the rows per forward that keep
+        it under :data:`netuq.methods._batching.ACTIVATION_ELEMENTS` in ``self._plans[plan]``.
+
+        On CPU a forward over many rows falls off the caches: SmallCNN on 256 x 1 x 28 x 28 runs
+        ~1.8x faster as 4 calls of 64 rows (perf/bench_tta.py, case "cls256").
+        """
+        total = inp.shape[0]
+        if rows == 0:
+            with LargestTensor() as probe:
+                out = self.model(inp)
+            self._plans[plan] = activation_chunk(-(-max(probe.largest, inp.numel()) // total), inp.device)
+            return out
+        if rows is None or rows >= total:
+            return self.model(inp)
+        step = balanced_chunk(rows, total)
+        parts = [self.model(inp[s : s + step]) for s in range(0, total, step)]
+        if not all(isinstance(p, torch.Tensor) for p in parts):
+            return parts[0]  # not logits: _run's check words the error
+        return torch.cat(parts)
+
     def _run(
-        self, chunk: list[View], index: list[int], x: torch.Tensor, size: tuple[int, int], work: _Workspace, exact: bool
+        self,
+        chunk: list[View],
+        index: list[int],
+        out: Any,
+        n: int,
+        size: tuple[int, int],
+        work: _Workspace,
+        exact: bool,
     ):
-        """Forward a chunk of views in one call; yield blocks ``(probs, entropy, argmax, log_probs,
-        index, stacked)`` in the input frame, as :meth:`ViewAccumulator.add` takes them (argmax
-        ties broken only when ``exact``). Yields None when the fast pass cannot
-        take the output (see :func:`_fast_pass_takes`), so that the caller runs the exact one."""
-        n, k = x.shape[0], len(chunk)
-        inp = torch.cat([v.augment(x) for v in chunk]) if k > 1 else chunk[0].augment(x)
-        out = self.model(inp)
+        """Check the outputs ``out`` of a chunk of views (their inputs stacked, N = ``n`` rows each) and
+        yield, in the input frame, a :class:`_Block` (probabilities, exact pass and classification)
+        or a :class:`_Logits` (de-augmented logits, the fast pass for segmentation) per view, as
+        :meth:`ViewAccumulator.add` / ``add_logits`` take them (argmax ties broken only when
+        ``exact``). Yields None when the fast pass cannot take the outputs (see
+        :func:`_fast_pass_takes`), so that the caller runs the exact one."""
+        k = len(chunk)
         if not isinstance(out, torch.Tensor) or out.ndim < 2 or out.shape[0] != k * n:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"`model` must return logits of shape (N, C, ...) with N = {k * n} rows, got {shape}")
@@ -220,17 +294,19 @@ class TTA:
         if self.task == "classification":  # outputs are never de-augmented: the chunk is one block
             rest = tuple(z.shape[1:])
             probs, entropy, argmax = stats(z)
-            yield (
+            yield _Block(
                 probs.view(k, n, *rest), entropy.view(k, n, *rest[1:]), argmax.view(k, n, *rest),
                 lambda: torch.log_softmax(z, 1).view(k, n, *rest), index, True,
             )  # fmt: skip
             return
         for i, v in enumerate(chunk):  # one view at a time: its temporaries stay in the caches
             z_v = z if k == 1 else z.narrow(0, i * n, n)
-            if v.copies_pixels:  # per-pixel results in the augmented frame, then moved back
+            if not exact:  # the fast pass has pixel-moving views only: de-augment the logits, once
+                yield _logits_in_input_frame(v, z_v, size, index[i : i + 1])
+            elif v.copies_pixels:  # per-pixel results in the augmented frame, then moved back
                 probs, entropy, argmax = stats(z_v)
                 probs, entropy, argmax = v.deaugment_all((probs, entropy.unsqueeze(1), argmax), size)
-                yield (
+                yield _Block(
                     probs, entropy.squeeze(1), argmax,
                     lambda v=v, z_v=z_v: v.deaugment(torch.log_softmax(z_v, 1), size), index[i : i + 1], False,
                 )  # fmt: skip
@@ -239,36 +315,90 @@ class TTA:
                 p = log_p.exp()
                 entropy_v = -(p * log_p).sum(1)  # log_p is finite: clamped where it was resampled
                 argmax_v = _argmax_mask(log_p, log_p.amax(1, keepdim=True))  # only in exact passes
-                yield p, entropy_v, argmax_v, (lambda log_p=log_p: log_p), index[i : i + 1], False
+                yield _Block(p, entropy_v, argmax_v, (lambda log_p=log_p: log_p), index[i : i + 1], False)
+
+
+class _Block(NamedTuple):
+    """Probabilities of one view (or ``stacked`` views) in the input frame, as
+    :meth:`ViewAccumulator.add` takes them; ``log_probs()`` gives their log."""
+
+    probs: torch.Tensor
+    entropy: torch.Tensor
+    argmax: torch.Tensor
+    log_probs: Callable[[], torch.Tensor]
+    index: list[int]
+    stacked: bool
+
+
+class _Logits(NamedTuple):
+    """Logits of one view brought back to the input frame (``transposed``: to its transpose), as
+    :meth:`ViewAccumulator.add_logits` takes them in the fast pass."""
+
+    z: torch.Tensor
+    transposed: bool
+    index: list[int]
+
+
+def _logits_in_input_frame(view: View, z: torch.Tensor, size: tuple[int, int], index: list[int]) -> _Logits:
+    """De-augment one view's logits (N, C, h, w) with a single copy (the softmax, its entropy and
+    argmax commute with moving pixels).
+
+    A flip / rotation view de-augments as y -> flip(y.mT, F) = flip(y, F')ᵀ, F' the axes of F
+    swapped: the logits are flipped (contiguous) and handed over as the transposed frame, so that
+    nothing downstream reads a transposed layout (reductions over classes on one are ~10x slower).
+    """
+    form = view.pixel_form
+    if form is None:  # e.g. shifts: through the transforms
+        return _Logits(view.deaugment(z, size), False, index)
+    transpose, dims = form
+    if transpose:
+        dims = tuple(sorted({-1: -2, -2: -1}[d] for d in dims))
+    return _Logits(z.flip(dims) if dims else z, transpose, index)
 
 
 class _Workspace:
-    """Buffers reused across the views of one batch (the per-view temporaries of the fast pass).
+    """Buffers reused across the views of a batch, and from one call to the next.
 
-    A fresh (N, C, H, W) temporary per view and step costs an allocation, and on CPU often the
-    page faults of memory the allocator had given back; reusing a few buffers avoids both. Every
-    buffer is consumed before the next view is computed (the accumulator adds or copies it).
+    A fresh (N, C, H, W) temporary per view costs an allocation and, on CPU, often the page faults
+    of memory the allocator had given back to the system (on a virtual machine ~3 µs a page: a
+    fresh 720 KiB tensor costs as much as ~15 passes over it). Every buffer is consumed before the
+    next view is computed (the accumulator adds or copies it). After a call (:meth:`end_call`)
+    the buffers it used are kept for the next while they total at most :attr:`KEEP_BYTES`; those
+    it did not use (another shape) are freed. One workspace per thread (:meth:`TTA._workspace`).
     """
+
+    KEEP_BYTES = 64 * 2**20
 
     def __init__(self) -> None:
         self._buffers: dict[tuple, torch.Tensor] = {}
+        self._used: set[tuple] = set()
 
-    def _buffer(self, name: str, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def buffer(self, name: str, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A tensor shaped and laid out like ``like`` (in ``dtype``), reused under ``name``."""
         dtype = like.dtype if dtype is None else dtype
-        key = (name, tuple(like.shape), dtype, like.device)
+        key = (name, tuple(like.shape), like.stride(), dtype, like.device)
         buf = self._buffers.get(key)
         if buf is None:
-            buf = self._buffers[key] = torch.empty(like.shape, dtype=dtype, device=like.device)
+            # the layout of ``like`` (e.g. channels_last outputs): element-wise ops then run contiguously
+            buf = self._buffers[key] = torch.empty_like(like, dtype=dtype)
+        self._used.add(key)
         return buf
+
+    def end_call(self) -> None:
+        """Free the buffers this call did not use, and all of them if they exceed :attr:`KEEP_BYTES`."""
+        kept = {k: b for k, b in self._buffers.items() if k in self._used}
+        if sum(b.numel() * b.element_size() for b in kept.values()) > self.KEEP_BYTES:
+            kept = {}
+        self._buffers, self._used = kept, set()
 
     def softmax_stats(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:func:`_softmax_stats` into two reused float buffers and a bool one, without the tie
         check (see ``TTA._predict``)."""
         top = z.amax(1, keepdim=True)
-        shifted = torch.sub(z, top, out=self._buffer("shifted", z))
+        shifted = torch.sub(z, top, out=self.buffer("shifted", z))
         # argmax mask: a float compare then a float -> bool copy are ~3x faster than a bool compare
-        floats = torch.eq(shifted, 0.0, out=self._buffer("floats", z))
-        mask = self._buffer("mask", z, torch.bool).copy_(floats)
+        floats = torch.eq(shifted, 0.0, out=self.buffer("floats", z))
+        mask = self.buffer("mask", z, torch.bool).copy_(floats)
         probs = torch.exp(shifted, out=floats)  # the float buffer is free again
         total = probs.sum(1, keepdim=True)
         probs.div_(total)
