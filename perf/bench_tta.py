@@ -204,27 +204,38 @@ def merge_overhead(rounds: int = 40) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def main_points() -> list[tuple[str, str, int, int]]:
+# the headline cases measured over PROCESSES fresh processes (their ratios sit near 1, within the
+# between-process noise); "cls256" (1.44-1.49x over 3 processes) is measured in this process
+PROCESS_CASES = ("seg", "cls")
+# glibc's allocator keeping freed memory (no page faults): how much of a CPU forward the faults cost
+NO_TRIM = {"MALLOC_TRIM_THRESHOLD_": str(2**30), "MALLOC_MMAP_THRESHOLD_": str(2**30)}
+
+
+def main_points(cases=tuple(CASES)) -> list[tuple[str, str, int, int]]:
     """The headline points: every variant of every case at its default size, D4."""
-    return [(case, v, _SIZE[case], 8) for case in CASES for v in VARIANTS]
+    return [(case, v, _SIZE[case], 8) for case in cases for v in VARIANTS]
 
 
 def timing_child() -> None:
-    """The headline timings of one fresh process, as one JSON line."""
-    print(json.dumps([[*k, sec] for k, sec in timings(main_points()).items()]), flush=True)
+    """The timings of one fresh process (the points in $NETUQ_BENCH_POINTS), as one JSON line."""
+    keys = [tuple(k) for k in json.loads(os.environ["NETUQ_BENCH_POINTS"])]
+    print(json.dumps([[*k, sec] for k, sec in timings(keys).items()]), flush=True)
 
 
-def process_timings() -> list[dict[tuple, float]]:
-    """The headline timings from ``PROCESSES`` fresh processes, one after the other.
+def process_timings(keys, processes: int = PROCESSES, env: dict | None = None) -> list[dict[tuple, float]]:
+    """The timings of ``keys`` from ``processes`` fresh processes, one after the other.
 
     On this kind of (virtual) machine the same code measured in two processes, or as two
     instances in one process, can differ by 10-20% for the whole process's lifetime (where its
     buffers land); a ratio from one process is only as good as that. Each process measures
-    every variant; the table reports the median over processes and their range.
+    every point; the table reports the median over processes and their range.
     """
     out = []
-    for _ in range(PROCESSES):
-        proc = subprocess.run([sys.executable, __file__, "--timing-child"], capture_output=True, text=True, check=False)
+    child_env = dict(os.environ, **(env or {}), NETUQ_BENCH_POINTS=json.dumps(keys))
+    for _ in range(processes):
+        proc = subprocess.run(
+            [sys.executable, __file__, "--timing-child"], capture_output=True, text=True, check=False, env=child_env
+        )
         if proc.returncode:
             raise RuntimeError(f"timing child failed: {proc.stderr[-800:]}")
         rows = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("[")))
@@ -234,14 +245,16 @@ def process_timings() -> list[dict[tuple, float]]:
 
 def run_all() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); headline: {PROCESSES} processes x "
-          f"{ROUNDS} rounds")
+          f"{ROUNDS} rounds ({', '.join(PROCESS_CASES)}; the others in this process)")
     worst = 0.0
     for case in CASES:
         ref = make(case, "ttach")()
         for v in VARIANTS:
             worst = max(worst, float((make(case, v)() - ref).abs().max()))
     mem = peaks()
-    runs = process_timings()
+    runs = process_timings(main_points(PROCESS_CASES))
+    local = timings(main_points(tuple(c for c in CASES if c not in PROCESS_CASES)))
+    runs = [{**r, **local} for r in runs]  # the local cases: the same numbers in every "process"
     print(f"  {'case':<32} {'variant':<42} {'median':>10} {'vs ttach':>9} {'(range)':>13} {'peak mem':>10} "
           f"{'mem/ttach':>9}")
     for case, title in CASES.items():
@@ -253,7 +266,7 @@ def run_all() -> None:
             ratios = [r[key] / r[k] for r in runs]
             m = mem.get(k)
             rel = "   n/a" if m is None or not ref_m else f"{m / ref_m:8.2f}x"
-            spread = f"({min(ratios):.2f}-{max(ratios):.2f})"
+            spread = f"({min(ratios):.2f}-{max(ratios):.2f})" if case in PROCESS_CASES else "(1 process)"
             print(f"  {title:<32} {name:<42} {sec * 1e3:8.1f} ms {statistics.median(ratios):8.2f}x {spread:>13} "
                   f"{_mem(m):>10} {rel:>9}")
     print(f"  max |p_netuq - p_ttach| = {worst:.1e} (must be <= {TOLERANCE:g})")
@@ -265,6 +278,13 @@ def run_all() -> None:
     print(f"  merge work alone (a stub model returning fixed 4 x 11 x 64 x 64 logits, D4): netuq "
           f"{stub['netuq'] * 1e3:.1f} ms (softmax, entropy, votes, sums), ttach {stub['ttach'] * 1e3:.1f} ms "
           f"(softmax, mean): {stub['netuq'] / stub['ttach']:.2f}x ttach's")
+    seg = [("seg", v, 64, 8) for v in ("ttach", "netuq")]
+    base = {k: statistics.median(r[k] for r in runs) for k in seg}
+    kept = process_timings(seg, processes=1, env=NO_TRIM)[0]
+    print(f"  allocator: with glibc keeping freed memory ({' '.join(f'{k}={v}' for k, v in NO_TRIM.items())}: no page "
+          f"faults between forwards) the seg case runs netuq {kept[seg[1]] * 1e3:.1f} ms, ttach "
+          f"{kept[seg[0]] * 1e3:.1f} ms: {base[seg[1]] / kept[seg[1]]:.2f}x / {base[seg[0]] / kept[seg[0]]:.2f}x "
+          f"the default allocator's (1 process)")
     t = timings([k for k in points() if k not in set(main_points()) or k[0] == "seg"])
 
     for axis, values in (("H x W", SIZES), ("views", VIEWS)):

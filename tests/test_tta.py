@@ -691,3 +691,20 @@ def test_linear_sums_serve_probs_without_a_log_and_take_more_samples():
     pred.add(extra)
     ref.add(extra.double())
     _assert_same_prediction(pred, ref)
+
+
+def test_a_model_in_training_mode_keeps_the_users_rows():
+    """Outputs of a training-mode model depend on the batch (BatchNorm): no measured row split."""
+    from netuq.methods import _batching
+
+    model = Counting(_cnn().train())
+    x = torch.randn(12, 3, 8, 8)
+    old = _batching.ACTIVATION_ELEMENTS["cpu"]
+    _batching.ACTIVATION_ELEMENTS["cpu"] = 4 * 8 * 8  # one row: every forward would split
+    try:
+        wrapper = netuq.TTA(model, tta.flips())
+        wrapper(x)
+        wrapper(x)
+    finally:
+        _batching.ACTIVATION_ELEMENTS["cpu"] = old
+    assert min(model.rows) >= 12 and wrapper._plans == {}

@@ -114,6 +114,13 @@ class Prediction:
     def _log_sum(self, value: torch.Tensor | None) -> None:
         self._log_sum_value, self._linear_sum = value, None
 
+    def __setstate__(self, state: dict) -> None:
+        """Unpickle, also a Prediction pickled before the sums could be linear (``_log_sum`` held)."""
+        if "_log_sum" in state:
+            state["_log_sum_value"] = state.pop("_log_sum")
+        state.setdefault("_linear_sum", None)
+        self.__dict__.update(state)
+
     def _sum_tensor(self) -> torch.Tensor | None:
         """Whichever sum is held (for shapes, dtypes and the argmax, which both share)."""
         return self._linear_sum if self._linear_sum is not None else self._log_sum_value

@@ -147,12 +147,20 @@ class LogSum:
         ``own=True``: the caller gives ``q`` up (the sum may keep it as its buffer)."""
         if self.mode == "log":
             lq = log_q()
-            self.logs = lq.clone() if self.logs is None else torch.logaddexp(self.logs, lq, out=self.logs)
+            if self.logs is None:
+                self.logs = lq.clone()
+            elif _tracked(self.logs, lq):
+                self.logs = torch.logaddexp(self.logs, lq)
+            else:
+                torch.logaddexp(self.logs, lq, out=self.logs)
             return
         self.linear.add_(q, own=own)
         if self.mode == "gather":
             small = log_q().reshape(-1).index_select(0, self.index)
-            torch.logaddexp(self.logs, small, out=self.logs)
+            if _tracked(self.logs, small):
+                self.logs = torch.logaddexp(self.logs, small)
+            else:
+                torch.logaddexp(self.logs, small, out=self.logs)
         elif self.mode == "new":
             self._choose_mode(q, log_q)
 
@@ -269,7 +277,12 @@ class ViewAccumulator:
             self.merged = part.clone() if self.merged is None else self.merged.add_(part)
         elif self.merge == "max":
             part = logs().amax(0) if stacked else logs()
-            self.merged = part.clone() if self.merged is None else torch.maximum(self.merged, part, out=self.merged)
+            if self.merged is None:
+                self.merged = part.clone()
+            elif _tracked(self.merged, part):
+                self.merged = torch.maximum(self.merged, part)
+            else:
+                torch.maximum(self.merged, part, out=self.merged)
         elif self.merge == "tsharpen":
             scaled = TSHARPEN_T * logs()
             if stacked:
@@ -309,16 +322,17 @@ class ViewAccumulator:
             raise ValueError(f"`z` must have shape ({', '.join(map(str, self.shape))}), got {shape}")
         top = z.amax(1, keepdim=True)
         s = torch.sub(z, top, out=buffer("shifted", z))
-        # argmax mask: a float compare then a copy to the votes' dtype are ~3x faster than a bool compare
-        floats = torch.eq(s, 0.0, out=buffer("floats", z))
-        mask = buffer("argmax", z, self.votes.dtype).copy_(floats)
+        # argmax mask (s == 0, i.e. s >= 0 as s <= 0): a float compare then a float -> bool copy are
+        # ~3x faster than a bool compare, and a float -> uint8 copy ~6x slower than to bool
+        floats = torch.ge(s, 0.0, out=buffer("floats", z))
+        mask = buffer("argmax", z, torch.bool).copy_(floats)
         e = torch.exp(s, out=floats)  # the float buffer is free again
         total = e.sum(1, keepdim=True)
         log_total = total.log()
         weighted = torch.mul(s, e, out=buffer("product", z)).sum(1, keepdim=True)  # Σ_c e·s <= 0
         if self.merge == "mean" and self.samples is None and self.log_sum.mode == "linear":
             self.log_sum.linear.addcdiv_(e, total, transposed=transposed)
-            self.votes.add_(mask, transposed=transposed)
+            self.votes.add_(mask.view(torch.uint8) if self.votes.dtype == torch.uint8 else mask, transposed=transposed)
             self.entropy_sum.add_(log_total, transposed=transposed)
             self.entropy_sum.addcdiv_(weighted, total, value=-1.0, transposed=transposed)
             self.count += 1
@@ -366,6 +380,11 @@ class ViewAccumulator:
         )
         out.add_log_probs(acc - torch.logsumexp(acc, dim=1, keepdim=True), validate_args=False)
         return out
+
+
+def _tracked(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records these (out= is then refused: update out of place)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _fresh(name: str, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -80,7 +80,10 @@ class TTA:
         max_batch: at most this many rows per forward call (``max_batch=N`` runs one view per
             call like ttach). None: on CPU as many views as keep the stacked input under 2**13
             elements (at least one: batching pays only for small inputs there), elsewhere
-            :func:`netuq.methods._batching.default_chunk`.
+            :func:`netuq.methods._batching.default_chunk`; and once the first forward of an
+            input shape has measured its largest activation, forwards whose largest activation
+            would exceed :data:`netuq.methods._batching.ACTIVATION_ELEMENTS` split their rows
+            (not while a BatchNorm layer is in training mode: its outputs depend on the batch).
         no_grad: run under ``torch.no_grad()`` (default).
 
     Example:
@@ -174,12 +177,15 @@ class TTA:
         acc: ViewAccumulator | None = None
         first: View | None = None
         work = self._workspace()
+        split = self.max_batch is None and not _batch_dependent(self.model)
         for aug_size, idx in groups.items():
             per_row = x.shape[1] * aug_size[0] * aug_size[1]
             plan = (tuple(x.shape), aug_size, x.dtype, str(x.device))
             start = 0
             while start < len(idx):
-                rows = None if self.max_batch is not None else self._plans.get(plan, 0)  # 0: not measured
+                # rows per forward: measured once per shape (0: not yet); batch-dependent outputs
+                # (BatchNorm in training mode) keep the rows as the user batched them
+                rows = self._plans.get(plan, 0) if split else None
                 per_forward = views_per_forward(n, per_row, len(idx) - start, x.device, self.max_batch)
                 if rows:  # and keep the largest activation near the caches (once measured)
                     per_forward = balanced_chunk(min(per_forward, max(1, rows // n)), len(idx) - start)
@@ -235,6 +241,7 @@ class TTA:
         return state
 
     def __setstate__(self, state: dict) -> None:
+        state.setdefault("_plans", {})  # pickled before rows per forward were measured
         self.__dict__.update(state)
         self._workspaces = threading.local()
 
@@ -255,10 +262,15 @@ class TTA:
         if rows is None or rows >= total:
             return self.model(inp)
         step = balanced_chunk(rows, total)
-        parts = [self.model(inp[s : s + step]) for s in range(0, total, step)]
-        if not all(isinstance(p, torch.Tensor) for p in parts):
-            return parts[0]  # not logits: _run's check words the error
-        return torch.cat(parts)
+        out = None
+        for s in range(0, total, step):
+            part = self.model(inp[s : s + step])
+            if not isinstance(part, torch.Tensor) or part.ndim < 2 or part.shape[0] != min(step, total - s):
+                return part  # not logits of these rows: _run's check words the error
+            if out is None:
+                out = part.new_empty((total, *part.shape[1:]))
+            out[s : s + step].copy_(part)  # before the next call: a model may return the same memory each time
+        return out
 
     def _run(
         self,
@@ -363,8 +375,9 @@ class _Workspace:
     of memory the allocator had given back to the system (on a virtual machine ~3 µs a page: a
     fresh 720 KiB tensor costs as much as ~15 passes over it). Every buffer is consumed before the
     next view is computed (the accumulator adds or copies it). After a call (:meth:`end_call`)
-    the buffers it used are kept for the next while they total at most :attr:`KEEP_BYTES`; those
-    it did not use (another shape) are freed. One workspace per thread (:meth:`TTA._workspace`).
+    the CPU buffers it used are kept for the next while they total at most :attr:`KEEP_BYTES`;
+    those it did not use (another shape) are freed. One workspace per thread
+    (:meth:`TTA._workspace`), so a wrapper holds at most ``KEEP_BYTES`` per thread that calls it.
     """
 
     KEEP_BYTES = 64 * 2**20
@@ -385,8 +398,9 @@ class _Workspace:
         return buf
 
     def end_call(self) -> None:
-        """Free the buffers this call did not use, and all of them if they exceed :attr:`KEEP_BYTES`."""
-        kept = {k: b for k, b in self._buffers.items() if k in self._used}
+        """Free the buffers this call did not use, and all of them if they exceed :attr:`KEEP_BYTES`.
+        Buffers off the CPU are not kept (a device's caching allocator already reuses the memory)."""
+        kept = {k: b for k, b in self._buffers.items() if k in self._used and b.device.type == "cpu"}
         if sum(b.numel() * b.element_size() for b in kept.values()) > self.KEEP_BYTES:
             kept = {}
         self._buffers, self._used = kept, set()
@@ -404,6 +418,14 @@ class _Workspace:
         probs.div_(total)
         entropy = total.log_().squeeze(1) - shifted.mul_(probs).sum(1)
         return probs, entropy, mask
+
+
+def _batch_dependent(model: Any) -> bool:
+    """Whether the model's outputs for one image depend on the others in its batch: a BatchNorm
+    layer in training mode (normalised with the batch's statistics)."""
+    if not isinstance(model, torch.nn.Module):
+        return False
+    return any(m.training for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
 
 
 def _fast_pass_takes(out: torch.Tensor) -> bool:
