@@ -39,6 +39,7 @@ import time
 import torch
 
 ROUNDS = 7
+CURVE_ROUNDS = 5  # the cost curves (their slopes, not ratios near 1)
 PROCESSES = 3
 TOLERANCE = 1e-5
 CASES = {
@@ -145,7 +146,7 @@ def peaks() -> dict[tuple, float]:
     return {tuple(r[:4]): r[4] for r in rows}
 
 
-def timings(keys: list[tuple]) -> dict[tuple, float]:
+def timings(keys: list[tuple], rounds: int = ROUNDS) -> dict[tuple, float]:
     """Median seconds per call, all points interleaved (a new seeded order each round)."""
     runs = {k: make(*k) for k in keys}
     for run in runs.values():
@@ -153,7 +154,7 @@ def timings(keys: list[tuple]) -> dict[tuple, float]:
     times: dict[tuple, list[float]] = {k: [] for k in keys}
     order = list(runs)
     shuffle = random.Random(0).shuffle
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         shuffle(order)  # no variant always runs right after the same other one (caches, allocator state)
         for k in order:
             start = time.perf_counter()
@@ -207,8 +208,6 @@ def merge_overhead(rounds: int = 40) -> dict[str, float]:
 # the headline cases measured over PROCESSES fresh processes (their ratios sit near 1, within the
 # between-process noise); "cls256" (1.44-1.49x over 3 processes) is measured in this process
 PROCESS_CASES = ("seg", "cls")
-# glibc's allocator keeping freed memory (no page faults): how much of a CPU forward the faults cost
-NO_TRIM = {"MALLOC_TRIM_THRESHOLD_": str(2**30), "MALLOC_MMAP_THRESHOLD_": str(2**30)}
 
 
 def main_points(cases=tuple(CASES)) -> list[tuple[str, str, int, int]]:
@@ -278,14 +277,7 @@ def run_all() -> None:
     print(f"  merge work alone (a stub model returning fixed 4 x 11 x 64 x 64 logits, D4): netuq "
           f"{stub['netuq'] * 1e3:.1f} ms (softmax, entropy, votes, sums), ttach {stub['ttach'] * 1e3:.1f} ms "
           f"(softmax, mean): {stub['netuq'] / stub['ttach']:.2f}x ttach's")
-    seg = [("seg", v, 64, 8) for v in ("ttach", "netuq")]
-    base = {k: statistics.median(r[k] for r in runs) for k in seg}
-    kept = process_timings(seg, processes=1, env=NO_TRIM)[0]
-    print(f"  allocator: with glibc keeping freed memory ({' '.join(f'{k}={v}' for k, v in NO_TRIM.items())}: no page "
-          f"faults between forwards) the seg case runs netuq {kept[seg[1]] * 1e3:.1f} ms, ttach "
-          f"{kept[seg[0]] * 1e3:.1f} ms: {base[seg[1]] / kept[seg[1]]:.2f}x / {base[seg[0]] / kept[seg[0]]:.2f}x "
-          f"the default allocator's (1 process)")
-    t = timings([k for k in points() if k not in set(main_points()) or k[0] == "seg"])
+    t = timings([k for k in points() if k not in set(main_points()) or k[0] == "seg"], rounds=CURVE_ROUNDS)
 
     for axis, values in (("H x W", SIZES), ("views", VIEWS)):
         print(f"\n  cost curve over {axis} (seg, {'D4' if axis == 'H x W' else '64 x 64'}):")

@@ -297,6 +297,7 @@ class ViewAccumulator:
         index: Sequence[int],
         *,
         transposed: bool = False,
+        own: bool = False,
         buffer: Callable[..., torch.Tensor] | None = None,
     ) -> None:
         """Add one view from its logits, in the fast pass of :class:`netuq.TTA`: no finiteness or
@@ -312,6 +313,9 @@ class ViewAccumulator:
                 ``transposed=True`` those of the transposed frame (..., W, H), contiguous (a
                 rotated view: the sums keep such terms in transposed buffers, contiguous adds).
             index: the view's position in the Compose.
+            own: ``z`` is the caller's to overwrite (a fresh de-augmented copy): the shifted
+                logits are computed in place (right after the forward, the model's activations
+                have left the caches; every buffer touched then is a cache miss).
             buffer: ``buffer(name, like, dtype=None)`` returns a reusable tensor like ``like``
                 (:class:`netuq.tta.wrapper._Workspace`); default: fresh tensors.
         """
@@ -321,7 +325,7 @@ class ViewAccumulator:
         if shape != self.shape:
             raise ValueError(f"`z` must have shape ({', '.join(map(str, self.shape))}), got {shape}")
         top = z.amax(1, keepdim=True)
-        s = torch.sub(z, top, out=buffer("shifted", z))
+        s = z.sub_(top) if own else torch.sub(z, top, out=buffer("shifted", z))
         # argmax mask (s == 0, i.e. s >= 0 as s <= 0): a float compare then a float -> bool copy are
         # ~3x faster than a bool compare, and a float -> uint8 copy ~6x slower than to bool
         floats = torch.ge(s, 0.0, out=buffer("floats", z))
@@ -329,14 +333,15 @@ class ViewAccumulator:
         e = torch.exp(s, out=floats)  # the float buffer is free again
         total = e.sum(1, keepdim=True)
         log_total = total.log()
-        weighted = torch.mul(s, e, out=buffer("product", z)).sum(1, keepdim=True)  # Σ_c e·s <= 0
         if self.merge == "mean" and self.samples is None and self.log_sum.mode == "linear":
+            weighted = s.mul_(e).sum(1, keepdim=True)  # Σ_c e·s <= 0; s is not needed after it
             self.log_sum.linear.addcdiv_(e, total, transposed=transposed)
             self.votes.add_(mask.view(torch.uint8) if self.votes.dtype == torch.uint8 else mask, transposed=transposed)
             self.entropy_sum.add_(log_total, transposed=transposed)
             self.entropy_sum.addcdiv_(weighted, total, value=-1.0, transposed=transposed)
             self.count += 1
             return
+        weighted = (s * e).sum(1, keepdim=True)  # s stays: the merges below may need log p = s - log S
         frame = (lambda y: y.mT) if transposed else (lambda y: y)
         probs, entropy = frame(e / total), frame(log_total - weighted / total).squeeze(1)
         self.add(probs, entropy, frame(mask), lambda: frame(s - log_total), index)
@@ -354,7 +359,13 @@ class ViewAccumulator:
         """Whether every pixel got exactly one vote per view (no argmax ties) and every entropy
         is finite (NaN or ±inf logits make it NaN): what the fast pass of :class:`netuq.TTA`
         leaves unchecked per view. One device sync."""
-        ok = torch.isfinite(self.entropy_sum.total()).all() & (self._votes().sum(1) == self.count).all()
+        # finite entropies mean finite logits, so every view gave each pixel at least one vote: the
+        # count is exactly one per pixel and view iff the total number of votes is
+        # (sums: NaN and inf propagate into the entropies' sum, which cannot overflow: H <= V log C)
+        parts = (self.votes.plain, self.votes.flipped)
+        votes = sum(part.sum(dtype=torch.int64) for part in parts if part is not None)
+        pixels = math.prod(self.shape) // self.shape[1] if self.shape[1] else 0
+        ok = torch.isfinite(self.entropy_sum.total().sum()) & (votes == self.count * pixels)
         return bool(ok)
 
     def prediction(self) -> Prediction:

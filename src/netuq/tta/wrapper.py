@@ -217,7 +217,9 @@ class TTA:
                             f"{shape} for {views[block.index[0]]} and {acc.shape} for {first}"
                         )
                     if isinstance(block, _Logits):
-                        acc.add_logits(block.z, block.index, transposed=block.transposed, buffer=work.buffer)
+                        acc.add_logits(
+                            block.z, block.index, transposed=block.transposed, own=block.own, buffer=work.buffer
+                        )
                         del z_d
                     else:
                         acc.add(probs, block.entropy, block.argmax, block.log_probs, block.index, stacked=block.stacked)
@@ -349,6 +351,7 @@ class _Logits(NamedTuple):
     z: torch.Tensor
     transposed: bool
     index: list[int]
+    own: bool  # z is a fresh copy, free to overwrite
 
 
 def _logits_in_input_frame(view: View, z: torch.Tensor, size: tuple[int, int], index: list[int]) -> _Logits:
@@ -361,11 +364,11 @@ def _logits_in_input_frame(view: View, z: torch.Tensor, size: tuple[int, int], i
     """
     form = view.pixel_form
     if form is None:  # e.g. shifts: through the transforms
-        return _Logits(view.deaugment(z, size), False, index)
+        return _Logits(view.deaugment(z, size), False, index, False)
     transpose, dims = form
     if transpose:
         dims = tuple(sorted({-1: -2, -2: -1}[d] for d in dims))
-    return _Logits(z.flip(dims) if dims else z, transpose, index)
+    return _Logits(z.flip(dims), transpose, index, True) if dims else _Logits(z, transpose, index, False)
 
 
 class _Workspace:
