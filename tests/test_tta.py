@@ -620,28 +620,6 @@ def test_large_workspaces_are_not_kept(monkeypatch):
     assert wrapper._workspace()._buffers == {}
 
 
-def test_threads_calling_one_wrapper_get_their_own_buffers():
-    import threading
-
-    model, transforms = _unet(), tta.d4()
-    wrapper = netuq.TTA(model, transforms, task="segmentation")
-    inputs = [torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(4)]
-    expected = [netuq.TTA(model, transforms, task="segmentation")(x).probs for x in inputs]
-    results: dict[int, torch.Tensor] = {}
-
-    def work(i):
-        for _ in range(5):
-            results[i] = wrapper(inputs[i]).probs
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for i, want in enumerate(expected):
-        assert torch.equal(results[i], want)
-
-
 def test_wrapper_pickles_without_its_buffers():
     import pickle
 

@@ -10,21 +10,13 @@ import threading
 
 import pytest
 import torch
+from test_tta import _reference
 from torch import nn
 
 import netuq
 from netuq import tta
 from netuq.methods import _batching
 from netuq.models import SmallCNN
-
-
-def _reference(model, transforms, x, task="segmentation"):
-    ref = netuq.Prediction()
-    with torch.no_grad():
-        for v in transforms:
-            log_p = model(v.augment(x)).double().log_softmax(1)
-            ref.add_log_probs(v.deaugment(log_p, x.shape[-2:]) if task == "segmentation" else log_p)
-    return ref
 
 
 def _views_log_probs(model, transforms, x):
@@ -294,12 +286,14 @@ def test_largest_tensor_measures_models_with_tuple_results_and_scripted_models()
     assert len(wrapper._plans) == 2  # one per augmented size (6 x 5 and 5 x 6)
 
 
-def test_concurrent_first_calls_measure_only_their_own_forward():
-    """LargestTensor is a thread-local mode: threads measuring at once get the plans of a lone call."""
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_concurrent_first_calls_measure_only_their_own_forward(task):
+    """LargestTensor is a thread-local mode: threads measuring at once get the plans of a lone call;
+    each thread has its own buffers (a shared wrapper gives every thread a lone call's results)."""
     torch.manual_seed(0)
-    model = SmallCNN(3, 5, width=4).eval()
+    model = SmallCNN(3, 5, width=4).eval() if task == "classification" else CONV
     inputs = [torch.randn(4 * (i + 1), 3, 8 + 4 * i, 8) for i in range(3)]
-    shared = netuq.TTA(model, tta.d4())
+    shared = netuq.TTA(model, tta.d4(), task=task)
     results: dict[int, torch.Tensor] = {}
 
     def work(i):
@@ -312,7 +306,7 @@ def test_concurrent_first_calls_measure_only_their_own_forward():
     for t in threads:
         t.join()
     for i, x in enumerate(inputs):
-        alone = netuq.TTA(model, tta.d4())
+        alone = netuq.TTA(model, tta.d4(), task=task)
         want = alone(x).probs
         assert {k: v for k, v in shared._plans.items() if k[0] == tuple(x.shape)} == alone._plans
         torch.testing.assert_close(results[i], want, atol=1e-6, rtol=0)
