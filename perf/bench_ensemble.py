@@ -16,6 +16,7 @@ times the inference on a GPU.
 from __future__ import annotations
 
 import os
+import random
 import statistics
 import sys
 import time
@@ -29,7 +30,7 @@ from netuq.models import SmallCNN
 THREADS = int(os.environ.get("NETUQ_BENCH_THREADS", "2"))
 MEMBERS = 5
 BATCH = 256
-REPEATS = 9
+REPEATS = 41  # ~4 s: the auto-vs-loop ratio compares identical code, so its spread is the noise
 EPOCHS = 3
 MIN_RATIO = float(os.environ.get("NETUQ_BENCH_MIN_RATIO", "0.9"))
 DEVICE = torch.device(os.environ.get("NETUQ_BENCH_DEVICE", "cpu"))
@@ -47,17 +48,20 @@ def _sync() -> None:
 
 
 def interleaved_medians(fns, repeats: int = REPEATS) -> list[float]:
-    """Median seconds of each callable, calls interleaved so that load drift hits all alike."""
+    """Median seconds of each callable, calls interleaved (a new seeded order each round) so that
+    load drift hits all alike."""
     for fn in fns:
         fn()  # warm-up
     times: list[list[float]] = [[] for _ in fns]
+    order, shuffle = list(range(len(fns))), random.Random(0).shuffle
     for _ in range(repeats):
-        for fn, ts in zip(fns, times):
+        shuffle(order)  # no callable always runs right after the same other one
+        for i in order:
             _sync()
             start = time.perf_counter()
-            fn()
+            fns[i]()
             _sync()
-            ts.append(time.perf_counter() - start)
+            times[i].append(time.perf_counter() - start)
     return [statistics.median(ts) for ts in times]
 
 
