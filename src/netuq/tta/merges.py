@@ -146,21 +146,11 @@ class LogSum:
         """Add q (shape ``shape``); ``log_q()`` returns log q and is called only when needed;
         ``own=True``: the caller gives ``q`` up (the sum may keep it as its buffer)."""
         if self.mode == "log":
-            lq = log_q()
-            if self.logs is None:
-                self.logs = lq.clone()
-            elif _tracked(self.logs, lq):
-                self.logs = torch.logaddexp(self.logs, lq)
-            else:
-                torch.logaddexp(self.logs, lq, out=self.logs)
+            self.logs = _combine(torch.logaddexp, self.logs, log_q())
             return
         self.linear.add_(q, own=own)
         if self.mode == "gather":
-            small = log_q().reshape(-1).index_select(0, self.index)
-            if _tracked(self.logs, small):
-                self.logs = torch.logaddexp(self.logs, small)
-            else:
-                torch.logaddexp(self.logs, small, out=self.logs)
+            self.logs = _combine(torch.logaddexp, self.logs, log_q().reshape(-1).index_select(0, self.index))
         elif self.mode == "new":
             self._choose_mode(q, log_q)
 
@@ -276,13 +266,7 @@ class ViewAccumulator:
             part = logs().sum(0) if stacked else logs()
             self.merged = part.clone() if self.merged is None else self.merged.add_(part)
         elif self.merge == "max":
-            part = logs().amax(0) if stacked else logs()
-            if self.merged is None:
-                self.merged = part.clone()
-            elif _tracked(self.merged, part):
-                self.merged = torch.maximum(self.merged, part)
-            else:
-                torch.maximum(self.merged, part, out=self.merged)
+            self.merged = _combine(torch.maximum, self.merged, logs().amax(0) if stacked else logs())
         elif self.merge == "tsharpen":
             scaled = TSHARPEN_T * logs()
             if stacked:
@@ -393,9 +377,14 @@ class ViewAccumulator:
         return out
 
 
-def _tracked(*tensors: torch.Tensor) -> bool:
-    """Whether autograd records these (out= is then refused: update out of place)."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+def _combine(op: Callable, acc: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
+    """``op(acc, value)`` into ``acc`` (a copy of ``value`` when there is no ``acc`` yet); out of
+    place where autograd records them, since it refuses ``out=``."""
+    if acc is None:
+        return value.clone()
+    if torch.is_grad_enabled() and (acc.requires_grad or value.requires_grad):
+        return op(acc, value)
+    return op(acc, value, out=acc)
 
 
 def _fresh(name: str, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
