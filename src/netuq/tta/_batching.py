@@ -2,14 +2,16 @@
 
 On CPU, batching views pays only while one view's input is small: per-call overheads are then a
 large part of the forward. For larger inputs the gain is small and the activation memory grows
-with the rows per call. Measured on one core (perf/bench_tta.py, a loaded 2-core machine):
-SmallUNet on 4 x 1 x 64 x 64 runs 2 views per call 7-15% faster than 1 but with twice the peak
-memory of ttach's one view per call (18.6 vs 9.4 MiB), all 8 views 10% slower; SmallCNN on
+with the rows per call. Measured on one core (perf/bench_tta.py, a 2-core machine):
+SmallUNet on 4 x 1 x 64 x 64 ran 2 views per call 7-15% faster than 1 in one session (loaded)
+and 0.95-0.99x in another (idle, three processes), with twice the peak memory of ttach's one view
+per call (18.6 vs 9.4 MiB); 4 views per call 25% slower, all 8 views 10% slower; SmallCNN on
 64 x 1 x 28 x 28 gains nothing from 2 views and loses 35% with all 8. So on CPU views are stacked
 only while the stacked input stays under :data:`CPU_INPUT_ELEMENTS` (2**13: all 8 views of one
 28 x 28 image, one view of 4 x 64 x 64), at least one view: peak memory stays that of one view's
 forward (ttach's) for all but tiny inputs. Other devices want big batches:
-:func:`netuq.methods._batching.default_chunk`.
+:func:`netuq.methods._batching.default_chunk`. Rows are split further where one view's largest
+activation would leave the caches (:meth:`netuq.TTA._forward`).
 """
 
 from __future__ import annotations
