@@ -688,3 +688,32 @@ def test_a_model_in_training_mode_keeps_the_users_rows():
     finally:
         _batching.ACTIVATION_ELEMENTS["cpu"] = old
     assert min(model.rows) >= 12 and wrapper._plans == {}
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 4), c=st.integers(1, 6), hw=st.integers(1, 5), scale=st.floats(0.1, 30.0), seed=st.integers(0, 99)
+)
+def test_softmax_parts_match_scipy_softmax_and_entropy(n, c, hw, scale, seed):
+    """merges.softmax_parts against scipy: e / S is the softmax, log S − Σ e·s / S its entropy, the
+    mask the argmax; the same numbers with reused buffers and computed in place."""
+    from scipy.special import softmax
+    from scipy.stats import entropy
+
+    from netuq.tta.merges import softmax_parts
+
+    z = scale * torch.randn(n, c, hw, hw, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    s, e, total, mask = softmax_parts(z.clone())
+    p_ref = softmax(z.numpy(), axis=1)
+    torch.testing.assert_close(e / total, torch.from_numpy(p_ref), atol=1e-12, rtol=1e-9)
+    h = (total.log() - (s * e).sum(1, keepdim=True) / total).squeeze(1)
+    torch.testing.assert_close(h, torch.from_numpy(entropy(p_ref, axis=1)), atol=1e-9, rtol=1e-7)
+    assert torch.equal(mask, torch.nn.functional.one_hot(z.argmax(1), c).movedim(-1, 1).bool())
+    kept: dict = {}
+    reuse = lambda name, like, dtype=None: kept.setdefault(name, torch.empty_like(like, dtype=dtype))  # noqa: E731
+    for _ in range(2):  # buffers reused across calls
+        again = softmax_parts(z, reuse)
+        assert all(torch.equal(a, b) for a, b in zip(again, (s, e, total, mask)))
+    mine = z.clone()
+    in_place = softmax_parts(mine, own=True)
+    assert in_place[0].data_ptr() == mine.data_ptr() and torch.equal(in_place[0], s)

@@ -31,7 +31,7 @@ import torch
 
 from ..prediction import Prediction
 
-__all__ = ["MERGES", "TSHARPEN_T", "LogSum", "ViewAccumulator", "linear_floor"]
+__all__ = ["MERGES", "TSHARPEN_T", "LogSum", "ViewAccumulator", "linear_floor", "softmax_parts"]
 
 MERGES = ("mean", "gmean", "max", "tsharpen")
 TSHARPEN_T = 0.5
@@ -308,19 +308,12 @@ class ViewAccumulator:
         shape = tuple(z.shape[:-2]) + tuple(z.shape[-2:][::-1]) if transposed else tuple(z.shape)
         if shape != self.shape:
             raise ValueError(f"`z` must have shape ({', '.join(map(str, self.shape))}), got {shape}")
-        top = z.amax(1, keepdim=True)
-        s = z.sub_(top) if own else torch.sub(z, top, out=buffer("shifted", z))
-        # argmax mask (s == 0, i.e. s >= 0 as s <= 0): a float compare then a float -> bool copy are
-        # ~3x faster than a bool compare, and a float -> uint8 copy ~6x slower than to bool
-        floats = torch.ge(s, 0.0, out=buffer("floats", z))
-        mask = buffer("argmax", z, torch.bool).copy_(floats)
-        e = torch.exp(s, out=floats)  # the float buffer is free again
-        total = e.sum(1, keepdim=True)
+        s, e, total, mask = softmax_parts(z, buffer, own=own)
         log_total = total.log()
         if self.merge == "mean" and self.samples is None and self.log_sum.mode == "linear":
             weighted = s.mul_(e).sum(1, keepdim=True)  # Σ_c e·s <= 0; s is not needed after it
             self.log_sum.linear.addcdiv_(e, total, transposed=transposed)
-            self.votes.add_(mask.view(torch.uint8) if self.votes.dtype == torch.uint8 else mask, transposed=transposed)
+            self._add_votes(mask, transposed=transposed)
             self.entropy_sum.add_(log_total, transposed=transposed)
             self.entropy_sum.addcdiv_(weighted, total, value=-1.0, transposed=transposed)
             self.count += 1
@@ -330,8 +323,8 @@ class ViewAccumulator:
         probs, entropy = frame(e / total), frame(log_total - weighted / total).squeeze(1)
         self.add(probs, entropy, frame(mask), lambda: frame(s - log_total), index)
 
-    def _add_votes(self, argmax: torch.Tensor) -> None:
-        self.votes.add_(argmax.view(torch.uint8) if self.votes.dtype == torch.uint8 else argmax)
+    def _add_votes(self, argmax: torch.Tensor, *, transposed: bool | None = None) -> None:
+        self.votes.add_(argmax.view(torch.uint8) if self.votes.dtype == torch.uint8 else argmax, transposed=transposed)
 
     def _votes(self) -> torch.Tensor:
         """The vote counts, int32 (what Prediction holds)."""
@@ -389,6 +382,39 @@ def _combine(op: Callable, acc: torch.Tensor | None, value: torch.Tensor) -> tor
 
 def _fresh(name: str, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     return torch.empty_like(like, dtype=dtype)
+
+
+def softmax_parts(
+    z: torch.Tensor, buffer: Callable[..., torch.Tensor] = _fresh, *, own: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The softmax over dim 1 up to its division, and the argmax mask, from one shifted pass.
+
+    Args:
+        z: (N, C, ...) finite logits.
+        buffer: ``buffer(name, like, dtype=None)`` returns a reusable tensor like ``like``; default
+            fresh tensors.
+        own: compute the shifted logits in place in ``z`` (the caller's fresh copy).
+
+    Returns:
+        ``(s, e, S, mask)``: s = z − max_c z (N, C, ...), e = exp(s) (N, C, ...), S = Σ_c e
+        (N, 1, ...) and the bool mask s == 0 (ties give several Trues; the callers check once per
+        batch). p = e / S and H[p] = log S − Σ_c e·s / S. ``s``, ``e`` and ``mask`` live in
+        ``buffer`` s (``s`` in ``z`` with ``own``).
+
+    Example:
+        >>> z = torch.tensor([[2.0, 0.0]])
+        >>> s, e, total, mask = softmax_parts(z)
+        >>> torch.allclose(e / total, z.softmax(1)), mask.tolist()
+        (True, [[True, False]])
+    """
+    top = z.amax(1, keepdim=True)
+    s = z.sub_(top) if own else torch.sub(z, top, out=buffer("shifted", z))
+    # argmax mask (s == 0, i.e. s >= 0 as s <= 0): a float compare then a float -> bool copy are
+    # ~3x faster than a bool compare, and a float -> uint8 copy ~6x slower than to bool
+    floats = torch.ge(s, 0.0, out=buffer("floats", z))
+    mask = buffer("argmax", z, torch.bool).copy_(floats)
+    e = torch.exp(s, out=floats)  # the float buffer is free again
+    return s, e, e.sum(1, keepdim=True), mask
 
 
 def _prediction_from_sums(

@@ -57,7 +57,7 @@ from ..prediction import Prediction
 from ._batching import views_per_forward
 from .bridge import as_compose
 from .compose import Compose, View
-from .merges import MERGES, TSHARPEN_T, ViewAccumulator
+from .merges import MERGES, TSHARPEN_T, ViewAccumulator, softmax_parts
 
 __all__ = ["TTA", "MERGES", "TASKS", "TSHARPEN_T"]
 
@@ -409,15 +409,9 @@ class _Workspace:
         self._buffers, self._used = kept, set()
 
     def softmax_stats(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:func:`_softmax_stats` into two reused float buffers and a bool one, without the tie
-        check (see ``TTA._predict``)."""
-        top = z.amax(1, keepdim=True)
-        shifted = torch.sub(z, top, out=self.buffer("shifted", z))
-        # argmax mask: a float compare then a float -> bool copy are ~3x faster than a bool compare
-        floats = torch.eq(shifted, 0.0, out=self.buffer("floats", z))
-        mask = self.buffer("mask", z, torch.bool).copy_(floats)
-        probs = torch.exp(shifted, out=floats)  # the float buffer is free again
-        total = probs.sum(1, keepdim=True)
+        """:func:`_softmax_stats` from :func:`netuq.tta.merges.softmax_parts` into reused buffers,
+        without the tie check (see ``TTA._predict``)."""
+        shifted, probs, total, mask = softmax_parts(z, self.buffer)
         probs.div_(total)
         entropy = total.log_().squeeze(1) - shifted.mul_(probs).sum(1)
         return probs, entropy, mask
