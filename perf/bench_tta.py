@@ -2,9 +2,12 @@
 
 Cases (issue 14): "seg" = SmallUNet(1, 11, width=16) on 4 x 1 x 64 x 64, D4 (8 views);
 "cls" = SmallCNN(1, 10) on 64 x 1 x 28 x 28, D4; "cls256" the same on 256 images (a test-set
-batch: there netuq splits each view's 256 rows into forwards whose largest activation stays near
-the caches; the same code with max_batch=N, one call of 256 rows as ttach does, read 0.94-1.04x
-ttach in two runs, so that row is left out). ttach gets a softmax
+batch: there netuq also splits each view's 256 rows into forwards whose largest activation stays
+near the caches). Variants: ttach; netuq's default, which feeds the views channels-last
+(netuq._layout: checked once per input shape against the contiguous run, warm-up call); netuq
+with ``channels_last=False`` (the same forwards as ttach); and ttach given a channels-last input,
+what the layout alone gives a user by hand (ttach's rotated views come out transposed, so half of
+its forwards leave that layout). ttach gets a softmax
 model and merge "mean", so both average probabilities; netuq also returns the entropy /
 aleatoric / epistemic sums and votes.
 The run fails (exit status 1) if netuq's mean probabilities differ from ttach's by more than 1e-5.
@@ -51,7 +54,8 @@ CASES = {
 VARIANTS = {
     "ttach": "ttach wrapper (1 view per call)",
     "netuq": "netuq.TTA (default)",
-    "netuq_1": "netuq.TTA (max_batch=N: 1 view per call)",
+    "netuq_contig": "netuq.TTA (channels_last=False)",
+    "ttach_cl": "ttach on a channels-last input",
 }
 SIZES = (32, 64, 128)
 _SIZE = {"seg": 64, "cls": 28, "cls256": 28}
@@ -79,6 +83,7 @@ def make(case: str, variant: str, size: int = 64, views: int = 8):
     import ttach
 
     import netuq
+    from netuq._layout import to_channels_last
     from netuq.models import SmallCNN, SmallUNet
 
     key = (case, size)
@@ -93,17 +98,17 @@ def make(case: str, variant: str, size: int = 64, views: int = 8):
         task, wrapper = "classification", ttach.ClassificationTTAWrapper
     else:
         task, wrapper = "segmentation", ttach.SegmentationTTAWrapper
-    if variant == "ttach":
+    if variant.startswith("ttach"):
         softmaxed = torch.nn.Sequential(model, torch.nn.Softmax(1))
         tta = wrapper(softmaxed, _transforms(views, ttach), merge_mode="mean")
+        inp = to_channels_last(x) if variant == "ttach_cl" else x  # what a user could do by hand
 
         def run():
             with torch.no_grad():
-                return tta(x)
+                return tta(inp)
 
         return run
-    max_batch = x.shape[0] if variant == "netuq_1" else None
-    tta = netuq.TTA(model, _transforms(views, netuq.tta), task=task, max_batch=max_batch)
+    tta = netuq.TTA(model, _transforms(views, netuq.tta), task=task, channels_last=False if variant == "netuq_contig" else None)
     return lambda: tta(x).probs
 
 
@@ -206,8 +211,8 @@ def merge_overhead(rounds: int = 40) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-# "cls256" without the max_batch=N row (it runs ttach's one call of 256 rows: 0.94-1.04x ttach)
-CASE_VARIANTS = {"cls256": ("ttach", "netuq")}
+# "cls256": the default and the contiguous run (the layout rows of the other cases say the rest)
+CASE_VARIANTS = {"cls256": ("ttach", "netuq", "netuq_contig")}
 
 
 def variants(case: str) -> tuple[str, ...]:
@@ -272,10 +277,11 @@ def run_all() -> None:
             print(f"  {title:<32} {name:<42} {sec * 1e3:8.1f} ms {statistics.median(ratios):8.2f}x {spread:>13} "
                   f"{_mem(m):>10} {rel:>9}")
     print(f"  max |p_netuq - p_ttach| = {worst:.1e} (must be <= {TOLERANCE:g})")
-    print("  (vs ttach > 1: faster, median over processes of each process's ratio; in \"seg\" and \"cls\" the two")
-    print("   netuq rows run the same code, one view per call, so their difference is this machine's noise; in")
-    print("   \"cls256\" the default splits each view's rows (largest activation near the caches); peak mem: rise")
-    print("   of the peak RSS during one call)")
+    print("  (vs ttach > 1: faster, median over processes of each process's ratio. The default feeds the views")
+    print("   channels-last (CPU convolutions run faster; checked once per input shape against the contiguous run):")
+    print("   the channels_last=False rows run the same forwards as ttach, and ttach on a channels-last input shows")
+    print("   what the layout alone gives by hand (ttach's rotated views leave it). In \"cls256\" netuq also splits")
+    print("   each view's rows (largest activation near the caches); peak mem: rise of the peak RSS during one call)")
     stub = merge_overhead()
     print(f"  merge work alone (a stub model returning fixed 4 x 11 x 64 x 64 logits, D4): netuq "
           f"{stub['netuq'] * 1e3:.1f} ms (softmax, entropy, votes, sums), ttach {stub['ttach'] * 1e3:.1f} ms "

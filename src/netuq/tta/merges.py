@@ -97,8 +97,9 @@ class _Sum:
         """Start the buffer of this frame with ``y`` if it is empty; whether it was."""
         if (self.flipped if transposed else self.plain) is not None:
             return False
-        keep = own and y.dtype == self.dtype and y.is_contiguous()
-        y = y if keep else y.to(self.dtype, memory_format=torch.contiguous_format, copy=True)
+        keep = own and y.dtype == self.dtype and _dense(y)
+        # the term's own layout when dense (channels-last logits: later terms add in one pass)
+        y = y if keep else y.to(self.dtype, memory_format=torch.preserve_format, copy=True)
         if transposed:
             self.flipped = y
         else:
@@ -111,16 +112,20 @@ class _Sum:
         if self.plain is None and self.flipped is None:
             return torch.zeros(self.shape, dtype=dtype, device=self.device)
         if self.flipped is None:
-            out = self.plain.to(dtype)
-        else:
+            out = _contiguous(self.plain, dtype)
+        elif self.flipped.is_contiguous() and (self.plain is None or self.plain.is_contiguous()):
             # the transposed part read as (-1, W, H) planes: ~2x faster than through the N-d view
             h, w = self.shape[-2:]
             part = self.flipped.reshape(-1, w, h).transpose(1, 2)
             if self.plain is None:
-                out = part.to(dtype, memory_format=torch.contiguous_format).view(self.shape)
+                out = _contiguous(part, dtype).view(self.shape)
             else:
-                out = self.plain.to(dtype)
+                out = _contiguous(self.plain, dtype)
                 out.view(-1, h, w).add_(part)
+        else:  # channels-last buffers: one strided pass into the contiguous result
+            out = _contiguous(self.flipped.mT, dtype)
+            if self.plain is not None:
+                out.add_(self.plain)
         self.plain, self.flipped, self.dtype = out, None, dtype
         return out
 
@@ -378,6 +383,19 @@ def _combine(op: Callable, acc: torch.Tensor | None, value: torch.Tensor) -> tor
     if torch.is_grad_enabled() and (acc.requires_grad or value.requires_grad):
         return op(acc, value)
     return op(acc, value, out=acc)
+
+
+def _dense(y: torch.Tensor) -> bool:
+    """Whether ``y`` covers its memory without gaps in a standard layout (contiguous or channels-last)."""
+    return y.is_contiguous() or (y.ndim == 4 and y.is_contiguous(memory_format=torch.channels_last))
+
+
+def _contiguous(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype``, contiguous: ``t`` itself when it already is (``Tensor.to`` with a
+    ``memory_format`` may return a permuted 4-d tensor as it is)."""
+    if t.dtype == dtype and t.is_contiguous():
+        return t
+    return torch.empty(t.shape, dtype=dtype, device=t.device).copy_(t)
 
 
 def _fresh(name: str, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -52,6 +52,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .._checks import check_int, check_logits, float_dtype
+from .._layout import InputLayout
 from ..methods._batching import LargestTensor, activation_chunk, balanced_chunk
 from ..prediction import Prediction
 from ._batching import views_per_forward
@@ -85,6 +86,12 @@ class TTA:
             would exceed :data:`netuq.methods._batching.ACTIVATION_ELEMENTS` split their rows
             (not while a BatchNorm layer is in training mode: its outputs depend on the batch).
         no_grad: run under ``torch.no_grad()`` (default).
+        channels_last: the layout of the views fed to the model (:mod:`netuq._layout`). None
+            (default): on CPU, for an ``nn.Module`` with a 2-d convolution and every module in
+            eval mode, the first forward of each input shape runs both layouts and keeps
+            channels-last where the outputs agree (1.25-1.6x faster convolutions here; that
+            forward runs the model once more, so forward hooks see it); True: channels-last
+            without the check; False: contiguous, as given.
 
     Example:
         >>> import netuq
@@ -108,6 +115,7 @@ class TTA:
         keep_samples: bool = False,
         max_batch: int | None = None,
         no_grad: bool = True,
+        channels_last: bool | None = None,
     ) -> None:
         if not callable(model):
             raise TypeError(f"`model` must be callable (an nn.Module), got {type(model).__name__}")
@@ -128,6 +136,7 @@ class TTA:
         self._exact_outputs = False  # set once the model's outputs need the exact pass (half logits)
         self._workspaces = threading.local()  # per thread: one call's buffers, kept for the next
         self._plans: dict[tuple, int] = {}  # (input shape, view size, dtype, device) -> rows per forward
+        self._layout = InputLayout(channels_last)  # the same keys -> channels-last or not
 
     def __repr__(self) -> str:
         return (
@@ -244,10 +253,17 @@ class TTA:
 
     def __setstate__(self, state: dict) -> None:
         state.setdefault("_plans", {})  # pickled before rows per forward were measured
+        state.setdefault("_layout", InputLayout(None))  # ... and before the layout was chosen
         self.__dict__.update(state)
         self._workspaces = threading.local()
 
     def _forward(self, inp: torch.Tensor, rows: int | None, plan: tuple) -> Any:
+        """The model on ``inp`` in the layout chosen for ``plan`` (:class:`netuq._layout.InputLayout`:
+        its first forward checks channels-last against the contiguous result), rows as in
+        :meth:`_forward_rows`."""
+        return self._layout.forward(self.model, inp, plan, lambda view: self._forward_rows(view, rows, plan))
+
+    def _forward_rows(self, inp: torch.Tensor, rows: int | None, plan: tuple) -> Any:
         """The model on ``inp``, at most ``rows`` rows per call (outputs concatenated); ``rows=0``:
         one call that measures its largest activation and stores the rows per forward that keep
         it under :data:`netuq.methods._batching.ACTIVATION_ELEMENTS` in ``self._plans[plan]``.
@@ -269,8 +285,9 @@ class TTA:
             part = self.model(inp[s : s + step])
             if not isinstance(part, torch.Tensor) or part.ndim < 2 or part.shape[0] != min(step, total - s):
                 return part  # not logits of these rows: _run's check words the error
-            if out is None:
-                out = part.new_empty((total, *part.shape[1:]))
+            if out is None:  # in the layout of the part (channels-last stays so)
+                out = torch.empty((total, *part.shape[1:]), dtype=part.dtype, device=part.device,
+                                  memory_format=_layout_of(part))  # fmt: skip
             out[s : s + step].copy_(part)  # before the next call: a model may return the same memory each time
         return out
 
@@ -415,6 +432,13 @@ class _Workspace:
         probs.div_(total)
         entropy = total.log_().squeeze(1) - shifted.mul_(probs).sum(1)
         return probs, entropy, mask
+
+
+def _layout_of(t: torch.Tensor) -> torch.memory_format:
+    """channels-last for a 4-d channels-last tensor, else contiguous."""
+    if t.ndim == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def _batch_dependent(model: Any) -> bool:

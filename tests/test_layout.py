@@ -1,0 +1,199 @@
+"""netuq._layout: channels-last views, the first forward's check, and TTA through it."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import netuq
+from netuq import tta
+from netuq._layout import InputLayout, outputs_agree, to_channels_last, worth_trying
+from netuq.methods import _batching
+from netuq.models import SmallCNN, SmallUNet
+
+
+class Counting(nn.Module):
+    """The model, recording the strides of every input it is given."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.strides: list[tuple[int, ...]] = []
+
+    def forward(self, x):
+        self.strides.append(x.stride())
+        return self.model(x)
+
+
+class ViewsActivation(nn.Module):
+    """A LeNet-style model: ``.view(N, -1)`` of a convolution's output (raises on channels-last)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4 * 6 * 6, 5)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.fc(y.view(y.shape[0], -1))
+
+
+class ReadsMemory(nn.Module):
+    """A "custom op" that reads its input's memory as if it were contiguous (a layout bug that
+    raises nothing): only the first forward's comparison can catch it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        flat = torch.as_strided(y, (y.numel(),), (1,))  # memory order, whatever the layout
+        return flat.view(y.shape)
+
+
+def _unet() -> nn.Module:
+    torch.manual_seed(0)
+    return SmallUNet(3, 4, width=4).eval()
+
+
+def _cl(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and x.stride()[1] == 1
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 4, 3), (3, 3, 5, 7), (1, 2, 1, 1)])
+def test_to_channels_last_keeps_values_and_gives_unit_channel_stride(shape):
+    x = torch.randn(shape)
+    y = to_channels_last(x)
+    assert torch.equal(y, x) and y.stride()[1] == 1 and y.is_contiguous(memory_format=torch.channels_last)
+    assert y.data_ptr() != x.data_ptr()  # a copy: the caller's tensor is never aliased
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    scale=st.floats(1e-3, 1e4),
+    rel=st.floats(0.0, 1e-2),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_outputs_agree_is_the_tolerance_it_states(scale, rel, dtype):
+    """max |ref - other| <= sqrt(eps) * max(1, max |ref|), exactly (a closed form)."""
+    ref = torch.linspace(-scale, scale, 11, dtype=dtype)
+    bound = max(1.0, scale)
+    other = ref.clone()
+    other[3] += rel * bound
+    expected = float((other - ref).abs().max()) <= torch.finfo(dtype).eps ** 0.5 * bound
+    assert outputs_agree(ref, other) == expected
+
+
+def test_outputs_agree_refuses_other_kinds():
+    a = torch.ones(2, 3)
+    assert not outputs_agree(a, a.double())  # dtype
+    assert not outputs_agree(a, torch.ones(3, 2))  # shape
+    assert not outputs_agree(a, (a,))  # not a tensor
+    assert not outputs_agree(torch.tensor([1.0, float("nan")]), torch.tensor([1.0, float("nan")]))  # not finite
+    assert not outputs_agree(torch.ones(2, dtype=torch.int64), torch.ones(2, dtype=torch.int64))
+    assert outputs_agree(a.requires_grad_(), a.detach() + 1e-7)  # grads: compared detached
+
+
+def test_worth_trying_only_cpu_eval_conv_modules_on_4d_float_inputs():
+    net, x = _unet(), torch.randn(1, 3, 8, 8)
+    assert worth_trying(net, x)
+    assert not worth_trying(net, x.double().to(torch.int64))
+    assert not worth_trying(nn.Linear(8, 2).eval(), x)  # no convolution
+    assert not worth_trying(lambda t: net(t), x)  # not an nn.Module: nothing to inspect
+    assert not worth_trying(net, x[:, :, 0])  # 3-d
+    net.enc1[3].train()  # one dropout layer in training mode: the check would draw random numbers
+    assert not worth_trying(net, x)
+
+
+def test_first_forward_of_a_key_checks_then_every_call_runs_one_layout():
+    net, x = Counting(_unet()).eval(), torch.randn(2, 3, 8, 8)
+    layout = InputLayout(None)
+    with torch.no_grad():
+        first = layout.forward(net, x, "k", net)
+        assert [_cl(torch.empty_strided((2, 3, 8, 8), s)) for s in net.strides] == [False, True]
+        assert layout.decided == {"k": True}
+        again = layout.forward(net, x, "k", net)
+    assert len(net.strides) == 3 and net.strides[-1] == net.strides[1]  # no second check
+    assert torch.equal(first, again)  # the first call returns the channels-last result too
+    torch.testing.assert_close(first, net.model(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", [ViewsActivation(), ReadsMemory()], ids=["raises", "wrong"])
+def test_a_model_that_depends_on_the_layout_stays_contiguous(model):
+    model.eval()
+    x = torch.randn(2, 3, 6, 6)
+    layout = InputLayout(None)
+    with torch.no_grad():
+        out = layout.forward(model, x, "k", model)
+        assert layout.decided == {"k": False}
+        assert torch.equal(out, model(x)) and torch.equal(layout.forward(model, x, "k", model), model(x))
+
+
+def test_settings_true_and_false_skip_the_check():
+    net, x = Counting(_unet()).eval(), torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        InputLayout(True).forward(net, x, "k", net)
+        InputLayout(False).forward(net, x, "k", net)
+    assert [s[1] == 1 for s in net.strides] == [True, False]
+    with pytest.raises(TypeError, match="`channels_last` must be None, True or False, got 'yes'"):
+        InputLayout("yes")
+
+
+def test_tta_default_equals_the_contiguous_run_and_returns_contiguous_results():
+    net, x = _unet(), torch.randn(2, 3, 8, 12)  # not square: rotated views form their own shape
+    pooled = nn.Sequential(net, nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    for task, model in (("segmentation", net), ("classification", pooled)):
+        ref = netuq.TTA(model, tta.d4(), task=task, channels_last=False)
+        fast = netuq.TTA(model, tta.d4(), task=task)
+        for _ in range(2):
+            a, b = fast(x), ref(x)
+            for name in ("probs", "aleatoric", "epistemic"):
+                torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=0, atol=1e-5)
+                assert getattr(a, name).is_contiguous(), name
+            assert torch.equal(a.votes, b.votes) if hasattr(a, "votes") else True
+        assert set(fast._layout.decided.values()) == {True} and len(fast._layout.decided) == 2
+
+
+def test_tta_views_reach_the_model_channels_last_and_split_rows_keep_it(monkeypatch):
+    monkeypatch.setitem(_batching.ACTIVATION_ELEMENTS, "cpu", 40)  # a few rows per forward once measured
+    net = Counting(_unet()).eval()
+    x = torch.randn(4, 3, 8, 8)
+    ref = netuq.TTA(net.model, tta.d4(), task="segmentation", channels_last=False)(x)
+    wrapper = netuq.TTA(net, tta.d4(), task="segmentation")
+    for _ in range(2):
+        pred = wrapper(x)
+        torch.testing.assert_close(pred.probs, ref.probs, rtol=0, atol=1e-5)
+    later = net.strides[-8:]
+    assert all(s[1] == 1 for s in later)  # every forward of the second call: channels-last, split rows
+
+
+def test_tta_pickled_before_the_layout_existed_still_loads():
+    wrapper = netuq.TTA(_unet(), tta.flips(), task="segmentation")
+    state = wrapper.__getstate__()
+    state.pop("_layout")
+    old = netuq.TTA.__new__(netuq.TTA)
+    old.__setstate__(pickle.loads(pickle.dumps(state)))
+    x = torch.randn(1, 3, 8, 8)
+    torch.testing.assert_close(old(x).probs, wrapper(x).probs, rtol=0, atol=1e-5)
+
+
+def test_tta_rejects_a_bad_channels_last():
+    with pytest.raises(TypeError, match="`channels_last`"):
+        netuq.TTA(_unet(), tta.flips(), task="segmentation", channels_last=1)
+
+
+def test_classification_networks_agree_across_layouts():
+    """SmallCNN (grid pooling, flatten): the check passes and the results agree."""
+    torch.manual_seed(0)
+    net = SmallCNN(1, 10, width=4, grid=4).eval()
+    x = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        layout = InputLayout(None)
+        out = layout.forward(net, x, "k", net)
+    assert layout.decided == {"k": True}
+    torch.testing.assert_close(out, net(x), rtol=0, atol=1e-5)
