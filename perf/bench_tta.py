@@ -108,7 +108,8 @@ def make(case: str, variant: str, size: int = 64, views: int = 8):
                 return tta(inp)
 
         return run
-    tta = netuq.TTA(model, _transforms(views, netuq.tta), task=task, channels_last=False if variant == "netuq_contig" else None)
+    layout = False if variant == "netuq_contig" else None
+    tta = netuq.TTA(model, _transforms(views, netuq.tta), task=task, channels_last=layout)
     return lambda: tta(x).probs
 
 

@@ -3,10 +3,11 @@
 On CPU, PyTorch's oneDNN convolutions run faster on channels-last inputs (the values of one
 pixel's channels next to each other, strides (H·W·C, 1, W·C, C)) than on contiguous (N, C, H, W)
 ones, and a convolution's output keeps its input's layout, so the whole network runs channels-last
-without touching the model or its weights. Measured here (one thread, the model
-alone): SmallUNet on 4 x 1 x 64 x 64 1.25x faster, SmallCNN on 64 x 1 x 28 x 28 1.3-1.6x
-(``perf/bench_tta.py`` shows it within TTA: the rows with ``channels_last=False``). netuq owns the views it feeds a model, so it may choose their layout; the results are the
-same function up to float rounding (a different summation order in the convolutions).
+without touching the model or its weights. Measured here (one thread, the model alone):
+SmallUNet on 4 x 1 x 64 x 64 1.25x faster, SmallCNN on 64 x 1 x 28 x 28 1.3-1.6x
+(``perf/bench_tta.py`` shows it within TTA: the rows with ``channels_last=False``). netuq owns
+the views it feeds a model, so it may choose their layout; the results are the same function up
+to float rounding (a different summation order in the convolutions).
 
 What can go wrong, and what :class:`InputLayout` does about it:
 
