@@ -197,3 +197,31 @@ def test_classification_networks_agree_across_layouts():
         out = layout.forward(net, x, "k", net)
     assert layout.decided == {"k": True}
     torch.testing.assert_close(out, net(x), rtol=0, atol=1e-5)
+
+
+def test_ensemble_checks_each_member_once_per_shape_and_agrees_with_the_contiguous_loop():
+    torch.manual_seed(0)
+    members = [Counting(SmallCNN(3, 5, width=4)), Counting(SmallCNN(3, 5, width=4)), ViewsActivation()]
+    x = torch.randn(4, 3, 6, 6)
+    ref = netuq.Ensemble(members, channels_last=False)(x)
+    for m in members[:2]:
+        m.strides.clear()
+    ens = netuq.Ensemble(members)
+    for _ in range(3):
+        pred = ens(x)
+        torch.testing.assert_close(pred.probs, ref.probs, rtol=0, atol=1e-5)
+        torch.testing.assert_close(pred.epistemic, ref.epistemic, rtol=0, atol=1e-5)
+    for m in members[:2]:  # first call: as given, then channels-last (the check); later: channels-last
+        assert [s[1] == 1 for s in m.strides] == [False, True, True, True]
+    assert ens._layout.decided == {(k, (4, 3, 6, 6), torch.float32, torch.device("cpu")): k < 2 for k in range(3)}
+    assert all(m.training for m in members[0].modules())  # the members' own modes are restored
+
+
+def test_ensemble_pickled_before_the_layout_existed_still_loads():
+    ens = netuq.Ensemble([SmallCNN(1, 3, width=4) for _ in range(2)])
+    state = dict(ens.__dict__)
+    state.pop("_layout")
+    old = netuq.Ensemble.__new__(netuq.Ensemble)
+    old.__setstate__(pickle.loads(pickle.dumps(state)))
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(old(x).probs, ens(x).probs, rtol=0, atol=1e-5)

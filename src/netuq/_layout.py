@@ -110,6 +110,13 @@ class InputLayout:
         self.setting = check_channels_last(setting)
         self.decided: dict[Any, bool] = {}
 
+    def chosen(self, key: Any, x: torch.Tensor) -> bool | None:
+        """Whether ``x`` goes channels-last under ``key``; None while undecided (:meth:`forward`
+        decides)."""
+        if x.ndim != 4:
+            return False
+        return self.setting if self.setting is not None else self.decided.get(key)
+
     def forward(self, model: Any, x: torch.Tensor, key: Any, run: Callable[[torch.Tensor], Any]) -> Any:
         """``run(x)`` with ``x`` in the layout chosen for ``key`` (choosing it on its first use)."""
         if self.setting is not None or x.ndim != 4:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..._layout import InputLayout, to_channels_last
 from ..._modes import eval_mode
 from ...prediction import Prediction
 from ...training import History
@@ -83,6 +84,11 @@ class Ensemble:
         vectorize: ``"auto"`` (vmap where it is faster and possible, else the loop), ``True``
             (require vmap; raises if the members differ in architecture or vmap fails) or
             ``False`` (always loop).
+        channels_last: the layout of 4-d inputs in the loop (:mod:`netuq._layout`). None
+            (default): on CPU, for members with a 2-d convolution, the first call of each input
+            shape runs each member on both layouts and keeps channels-last for those whose
+            outputs agree (1.3-1.6x faster convolutions here); True: channels-last without the
+            check; False: as given.
 
     Attributes:
         members: the list of member models (``len(ensemble)`` of them).
@@ -116,6 +122,7 @@ class Ensemble:
         *,
         keep_samples: bool = False,
         vectorize: bool | str = "auto",
+        channels_last: bool | None = None,
     ) -> None:
         if isinstance(models, nn.Module) and not isinstance(models, nn.ModuleList):
             raise TypeError("`models` must be an iterable of nn.Module members, got a single nn.Module")
@@ -133,6 +140,7 @@ class Ensemble:
         self._cache_key: tuple | None = None
         self._stacked: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
         self._vmap_failed = False
+        self._layout = InputLayout(channels_last)  # (architecture, input shape, ...) -> channels-last?
         if vectorize is True and not self._same_architecture():
             raise ValueError(
                 "`vectorize=True` needs members of one architecture (same type and parameter/buffer names, "
@@ -144,6 +152,10 @@ class Ensemble:
         self.seeds_: list[int] | None = None
         self.oof_probs_: torch.Tensor | None = None
         self.oof_member_: torch.Tensor | None = None
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("_layout", InputLayout(None))  # pickled before the input layout was chosen
+        self.__dict__.update(state)
 
     # ------------------------------------------------------------------ introspection
     def __len__(self) -> int:
@@ -162,9 +174,10 @@ class Ensemble:
     @property
     def vectorized(self) -> bool:
         """Whether the next call runs the members as one vmap call (False: a loop)."""
-        if self.vectorize is False or self._vmap_failed or not self._same_architecture():
+        if self.vectorize is False or self._vmap_failed:
             return False
-        return self.vectorize is True or prefers_vmap(self._device())
+        # the device rule first: the architecture check walks every member (~1 ms a call)
+        return (self.vectorize is True or prefers_vmap(self._device())) and self._same_architecture()
 
     def _device(self) -> torch.device:
         for p in self.members[0].parameters():
@@ -202,8 +215,17 @@ class Ensemble:
                     return pred
                 vmap_failed = True
             target = None  # members may sit on different devices: gather on the first one's
-            for m in self.members:
-                out = check_logits_output(m(x))
+            inputs: dict[bool, torch.Tensor] = {False: x}  # the input in each layout, converted once
+            for k, m in enumerate(self.members):
+                key = (k, tuple(x.shape), x.dtype, x.device)  # one layout check per member and input shape
+                chosen = self._layout.chosen(key, x)
+                if chosen is None:
+                    out = self._layout.forward(m, x, key, m)
+                else:
+                    if chosen not in inputs:
+                        inputs[chosen] = to_channels_last(x)
+                    out = m(inputs[chosen])
+                out = check_logits_output(out)
                 target = out.device if target is None else target
                 pred.add_logits(out.to(target))
             if vmap_failed:  # the model, not the input, defeats vmap: loop from now on
