@@ -8,8 +8,11 @@ several CUDA-synchronised calls after a warm-up:
 
 * temperature scaling, N = 50,000 × C = 1,000: netuq's Newton solver vs a 50-step LBFGS loop;
 * MC dropout, S = 50: dropout before the classifier (trunk cached) and in every block, vs a loop;
-* TTA d4 on SmallUNet 16 × 1 × 128 × 128: netuq vs ttach (when importable) vs a plain loop;
-* ensemble of 5 SmallCNN, batch 1024: ``Ensemble`` default ("auto") vs a loop over members;
+* TTA d4 on SmallUNet 16 × 1 × 128 × 128: netuq vs ttach (when importable) vs a plain loop, and
+  ``channels_last=True`` vs the default (on CUDA the default keeps the input's layout; these rows
+  say whether it should feed channels-last there too, as it does on the CPU);
+* ensemble of 5 SmallCNN, batch 1024: ``Ensemble`` default ("auto") vs a loop over members, and
+  the loop with ``channels_last=True`` vs the default;
 * streaming ECE + NLL + Brier on 20 × (4, 19, 512, 512): UncertaintyMetrics vs torchmetrics;
 * training throughput of ``netuq.training.fit`` vs a plain PyTorch loop (images/s).
 
@@ -123,7 +126,7 @@ def bench_mc_dropout(dev: torch.device, quick: bool) -> None:
 def bench_tta(dev: torch.device, quick: bool) -> None:
     model = SmallUNet(in_channels=1, num_classes=11).to(dev).eval()
     x = torch.randn(1, 1, 32, 32, device=dev) if quick else torch.randn(16, 1, 128, 128, device=dev)
-    tta = netuq.TTA(model, netuq.tta.d4())
+    tta = netuq.TTA(model, netuq.tta.d4(), task="segmentation")
     ours = cuda_time(lambda: tta(x))
     mem = peak_mib(lambda: tta(x))
     try:
@@ -153,6 +156,9 @@ def bench_tta(dev: torch.device, quick: bool) -> None:
         label = "plain loop"
     theirs = cuda_time(theirs_fn)
     row(f"TTA d4 SmallUNet {tuple(x.shape)}", ours, theirs, label, f", {mem:.0f} MiB vs {peak_mib(theirs_fn):.0f}")
+    # the layout the CPU default picks, forced here: should the CUDA default feed channels-last too?
+    cl = netuq.TTA(model, netuq.tta.d4(), task="segmentation", channels_last=True)
+    row(f"TTA d4 SmallUNet {tuple(x.shape)}, channels_last=True", cuda_time(lambda: cl(x)), ours, "the default")
 
 
 def bench_ensemble(dev: torch.device, quick: bool) -> None:
@@ -165,7 +171,10 @@ def bench_ensemble(dev: torch.device, quick: bool) -> None:
         with torch.no_grad():
             return torch.stack([m(x).softmax(1) for m in members]).mean(0)
 
-    row(f"ensemble of 5 SmallCNN, batch {len(x)} (default)", cuda_time(lambda: ens(x)), cuda_time(loop), "loop")
+    ours = cuda_time(lambda: ens(x))
+    row(f"ensemble of 5 SmallCNN, batch {len(x)} (default)", ours, cuda_time(loop), "loop")
+    cl = netuq.Ensemble(members, vectorize=False, channels_last=True)
+    row(f"ensemble of 5 SmallCNN, batch {len(x)}, loop, channels_last=True", cuda_time(lambda: cl(x)), ours, "the default")
 
 
 def bench_streaming(dev: torch.device, quick: bool) -> None:
