@@ -174,7 +174,8 @@ def bench_ensemble(dev: torch.device, quick: bool) -> None:
     ours = cuda_time(lambda: ens(x))
     row(f"ensemble of 5 SmallCNN, batch {len(x)} (default)", ours, cuda_time(loop), "loop")
     cl = netuq.Ensemble(members, vectorize=False, channels_last=True)
-    row(f"ensemble of 5 SmallCNN, batch {len(x)}, loop, channels_last=True", cuda_time(lambda: cl(x)), ours, "the default")
+    case = f"ensemble of 5 SmallCNN, batch {len(x)}, loop, channels_last=True"
+    row(case, cuda_time(lambda: cl(x)), ours, "the default")
 
 
 def bench_streaming(dev: torch.device, quick: bool) -> None:

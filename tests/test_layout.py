@@ -225,3 +225,36 @@ def test_ensemble_pickled_before_the_layout_existed_still_loads():
     old.__setstate__(pickle.loads(pickle.dumps(state)))
     x = torch.randn(2, 1, 8, 8)
     torch.testing.assert_close(old(x).probs, ens(x).probs, rtol=0, atol=1e-5)
+
+
+def test_fit_channels_last_none_checks_once_without_side_effects_and_trains_the_same():
+    from netuq.training import fit
+
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 1, 12, 12), torch.randint(0, 3, (32,))
+    init = SmallCNN(1, 3, width=4).state_dict()
+    runs = {}
+    for setting in (False, None):
+        net = Counting(SmallCNN(1, 3, width=4))
+        net.model.load_state_dict(init)
+        fit(net, (x, y), val_data=(x, y), epochs=2, batch_size=8, seed=0, channels_last=setting)
+        runs[setting] = net
+    plain, fast = runs[False], runs[None]
+    assert all(s[1] != 1 for s in plain.strides)
+    # the check (eval mode, no grad): one forward in each layout; then every batch channels-last
+    assert [s[1] == 1 for s in fast.strides[:2]] == [False, True] and all(s[1] == 1 for s in fast.strides[2:])
+    assert len(fast.strides) == len(plain.strides) + 2
+    for k, v in plain.state_dict().items():  # dropout is on 2-d features: the same masks, rounding only
+        torch.testing.assert_close(fast.state_dict()[k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_fit_keeps_a_layout_dependent_model_contiguous():
+    from netuq.training import fit
+
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 3, 6, 6), torch.randint(0, 5, (16,))
+    model = ViewsActivation()
+    history = fit(model, (x, y), epochs=1, batch_size=8, seed=0, channels_last=None)
+    assert history.epochs_run == 1 and model.training  # trained, mode restored
+    with pytest.raises(TypeError, match="`channels_last`"):
+        fit(model, (x, y), epochs=1, channels_last="auto")

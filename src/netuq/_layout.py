@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["InputLayout", "check_channels_last", "outputs_agree", "to_channels_last", "worth_trying"]
+__all__ = ["InputLayout", "check_channels_last", "check_in_eval", "outputs_agree", "to_channels_last", "worth_trying"]
 
 
 def check_channels_last(value: Any) -> bool | None:
@@ -56,18 +56,36 @@ def _has_conv2d(model: nn.Module) -> bool:
     return any(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in model.modules())
 
 
-def worth_trying(model: Any, x: torch.Tensor) -> bool:
+def worth_trying(model: Any, x: torch.Tensor, *, in_eval: bool = True) -> bool:
     """Whether the default tries channels-last for ``model`` on ``x``: a 4-d floating-point CPU
-    input, an ``nn.Module`` with a 2-d convolution, every module in eval mode (the check's extra
-    forward must have no side effects)."""
+    input, an ``nn.Module`` with a 2-d convolution, and (``in_eval``) every module in eval mode
+    (the check's extra forward must have no side effects; :func:`check_in_eval` sees to that
+    itself)."""
     return (
-        x.ndim == 4
+        isinstance(x, torch.Tensor)
+        and x.ndim == 4
         and x.device.type == "cpu"
         and x.is_floating_point()
         and isinstance(model, nn.Module)
-        and not any(m.training for m in model.modules())
+        and not (in_eval and any(m.training for m in model.modules()))
         and _has_conv2d(model)
     )
+
+
+def check_in_eval(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``model`` gives the same outputs on ``x`` in both layouts, checked in eval mode
+    without gradients and with the random state restored afterwards (no side effect on a model
+    being trained: no BatchNorm statistics, no draws from the stream). For :func:`netuq.training.fit`:
+    what holds in eval mode holds in training mode, whose layers compute the same way (element-wise
+    dropout masks are drawn in memory order, so they differ from the contiguous run's, with the
+    same distribution)."""
+    from ._modes import eval_mode
+
+    with eval_mode(model), torch.no_grad(), torch.random.fork_rng(devices=[]):
+        try:
+            return outputs_agree(model(x), model(to_channels_last(x)))
+        except Exception:  # noqa: BLE001 - e.g. a .view() of an activation: stay contiguous
+            return False
 
 
 def outputs_agree(ref: Any, other: Any) -> bool:
@@ -79,6 +97,8 @@ def outputs_agree(ref: Any, other: Any) -> bool:
         >>> outputs_agree(torch.ones(3), torch.ones(3) + 1e-6), outputs_agree(torch.ones(3), torch.zeros(3))
         (True, False)
     """
+    if isinstance(ref, (tuple, list)) and type(ref) is type(other) and len(ref) == len(other) and ref:
+        return all(outputs_agree(a, b) for a, b in zip(ref, other))  # e.g. (mu, sigma) heads
     if not (isinstance(ref, torch.Tensor) and isinstance(other, torch.Tensor)):
         return False
     ref, other = ref.detach(), other.detach()
