@@ -1,6 +1,6 @@
 """Calibration fits: speed and exactness of netuq against a plain LBFGS baseline and peers.
 
-Part 1, temperature scaling on N = 25,000 x C = 1,000 float32 logits (overconfident, ~75 %
+Part 1, temperature scaling on N = 10,000 x C = 1,000 float32 logits (overconfident, ~75 %
 accuracy, seeded): fit time, passes over the logits (forward evaluations), fitted T, final NLL
 and its gap to an independent float64 solve (scipy.optimize.minimize_scalar on β = 1/T).
 Compared: netuq.TemperatureScaling; a gpleiss/temperature_scaling-style baseline (torch LBFGS,
@@ -134,7 +134,7 @@ def timed(fn, *args):
 
 
 def part1() -> None:
-    n, c = 25_000, 1_000
+    n, c = 10_000, 1_000
     z, y = make_logits(n, c, seed=0, scale=8.0)
     acc = float((z.argmax(1) == y).float().mean())
     print(f"temperature scaling, N = {n:,}, C = {c:,} float32, accuracy {acc:.3f}")

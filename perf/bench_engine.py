@@ -1,4 +1,4 @@
-"""Peak memory of ``netuq.compare`` on segmentation: 50 vs 200 images of 3 x 128 x 128, 19 classes.
+"""Peak memory of ``netuq.compare`` on segmentation: 30 vs 120 images of 3 x 128 x 128, 19 classes.
 
 Each size runs in its own child process (peak RSS is per process): a tiny seeded conv segmenter,
 a loader that *generates* its batches (so the data set itself is never held), labels with 5%
@@ -11,7 +11,7 @@ once, so the RSS follows live memory (with glibc's adaptive threshold the heap k
 once held, and the "growth" then measures fragmentation: 1.0x-1.3x between runs).
 
 For scale: holding the (N, C, H, W) probabilities of the whole set alone would take N x 19 x 128
-x 128 x 4 bytes (62 MB for 50 images, 249 MB for 200). Target: growth ratio 200/50 about 1.0.
+x 128 x 4 bytes (37 MB for 30 images, 149 MB for 120). Target: growth ratio 120/30 about 1.0.
 
 Environment: ``NETUQ_BENCH_QUICK=1`` uses 64 x 64 images; ``NETUQ_BENCH_THREADS`` sets torch's
 intra-op threads in the children (default 1).
@@ -28,7 +28,7 @@ import time
 QUICK = os.environ.get("NETUQ_BENCH_QUICK", "") not in ("", "0")
 THREADS = int(os.environ.get("NETUQ_BENCH_THREADS", "1"))
 SIZE = 64 if QUICK else 128
-CLASSES, BATCH, SIZES = 19, 10, (50, 200)
+CLASSES, BATCH, SIZES = 19, 10, (30, 120)
 
 CHILD = """
 import json, resource, sys, time, tracemalloc

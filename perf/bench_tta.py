@@ -42,7 +42,7 @@ import time
 
 import torch
 
-ROUNDS = 7
+ROUNDS = 6
 CURVE_ROUNDS = 5  # the cost curves (their slopes, not ratios near 1)
 PROCESSES = 3
 TOLERANCE = 1e-5

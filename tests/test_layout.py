@@ -258,3 +258,24 @@ def test_fit_keeps_a_layout_dependent_model_contiguous():
     assert history.epochs_run == 1 and model.training  # trained, mode restored
     with pytest.raises(TypeError, match="`channels_last`"):
         fit(model, (x, y), epochs=1, channels_last="auto")
+
+
+def test_compare_and_predict_run_a_plain_conv_model_channels_last_with_the_same_results():
+    """A plain nn.Module through the engine (netuq.predict / compare): checked once per batch
+    shape, then fed channels-last; segmentation logits come back contiguous, results unchanged."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    net = Counting(_unet()).eval()
+    x, y = torch.randn(10, 3, 8, 8), torch.randint(0, 4, (10, 8, 8))
+    loader = DataLoader(TensorDataset(x, y), batch_size=4)  # shapes 4, 4, 2: two checks
+    pred, labels = netuq.predict(net, loader)
+    with torch.no_grad():
+        ref = net.model(x).log_softmax(1)
+    torch.testing.assert_close(pred.log_probs, ref, rtol=0, atol=1e-5)
+    assert pred.log_probs.is_contiguous() and torch.equal(labels, y)
+    assert [s[1] == 1 for s in net.strides] == [False, True, True, False, True]
+    # segmentation ensembles: the members' channels-last logits are summed as (N, C, H, W)
+    ens = netuq.Ensemble([_unet(), _unet()])
+    torch.testing.assert_close(ens(x).probs, netuq.Ensemble([_unet(), _unet()], channels_last=False)(x).probs,
+                               rtol=0, atol=1e-5)
+    assert ens(x).probs.is_contiguous()

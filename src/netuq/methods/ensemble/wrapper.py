@@ -226,6 +226,8 @@ class Ensemble:
                         inputs[chosen] = to_channels_last(x)
                     out = m(inputs[chosen])
                 out = check_logits_output(out)
+                if out.ndim == 4 and not out.is_contiguous():
+                    out = out.contiguous()  # channels-last segmentation logits: the sums stay (N, C, H, W)
                 target = out.device if target is None else target
                 pred.add_logits(out.to(target))
             if vmap_failed:  # the model, not the input, defeats vmap: loop from now on
