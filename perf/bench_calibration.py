@@ -7,7 +7,7 @@ Compared: netuq.TemperatureScaling; a gpleiss/temperature_scaling-style baseline
 lr = 0.01, max_iter = 50 on T, start 1.5); netcal's TemperatureScaling and TorchUncertainty's
 TemperatureScaler when importable.
 
-Part 2, vector and matrix scaling on N = 10,000 x C = 100 (+ a held-out set of the same size
+Part 2, vector and matrix scaling on N = 6,000 x C = 100 (+ a held-out set of the same size
 from the same generator): fit time, train NLL, held-out NLL for netuq (unregularised, ODIR
 "auto") and the peers when importable.
 
@@ -169,7 +169,7 @@ def part1() -> None:
 
 
 def part2() -> None:
-    n, c = 10_000, 100
+    n, c = 6_000, 100
     z, y = make_logits(2 * n, c, seed=1, scale=6.0)
     ztr, ytr, zte, yte = z[:n], y[:n], z[n:], y[n:]
     print(

@@ -172,11 +172,16 @@ def test_tta_views_reach_the_model_channels_last_and_split_rows_keep_it(monkeypa
     assert all(s[1] == 1 for s in later)  # every forward of the second call: channels-last, split rows
 
 
-def test_tta_pickled_before_the_layout_existed_still_loads():
-    wrapper = netuq.TTA(_unet(), tta.flips(), task="segmentation")
-    state = wrapper.__getstate__()
+@pytest.mark.parametrize("kind", ["tta", "ensemble"])
+def test_pickled_before_the_layout_existed_still_loads(kind):
+    if kind == "tta":
+        wrapper = netuq.TTA(_unet(), tta.flips(), task="segmentation")
+        state = wrapper.__getstate__()
+    else:
+        wrapper = netuq.Ensemble([_unet() for _ in range(2)])
+        state = dict(wrapper.__dict__)
     state.pop("_layout")
-    old = netuq.TTA.__new__(netuq.TTA)
+    old = type(wrapper).__new__(type(wrapper))
     old.__setstate__(pickle.loads(pickle.dumps(state)))
     x = torch.randn(1, 3, 8, 8)
     torch.testing.assert_close(old(x).probs, wrapper(x).probs, rtol=0, atol=1e-5)
@@ -215,16 +220,6 @@ def test_ensemble_checks_each_member_once_per_shape_and_agrees_with_the_contiguo
         assert [s[1] == 1 for s in m.strides] == [False, True, True, True]
     assert ens._layout.decided == {(k, (4, 3, 6, 6), torch.float32, torch.device("cpu")): k < 2 for k in range(3)}
     assert all(m.training for m in members[0].modules())  # the members' own modes are restored
-
-
-def test_ensemble_pickled_before_the_layout_existed_still_loads():
-    ens = netuq.Ensemble([SmallCNN(1, 3, width=4) for _ in range(2)])
-    state = dict(ens.__dict__)
-    state.pop("_layout")
-    old = netuq.Ensemble.__new__(netuq.Ensemble)
-    old.__setstate__(pickle.loads(pickle.dumps(state)))
-    x = torch.randn(2, 1, 8, 8)
-    torch.testing.assert_close(old(x).probs, ens(x).probs, rtol=0, atol=1e-5)
 
 
 def test_fit_channels_last_none_checks_once_without_side_effects_and_trains_the_same():
