@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import os
+import random
 import statistics
 import sys
 import time
@@ -36,7 +37,7 @@ from netuq.models import SmallCNN
 from netuq.training import fit
 
 THREADS = int(os.environ.get("NETUQ_BENCH_THREADS", "2"))
-N, N_VAL, BATCH, EPOCHS, REPEATS, WIDTH = 512, 256, 64, 2, 5, 8
+N, N_VAL, BATCH, EPOCHS, REPEATS, WIDTH = 512, 256, 64, 2, 7, 8
 LR = 1e-3
 MIN_RATIO = float(os.environ.get("NETUQ_BENCH_MIN_RATIO", "0.9"))
 
@@ -87,8 +88,11 @@ def interleaved(fns: dict, repeats: int = REPEATS) -> dict[str, tuple[float, flo
     cpu: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():
         fn()  # warm-up
+    order, shuffle = list(fns), random.Random(0).shuffle
     for _ in range(repeats):
-        for name, fn in fns.items():
+        shuffle(order)  # a new seeded order each round: no variant always runs first or after another
+        for name in order:
+            fn = fns[name]
             start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             wall[name].append(time.perf_counter() - start)
