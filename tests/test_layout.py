@@ -274,3 +274,39 @@ def test_compare_and_predict_run_a_plain_conv_model_channels_last_with_the_same_
     torch.testing.assert_close(ens(x).probs, netuq.Ensemble([_unet(), _unet()], channels_last=False)(x).probs,
                                rtol=0, atol=1e-5)
     assert ens(x).probs.is_contiguous()
+
+
+@pytest.mark.parametrize("how", ["declared", "sequential"])
+def test_mc_dropout_runs_the_cached_trunk_channels_last_and_the_head_as_before(how):
+    """Only the deterministic trunk changes layout: its output comes back contiguous, so the head's
+    (element-wise) dropout masks at a seed are those of channels_last=False; results agree to
+    rounding, every call after the first runs the trunk channels-last, and the modes stay."""
+    torch.manual_seed(0)
+    net = SmallCNN(1, 4, width=4, dropout=0.5).eval()
+    if how == "declared":
+        kwargs = {"trunk": "features", "head": "head"}
+        model = net
+    else:
+        kwargs = {}
+        model = nn.Sequential(*net.features, *net.head).eval()
+    trunk_input = Counting(nn.Identity())
+    model_in = nn.Sequential(trunk_input, model).eval() if how == "sequential" else model
+    x = torch.randn(6, 1, 12, 12)
+    ref = netuq.MCDropout(model_in, samples=8, seed=3, channels_last=False, **kwargs)(x)
+    mc = netuq.MCDropout(model_in, samples=8, seed=3, **kwargs)
+    for _ in range(2):
+        pred = mc(x)
+        assert mc.caches_trunk
+        torch.testing.assert_close(pred.probs, ref.probs, rtol=0, atol=1e-5)
+        torch.testing.assert_close(pred.epistemic, ref.epistemic, rtol=0, atol=1e-5)
+    assert list(mc._layout.decided.values()) == [True]
+    assert not any(m.training for m in model_in.modules())
+    if how == "sequential":  # the trunk saw: as given (ref), then as given + channels-last (check), channels-last
+        assert [s[1] == 1 for s in trunk_input.strides] == [False, False, True, True]
+
+
+def test_mc_dropout_without_a_trunk_keeps_the_input_as_given():
+    torch.manual_seed(0)
+    net = Counting(SmallCNN(1, 4, width=4, block_dropout=True)).eval()
+    netuq.MCDropout(net, samples=4, seed=0)(torch.randn(2, 1, 8, 8))
+    assert all(s[1] != 1 for s in net.strides)  # dropout in every block: masks would follow the layout

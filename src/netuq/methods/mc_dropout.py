@@ -67,6 +67,7 @@ from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
 from .._checks import check_int as _check_int
+from .._layout import InputLayout, to_channels_last
 from .._random import derive_seed as _derive
 from .._random import forked_rng as _forked_rng
 from .._random import seed_device as _seed_device
@@ -229,6 +230,13 @@ class MCDropout:
         head: the rest, run on the repeated rows; ``head(trunk(x))`` must equal ``model(x)``.
         no_grad: run under ``torch.no_grad()`` (default). False keeps the graph (e.g. for input
             gradients).
+        channels_last: the layout of a 4-d input to the cached **trunk** (:mod:`netuq._layout`):
+            None (default): on CPU, for a trunk of modules with a 2-d convolution, all in eval
+            mode, the first call of each input shape runs the trunk in both layouts and keeps
+            channels-last where they agree; True: always; False: as given. The trunk output is
+            made contiguous again, so the sampled head sees what it saw before (element-wise
+            dropout draws its masks in memory order). The head and an uncached model are always
+            run as given.
 
     Raises:
         ValueError: no dropout module and (at the first call) no functional dropout call; bad
@@ -260,6 +268,7 @@ class MCDropout:
         trunk: nn.Module | Callable | str | None = None,
         head: nn.Module | Callable | str | None = None,
         no_grad: bool = True,
+        channels_last: bool | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
@@ -300,6 +309,7 @@ class MCDropout:
             if t_mods and h_mods:
                 self._trunk, self._head = _Chain(t_mods), _Chain(h_mods)
         self._roots = roots
+        self._layout = InputLayout(channels_last)  # the trunk's input layout, per input shape
         if _builtin_without_dropout(roots):
             raise ValueError(_no_dropout_message(roots))
         _warn_opaque(roots)
@@ -361,7 +371,7 @@ class MCDropout:
         mode.probe = True
         try:
             with mode:
-                feats = self._trunk(x)
+                feats = self._trunk_forward(x)
         finally:
             mode.probe = False
         if mode.calls == calls and (state is None or state.calls == seeded):
@@ -374,6 +384,30 @@ class MCDropout:
             )
         self._trunk, self._head = None, self.model  # the Sequential's child calls dropout itself
         return None
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("_layout", InputLayout(None))  # pickled before the trunk's layout was chosen
+        self.__dict__.update(state)
+
+    def _trunk_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk on ``x``, channels-last where :class:`netuq._layout.InputLayout` chose it; a
+        4-d output comes back contiguous (the head's dropout masks follow the memory order)."""
+        trunk = self._trunk
+        if not isinstance(x, torch.Tensor) or x.ndim != 4:
+            return trunk(x)
+        key = (tuple(x.shape), x.dtype, x.device)
+        chosen = self._layout.chosen(key, x)
+        if chosen is not None:
+            out = trunk(to_channels_last(x) if chosen else x)
+        else:  # the first call of this shape: the check looks at the trunk's modules
+            modules = trunk if isinstance(trunk, nn.Module) else getattr(trunk, "modules", None)
+            if isinstance(modules, list):  # an auto-detected chain, inspected as one module
+                modules = nn.ModuleList(modules)
+                modules.training = False  # the container only: its children keep their own flags
+            out = self._layout.forward(modules, x, key, trunk)
+        if isinstance(out, torch.Tensor) and out.ndim == 4 and not out.is_contiguous():
+            out = out.contiguous()
+        return out
 
     def _sample(self, x: torch.Tensor, state: SeedState | None, mode: FunctionalDropout) -> Prediction:
         n = x.shape[0]
