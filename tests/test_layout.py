@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import pickle
 
 import pytest
@@ -305,8 +306,40 @@ def test_mc_dropout_runs_the_cached_trunk_channels_last_and_the_head_as_before(h
         assert [s[1] == 1 for s in trunk_input.strides] == [False, False, True, True]
 
 
-def test_mc_dropout_without_a_trunk_keeps_the_input_as_given():
+class ElementwiseBlocks(nn.Module):
+    """Element-wise dropout on a 4-d activation: unseeded masks follow the memory order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.drop, self.head = nn.Conv2d(1, 4, 3, padding=1), nn.Dropout(0.5), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.drop(self.conv(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    "model, seed, expected",
+    [("dropout2d", 0, True), ("dropout2d", None, True), ("elementwise", 0, True), ("elementwise", None, False)],
+)
+def test_mc_dropout_samples_a_whole_model_channels_last_only_where_the_samples_are_the_same(model, seed, expected):
+    """The first sampled forward is replayed channels-last on the same random state: kept only if
+    the samples agree (feature dropout, or netuq's seeded masks), else the run as given is returned
+    and the global stream left as that run left it (bit-identical to channels_last=False)."""
     torch.manual_seed(0)
-    net = Counting(SmallCNN(1, 4, width=4, block_dropout=True)).eval()
-    netuq.MCDropout(net, samples=4, seed=0)(torch.randn(2, 1, 8, 8))
-    assert all(s[1] != 1 for s in net.strides)  # dropout in every block: masks would follow the layout
+    net = SmallCNN(1, 4, width=4, block_dropout=True).eval() if model == "dropout2d" else ElementwiseBlocks().eval()
+    x = torch.randn(3, 1, 8, 8)
+    runs = {}
+    for setting in (False, None):
+        counted = Counting(copy.deepcopy(net)).eval()  # its own rows-per-forward plan: its own dry run
+        torch.manual_seed(5)  # the global stream (used when seed is None)
+        wrapper = netuq.MCDropout(counted, samples=6, seed=seed, keep_samples=True, channels_last=setting)
+        runs[setting] = (wrapper(x), torch.rand(1), wrapper)
+    (ref, ref_next, _), (got, got_next, wrapper) = runs[False], runs[None]
+    assert list(wrapper._layout.decided.values()) == [expected]
+    if expected:
+        torch.testing.assert_close(got.samples, ref.samples, rtol=0, atol=1e-5)
+        assert got.probs.is_contiguous() and counted.strides[-1][1] == 1  # the check's forward
+    else:
+        assert torch.equal(got.samples, ref.samples)  # the run as given, on the same stream
+    assert torch.equal(got_next, ref_next)  # the global stream continues as without the check
+    assert not any(m.training for m in net.modules())

@@ -61,13 +61,14 @@ import numbers
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
 from .._checks import check_int as _check_int
-from .._layout import InputLayout, to_channels_last
+from .._layout import InputLayout, outputs_agree, to_channels_last, worth_trying
 from .._random import derive_seed as _derive
 from .._random import forked_rng as _forked_rng
 from .._random import seed_device as _seed_device
@@ -230,13 +231,16 @@ class MCDropout:
         head: the rest, run on the repeated rows; ``head(trunk(x))`` must equal ``model(x)``.
         no_grad: run under ``torch.no_grad()`` (default). False keeps the graph (e.g. for input
             gradients).
-        channels_last: the layout of a 4-d input to the cached **trunk** (:mod:`netuq._layout`):
-            None (default): on CPU, for a trunk of modules with a 2-d convolution, all in eval
-            mode, the first call of each input shape runs the trunk in both layouts and keeps
-            channels-last where they agree; True: always; False: as given. The trunk output is
-            made contiguous again, so the sampled head sees what it saw before (element-wise
-            dropout draws its masks in memory order). The head and an uncached model are always
-            run as given.
+        channels_last: the layout of 4-d inputs (:mod:`netuq._layout`). None (default), on
+            CPU for modules with a 2-d convolution: a cached **trunk** (all in eval mode) runs
+            channels-last where its first call of an input shape gives the same output both
+            ways, and its output is made contiguous again, so the sampled head sees what it saw
+            before; a model sampled **whole** runs channels-last where its first sampled forward
+            of an input shape, replayed on the same random state, gives the same samples (true
+            for feature dropout such as ``Dropout2d`` and for seeded element-wise dropout; not
+            for unseeded element-wise dropout on a 4-d activation, whose masks follow the
+            memory order: it stays as given). True: always, no check (samples then differ
+            from the contiguous run's where masks follow the layout); False: as given.
 
     Raises:
         ValueError: no dropout module and (at the first call) no functional dropout call; bad
@@ -385,6 +389,40 @@ class MCDropout:
         self._trunk, self._head = None, self.model  # the Sequential's child calls dropout itself
         return None
 
+    def _check_layout(
+        self, feats: torch.Tensor, k: int, start: int, state: SeedState | None, key: tuple
+    ) -> tuple[Any, bool]:
+        """The first sampled forward of an input shape, as given and then channels-last on the
+        same random state (the seed's, or the global stream's, replayed): channels-last is kept
+        (and its output returned) only if the samples are the same up to rounding. Element-wise
+        dropout draws its masks in memory order from the global stream, so a model with one on a
+        4-d activation stays as given unless seeded (netuq's seeded masks are laid out
+        contiguously); feature dropout (``Dropout2d``) draws one value per channel either way.
+        Needs CPU, a 2-d convolution, and no module but dropout in training mode (the rerun must
+        have no side effect)."""
+        inp = feats.repeat(k, *(1,) * (feats.ndim - 1)) if k > 1 else feats.clone()
+        ok = worth_trying(self.model, feats, in_eval=False) and not any(
+            m.training for m in self.model.modules() if not isinstance(m, _DropoutNd)
+        )
+        before = torch.get_rng_state() if ok else None
+        out = self._head(inp)
+        if not ok:
+            self._layout.decided[key] = False
+            return out, False
+        after = torch.get_rng_state()
+        torch.set_rng_state(before)
+        if state is not None:
+            state.offset, state.k, state.calls = start, k, 0
+        try:
+            other = self._head(_repeated_channels_last(feats, k))
+            agree = outputs_agree(out, other)
+        except Exception:  # noqa: BLE001 - e.g. a .view() of an activation: stay as given
+            agree = False
+        if not agree:
+            torch.set_rng_state(after)  # the stream as the run as given left it
+        self._layout.decided[key] = agree
+        return (other if agree else out), agree
+
     def __setstate__(self, state: dict) -> None:
         state.setdefault("_layout", InputLayout(None))  # pickled before the trunk's layout was chosen
         self.__dict__.update(state)
@@ -395,7 +433,7 @@ class MCDropout:
         trunk = self._trunk
         if not isinstance(x, torch.Tensor) or x.ndim != 4:
             return trunk(x)
-        key = (tuple(x.shape), x.dtype, x.device)
+        key = ("trunk", tuple(x.shape), x.dtype, x.device)
         chosen = self._layout.chosen(key, x)
         if chosen is not None:
             out = trunk(to_channels_last(x) if chosen else x)
@@ -433,6 +471,9 @@ class MCDropout:
         intercept = mode if (plan is None or plan[1] or not self._confirmed) else nullcontext()
         pred = Prediction(keep_samples=self.keep_samples)
         reps = (1,) * (feats.ndim - 1)
+        # the whole model sampled on a 4-d input: channels-last where the check finds the same samples
+        layout_key = ("model", tuple(feats.shape), feats.dtype, feats.device)
+        chosen = self._layout.chosen(layout_key, feats) if self._trunk is None else False
         for start in range(0, self.samples, per_forward):
             k = min(per_forward, self.samples - start)
             if state is not None:
@@ -441,7 +482,14 @@ class MCDropout:
             # the head gets a fresh tensor: in-place dropout (or any in-place op) must neither touch
             # the caller's input nor the cached trunk output reused by the next chunk
             with intercept:
-                out = self._head(feats.repeat(k, *reps) if k > 1 else feats.clone())
+                if chosen:
+                    out = self._head(_repeated_channels_last(feats, k))
+                elif chosen is None:  # the first forward of this shape decides
+                    out, chosen = self._check_layout(feats, k, start, state, layout_key)
+                else:
+                    out = self._head(feats.repeat(k, *reps) if k > 1 else feats.clone())
+            if isinstance(out, torch.Tensor) and out.ndim == 4 and not out.is_contiguous():
+                out = out.contiguous()  # channels-last logits: the sums stay (N, C, H, W)
             if not self._confirmed:
                 if mode.calls == calls:
                     raise ValueError(_no_dropout_message(self._roots) + " (no functional dropout call was seen)")
@@ -478,6 +526,14 @@ class MCDropout:
             for h in hooks:
                 h.remove()
         return max(mode.largest, feats.numel()), mode.calls != calls
+
+
+def _repeated_channels_last(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``x.repeat(k, 1, 1, 1)`` (k copies of the (N, C, H, W) batch, sample-major) in channels-last
+    layout, in one copy."""
+    out = torch.empty((k * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    out.unflatten(0, (k, x.shape[0])).copy_(x.unsqueeze(0).expand(k, *x.shape))
+    return out
 
 
 # per model (weakly held) and (cached trunk, device, shape, dtype): (largest activation of one sample's
