@@ -17,7 +17,9 @@ What can go wrong, and what :class:`InputLayout` does about it:
   outputs agree (:func:`outputs_agree`); an error in the channels-last forward keeps it
   contiguous.
 * side effects of that extra forward: it runs only when every module is in eval mode (no
-  dropout draws from the random stream, no BatchNorm statistics updated); forward hooks see it.
+  BatchNorm statistics updated) and with the random state restored afterwards (a model that
+  still draws in eval mode, e.g. ``F.dropout(x, training=True)``, leaves the stream as one
+  forward would); forward hooks see it.
 * devices where it does not pay: only CPU is measured; elsewhere the default stays contiguous
   (``channels_last=True`` forces it, with no check).
 """
@@ -111,6 +113,15 @@ def outputs_agree(ref: Any, other: Any) -> bool:
     return bool((ref - other).abs().amax() <= tol)
 
 
+def _copy(out: Any) -> Any:
+    """A copy of every tensor of an output (a tensor, or a tuple / list of them)."""
+    if isinstance(out, torch.Tensor):
+        return out.clone()
+    if isinstance(out, (tuple, list)) and type(out) in (tuple, list):
+        return type(out)(_copy(o) for o in out)
+    return out
+
+
 class InputLayout:
     """Which layout a wrapper feeds its model, decided once per key (e.g. an input shape).
 
@@ -147,11 +158,16 @@ class InputLayout:
         out = run(x)  # the reference
         agree = False
         if worth_trying(model, x):
+            # compared against a copy (a model may return the same memory each time), and with the
+            # random state restored afterwards: the stream advances by one forward, as without the check
+            ref = _copy(out)
             try:
-                other = run(to_channels_last(x))
-                agree = outputs_agree(out, other)
+                with torch.random.fork_rng(devices=[]):
+                    other = run(to_channels_last(x))
+                agree = outputs_agree(ref, other)
             except Exception:  # noqa: BLE001 - e.g. a .view() of an activation: stay contiguous
                 agree = False
+            out = ref
         self.decided[key] = agree
         # the chosen layout's result, so that every call of this key (the first too) runs one layout
         return other if agree else out
