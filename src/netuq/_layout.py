@@ -15,9 +15,12 @@ What can go wrong, and what :class:`InputLayout` does about it:
   on a channels-last one, and a custom op reading ``data_ptr()`` would compute something else.
   The first forward of each input shape runs both layouts and keeps channels-last only where the
   outputs agree (:func:`outputs_agree`); an error in the channels-last forward keeps it
-  contiguous.
+  contiguous. Only the first :data:`CHECKS` shapes are checked so (images of many sizes would
+  otherwise each run twice); later shapes follow their verdict.
 * side effects of that extra forward: it runs only when every module is in eval mode (no
-  dropout draws from the random stream, no BatchNorm statistics updated); forward hooks see it.
+  BatchNorm statistics updated) and with the random state restored afterwards (a model that
+  still draws in eval mode, e.g. ``F.dropout(x, training=True)``, leaves the stream as one
+  forward would); forward hooks see it.
 * devices where it does not pay: only CPU is measured; elsewhere the default stays contiguous
   (``channels_last=True`` forces it, with no check).
 """
@@ -30,7 +33,10 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["InputLayout", "check_channels_last", "check_in_eval", "outputs_agree", "to_channels_last", "worth_trying"]
+__all__ = [
+    "CHECKS", "InputLayout", "check_channels_last", "check_in_eval", "outputs_agree", "to_channels_last",
+    "worth_trying",
+]  # fmt: skip
 
 
 def check_channels_last(value: Any) -> bool | None:
@@ -111,8 +117,26 @@ def outputs_agree(ref: Any, other: Any) -> bool:
     return bool((ref - other).abs().amax() <= tol)
 
 
+def _copy(out: Any) -> Any:
+    """A copy of every tensor of an output (a tensor, or a tuple / list of them)."""
+    if isinstance(out, torch.Tensor):
+        return out.clone()
+    if isinstance(out, (tuple, list)) and type(out) in (tuple, list):
+        return type(out)(_copy(o) for o in out)
+    return out
+
+
+# checks per family of keys (one model, channel count, dtype and device): a key after these follows
+# their verdict without the check's second forward (images of many sizes would each run twice)
+CHECKS = 4
+
+
 class InputLayout:
     """Which layout a wrapper feeds its model, decided once per key (e.g. an input shape).
+
+    The first :data:`CHECKS` keys of a family (``family``, channels, dtype, device) are checked
+    (two forwards each); a later key of that family follows them without a second forward:
+    channels-last if every check agreed (contiguous again if that forward raises), else contiguous.
 
     Args:
         setting: None: channels-last where :func:`worth_trying` and the first forward's check
@@ -129,6 +153,11 @@ class InputLayout:
     def __init__(self, setting: bool | None = None) -> None:
         self.setting = check_channels_last(setting)
         self.decided: dict[Any, bool] = {}
+        self.verdicts: dict[tuple, list[bool]] = {}  # family -> the checks' outcomes
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("verdicts", {})  # pickled before checks were counted per family
+        self.__dict__.update(state)
 
     def chosen(self, key: Any, x: torch.Tensor) -> bool | None:
         """Whether ``x`` goes channels-last under ``key``; None while undecided (:meth:`forward`
@@ -137,22 +166,42 @@ class InputLayout:
             return False
         return self.setting if self.setting is not None else self.decided.get(key)
 
-    def forward(self, model: Any, x: torch.Tensor, key: Any, run: Callable[[torch.Tensor], Any]) -> Any:
-        """``run(x)`` with ``x`` in the layout chosen for ``key`` (choosing it on its first use)."""
+    def forward(
+        self, model: Any, x: torch.Tensor, key: Any, run: Callable[[torch.Tensor], Any], family: Any = None
+    ) -> Any:
+        """``run(x)`` with ``x`` in the layout chosen for ``key`` (choosing it on its first use);
+        ``family``: what else tells the caller's models apart (e.g. an ensemble member's index)."""
         if self.setting is not None or x.ndim != 4:
             return run(to_channels_last(x) if self.setting and x.ndim == 4 else x)
         chosen = self.decided.get(key)
         if chosen is not None:
             return run(to_channels_last(x) if chosen else x)
+        verdicts = self.verdicts.setdefault((family, x.shape[1], x.dtype, x.device), [])
+        if len(verdicts) >= CHECKS:
+            if all(verdicts) and worth_trying(model, x):
+                try:
+                    out = run(to_channels_last(x))
+                except Exception:  # noqa: BLE001 - e.g. a .view() only at this shape: contiguous
+                    pass
+                else:
+                    self.decided[key] = True
+                    return out
+            self.decided[key] = False
+            return run(x)
         out = run(x)  # the reference
         agree = False
         if worth_trying(model, x):
+            # compared against a copy (a model may return the same memory each time), and with the
+            # random state restored afterwards: the stream advances by one forward, as without the check
+            ref = _copy(out)
             try:
-                other = run(to_channels_last(x))
-                agree = outputs_agree(out, other)
+                with torch.random.fork_rng(devices=[]):
+                    other = run(to_channels_last(x))
+                agree = outputs_agree(ref, other)
             except Exception:  # noqa: BLE001 - e.g. a .view() of an activation: stay contiguous
                 agree = False
+            out = ref
+            verdicts.append(agree)
         self.decided[key] = agree
         # the chosen layout's result, so that every call of this key (the first too) runs one layout
         return other if agree else out
-

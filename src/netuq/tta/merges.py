@@ -364,6 +364,7 @@ class ViewAccumulator:
             acc = acc / self.count
         elif self.merge == "tsharpen":
             acc = acc - math.log(self.count)
+        acc = _contiguous(acc, acc.dtype)  # channels-last views: the first term's layout (see _Sum)
         out = Prediction(
             scores={
                 "view_aleatoric": views.aleatoric,

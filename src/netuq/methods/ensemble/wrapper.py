@@ -220,7 +220,7 @@ class Ensemble:
                 key = (k, tuple(x.shape), x.dtype, x.device)  # one layout check per member and input shape
                 chosen = self._layout.chosen(key, x)
                 if chosen is None:
-                    out = self._layout.forward(m, x, key, m)
+                    out = self._layout.forward(m, x, key, m, family=k)
                 else:
                     if chosen not in inputs:
                         inputs[chosen] = to_channels_last(x)
