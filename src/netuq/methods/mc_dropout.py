@@ -69,6 +69,7 @@ from torch.nn.modules.dropout import _DropoutNd
 
 from .._checks import check_int as _check_int
 from .._layout import InputLayout, outputs_agree, to_channels_last, worth_trying
+from .._layout import _copy as _copy_output
 from .._random import derive_seed as _derive
 from .._random import forked_rng as _forked_rng
 from .._random import seed_device as _seed_device
@@ -411,6 +412,7 @@ class MCDropout:
             return out, False
         after = torch.get_rng_state()
         torch.set_rng_state(before)
+        out = _copy_output(out)  # a model may return the same memory each time
         if state is not None:
             state.offset, state.k, state.calls = start, k, 0
         try:
