@@ -3,7 +3,10 @@
 The naive loop is what a user writes by hand: ``model.eval()``, the dropout modules switched to
 train mode (or ``F.dropout(..., training=True)`` in forward), S forward passes, softmax averaged.
 netuq computes more (entropy, aleatoric and epistemic parts) and must still be at least as fast:
-issue 14 asks ≥ 1.0× for every placement (trunk caching gives far more where it applies).
+issue 14 asks ≥ 1.0× for every placement (trunk caching gives far more where it applies). By
+default netuq feeds a cached trunk, or a model sampled whole whose samples stay the same that way
+(``Dropout2d``, seeded masks), channels-last on the CPU (netuq._layout); the naive loop runs the
+input as given, as a user would.
 
 Placements (S = 50): dropout before the classifier (trunk cached), dropout after every block,
 functional ``F.dropout`` in a custom forward, dropout on the input, and a segmentation U-Net with
