@@ -88,10 +88,11 @@ class TTA:
         no_grad: run under ``torch.no_grad()`` (default).
         channels_last: the layout of the views fed to the model (:mod:`netuq._layout`). None
             (default): on CPU, for an ``nn.Module`` with a 2-d convolution and every module in
-            eval mode, the first forward of each input shape runs both layouts and keeps
-            channels-last where the outputs agree (1.25-1.6x faster convolutions here; that
-            forward runs the model once more, so forward hooks see it); True: channels-last
-            without the check; False: contiguous, as given.
+            eval mode, the first forward of each input shape (up to
+            :data:`netuq._layout.CHECKS` shapes; later ones follow their verdict) runs both
+            layouts and keeps channels-last where the outputs agree (1.25-1.6x faster
+            convolutions here; that forward runs the model once more, so forward hooks see it);
+            True: channels-last without the check; False: contiguous, as given.
 
     Example:
         >>> import netuq

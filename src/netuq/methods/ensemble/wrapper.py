@@ -86,9 +86,10 @@ class Ensemble:
             ``False`` (always loop).
         channels_last: the layout of 4-d inputs in the loop (:mod:`netuq._layout`). None
             (default): on CPU, for members with a 2-d convolution, the first call of each input
-            shape runs each member on both layouts and keeps channels-last for those whose
-            outputs agree (1.3-1.6x faster convolutions here); True: channels-last without the
-            check; False: as given.
+            shape (up to :data:`netuq._layout.CHECKS` shapes; later ones follow their verdict)
+            runs each member on both layouts and keeps channels-last for those whose outputs
+            agree (1.3-1.6x faster convolutions here); True: channels-last without the check;
+            False: as given.
 
     Attributes:
         members: the list of member models (``len(ensemble)`` of them).
@@ -140,7 +141,7 @@ class Ensemble:
         self._cache_key: tuple | None = None
         self._stacked: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
         self._vmap_failed = False
-        self._layout = InputLayout(channels_last)  # (architecture, input shape, ...) -> channels-last?
+        self._layout = InputLayout(channels_last)  # (member, input shape, ...) -> channels-last?
         if vectorize is True and not self._same_architecture():
             raise ValueError(
                 "`vectorize=True` needs members of one architecture (same type and parameter/buffer names, "
