@@ -343,3 +343,40 @@ def test_mc_dropout_samples_a_whole_model_channels_last_only_where_the_samples_a
         assert torch.equal(got.samples, ref.samples)  # the run as given, on the same stream
     assert torch.equal(got_next, ref_next)  # the global stream continues as without the check
     assert not any(m.training for m in net.modules())
+
+
+class ChannelNoise(nn.Module):
+    """Random in eval mode, one draw per (row, channel): the draws do not depend on the layout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y + torch.randn(y.shape[0], y.shape[1], 1, 1)
+
+
+def test_compare_layouts_replays_the_random_state_and_leaves_the_stream_as_one_run():
+    from netuq._layout import compare_layouts
+
+    net, x = ChannelNoise().eval(), torch.randn(2, 1, 6, 6)
+    rewound = []
+    with torch.no_grad():
+        torch.manual_seed(1)
+        plain = net(x)
+        want_next = torch.rand(())
+        torch.manual_seed(1)
+        out, agree = compare_layouts(lambda: net(x), lambda: net(to_channels_last(x)), lambda: rewound.append(1))
+        got_next = torch.rand(())
+    assert agree and rewound == [1] and out.stride()[1] == 1  # the same draws, replayed: channels-last kept
+    torch.testing.assert_close(out, plain, rtol=0, atol=1e-5)
+    assert torch.equal(got_next, want_next)  # the stream as after the one run as given
+
+    def fails():
+        raise RuntimeError("view size is not compatible")
+
+    torch.manual_seed(1)
+    out, agree = compare_layouts(lambda: net(x), fails)
+    assert not agree
+    torch.testing.assert_close(out, plain, rtol=0, atol=0)  # the run as given, same draws

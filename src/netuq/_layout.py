@@ -34,8 +34,8 @@ import torch
 from torch import nn
 
 __all__ = [
-    "CHECKS", "InputLayout", "check_channels_last", "check_in_eval", "outputs_agree", "to_channels_last",
-    "worth_trying",
+    "CHECKS", "InputLayout", "check_channels_last", "check_in_eval", "compare_layouts", "outputs_agree",
+    "to_channels_last", "worth_trying",
 ]  # fmt: skip
 
 
@@ -89,9 +89,45 @@ def check_in_eval(model: nn.Module, x: torch.Tensor) -> bool:
 
     with eval_mode(model), torch.no_grad(), torch.random.fork_rng(devices=[]):
         try:
-            return outputs_agree(model(x), model(to_channels_last(x)))
-        except Exception:  # noqa: BLE001 - e.g. a .view() of an activation: stay contiguous
+            return compare_layouts(lambda: model(x), lambda: model(to_channels_last(x)))[1]
+        except Exception:  # noqa: BLE001 - the run as given failed: the training step words the error
             return False
+
+
+def compare_layouts(
+    run_given: Callable[[], Any], run_channels_last: Callable[[], Any], rewind: Callable[[], None] | None = None
+) -> tuple[Any, bool]:
+    """The check itself: ``run_given()``, then ``run_channels_last()`` on the same CPU random state
+    (replayed; ``rewind()`` first resets the caller's own state, e.g. MC dropout's per-sample
+    seeds), compared with :func:`outputs_agree` against a copy of the first output (a model may
+    return the same memory each time). An error in the second run counts as a disagreement (e.g.
+    a ``.view()`` of an activation). The random stream is left where the run as given left it.
+
+    Returns:
+        ``(output, agree)``: the channels-last output where they agree, else the one as given.
+
+    Example:
+        >>> net = nn.Conv2d(1, 2, 3).eval()
+        >>> x = torch.randn(1, 1, 5, 5)
+        >>> out, agree = compare_layouts(lambda: net(x), lambda: net(to_channels_last(x)))
+        >>> agree, out.stride()[1]                       # channels-last: unit channel stride
+        (True, 1)
+    """
+    before = torch.get_rng_state()
+    given = _copy(run_given())
+    after = torch.get_rng_state()
+    other, agree = None, False
+    try:
+        torch.set_rng_state(before)
+        if rewind is not None:
+            rewind()
+        other = run_channels_last()
+        agree = outputs_agree(given, other)
+    except Exception:  # noqa: BLE001 - e.g. a .view() of an activation: stay as given
+        agree = False
+    finally:
+        torch.set_rng_state(after)
+    return (other if agree else given), agree
 
 
 def outputs_agree(ref: Any, other: Any) -> bool:
@@ -188,20 +224,11 @@ class InputLayout:
                     return out
             self.decided[key] = False
             return run(x)
-        out = run(x)  # the reference
-        agree = False
-        if worth_trying(model, x):
-            # compared against a copy (a model may return the same memory each time), and with the
-            # random state restored afterwards: the stream advances by one forward, as without the check
-            ref = _copy(out)
-            try:
-                with torch.random.fork_rng(devices=[]):
-                    other = run(to_channels_last(x))
-                agree = outputs_agree(ref, other)
-            except Exception:  # noqa: BLE001 - e.g. a .view() of an activation: stay contiguous
-                agree = False
-            out = ref
-            verdicts.append(agree)
-        self.decided[key] = agree
+        if not worth_trying(model, x):
+            self.decided[key] = False
+            return run(x)
         # the chosen layout's result, so that every call of this key (the first too) runs one layout
-        return other if agree else out
+        out, agree = compare_layouts(lambda: run(x), lambda: run(to_channels_last(x)))
+        verdicts.append(agree)
+        self.decided[key] = agree
+        return out

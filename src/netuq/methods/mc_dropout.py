@@ -68,8 +68,7 @@ from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
 from .._checks import check_int as _check_int
-from .._layout import InputLayout, outputs_agree, to_channels_last, worth_trying
-from .._layout import _copy as _copy_output
+from .._layout import InputLayout, compare_layouts, to_channels_last, worth_trying
 from .._random import derive_seed as _derive
 from .._random import forked_rng as _forked_rng
 from .._random import seed_device as _seed_device
@@ -405,25 +404,19 @@ class MCDropout:
         ok = worth_trying(self.model, feats, in_eval=False) and not any(
             m.training for m in self.model.modules() if not isinstance(m, _DropoutNd)
         )
-        before = torch.get_rng_state() if ok else None
-        out = self._head(inp)
         if not ok:
             self._layout.decided[key] = False
-            return out, False
-        after = torch.get_rng_state()
-        torch.set_rng_state(before)
-        out = _copy_output(out)  # a model may return the same memory each time
-        if state is not None:
-            state.offset, state.k, state.calls = start, k, 0
-        try:
-            other = self._head(_repeated_channels_last(feats, k))
-            agree = outputs_agree(out, other)
-        except Exception:  # noqa: BLE001 - e.g. a .view() of an activation: stay as given
-            agree = False
-        if not agree:
-            torch.set_rng_state(after)  # the stream as the run as given left it
+            return self._head(inp), False
+
+        def rewind() -> None:  # the seeded masks of this chunk again
+            if state is not None:
+                state.offset, state.k, state.calls = start, k, 0
+
+        out, agree = compare_layouts(
+            lambda: self._head(inp), lambda: self._head(_repeated_channels_last(feats, k)), rewind
+        )
         self._layout.decided[key] = agree
-        return (other if agree else out), agree
+        return out, agree
 
     def __setstate__(self, state: dict) -> None:
         state.setdefault("_layout", InputLayout(None))  # pickled before the trunk's layout was chosen
