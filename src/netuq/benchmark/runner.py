@@ -79,7 +79,8 @@ def prepare_data(config: BenchmarkConfig) -> BenchData:
     bench.in_channels = int(test_x.shape[1])
     bench.info = {"dataset": config.dataset if config.task == "classification" else "digit scenes",
                   "train": len(bench.train[1]), "val": len(bench.val[1]), "test": len(bench.test[1]),
-                  "num_classes": bench.num_classes}
+                  "num_classes": bench.num_classes,
+                  "class_names": [str(n) for n in (ds if config.task == "classification" else sc).class_names]}
     if bench.ood is not None:
         bench.info["ood"] = len(bench.ood[1])
     return bench
@@ -218,11 +219,15 @@ def _run_seed_methods(config: BenchmarkConfig, run: RunDir, say: Callable[[str],
         if bar is not None:
             bar.update(1)
     methods = {m: run.read_part(m) for m in config.methods}
+    from ..report.schema import protocol_record
+
     results = {
         "schema": 1,
         "task": config.task,
         "config": config.to_dict(),
         "data": data.info,
+        "protocol": protocol_record(source="benchmark", held_out=False, repeats=config.cv_repeats,
+                                    calibrators=config.calibrators, shifts=data.shifted),
         "methods": methods,
         "runtime_s": {"methods": {m: p.get("runtime_s", {}) for m, p in methods.items()}},
     }

@@ -39,6 +39,7 @@ from ._scoring import (
     reliability_dict,
     uncertainty_scores,
 )
+from ._views import ClassCounts, kind_curves, per_class
 from .predict import stream
 
 __all__ = ["compare"]
@@ -121,7 +122,8 @@ def _protocol(sample: Reservoir, groups: int, names: Sequence[str], repeats: int
 
     Same splits, fit seeds and scores as :func:`netuq.calibration.cross_validate`; for
     classification (the sample is every example, in order) its numbers are identical.
-    Also returns the reliability bins of repeat 0's cross-fitted temperature scaling.
+    Also returns the reliability bins (with their ECE) of repeat 0's cross-fitted predictions of
+    every calibrator.
     """
     from ..calibration.crossval import split_indices
 
@@ -130,7 +132,8 @@ def _protocol(sample: Reservoir, groups: int, names: Sequence[str], repeats: int
         raise ValueError(f"`test_loader` must hold at least 2 examples (images) for the 2-fold protocol, got {groups}")
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     rows["none"] = []
-    cross_p, cross_y = [], []
+    cross: dict[str, list[torch.Tensor]] = {}
+    cross_y: list[torch.Tensor] = []
     for r, k, held in split_indices(groups, folds=2, repeats=repeats, seed=seed):
         in_held = torch.isin(g, held)
         z_fit, y_fit, z_eval, y_eval = z[~in_held], y[~in_held], z[in_held], y[in_held]
@@ -147,9 +150,10 @@ def _protocol(sample: Reservoir, groups: int, names: Sequence[str], repeats: int
                 raise ValueError(f"the 2-fold protocol: repeat {r}, fold {k}: {err}") from err
             p = torch.softmax(cal(z_eval), 1)
             rows[name].append(held_out_scores(p, y_eval, n_bins))
-            if name == "temperature" and r == 0:
-                cross_p.append(p)
-                cross_y.append(y_eval)
+            if r == 0:
+                cross.setdefault(name, []).append(p)
+        if r == 0:
+            cross_y.append(y_eval)
     summary = {}
     for name, values in rows.items():
         if name == "none" or name in names:
@@ -157,11 +161,16 @@ def _protocol(sample: Reservoir, groups: int, names: Sequence[str], repeats: int
             for key in PROTOCOL_KEYS:
                 v = torch.tensor([row[key] for row in values], dtype=torch.float64)
                 summary[name][key] = {"mean": float(v.mean()), "std": float(v.std(unbiased=False))}
-    rel = None
-    if cross_p:
-        rel = M.reliability_bins(torch.cat(cross_p), torch.cat(cross_y), n_bins=n_bins, validate_args=False).to_dict()
+    rel = {name: _bins_with_ece(torch.cat(ps), torch.cat(cross_y), n_bins) for name, ps in cross.items()}
     order = ["none", *[n for n in CALIBRATOR_NAMES if n in summary and n != "none"]]
     return {n: summary[n] for n in order}, rel
+
+
+def _bins_with_ece(p: torch.Tensor, y: torch.Tensor, n_bins: int) -> dict[str, Any]:
+    """Reliability bins of (p, y) with their ECE (shown in the diagram's title)."""
+    bins = M.reliability_bins(p, y, n_bins=n_bins, validate_args=False).to_dict()
+    bins["ece"] = M.ece(p, y, n_bins=n_bins, validate_args=False)
+    return bins
 
 
 def _labelled(method, loader, predictor, why: str, *, name: str, **kw):
@@ -263,6 +272,7 @@ def _evaluate(name: str, method: Any, test_loader, opts: dict[str, Any]) -> tupl
             cap = None if task == "classification" else opts["max_pixels"]
             um = _streaming(c, n_bins, ignore, full=True, validate=True)
             um_members = [_streaming(c, n_bins, ignore) for _ in members]
+            class_counts = ClassCounts(c)
             if fitted is not None:
                 um_cal = {k: _streaming(c, n_bins, ignore, full=True) for k in fitted.by_name}
                 um_cal.setdefault("temperature", _streaming(c, n_bins, ignore))
@@ -281,6 +291,7 @@ def _evaluate(name: str, method: Any, test_loader, opts: dict[str, Any]) -> tupl
             m.update(member_pred.probs, y)
         valid = torch.ones_like(y, dtype=torch.bool) if ignore is None else y != ignore
         wrong = (pred.prediction != y) & valid
+        class_counts.update(pred.prediction, y, valid)
         n_valid += int(valid.sum())
         errors += int(wrong.sum())
         scores = uncertainty_scores(pred, epistemic)
@@ -312,24 +323,25 @@ def _evaluate(name: str, method: Any, test_loader, opts: dict[str, Any]) -> tupl
     if task == "classification":  # every row is in memory: the exact functional metrics
         values = M.evaluate(z.exp(), yy, n_bins=n_bins, validate_args=False)
     part["metrics"] = {k: values[k] for k in METRIC_KEYS if k in values}
+    part["per_class"] = per_class(class_counts, um)
     if members:
         part["members"] = [{k: metric_values(m)[k] for k in ("accuracy", "nll", "brier", "ece")} for m in um_members]
     samples = opts["calibration_samples"]
     if fitted is None:
-        part["in_distribution"], rel_ts = _protocol(sample, images, cals, opts["repeats"], seed, n_bins, samples)
+        part["in_distribution"], rel = _protocol(sample, images, cals, opts["repeats"], seed, n_bins, samples)
         fitted = _fit_on(z, yy, ("temperature",), samples, seed)
-        if rel_ts is None:
-            p = torch.softmax(fitted.reference(z).double(), 1)
-            rel_ts = M.reliability_bins(p, yy, n_bins=n_bins, validate_args=False).to_dict()
     else:
         part["in_distribution"] = {"none": {k: {"mean": values[k], "std": None} for k in PROTOCOL_KEYS}}
+        rel = {}
         for k in cals:
             if k != "none":
                 v = metric_values(um_cal[k])
                 part["in_distribution"][k] = {m: {"mean": v[m], "std": None} for m in PROTOCOL_KEYS}
-        rel_ts = reliability_dict(um_cal["temperature"])
+                rel[k] = {**reliability_dict(um_cal[k]), "ece": v["ece"]}
     part["temperature"] = float(fitted.reference.temperature_)
-    part["reliability"] = {"uncalibrated": reliability_dict(um), "temperature": rel_ts}
+    # One diagram per calibrator that ran, each with its ECE (held out: the calibration loader's fit
+    # on the test set; protocol: repeat 0's cross-fitted halves).
+    part["reliability"] = {"uncalibrated": {**reliability_dict(um), "ece": values["ece"]}, **rel}
     cov, risk = M.risk_coverage_curve(torch.softmax(z.double(), 1), yy, validate_args=False)
     c_, r_ = downsample(cov, risk)
     part["risk_coverage"] = {"coverage": c_, "risk": r_}
@@ -372,6 +384,7 @@ def _evaluate(name: str, method: Any, test_loader, opts: dict[str, Any]) -> tupl
             fpr, tpr = M.roc_curve(u_out, u_in)
             f, t = downsample(fpr, tpr)
             part["roc"][k] = {"fpr": f, "tpr": t}
+        part["ood_kinds_hist"], part["ood_kinds_roc"] = kind_curves(in_ood, out_by_kind)
     part["counts"] = {"test": n_valid, "errors": errors}
     if examples:
         part["segmentation_examples"] = {k: torch.cat(v) for k, v in examples.items()}
@@ -411,6 +424,7 @@ def compare(
     calibration_samples: int | None = None,
     examples: int = 4,
     distributed: bool | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Score every method on the same data; the results ``netuq.report.render_report`` draws.
 
@@ -448,6 +462,7 @@ def compare(
             an ``EvalSampler`` or a ``DistributedSampler``; True: for every loader). With an
             :class:`netuq.distributed.EvalSampler` in every rank's loaders, every rank returns the
             one-process results (see :mod:`netuq.distributed` for the methods this is exact for).
+        class_names: one display name per class (C), recorded for the report's per-class view.
 
     Returns:
         Plain data (schema 1 of :mod:`netuq.report.schema`): ``task``, ``config``, ``data``,
@@ -467,6 +482,7 @@ def compare(
     """
     from ..benchmark.results import to_plain
     from ..report import validate_results
+    from ..report.schema import protocol_record
 
     if not isinstance(methods, Mapping) or not methods:
         raise TypeError(f"`methods` must be a non-empty dict name -> method, got {type(methods).__name__}"
@@ -491,6 +507,8 @@ def compare(
         "examples": int(examples), "distributed": distributed,
     }
     is_distributed(distributed)  # checks the argument before any pass
+    if class_names is not None and (isinstance(class_names, str) or not isinstance(class_names, Sequence)):
+        raise TypeError(f"`class_names` must be a sequence of names, got {type(class_names).__name__}")
     start = time.perf_counter()
     parts, info = {}, {}
     for name, method in methods.items():
@@ -503,8 +521,17 @@ def compare(
         | {"calibration": "2-fold protocol on the test set" if calibration is None else "calibration loader",
            "methods": list(parts)},
         "data": {k: v for k, v in info.items() if k != "task" and v is not None},
+        # How the numbers were made, for the report's sentences (netuq.report.schema: "protocol").
+        "protocol": protocol_record(source="compare", held_out=calibration is not None, repeats=opts["repeats"],
+                                    calibrators=opts["calibrators"],
+                                    shifts={k: list(v) for k, v in (shifts or {}).items()}),
         "methods": parts,
         "runtime_s": {"total_this_run": time.perf_counter() - start,
                       "methods": {k: p["runtime_s"] for k, p in parts.items()}},
     }
+    if class_names is not None:
+        if len(class_names) != info["num_classes"]:
+            raise ValueError(f"`class_names` must have one name per class ({info['num_classes']}), "
+                             f"got {len(class_names)}")
+        results["data"]["class_names"] = [str(n) for n in class_names]
     return validate_results(to_plain(results))
