@@ -23,7 +23,7 @@ from ._text import seed_results
 
 __all__ = [
     "Finding", "CLAIMS", "verdict", "findings", "ts_lowers_ece", "ensemble_best_nll",
-    "calibration_degrades_under_shift", "ensemble_degrades_least", "mi_detects_ood",
+    "calibration_degrades_under_shift", "ensemble_degrades_least", "mi_detects_ood", "members",
 ]
 
 HOLDS, FAILS, INCONCLUSIVE, NOT_MEASURED = "holds", "does not hold", "inconclusive", "not measured"
@@ -65,8 +65,19 @@ def ts_lowers_ece(methods: Mapping) -> bool | None:
     return all(pairs) if pairs else None
 
 
+def members(m: Mapping) -> int:
+    """How many members a method's results record (``traits.members``, or the per-member metrics
+    ``compare`` writes for an ensemble); 0 when none are recorded. Never read from the name."""
+    traits = m.get("traits") or {}
+    n = traits.get("members") if isinstance(traits, Mapping) else None
+    if isinstance(n, int) and not isinstance(n, bool):
+        return n
+    return len(m.get("members") or [])
+
+
 def _ensembles(methods: Mapping) -> list[str]:
-    return [n for n in methods if n == "ensemble" or n.startswith("ensemble")]
+    """The methods recorded as ensembles (two or more members), whatever they are called."""
+    return [n for n, m in methods.items() if members(m) >= 2]
 
 
 def _best_nll(m: Mapping) -> float | None:

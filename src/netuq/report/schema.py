@@ -41,6 +41,9 @@ Top level::
 
     {
       "label": str,                              # optional display name (default: from the key)
+      "traits": {"members"?: int,                # optional: what the method is (the findings read
+                 "epistemic"?: bool},            #   these, never the method's name)
+      "members": [{METRIC: float|null}],         # optional: an ensemble's members alone (compare)
       "metrics": {NAME: float|null},             # uncalibrated, whole test set: netuq.metrics.evaluate()
                                                  #   accuracy, nll, brier, ece, mce, adaptive_ece,
                                                  #   classwise_ece, aurc
@@ -359,6 +362,8 @@ def _validate_methods(methods: Mapping, where: str) -> None:
                     _numbers(stat["values"], p + "['values']")
         if "temperature" in m:
             _number(m["temperature"], f"{base}['temperature']")
+        if "traits" in m:
+            _mapping(m["traits"], f"{base}['traits']")
         if "counts" in m:
             for key, v in _mapping(m["counts"], f"{base}['counts']").items():
                 _count(v, f"{base}['counts'][{key!r}]")
@@ -546,6 +551,8 @@ def _example(task: str, methods: tuple, seed: int) -> dict:
             "ood_hist": hist,
             "roc": roc,
             "runtime_s": {"train": 1.5 + j, "evaluate": 0.3 + 0.2 * j},
+            "traits": {"members": 5 if name == "ensemble" else 1,
+                       "epistemic": name in ("mc_dropout", "ensemble", "tta")},
         }
         if task == "segmentation":
             k, h = 2, 16
@@ -567,7 +574,11 @@ def _example(task: str, methods: tuple, seed: int) -> dict:
         "schema": SCHEMA_VERSION,
         "task": task,
         "config": {"task": task, "methods": list(methods), "seed": seed, "epochs": 3, "n_bins": 15},
-        "data": {"train": 988, "val": 270, "test": n, "num_classes": c},
+        "data": {"dataset": "synthetic", "train": 988, "val": 270, "test": n, "num_classes": c},
+        "protocol": protocol_record(source="benchmark", held_out=False, repeats=5,
+                                    calibrators=("none", "temperature"),
+                                    shifts={k: (1, 2, 3, 4, 5) for k in ("rotation", "gaussian_noise", "blur",
+                                                                         "pixel_dropout")}),
         "runtime_s": {
             "total_this_run": float(sum(2.0 + 1.2 * j for j in range(len(methods)))),
             "methods": {m: out[m]["runtime_s"] for m in methods},

@@ -11,6 +11,11 @@ when
 
 Otherwise the line says ``"tied: A; B; C"``: the best method, every method within one of the
 spreads, and (when 2 fails) every method that is best in at least one seed.
+
+The same rule then picks the calibration of each method named: a calibrator is named only when
+it wins over that method's other calibrations beyond the spread; otherwise the line says
+``"deep ensemble (matrix and temperature scaling tied)"``. Without any spread (one fit on a
+calibration set, one seed) the line says that its differences are not tested.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 
 from ._text import QUICK_NOTE, cal_label, fmt, fmt_stat, is_quick, method_label, metric_label, n_seeds, score_label
 from .schema import HIGHER_IS_BETTER, validate_results
-from .tables import ALEATORIC_SCORES, main_table, score_rows, shift_stats
+from .tables import ALEATORIC_SCORES, calibrations, main_table, score_rows, shift_stats
 
 __all__ = ["Entry", "rank", "summary_lines", "error_counts"]
 
@@ -103,18 +108,42 @@ def _count_wins(entries: list[Entry], higher: bool) -> dict[str, int]:
     return wins
 
 
-def _ranked_line(phrase: str, entries: list[Entry], metric: str, show, n: int) -> str | None:
+def _ranked_line(phrase: str, entries: list[Entry], metric: str, show, n: int, who=None) -> str | None:
     higher = metric in HIGHER_IS_BETTER
     ranked, reason = rank(entries, higher)
     if not ranked:
         return None
+    who = who or (lambda e: e.who)
     if len(ranked) == 1:
         e = ranked[0]
         wins = ""
         if n >= 2 and e.values:
             wins = f", best in {_count_wins(entries, higher)[e.method]} of {n} seeds"
-        return f"{phrase}: {e.who} ({show(e)}{wins})."
-    return f"{phrase}: tied: " + "; ".join(f"{e.who} ({show(e)})" for e in ranked) + f" ({reason})."
+        return f"{phrase}: {who(e)} ({show(e)}{wins})."
+    return f"{phrase}: tied: " + "; ".join(f"{who(e)} ({show(e)})" for e in ranked) + f" ({reason})."
+
+
+def _cal_names(cals: list[str]) -> str:
+    """``"matrix and temperature scaling"``, ``"uncalibrated and temperature scaling"``."""
+    from .sentences import words
+
+    labels = [cal_label(c) for c in cals]
+    if len(labels) > 1 and all(lab.endswith(" scaling") for lab in labels):
+        return words([lab[: -len(" scaling")] for lab in labels]) + " scaling"
+    return words(labels)
+
+
+def _calibrated_who(results: Mapping, rows: list[dict], metric: str, entry: Entry) -> str:
+    """The method with its calibration when that calibration wins beyond the spread, else the tied ones."""
+    own = [Entry(r["calibration"], r["calibration"], float(r[metric]["mean"]), r[metric].get("std"),
+                 tuple(r[metric]["values"]) if r[metric].get("values") else None)
+           for r in rows if r["method"] == entry.method and (r.get(metric) or {}).get("mean") is not None]
+    ranked, _ = rank(own, metric in HIGHER_IS_BETTER)
+    if len(ranked) <= 1:
+        return entry.who
+    order = calibrations(results)
+    tied = sorted((e.method for e in ranked), key=lambda c: order.index(c) if c in order else len(order))
+    return f"{method_label(results, entry.method)} ({_cal_names(tied)} tied)"
 
 
 def error_counts(results: Mapping) -> str | None:
@@ -167,10 +196,14 @@ def _summary_lines(results: Mapping) -> list[str]:
         lines.append(f"{n} seeds ({', '.join(results['seeds'])}): numbers are mean ± sd over the seeds; a method is "
                      "named best only when its lead exceeds both spreads and it is the best in a majority of seeds.")
     rows = main_table(results)
+    if n == 1 and rows and all((r.get(k) or {}).get("std") is None for r in rows for k in ("nll", "ece")):
+        lines.append("No spread was recorded (one calibration fit, one seed): the best numbers below are named, "
+                     "but their differences are not tested.")
     for metric, phrase in (("nll", "Lowest NLL"), ("ece", "Lowest ECE"), ("accuracy", "Highest accuracy")):
         entries = _best_per_method(rows, metric, metric in HIGHER_IS_BETTER,
                                    lambda r: _who(results, r["method"], r["calibration"]))
-        line = _ranked_line(phrase, entries, metric, lambda e: fmt_stat(e.mean, e.std), n)
+        line = _ranked_line(phrase, entries, metric, lambda e: fmt_stat(e.mean, e.std), n,
+                            who=lambda e, metric=metric: _calibrated_who(results, rows, metric, e))
         if line:
             lines.append(line)
     errors = error_counts(results)
