@@ -20,8 +20,8 @@ from ._text import fmt, method_label, n_seeds
 
 __all__ = [
     "title", "protocol", "unit", "data_sentence", "run_meta", "spread_words", "calibration_sentence",
-    "calibration_howto", "temperature_sentence", "shift_kinds", "shift_sentence", "ood_kinds", "ood_sentence",
-    "words", "severities_text",
+    "calibration_howto", "temperature_sentence", "shift_kinds", "shift_scope", "shift_sentence", "ood_kinds",
+    "ood_sentence", "words", "severities_text",
 ]
 
 
@@ -285,6 +285,26 @@ def shift_kinds(results: Mapping) -> dict[str, list[int]]:
         for kind, rows in (m.get("shift") or {}).items():
             out.setdefault(kind, set()).update(int(r["severity"]) for r in rows if r.get("severity", 0) >= 1)
     return {k: sorted(v) for k, v in out.items() if v}
+
+
+def shift_scope(results: Mapping) -> str:
+    """``"4 shifts at severities 2 and 4"`` or ``"blur at severity 1; rotation at severities 1–3"``
+    (the shift rows).
+
+    Example:
+        >>> rows = [{"severity": 2}, {"severity": 4}]
+        >>> shift_scope({"methods": {"a": {"shift": {"blur": rows, "rotation": rows}}}})
+        '2 shifts (blur and rotation) at severities 2 and 4'
+    """
+    kinds = shift_kinds(results)
+    if not kinds:
+        return "no shift"
+    sevs = {tuple(v) for v in kinds.values()}
+    if len(sevs) == 1:
+        names = words([k.replace("_", " ") for k in kinds])
+        what = f"{len(kinds)} shifts ({names})" if len(kinds) > 1 else names
+        return f"{what} at {severities_text(next(iter(sevs)))}"
+    return "; ".join(f"{k.replace('_', ' ')} at {severities_text(v)}" for k, v in kinds.items())
 
 
 def shift_sentence(results: Mapping) -> str | None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from ._text import QUICK_NOTE, cal_label, fmt, fmt_stat, is_quick, method_label, metric_label, n_seeds, score_label
 from .schema import HIGHER_IS_BETTER, validate_results
+from .sentences import shift_scope
 from .tables import ALEATORIC_SCORES, calibrations, main_table, score_rows, shift_stats
 
 __all__ = ["Entry", "rank", "summary_lines", "error_counts"]
@@ -257,10 +258,12 @@ def _summary_lines(results: Mapping) -> list[str]:
     def show_shift(e: Entry) -> str:
         v = shift[e.method]
         keys = [key] + [k for k in ("ece", "accuracy") if k != key and k in v]
-        return ", ".join(f"{metric_label(k)} {fmt_stat(v[k]['mean'], v[k]['std'])}" for k in keys) + \
-            ", averaged over all shifts and severities"
+        return ", ".join(f"{metric_label(k)} {fmt_stat(v[k]['mean'], v[k]['std'])}" for k in keys)
 
-    line = _ranked_line(f"Best under distribution shift (lowest {metric_label(key)})", entries, key, show_shift, n)
+    over = shift_scope(results)
+
+    line = _ranked_line(f"Best under distribution shift (lowest {metric_label(key)}, averaged over {over})", entries,
+                        key, show_shift, n)
     if line:
         lines.append(line)
     mis = score_rows(results, "misclassification")
