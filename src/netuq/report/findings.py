@@ -76,8 +76,10 @@ def members(m: Mapping) -> int:
 
 
 def _ensembles(methods: Mapping) -> list[str]:
-    """The methods recorded as ensembles (two or more members), whatever they are called."""
-    return [n for n, m in methods.items() if members(m) >= 2]
+    """The methods recorded as ensembles (``traits.family == "ensemble"`` or two or more members),
+    whatever they are called."""
+    return [n for n, m in methods.items()
+            if (m.get("traits") or {}).get("family") == "ensemble" or members(m) >= 2]
 
 
 def _best_nll(m: Mapping) -> float | None:

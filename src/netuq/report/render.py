@@ -38,7 +38,7 @@ def to_markdown(results: Mapping, figures: Collection[str] | None = None, *, tit
     Example:
         >>> from netuq.report.schema import example_results
         >>> print(to_markdown(example_results(methods=("ensemble",))).splitlines()[0])
-        # Uncertainty of deep ensemble (classification)
+        # netuq benchmark: synthetic (classification)
     """
     return render_markdown(build_report(validate_results(results), title=title, class_names=class_names), figures)
 

@@ -41,8 +41,9 @@ Top level::
 
     {
       "label": str,                              # optional display name (default: from the key)
-      "traits": {"members"?: int,                # optional: what the method is (the findings read
-                 "epistemic"?: bool},            #   these, never the method's name)
+      "traits": {"family"?: str,                 # optional: what the method is (the findings read
+                 "members"?: int|null,           #   these, never the method's name)
+                 "epistemic"?: bool},
       "members": [{METRIC: float|null}],         # optional: an ensemble's members alone (compare)
       "metrics": {NAME: float|null},             # uncalibrated, whole test set: netuq.metrics.evaluate()
                                                  #   accuracy, nll, brier, ece, mce, adaptive_ece,
@@ -551,7 +552,7 @@ def _example(task: str, methods: tuple, seed: int) -> dict:
             "ood_hist": hist,
             "roc": roc,
             "runtime_s": {"train": 1.5 + j, "evaluate": 0.3 + 0.2 * j},
-            "traits": {"members": 5 if name == "ensemble" else 1,
+            "traits": {"family": name, "members": 5 if name == "ensemble" else None,
                        "epistemic": name in ("mc_dropout", "ensemble", "tta")},
         }
         if task == "segmentation":
