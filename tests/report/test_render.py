@@ -232,7 +232,8 @@ def test_render_report_files_and_embedded_figures(rendered, results):
     on_disk = {(out / "figures" / p).read_bytes() for p in pngs}
     assert {base64.b64decode(i) for i in images} == on_disk  # the same PNGs, embedded
     assert all(base64.b64decode(i).startswith(b"\x89PNG\r\n\x1a\n") for i in images)
-    for text in ('<table class="sortable"', "Summary", "How to read this report", "NLL ↓", "ECE ↓", "AUROC ↑", "FPR at 95% TPR ↓",
+    for text in ('<table class="sortable"', "Summary", "How to read this report", "NLL ↓", "ECE ↓", "AUROC ↑",
+                 "FPR at 95% TPR ↓",
                  "deep ensemble", "temperature scaling", "Configuration", "train (s)"):
         assert text in html
     assert "http://" not in html and "https://" not in html  # self-contained
