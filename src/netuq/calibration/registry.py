@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["CALIBRATORS", "NONE", "names", "label", "changes_prediction", "make", "describe"]
+__all__ = ["CALIBRATORS", "NONE", "unregister", "names", "label", "changes_prediction", "make", "describe"]
 
 #: name → calibrator class, filled by the classes themselves (``Calibrator.__init_subclass__``).
 CALIBRATORS: dict[str, type] = {}
@@ -35,6 +35,13 @@ _NONE_NAMES = (NONE, "uncalibrated")
 def _ordered() -> list[type]:
     classes = list(CALIBRATORS.values())
     return sorted(classes, key=lambda c: (getattr(c, "order", 100), classes.index(c)))
+
+
+def unregister(name: str) -> type:
+    """Remove a calibrator class by name (returns it): for tests and scripts that define temporary ones."""
+    if name not in CALIBRATORS:
+        raise ValueError(f"`name` must be a registered calibrator, one of {list(CALIBRATORS)}, got {name!r}")
+    return CALIBRATORS.pop(name)
 
 
 def names(*, none: bool = True) -> tuple[str, ...]:
