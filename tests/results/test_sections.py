@@ -37,8 +37,8 @@ def topk():
         "topk_sets", "Top-k sets", start=lambda ctx: _Coverage(ctx.options.get("k", 2)), validate=_validate,
         aggregate=lambda values: {"k": values[0]["k"], "coverage": sum(v["coverage"] for v in values) / len(values),
                                   "accuracy_seen": values[0]["accuracy_seen"]},
-        render=lambda results: [Paragraph(f"{name}: top-{m['topk_sets']['k']} coverage {m['topk_sets']['coverage']:.3f}")
-                                for name, m in results["methods"].items() if "topk_sets" in m]))
+        render=lambda results: [Paragraph(f"{n}: top-{m['topk_sets']['k']} coverage {m['topk_sets']['coverage']:.3f}")
+                                for n, m in results["methods"].items() if "topk_sets" in m]))
     yield sec
     sections.unregister("topk_sets")
 
