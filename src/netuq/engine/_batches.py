@@ -8,12 +8,12 @@ returns a :class:`~netuq.Prediction`, or a plain ``nn.Module`` (its logits as on
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from .._batch import Batch
 from .._layout import InputLayout
 from .._modes import eval_mode
 from ..prediction import Prediction
@@ -24,14 +24,6 @@ __all__ = ["Batch", "DEFAULT_KEYS", "as_predictor", "iter_batches", "method_devi
 DEFAULT_KEYS = ("image", "label", "anomaly")
 
 
-@dataclass
-class Batch:
-    """One batch, split: ``x`` (N, ...) input, ``y`` labels or None, ``anomaly`` (N, ...) bool mask or None."""
-
-    index: int
-    x: torch.Tensor
-    y: torch.Tensor | None
-    anomaly: torch.Tensor | None
 
 
 def _check_keys(keys: Any) -> tuple[str, ...]:

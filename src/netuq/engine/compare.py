@@ -30,6 +30,8 @@ from .._checks import check_positive_int
 from ..calibration import registry
 from ..distributed import is_distributed
 from ..results import sections as result_sections
+from ..results.plain import to_plain
+from ..results.schema import validate_results
 from ..traits import traits_of
 from ._batches import DEFAULT_KEYS, as_predictor, method_device
 from ._sample import Reservoir
@@ -513,7 +515,7 @@ def compare(
             keys or a dict key -> options (default: every registered section marked ``default``).
 
     Returns:
-        Plain data (schema 1 of :mod:`netuq.report.schema`): ``task``, ``config``, ``data``,
+        Plain data (schema 1 of :mod:`netuq.results.schema`): ``task``, ``config``, ``data``,
         ``runtime_s`` and ``methods`` {name: MethodResults}.
 
     Example:
@@ -526,11 +528,8 @@ def compare(
         >>> res = netuq.compare({"plain": net}, test, repeats=1)
         >>> sorted(res["methods"]["plain"]["in_distribution"])
         ['none', 'temperature']
-        >>> _ = netuq.report.validate_results(res)
+        >>> _ = netuq.results.validate_results(res)
     """
-    from ..benchmark.results import to_plain
-    from ..report import validate_results
-
     if not isinstance(methods, Mapping) or not methods:
         raise TypeError(f"`methods` must be a non-empty dict name -> method, got {type(methods).__name__}"
                         if not isinstance(methods, Mapping) else "`methods` must be a non-empty dict, got {}")
