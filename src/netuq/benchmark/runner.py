@@ -22,6 +22,7 @@ import torch
 
 from .._checks import check_positive_int
 from ..engine import compare
+from ..results.schema import protocol_record
 from . import recipes
 from .config import BenchmarkConfig
 from .results import RunDir, atomic_write_json
@@ -219,8 +220,6 @@ def _run_seed_methods(config: BenchmarkConfig, run: RunDir, say: Callable[[str],
         if bar is not None:
             bar.update(1)
     methods = {m: run.read_part(m) for m in config.methods}
-    from ..report.schema import protocol_record
-
     results = {
         "schema": 1,
         "task": config.task,

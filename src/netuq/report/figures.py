@@ -14,10 +14,10 @@ import re
 from collections.abc import Mapping
 
 from . import plots
-from ._text import cal_label, fmt, method_label, metric_label, n_seeds, score_label
+from ._text import cal_label, fmt, is_aleatoric, method_label, metric_label, n_seeds, score_label
 from .model import Figure
 from .sentences import ood_kinds
-from .tables import ALEATORIC_SCORES, per_class_rows
+from .tables import per_class_rows
 
 __all__ = ["figure_blocks", "png", "slug"]
 
@@ -28,9 +28,10 @@ def slug(name: str) -> str:
     return s
 
 
-def _best_score(m: Mapping) -> str | None:
+def _best_score(m: Mapping, results: Mapping | None = None) -> str | None:
     ood = m.get("ood") or {}
-    scored = [(s, v.get("auroc")) for s, v in ood.items() if v.get("auroc") is not None and s not in ALEATORIC_SCORES]
+    scored = [(s, v.get("auroc")) for s, v in ood.items()
+              if v.get("auroc") is not None and not is_aleatoric(s, results)]
     if scored:
         return max(scored, key=lambda t: t[1])[0]
     return next(iter(m.get("roc") or m.get("ood_hist") or {}), None)
@@ -86,7 +87,7 @@ def figure_blocks(results: Mapping, *, class_names=None) -> dict[str, list[Figur
             ece = bins.get("ece")
             if ece is None and cal in ("uncalibrated", "none"):
                 ece = ((own.get(name) or {}).get("metrics") or {}).get("ece")
-            titles[cal] = f"{cal_label(cal)}" + (f" (ECE {fmt(ece)})" if ece is not None else "")
+            titles[cal] = f"{cal_label(cal, results)}" + (f" (ECE {fmt(ece)})" if ece is not None else "")
 
         def draw(name=name, rel=rel, titles=titles):
             fig, axes = _grid(len(rel), gap=(1.45, 0.85))
@@ -180,13 +181,13 @@ def figure_blocks(results: Mapping, *, class_names=None) -> dict[str, list[Figur
 def _ood_figures(results, methods, own, colors, first, add) -> None:
     roc_curves, roc_auc, roc_labels, hist = {}, {}, {}, []
     for name, m in methods.items():
-        s = _best_score(m)
+        s = _best_score(m, results)
         if s is None:
             continue
         if s in (m.get("roc") or {}):
             roc_curves[name] = m["roc"][s]
             roc_auc[name] = ((own.get(name) or {}).get("ood") or {}).get(s, {}).get("auroc")
-            roc_labels[name] = f"{method_label(results, name)}, {score_label(s)}"
+            roc_labels[name] = f"{method_label(results, name)}, {score_label(s, results)}"
         if s in (m.get("ood_hist") or {}):
             hist.append((name, s))
     pooled = " (all kinds pooled)" if len(ood_kinds(results)) > 1 else ""
@@ -201,12 +202,12 @@ def _ood_figures(results, methods, own, colors, first, add) -> None:
             for ax, (name, s) in zip(axes, hist):
                 auc = ((own.get(name) or {}).get("ood") or {}).get(s, {}).get("auroc")
                 title = f"{method_label(results, name)}" + (f" (AUROC {fmt(auc)})" if auc is not None else "")
-                plots.ood_histogram(methods[name]["ood_hist"][s], ax=ax, title=title, xlabel=score_label(s))
+                plots.ood_histogram(methods[name]["ood_hist"][s], ax=ax, title=title, xlabel=score_label(s, results))
             return fig
 
         add("ood", "ood_hist.png", f"Uncertainty on in-distribution and OOD inputs{pooled}{first}", draw_hist,
             f"Histograms of each method's best uncertainty score on in-distribution and OOD inputs{pooled}: "
-            + "; ".join(f"{method_label(results, n)}, {score_label(s)}" for n, s in hist) + ".")
+            + "; ".join(f"{method_label(results, n)}, {score_label(s, results)}" for n, s in hist) + ".")
 
 
 def _kind_figures(results, methods, own, colors, first, add) -> None:
@@ -218,7 +219,7 @@ def _kind_figures(results, methods, own, colors, first, add) -> None:
         for name, m in methods.items():
             per_kind = ((own.get(name) or {}).get("ood_kinds") or {}).get(kind, {})
             scored = [(s, v.get("auroc")) for s, v in per_kind.items()
-                      if v.get("auroc") is not None and s not in ALEATORIC_SCORES]
+                      if v.get("auroc") is not None and not is_aleatoric(s, results)]
             if not scored:
                 continue
             s, auc = max(scored, key=lambda t: t[1])
@@ -235,21 +236,22 @@ def _kind_figures(results, methods, own, colors, first, add) -> None:
             fig, axes = _grid(1 + len(with_hist), panel=(3.8, 2.9), margins=(0.7, 0.2, 0.55, 0.35), gap=(0.8, 0.8))
             curves = {p[0]: p[3] for p in picks if p[3]}
             if curves:
+                labels = {p[0]: f"{method_label(results, p[0])}, {score_label(p[1], results)}" for p in picks}
                 plots.roc_plot(curves, ax=axes[0], colors=colors, auroc={p[0]: p[2] for p in picks},
-                               labels={p[0]: f"{method_label(results, p[0])}, {score_label(p[1])}" for p in picks},
-                               title=f"{label}: ROC")
+                               labels=labels, title=f"{label}: ROC")
             else:
                 axes[0].set_visible(False)
             for ax, (name, s, auc, _roc, hist) in zip(axes[1:], with_hist):
                 plots.ood_histogram(hist, ax=ax, title=f"{method_label(results, name)} (AUROC {fmt(auc)})",
-                                    xlabel=score_label(s), labels=("in-distribution", label))
+                                    xlabel=score_label(s, results), labels=("in-distribution", label))
             return fig
 
         add("ood-kinds", f"ood_kind_{slug(kind)}.png",
             f"OOD inputs of kind {label}: ROC and score histograms, each method with its best score on this "
             f"kind{first}", draw,
             f"ROC curves and score histograms for OOD inputs of kind {label}: " + "; ".join(
-                f"{method_label(results, n)}, {score_label(s)} {_auc_text(a)}" for n, s, a, _r, _h in picks) + ".")
+                f"{method_label(results, n)}, {score_label(s, results)} {_auc_text(a)}"
+                for n, s, a, _r, _h in picks) + ".")
 
 
 def _unique_files(figs: dict[str, list[Figure]]) -> None:
