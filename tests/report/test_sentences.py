@@ -152,3 +152,20 @@ def test_spread_words_and_run_meta(base):
     assert S.spread_words(_with(base, protocol=HELD_OUT)) == "one fit on the calibration set, so no spread"
     assert S.run_meta(base).startswith("2 methods · 1 seed (0)")
     assert S.run_meta(example_results(methods=("ensemble",), seeds=3)).startswith("1 method · 3 seeds (0, 1, 2)")
+
+
+def test_settings_without_effect_are_named_not_tabled(base):
+    cfg = {"calibrators": ["none", "temperature"], "repeats": 5, "max_pixels": 250000, "n_bins": 15}
+    held = _with(base, task="classification", protocol=HELD_OUT, config=cfg)
+    cross = _with(base, task="classification", protocol=CROSS_VAL, config=cfg)
+    assert set(S.idle_settings(held)) == {"repeats", "max_pixels"}
+    assert set(S.idle_settings(cross)) == {"max_pixels"}
+    md_held, md_cross = to_markdown(held), to_markdown(cross)
+    assert "| repeats | 5 |" not in md_held and "| repeats | 5 |" in md_cross
+    assert "repeats (the 2-fold protocol did not run" in md_held and "repeats (" not in md_cross
+    assert "| max_pixels |" not in md_held + md_cross
+    # The benchmark: segmentation-only settings of a classification run, and the reverse.
+    bench = {"dataset": "digits", "max_train": 600, "n_scenes": 96, "scene_size": 32, "cv_repeats": 1}
+    cls = S.idle_settings(_with(base, task="classification", protocol={"source": "benchmark"}, config=bench))
+    seg = S.idle_settings(_with(base, task="segmentation", protocol={"source": "benchmark"}, config=bench))
+    assert set(cls) == {"max_train", "n_scenes", "scene_size"} and set(seg) == {"dataset", "max_train"}

@@ -166,3 +166,16 @@ def test_no_spread_is_said_once_at_the_top():
     assert sum("No spread" in line for line in lines) == 1
     cv = example_results(methods=("mc_dropout", "ensemble"))
     assert not any("No spread" in line for line in summary_lines(cv))
+
+
+def test_a_lead_too_small_for_the_digits_shown_names_no_calibrator():
+    # One fit on a calibration set (no spread): matrix scaling "wins" by 0.0001, printed as the same 0.147.
+    r = {"task": "classification", "methods": {"ensemble": {"in_distribution": {
+        "none": {"nll": {"mean": 0.174}}, "temperature": {"nll": {"mean": 0.1472}},
+        "matrix": {"nll": {"mean": 0.1471}}}}, "mc_dropout": {"in_distribution": {"none": {"nll": {"mean": 0.2}}}}}}
+    line = next(x for x in summary_lines(r) if x.startswith("Lowest NLL"))
+    assert line == "Lowest NLL: deep ensemble (temperature and matrix scaling tied) (0.147)."
+    r["methods"]["ensemble"]["in_distribution"]["matrix"]["nll"]["mean"] = 0.140
+    line = next(x for x in summary_lines(r) if x.startswith("Lowest NLL"))
+    assert line == "Lowest NLL: deep ensemble + matrix scaling (0.140)."
+    assert rank([Entry("a", "A", 0.1471), Entry("b", "B", 0.1472)], higher=False)[1] == "equal to the digits shown"

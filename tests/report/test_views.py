@@ -144,3 +144,33 @@ def test_segmentation_grid_has_a_class_legend_and_alt_text():
     page = render_html(build_report(r), {f.file: b"\x89PNG" for f in build_report(r).figures()})
     alts = re.findall(r'<img [^>]*alt="([^"]*)"', page)
     assert alts and all(len(a) > 30 and not a.endswith(".png") for a in alts)
+
+
+def test_one_kind_of_shift_is_not_called_a_mean_over_shifts(results):
+    one = copy.deepcopy(results)
+    for m in one["methods"].values():
+        m["shift"] = {k: v for k, v in m["shift"].items() if k == next(iter(m["shift"]))}
+    kind = next(iter(next(iter(one["methods"].values()))["shift"])).replace("_", " ")
+    block = figure_blocks(one)["shift"][0]
+    assert block.caption.lower().startswith(kind) and "mean over the shifts" not in block.caption.lower()
+    fig = block.draw()
+    for ax in [a for a in fig.axes if a.get_visible()]:
+        assert "mean over shifts" not in ax.get_ylabel()
+        assert all(ln.get_marker() == "o" for ln in ax.get_lines())  # no faint per-kind copy of the mean
+    several = figure_blocks(results)["shift"][0]
+    assert several.caption.startswith("Mean over the shifts")
+    assert all("mean over shifts" in ax.get_ylabel() for ax in several.draw().axes if ax.get_visible())
+
+
+def test_segmentation_class_colours_are_distinct_hues():
+    import numpy as np
+
+    from netuq.report import plots
+
+    img = np.zeros((1, 8, 8))
+    lab = np.arange(64).reshape(1, 8, 8) % 11
+    fig = plots.segmentation_grid(img, lab, lab, np.zeros((1, 8, 8)), class_names=[str(i) for i in range(11)])
+    colors = [tuple(np.round(p.get_facecolor()[:3], 3)) for p in fig.legends[0].get_patches()[:-1]]
+    assert len(set(colors)) == 11
+    # neighbouring classes never share a hue family (tab20 pairs a light shade with each dark one)
+    assert all(np.abs(np.subtract(a, b)).max() > 0.2 for a, b in zip(colors[1:], colors[2:]))

@@ -32,6 +32,7 @@ from .sentences import (
     calibration_howto,
     calibration_sentence,
     data_sentence,
+    idle_settings,
     ood_kinds,
     ood_sentence,
     run_meta,
@@ -310,10 +311,17 @@ def _run_section(results: Mapping) -> Section:
                                     "protocol, for example, makes the calibrators' parameters run to their bounds):"))
         sec.blocks.append(Bullets([f"{method_label(results, name)}: {w.get('message', '')} (× {w.get('count', 1)})"
                                    for name, w in notes]))
-    cfg = _flat(results.get("config") or {})
+    idle = idle_settings(results)
+    cfg = _flat({k: v for k, v in (results.get("config") or {}).items() if k not in idle})
     if cfg:
         sec.blocks.append(Paragraph("Configuration:"))
         sec.blocks.append(Table(["setting", "value"], [list(kv) for kv in cfg], style="kv"))
+    if idle:
+        why: dict[str, list[str]] = {}
+        for k, reason in idle.items():
+            why.setdefault(reason, []).append(k)
+        sec.blocks.append(Paragraph("Settings without effect in this run (left out above): " + "; ".join(
+            f"{', '.join(keys)} ({reason})" for reason, keys in why.items()) + "."))
     sec.blocks.append(Paragraph(f"results schema {results.get('schema', '')}; numbers from results.json, also in "
                                 "results.csv.", style="meta"))
     return sec

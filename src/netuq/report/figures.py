@@ -129,8 +129,12 @@ def figure_blocks(results: Mapping, *, class_names=None) -> dict[str, list[Figur
         clean = "; severity 0 (clean) is the clean test set" + (
             " (for ECE after temperature scaling: the calibration table's temperature-scaled ECE)"
             if "ece_temperature" in shift_metrics else "")
-        add("shift", "shift.png", "Mean over the shifts (" + ", ".join(k.replace("_", " ") for k in kinds)
-            + f"{over}); faint lines: each shift alone{clean}", draw_shift,
+        shown = [k.replace("_", " ") for k in kinds]
+        if len(kinds) > 1:
+            head = f"Mean over the shifts ({', '.join(shown)}{over}); faint lines: each shift alone"
+        else:
+            head = shown[0][0].upper() + shown[0][1:] + (f" ({over[2:]})" if over else "")
+        add("shift", "shift.png", head + clean, draw_shift,
             f"{', '.join(metric_label(k) for k in shift_metrics)} against shift severity for "
             + ", ".join(method_label(results, n) for n in methods if methods[n].get("shift")) + ".")
 

@@ -273,7 +273,7 @@ def shift_plot(
     fig, ax = _figure_ax(ax)
     for m, (sev, kinds, mean) in curves.items():
         color = colors.get(m)
-        if per_kind:
+        if per_kind and len(kinds) > 1:
             for vals in kinds.values():
                 s = sorted(vals)
                 ax.plot(s, [vals[k] for k in s], color=color, alpha=0.25, linewidth=0.8)
@@ -282,7 +282,8 @@ def shift_plot(
     ticks = sorted({s for c in curves.values() for s in c[0]})
     ax.set_xticks(ticks, ["clean" if s == 0 else str(s) for s in ticks])
     ax.set_xlabel("shift severity")
-    ax.set_ylabel(_label(METRIC_LABELS, metric) + " (mean over shifts)")
+    n_kinds = len({k for c in curves.values() for k in c[1]})
+    ax.set_ylabel(_label(METRIC_LABELS, metric) + (" (mean over shifts)" if n_kinds > 1 else ""))
     ax.grid(alpha=0.3)
     if legend:
         ax.legend(fontsize="small", frameon=False)
@@ -529,8 +530,14 @@ def segmentation_grid(
 
     valid = lab[lab != ignore_index]
     n_cls = int(num_classes) if num_classes else int(max(valid.max(initial=0), pred.max(initial=0))) + 1
-    base = matplotlib.colormaps["tab20" if n_cls > 10 else "tab10"]
-    colors = [(0.08, 0.08, 0.08)] + [base(i % base.N) for i in range(max(n_cls - 1, 1))]
+    # Up to 10 classes besides background: tab10's distinct hues; more: tab20's dark shades first,
+    # then the light ones (tab20's own order puts each light shade beside its dark one).
+    if n_cls - 1 <= 10:
+        hues = [matplotlib.colormaps["tab10"](i) for i in range(10)]
+    else:
+        tab20 = matplotlib.colormaps["tab20"]
+        hues = [tab20(i) for i in [*range(0, 20, 2), *range(1, 20, 2)]]
+    colors = [(0.08, 0.08, 0.08)] + [hues[i % len(hues)] for i in range(max(n_cls - 1, 1))]
     cmap = ListedColormap(colors).with_extremes(bad="white")
     emax = max(float(np.nanmax(ent[:rows])), 1e-6)
     titles = ["image", "labels", "prediction", "entropy", "epistemic"][:cols]

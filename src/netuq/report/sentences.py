@@ -21,7 +21,7 @@ from ._text import fmt, method_label, n_seeds
 __all__ = [
     "title", "protocol", "unit", "data_sentence", "run_meta", "spread_words", "calibration_sentence",
     "calibration_howto", "temperature_sentence", "shift_kinds", "shift_scope", "shift_sentence", "ood_kinds",
-    "ood_sentence", "words", "severities_text",
+    "ood_sentence", "words", "severities_text", "idle_settings",
 ]
 
 
@@ -369,3 +369,38 @@ def ood_sentence(results: Mapping) -> str:
         "one run, so no spread"
     return (f"Scores rank {what}; higher score = less sure; {spread}. Best per column in bold; AUROC below 0.5 is "
             "marked inverted; aleatoric scores are shown but not ranked.")
+
+
+def idle_settings(results: Mapping) -> dict[str, str]:
+    """Settings of ``config`` that had no effect on this run -> why (the Run section leaves them out
+    of its configuration table and says so, instead of listing e.g. ``repeats 5`` for a run that
+    fitted its calibrators on a calibration set).
+
+    Reads ``protocol.source``, ``protocol.calibration``, ``task``, ``config``.
+
+    Example:
+        >>> r = {"task": "classification", "protocol": {"source": "compare", "calibration": "held_out"},
+        ...      "config": {"repeats": 5, "max_pixels": 250000, "n_bins": 15}}
+        >>> sorted(idle_settings(r))
+        ['max_pixels', 'repeats']
+        >>> idle_settings({**r, "protocol": {"source": "compare", "calibration": "cross_validation"}})
+        {'max_pixels': 'segmentation only'}
+    """
+    cfg = results.get("config") or {}
+    pr = protocol(results)
+    task = results.get("task")
+    idle: dict[str, str] = {}
+    if pr.get("source") == "compare":
+        if pr.get("calibration") == "held_out":
+            idle["repeats"] = "the 2-fold protocol did not run: the calibrators were fitted on the calibration set"
+        if task == "classification":
+            idle["max_pixels"] = "segmentation only"
+    elif pr.get("source") == "benchmark":
+        if task == "classification":
+            idle.update({k: "segmentation only" for k in ("n_scenes", "scene_size", "calibration_pixels")})
+            if cfg.get("dataset") == "digits":
+                idle.update({k: "real data sets only (the digits are used whole)"
+                             for k in ("data_dir", "max_train", "max_test")})
+        elif task == "segmentation":
+            idle.update({k: "classification only" for k in ("dataset", "data_dir", "max_train", "max_test")})
+    return {k: v for k, v in idle.items() if k in cfg}

@@ -7,7 +7,9 @@ when
 1. its lead over every other method is larger than the spread of both:
    ``|mean_best − mean_other| > max(sd_best, sd_other)`` (sd over seeds for several seeds, over
    the folds of the 2-fold protocol for one seed; a missing sd counts as 0), and
-2. with several seeds, it is the best in a strict majority of the seeds.
+2. with several seeds, it is the best in a strict majority of the seeds, and
+3. its mean differs from every other's in the digits shown (so one fit without any spread
+   still names no winner by a lead of 0.0004).
 
 Otherwise the line says ``"tied: A; B; C"``: the best method, every method within one of the
 spreads, and (when 2 fails) every method that is best in at least one seed.
@@ -73,6 +75,11 @@ def rank(entries: Sequence[Entry], higher: bool) -> tuple[list[Entry], str]:
     best = order[0]
     tied = [e for e in order[1:] if abs(best.mean - e.mean) <= max(best.std or 0.0, e.std or 0.0)]
     reason = "the lead is within one standard deviation" if tied else ""
+    # A lead too small for the digits shown is no lead, spread or not (one fit has no spread).
+    same = [e for e in order[1:] if e not in tied and fmt(e.mean) == fmt(best.mean)]
+    if same:
+        tied += same
+        reason = reason or "equal to the digits shown"
     n = max((len(e.values) for e in entries if e.values), default=0)
     if n >= 2:
         wins = _count_wins(list(entries), higher)
