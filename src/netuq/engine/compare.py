@@ -25,7 +25,7 @@ import torch
 from .. import metrics as M
 from .._checks import check_positive_int
 from ..distributed import is_distributed
-from ._batches import DEFAULT_KEYS, as_predictor, method_device, offers_epistemic
+from ._batches import DEFAULT_KEYS, as_predictor, check_reiterable, method_device, offers_epistemic
 from ._sample import Reservoir
 from ._scoring import (
     CALIBRATOR_NAMES,
@@ -178,7 +178,8 @@ def _sample_pass(method, loader, predictor, *, device, keys, seed, progress, nam
     sample: Reservoir | None = None
     n = 0
     for pred, y in _labelled(method, loader, predictor, "calibration needs labels", device=device, keys=keys,
-                             seed=seed, progress=progress, name=name, distributed=distributed):
+                             seed=seed, progress=progress, name=name, distributed=distributed, labels="classes",
+                             ignore_index=ignore_index):
         if sample is None:
             sample = Reservoir(None if pred.log_probs.ndim == 2 else max_pixels, seed)
         valid = None if ignore_index is None else y != ignore_index
@@ -195,7 +196,7 @@ def _score_loader(method, loader, predictor, *, device, keys, seed, progress, na
     sample = Reservoir(cap, seed)
     images = 0
     for _batch, pred, _ in stream(method, loader, device=device, keys=keys, seed=seed, progress=progress, name=name,
-                               predictor=predictor, distributed=distributed):
+                               predictor=predictor, distributed=distributed, labels="unused"):
         scores = uncertainty_scores(pred, epistemic)
         positions, flat, L = _flat_rows(pred, None, None)
         scores = _check_scores(scores, positions.numel())
@@ -209,7 +210,8 @@ def _shift_row(method, loader, predictor, severity, fitted, *, device, keys, see
     um, um_ts = None, None
     ent_sum, count = 0.0, 0
     for pred, y in _labelled(method, loader, predictor, "shifted data needs labels", device=device, keys=keys,
-                             seed=seed, progress=progress, name=name, distributed=distributed):
+                             seed=seed, progress=progress, name=name, distributed=distributed, labels="classes",
+                             ignore_index=ignore_index):
         if um is None:
             c = pred.log_probs.shape[1]
             um, um_ts = _streaming(c, n_bins, ignore_index), _streaming(c, n_bins, ignore_index)
@@ -252,7 +254,8 @@ def _evaluate(name: str, method: Any, test_loader, opts: dict[str, Any]) -> tupl
     examples: dict[str, list[torch.Tensor]] = {}
     task = None
     for batch, pred, member_preds in stream(method, test_loader, name="test_loader", predictor=predictor,
-                                            members=members, **common):
+                                            members=members, labels="classes", anomaly=True, ignore_index=ignore,
+                                            **common):
         if batch.y is None:
             raise ValueError(f"`test_loader` batch {batch.index} has no labels; compare needs labelled test data")
         y = batch.y.cpu()
@@ -425,10 +428,11 @@ def compare(
 
     Args:
         methods: display name -> method (any kind :func:`netuq.predict` takes).
-        test_loader: labelled batches ``(x, y)`` or ``(x, y, anomaly)``: for segmentation the
-            optional third element is a bool (N, H, W) mask of anomaly (OOD) pixels. Every loader
-            is iterated once per method, so pass re-iterable loaders (a DataLoader, a list), not
-            one-shot generators, when comparing several methods.
+        test_loader: labelled batches ``(x, y, ...)``: a third element that is a **bool**
+            (N, ...) tensor is a mask of anomaly (OOD) pixels (or examples); any other extra
+            element (an index, a path) is ignored. Every loader is iterated once per method, so
+            with several methods a one-shot iterator (a generator) is refused before any work:
+            pass a DataLoader or a list.
         calibration: labelled loader to fit the calibrators on; None: 2-fold protocol on the test set.
         calibrators: subset of ``"none"`` and the names of ``netuq.calibration.CALIBRATORS``.
         ood: an OOD loader, or kind -> loader (labels not needed; every row/pixel is OOD).
@@ -491,6 +495,11 @@ def compare(
         "examples": int(examples), "distributed": distributed,
     }
     is_distributed(distributed)  # checks the argument before any pass
+    loaders = {"test_loader": test_loader, "calibration": calibration,
+               **{f"ood[{k!r}]": v for k, v in opts["ood"].items()},
+               **{f"shifts[{k!r}][{v!r}]": d for k, by in (shifts or {}).items() for v, d in by.items()}}
+    for where, loader in loaders.items():
+        check_reiterable(loader, where, len(methods), f"once per method: {len(methods)} methods")
     start = time.perf_counter()
     parts, info = {}, {}
     for name, method in methods.items():
