@@ -1,8 +1,7 @@
-"""Helper of tests/integration/test_torchrun_loaders.py (not a test): DataLoader batching under torchrun.
+"""Helper of tests/integration/test_distributed.py (not a test): DataLoader batching under torchrun.
 
-Run under ``python -m torch.distributed.run --nproc_per_node=2 tests/scripts/torchrun_loaders.py OUT``
-(gloo on the CPU), each rank writes ``OUT/rank<r>.json``; called as :func:`record` in one process
-(no process group: EvalSampler yields every index) it writes the one-process reference. The cases:
+:func:`loader_cases` runs inside ``tests/scripts/dist_torchrun_script.py`` (under torchrun with 2
+gloo processes, and in one process for the reference; then EvalSampler yields every index). The cases:
 ``drop_last=True`` (whole batches sharded: exact; single indices: refused unless the ranks drop
 exactly what one process drops), a batch sampler, and a pre-batched data set (``batch_size=None``).
 Each example's label is its dataset index, so order and coverage show in the labels.
@@ -10,10 +9,7 @@ Each example's label is its dataset index, so order and coverage show in the lab
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -51,9 +47,8 @@ def _run(net: nn.Module, loader) -> dict:
     return {"labels": labels.tolist(), "probs": pred.probs.tolist(), "batches": sizes}
 
 
-def record(out: Path) -> None:
-    torch.set_num_threads(1)
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+def loader_cases() -> dict:
+    """Each case's labels, probabilities and batch sizes (or its error), as plain data."""
     torch.manual_seed(0)
     net = nn.Linear(4, 3).eval()
     g = torch.Generator().manual_seed(4)
@@ -71,15 +66,4 @@ def record(out: Path) -> None:
         "pre_batched": DataLoader(pre, batch_size=None, sampler=EvalSampler(pre)),
         "pre_batched_blocks": DataLoader(pre, batch_size=None, sampler=EvalSampler(pre, batch_size=2)),
     }
-    result = {"world_size": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1}
-    result.update({name: _run(net, loader) for name, loader in cases.items()})
-    (out / f"rank{rank}.json").write_text(json.dumps(result))
-
-
-if __name__ == "__main__":
-    assert "WORLD_SIZE" in os.environ, "run me under torchrun"
-    torch.distributed.init_process_group("gloo")
-    try:
-        record(Path(sys.argv[1]))
-    finally:
-        torch.distributed.destroy_process_group()
+    return {name: _run(net, loader) for name, loader in cases.items()}
