@@ -21,6 +21,12 @@ its position, so those agree with one process only to float32 rounding. A
 the same on every rank, not the one-process draw. A ``DistributedSampler`` repeats examples to pad
 the ranks: netuq warns, and those examples count twice.
 
+The loader's batching is honoured as one process would: ``drop_last=True`` with a whole-batch
+``EvalSampler`` drops exactly the one-process last batch (with single indices each rank would drop
+its own shard's last rows, so that is refused unless the rows dropped are the same); a pre-batched
+data set (``batch_size=None``: each item is a batch, the sampler numbers the items) comes back
+item by item in dataset order; a ``batch_sampler`` gives its batch size and ``drop_last``.
+
 With ``distributed=None`` (the default of ``predict`` / ``compare``) a loader is gathered only when
 its sampler shards the data (``EvalSampler``, ``DistributedSampler``); any other loader (a list of
 batches, a DataLoader without such a sampler) is taken as the whole set on each rank, so it is
