@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ._checks import PROB_SUM_TOL, _check_float, _check_rank, as_tensor, check_probs, float_dtype
+from ._checks import _check_float, _check_rank, as_tensor, check_probs, float_dtype, sum_tolerance
 from .measures import _add_votes, _entropy, _variation_ratio_from_votes
 
 __all__ = ["Prediction", "Statistics"]
@@ -337,7 +337,9 @@ class Prediction:
         """Add normalised log-probabilities (N, C, ...) (or (k, N, C, ...) with ``stacked=True``).
 
         ``-inf`` (log 0) is allowed where every row has a finite entry; ``exp`` must sum to 1 over
-        C within 1e-3 (use ``add_logits`` for unnormalised values).
+        C within the dtype's tolerance (``netuq._checks.sum_tolerance``: 1e-3 in float32; more in
+        float16/bfloat16, whose rounding of a log-probability moves its exp by up to u·|log p|);
+        use ``add_logits`` for unnormalised values.
 
         Example:
             >>> pred = Prediction()
@@ -351,7 +353,7 @@ class Prediction:
         lp = log_probs.to(float_dtype(log_probs))
         p = lp.exp()
         if validate_args:
-            tol = max(PROB_SUM_TOL, torch.finfo(log_probs.dtype).eps)
+            tol = sum_tolerance(log_probs.dtype, log_probs.shape[dim], log=True)
             err = float((p.sum(dim) - 1.0).abs().max())
             if err > tol:
                 raise ValueError(

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from .._checks import PROB_SUM_TOL, as_tensor, check_labels, check_logits, flatten_valid, float_dtype
+from .._checks import as_tensor, check_labels, check_logits, flatten_valid, float_dtype, sum_tolerance
 from ..exceptions import NotFittedError
 from .registry import CALIBRATORS
 
@@ -67,7 +67,7 @@ def check_calibration_logits(logits: Any, *, reject_probs: bool = False) -> torc
 
 def _reject_probabilities(z: torch.Tensor) -> None:
     """Raise if every row of (N, C, ...) ``z`` (values already known to be in [0, 1]) sums to 1 over dim 1."""
-    tol = max(PROB_SUM_TOL, torch.finfo(z.dtype).eps)  # bfloat16 rounding alone moves a sum by ~3e-3
+    tol = sum_tolerance(z.dtype, z.shape[1])  # the tolerance of check_probs: by dtype
     err = float((z.sum(dim=1, dtype=float_dtype(z)) - 1.0).abs().max())
     if err <= tol:
         raise ValueError(

@@ -76,16 +76,21 @@ class MethodRun:
     def where(self) -> str:
         return f"methods[{self.name!r}]"
 
-    def stream(self, loader: Iterable, name: str, *, members: bool = False) -> Iterator[tuple[Any, Any, list]]:
-        """``(batch, prediction, member predictions)`` per batch of ``loader`` (all on the CPU)."""
+    def stream(self, loader: Iterable, name: str, *, members: bool = False, labels: str = "shape",
+               anomaly: bool = False) -> Iterator[tuple[Any, Any, list]]:
+        """``(batch, prediction, member predictions)`` per batch of ``loader`` (all on the CPU).
+
+        ``labels`` / ``anomaly``: what the consumer reads of each batch, and so checks
+        (:func:`netuq.engine.predict.stream`): "unused", "shape" or "classes" (scored labels).
+        """
         o = self.options
         return _stream(self.method, loader, device=self.device, keys=o.keys, seed=o.seed, progress=o.progress,
                        name=name, predictor=self.predictor, members=self.members if members else (),
-                       distributed=o.distributed)
+                       distributed=o.distributed, labels=labels, anomaly=anomaly, ignore_index=o.ignore_index)
 
     def labelled(self, loader: Iterable, name: str, why: str) -> Iterator[tuple[Any, torch.Tensor]]:
         """``(prediction, labels on the CPU)`` per batch; a batch without labels raises (``why``)."""
-        for batch, pred, _ in self.stream(loader, name):
+        for batch, pred, _ in self.stream(loader, name, labels="classes"):
             if batch.y is None:
                 raise ValueError(f"`{name}` batch {batch.index} has no labels; {why}")
             yield pred, batch.y.cpu()

@@ -34,7 +34,7 @@ from ..distributed import is_distributed
 from ..results import sections as result_sections
 from ..results.plain import to_plain
 from ..results.schema import REFERENCE_CALIBRATOR, SCHEMA_VERSION, validate_results
-from ._batches import DEFAULT_KEYS
+from ._batches import DEFAULT_KEYS, check_reiterable
 from ._calibrate import PROTOCOL_KEYS, Fitted, calibrate, fit_on, protocol
 from ._detect import detect
 from ._run import MethodRun, Options
@@ -189,10 +189,11 @@ def compare(
 
     Args:
         methods: display name -> method (any kind :func:`netuq.predict` takes).
-        test_loader: labelled batches ``(x, y)`` or ``(x, y, anomaly)``: for segmentation the
-            optional third element is a bool (N, H, W) mask of anomaly (OOD) pixels. Every loader
-            is iterated once per method, so pass re-iterable loaders (a DataLoader, a list), not
-            one-shot generators, when comparing several methods.
+        test_loader: labelled batches ``(x, y, ...)``: a third element that is a **bool**
+            (N, ...) tensor is a mask of anomaly (OOD) pixels (or examples); any other extra
+            element (an index, a path) is ignored. Every loader is iterated once per method, so
+            with several methods a one-shot iterator (a generator) is refused before any work:
+            pass a DataLoader or a list.
         calibration: labelled loader to fit the calibrators on; None: 2-fold protocol on the test set.
         calibrators: subset of ``"none"`` and the names of ``netuq.calibration.CALIBRATORS`` (read
             at call time: a Calibrator subclass defined after ``import netuq`` is accepted).
@@ -266,6 +267,11 @@ def compare(
         examples=int(examples), distributed=distributed, scores=scores, sections=result_sections.selected(sections))
     ood_loaders = _loaders(ood, "ood")
     is_distributed(distributed)  # checks the argument before any pass
+    loaders = {"test_loader": test_loader, "calibration": calibration,
+               **{f"ood[{k!r}]": v for k, v in ood_loaders.items()},
+               **{f"shifts[{k!r}][{v!r}]": d for k, by in (shifts or {}).items() for v, d in by.items()}}
+    for where, loader in loaders.items():
+        check_reiterable(loader, where, len(methods), f"once per method: {len(methods)} methods")
     start = time.perf_counter()
     parts, info = {}, {}
     for name, method in methods.items():
