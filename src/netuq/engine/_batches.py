@@ -14,7 +14,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._layout import InputLayout
 from .._modes import eval_mode
 from ..prediction import Prediction
 
@@ -152,14 +151,9 @@ def as_predictor(method: Any, *, seed: int = 0, name: str = "method") -> Callabl
     if isinstance(method, ConfidenceClassifier):
         return lambda x: method.predict(x)
     if isinstance(method, nn.Module):
-        layout = InputLayout(None)  # channels-last on CPU once checked, per input shape (netuq._layout)
-
         def plain(x: torch.Tensor) -> Prediction:
             with eval_mode(method):
-                if isinstance(x, torch.Tensor):
-                    out = layout.forward(method, x, (tuple(x.shape), x.dtype, x.device), method)
-                else:
-                    out = method(x)
+                out = method(x)  # the input as given: bit-for-bit the user's own loop
             if isinstance(out, torch.Tensor) and out.ndim == 4 and not out.is_contiguous():
                 out = out.contiguous()  # channels-last logits: the metrics read (N, C, H, W) rows
             if not isinstance(out, torch.Tensor):
