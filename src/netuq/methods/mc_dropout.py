@@ -43,10 +43,13 @@ How netuq samples:
   multiplication), and runs any other dropout module (alpha dropouts, subclasses) once per sample
   on its rows with the device's generator so seeded. The masks depend only on the sample index,
   not on how samples are grouped into forward calls: with a fixed seed the result is the same
-  for every ``max_batch`` ≥ N and with or without trunk caching. (If ``max_batch`` < N the batch is split into blocks of
-  rows, each sampled with its own derived seed; a dropout input whose first dimension is not a
-  multiple of the samples per forward — e.g. a sequence-first layout — draws one seeded mask for
-  the whole call.) Functional calls count as dropout calls ``j`` and follow the same rules.
+  for every ``max_batch`` ≥ N and with or without trunk caching, whatever dimension the model
+  moves the batch to: a dropout input's samples lie along its one dimension of k·N rows (a
+  sequence-first (T, k·N, F) activation too), and each sample's mask is drawn as one contiguous
+  tensor of its own shape; an input with no such single dimension (a (k·N·T, F) flatten, or
+  T = k·N) makes that input shape run one sample per forward (:class:`._dropout_calls.Regroup`).
+  (If ``max_batch`` < N the batch is split into blocks of rows, each sampled with its own
+  derived seed.) Functional calls count as dropout calls ``j`` and follow the same rules.
   Seeded sampling patches the dropout modules' ``forward`` for the duration of the call
   (restored on exit): do not run one model from several threads while it samples.
 * **In-place dropout** (``inplace=True``) gives the same result as out-of-place dropout: the
@@ -61,6 +64,7 @@ import numbers
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
+from typing import Any
 
 import torch
 from torch import nn
@@ -78,6 +82,7 @@ from ._batching import balanced_chunk as _balanced
 from ._batching import default_chunk as _default_chunk
 from ._dropout_calls import (
     FunctionalDropout,
+    Regroup,
     SeedState,
     _builtin_without_dropout,
     _no_dropout_message,
@@ -85,6 +90,9 @@ from ._dropout_calls import (
     _warn_opaque,
     dropout_active,
     masked_dropout,
+    per_sample,
+    refuse_checkpointed_dropout,
+    sample_dim,
     stochastic_modules,
 )
 
@@ -124,21 +132,18 @@ def _seeded_dropout(modules: Sequence[nn.Module], state: SeedState, mode: Functi
         def forward(x, *args, **kwargs):
             j = state.calls
             state.calls += 1
-            k = state.k
-            if not isinstance(x, torch.Tensor) or x.ndim == 0 or x.shape[0] % k:
-                if isinstance(x, torch.Tensor):
-                    _seed_device(x.device, _derive(state.seed, 1, state.offset, k, j))
+            if not isinstance(x, torch.Tensor):
                 return _own(orig, x, *args, **kwargs)
-            seeds = [_derive(state.seed, 0, state.offset + i, j) for i in range(k)]
+            feature = rank is not None and rank == x.ndim
+            dim = sample_dim(x, state, feature)  # Regroup: one sample per forward instead
+            seeds = [_derive(state.seed, 0, state.offset + i, j) for i in range(state.k)]
+            if x.ndim == 0:
+                _seed_device(x.device, seeds[0])
+                return _own(orig, x, *args, **kwargs)
             if not args and not kwargs and (rank is None or rank == x.ndim) and x.is_floating_point():
                 # never in place, even for inplace=True modules: the input may alias the caller's tensor
-                return masked_dropout(float(m.p), rank is not None, x, seeds)
-            n = x.shape[0] // k
-            outs = []
-            for i, seed in enumerate(seeds):
-                _seed_device(x.device, seed)
-                outs.append(_own(orig, x[i * n : (i + 1) * n], *args, **kwargs))
-            return outs[0] if k == 1 else torch.cat(outs)
+                return masked_dropout(float(m.p), rank is not None, x, seeds, dim=dim)
+            return per_sample(lambda part: _own(orig, part, *args, **kwargs), x, seeds, dim)
 
         return forward
 
@@ -229,7 +234,9 @@ class MCDropout:
             given up (the whole model is sampled, correct but slower).
         head: the rest, run on the repeated rows; ``head(trunk(x))`` must equal ``model(x)``.
         no_grad: run under ``torch.no_grad()`` (default). False keeps the graph (e.g. for input
-            gradients).
+            gradients); dropout (or a module sampling switches to eval mode) inside activation
+            checkpointing (``torch.utils.checkpoint``) is then refused with a RuntimeError: its
+            backward would recompute the block after sampling has switched dropout back.
         channels_last: opt-in speed on CPU (:mod:`netuq._layout`): True feeds 4-d inputs
             channels-last (the trunk's input when a trunk is cached, its output made contiguous
             again; else the repeated rows of the whole model), with no check. Probabilities then
@@ -345,6 +352,8 @@ class MCDropout:
         with ExitStack() as stack:
             if self.no_grad:
                 stack.enter_context(torch.no_grad())
+            # modules whose mode sampling switches (a checkpointed forward recomputed later would not be)
+            switched = [m for r in self._roots for m in r.modules() if m.training != isinstance(m, _DropoutNd)]
             drops = stack.enter_context(_switched(self._roots))
             state = None
             if self.seed is not None:
@@ -354,6 +363,10 @@ class MCDropout:
             mode = FunctionalDropout(state)
             if state is not None:
                 stack.enter_context(_seeded_dropout(drops, state, mode))
+            if not self.no_grad and torch.is_grad_enabled():  # a graph is kept: refuse checkpointed dropout
+                mode.watch = refuse_checkpointed_dropout
+                for m in {id(m): m for m in (*drops, *switched)}.values():
+                    stack.callback(m.register_forward_pre_hook(refuse_checkpointed_dropout).remove)
             n = x.shape[0]
             if self.max_batch is not None and self.max_batch < n:
                 preds = []
@@ -414,6 +427,19 @@ class MCDropout:
         # dropout modules only (no functional dropout call outside them)
         plan = plans.get(key)
         intercept = mode if (plan is None or plan[1] or not self._confirmed) else nullcontext()
+        if state is not None and key in _ONE_PER_FORWARD.get(self.model, ()):
+            per_forward = 1  # seeded masks of this shape cannot be split between samples (see Regroup)
+        try:
+            return self._forwards(feats, n, per_forward, state, mode, intercept)
+        except Regroup:  # a seeded dropout input without one dimension of k·N rows: one sample per forward
+            _ONE_PER_FORWARD.setdefault(self.model, set()).add(key)
+            return self._forwards(feats, n, 1, state, mode, intercept)
+
+    def _forwards(
+        self, feats: torch.Tensor, n: int, per_forward: int, state: SeedState | None, mode: FunctionalDropout,
+        intercept: Any,
+    ) -> Prediction:  # fmt: skip
+        """The S samples, ``per_forward`` of them stacked per head forward, into a Prediction."""
         pred = Prediction(keep_samples=self.keep_samples)
         reps = (1,) * (feats.ndim - 1)
         # the whole model sampled on a 4-d input: channels-last rows if opted in
@@ -421,7 +447,7 @@ class MCDropout:
         for start in range(0, self.samples, per_forward):
             k = min(per_forward, self.samples - start)
             if state is not None:
-                state.offset, state.k, state.calls = start, k, 0
+                state.offset, state.k, state.calls, state.n = start, k, 0, n
             calls = mode.calls
             # the head gets a fresh tensor: in-place dropout (or any in-place op) must neither touch
             # the caller's input nor the cached trunk output reused by the next chunk
@@ -481,3 +507,5 @@ def _repeated_channels_last(x: torch.Tensor, k: int) -> torch.Tensor:
 # per model (weakly held) and (cached trunk, device, shape, dtype): (largest activation of one sample's
 # forward, whether it calls functional dropout outside the dropout modules)
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# per model (weakly held): the keys above whose seeded masks need one sample per forward (Regroup)
+_ONE_PER_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
