@@ -169,3 +169,25 @@ def test_checkpointing_functional_dropout_and_switched_batchnorm_is_refused():
         model = Checkpointed(block, False).train(train)
         with pytest.raises(RuntimeError, match="activation checkpointing"):
             _input_grad(model, x)
+
+
+# ----------------------------------------------------------------------------- compiled models
+@pytest.mark.slow  # torch.compile traces the model (dynamo): a few seconds
+def test_a_compiled_model_is_sampled_as_the_uncompiled_one_and_not_reported():
+    """The warning said dropout in compiled modules cannot be switched on; it is (through
+    ``_orig_mod``), and seeded or unseeded the samples are the uncompiled model's (eager backend:
+    the same kernels; inductor was measured bit-identical with a seed)."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = Checkpointed(nn.Linear(6, 8), None).eval()  # not a Sequential: sampled whole, as compiled
+    compiled = torch.compile(model, backend="eager")
+    x = torch.randn(3, 6)
+    for seed in (0, None):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no warning
+            torch.manual_seed(1)
+            got = netuq.MCDropout(compiled, samples=6, seed=seed, keep_samples=True, max_batch=9)(x).samples
+        torch.manual_seed(1)
+        ref = netuq.MCDropout(model, samples=6, seed=seed, keep_samples=True, max_batch=9)(x).samples
+        assert torch.equal(got, ref) and float(ref.std(0).amax()) > 0

@@ -12,7 +12,7 @@ state is given, with per-sample seeded masks (the same rule as the dropout modul
 :mod:`netuq.methods.mc_dropout`). Other torch functions pass through unchanged; modes are
 thread-local, so other threads are not affected.
 
-What it cannot see: dropout inside TorchScript or ``torch.compile``-d code, inside C++ operators
+What it cannot see: dropout inside TorchScript code, inside C++ operators
 (``scaled_dot_product_attention(dropout_p=...)``, fused RNN dropout), or written by hand with
 ``torch.bernoulli`` (stochastic depth / DropPath). Such a model with no dropout module and no visible
 call is refused by :class:`netuq.MCDropout` (every sample would be identical).
@@ -298,26 +298,28 @@ def _no_dropout_message(modules: Sequence[nn.Module], name: str = "model") -> st
     return (
         f"`{name}` must contain a dropout module ({_DROPOUT_NAMES}) or call functional dropout "
         f"({FUNCTIONAL_NAMES}) from Python, got none in {kinds}: every MC sample would be identical. "
-        "Dropout inside TorchScript or torch.compile code, inside C++ operators (attention dropout_p, RNN "
+        "Dropout inside TorchScript code, inside C++ operators (attention dropout_p, RNN "
         "dropout) or hand-written torch.bernoulli masks cannot be switched on by netuq. Insert MC dropout "
         "with netuq.nn.add_dropout(model, p) (before the final classifier by default)"
     )
 
 
 def _warn_opaque(modules: Sequence[nn.Module]) -> None:
-    opaque = sorted(
-        {
-            type(m).__name__
-            for root in modules
-            for m in root.modules()
-            if isinstance(m, torch.jit.ScriptModule) or type(m).__name__ == "OptimizedModule"
-        }
-    )
+    """Warn about TorchScript submodules: their dropout is compiled code, out of netuq's reach.
+
+    ``torch.compile``-d modules are not reported: an ``OptimizedModule`` holds the Python modules
+    (``_orig_mod``), whose flags netuq switches (dynamo recompiles for them) and whose forwards
+    and functional calls it seeds, so they are sampled as the uncompiled model (bit-identically
+    with a seed, measured with the eager, aot_eager and inductor backends; unseeded inductor draws
+    its masks from its own generator: other masks, the same distribution).
+    """
+    scripted = (m for root in modules for m in root.modules() if isinstance(m, torch.jit.ScriptModule))
+    opaque = sorted({type(m).__name__ for m in scripted})
     if opaque:
         warnings.warn(
-            f"`model` contains TorchScript or compiled modules ({', '.join(opaque)}): dropout inside them "
-            "cannot be switched on or seeded by netuq.MCDropout and stays as their own mode says; "
-            "pass the Python modules instead (for torch.compile: model._orig_mod)",
+            f"`model` contains TorchScript modules ({', '.join(opaque)}): dropout inside them cannot be switched "
+            "on or seeded by netuq.MCDropout and stays as their own mode says; pass the Python modules instead "
+            "(torch.compile-d modules need nothing: they are sampled through their Python modules)",
             UserWarning,
             stacklevel=3,
         )

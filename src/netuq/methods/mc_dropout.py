@@ -15,10 +15,11 @@ How netuq samples:
   alpha dropouts, ``torch.dropout`` …) called from Python is switched on too, by a
   ``torch.overrides.TorchFunctionMode`` active only during the forwards (this thread only), with
   the same seeding; see :mod:`netuq.methods._dropout_calls`. Dropout netuq cannot reach —
-  inside TorchScript / compiled code or C++ operators — is reported: a warning for TorchScript or
-  compiled submodules, and a ValueError when a model has no dropout module and no dropout call
-  was seen in its first forward (every sample would be identical). Networks without dropout:
-  :func:`netuq.nn.add_dropout`.
+  inside TorchScript code or C++ operators — is reported: a warning for TorchScript submodules,
+  and a ValueError when a model has no dropout module and no dropout call was seen in its first
+  forward (every sample would be identical). ``torch.compile``-d models are sampled through their
+  Python modules, as the uncompiled model (bit-identically with a seed). Networks without
+  dropout: :func:`netuq.nn.add_dropout`.
 * **Batched**: the S samples are drawn by repeating the batch along dim 0 (sample-major rows:
   rows ``s·N … s·N + N − 1`` are sample ``s``) and running several samples per forward call, at
   most ``max_batch`` rows at a time. Dropout draws independent masks per row, so this is exact.
