@@ -37,6 +37,7 @@ from .._modes import restore_modes
 from .._random import derive_seed as _derive
 from .._random import seed_device as _seed_device
 from ..nn import mc_sampling
+from ._batching import couples_rows
 
 __all__ = [
     "FUNCTIONAL_NAMES",
@@ -68,9 +69,10 @@ class SeedState:
 
 
 class Regroup(Exception):  # noqa: N818 - a signal to the sampler, not an error the user sees
-    """Raised by a seeded dropout call whose input does not show which elements belong to which
-    of the k > 1 samples of a forward (no single dimension of k·N): :class:`netuq.MCDropout`
-    then runs this input shape one sample per forward, where the masks need no split."""
+    """Raised in a forward of k > 1 stacked samples that cannot be stacked: a seeded dropout
+    input that does not show which elements belong to which sample (no single dimension of k·N),
+    or a call that mixes the rows of the batch (:func:`netuq.methods._batching.couples_rows`).
+    :class:`netuq.MCDropout` then runs this input shape one sample per forward."""
 
 
 def sample_dim(x: torch.Tensor, state: SeedState, feature: bool = False) -> int:
@@ -190,6 +192,9 @@ class FunctionalDropout(TorchFunctionMode):
         bypass: > 0 while a seeded dropout module draws its own masks (its inner calls pass).
         track: record ``largest``, the most elements of any tensor a torch function returned.
         watch: called before each switched-on dropout call (e.g. :func:`refuse_checkpointed_dropout`).
+        rows: the rows of the current forward, to look for calls that mix them
+            (:func:`netuq.methods._batching.couples_rows`; None: not looked for); ``coupled``
+            records one, and ``stacked`` (several samples in the forward) raises :class:`Regroup`.
     """
 
     def __init__(self, state: SeedState | None = None) -> None:
@@ -201,8 +206,15 @@ class FunctionalDropout(TorchFunctionMode):
         self.track = False
         self.largest = 0
         self.watch: Callable[[], Any] | None = None
+        self.rows: int | None = None
+        self.stacked = False
+        self.coupled = False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        if self.rows is not None and couples_rows(func, args, kwargs or {}, self.rows):
+            if self.stacked:  # the samples of this forward would see each other: one per forward
+                raise Regroup
+            self.coupled = True
         out = self._dispatch(func, args, kwargs or {})
         if self.track:
             for t in out if isinstance(out, (tuple, list)) else (out,):

@@ -428,11 +428,11 @@ class MCDropout:
         # dropout modules only (no functional dropout call outside them)
         plan = plans.get(key)
         intercept = mode if (plan is None or plan[1] or not self._confirmed) else nullcontext()
-        if state is not None and key in _ONE_PER_FORWARD.get(self.model, ()):
-            per_forward = 1  # seeded masks of this shape cannot be split between samples (see Regroup)
+        if (plan is not None and plan[2]) or key in _ONE_PER_FORWARD.get(self.model, ()):
+            per_forward = 1  # the rows mix, or seeded masks cannot be split between samples (see Regroup)
         try:
             return self._forwards(feats, n, per_forward, state, mode, intercept)
-        except Regroup:  # a seeded dropout input without one dimension of k·N rows: one sample per forward
+        except Regroup:  # rows that mix, or a seeded dropout input without one dimension of k·N: one per forward
             _ONE_PER_FORWARD.setdefault(self.model, set()).add(key)
             return self._forwards(feats, n, 1, state, mode, intercept)
 
@@ -452,11 +452,15 @@ class MCDropout:
             calls = mode.calls
             # the head gets a fresh tensor: in-place dropout (or any in-place op) must neither touch
             # the caller's input nor the cached trunk output reused by the next chunk
-            with intercept:
-                if repeat_cl:
-                    out = self._head(_repeated_channels_last(feats, k))
-                else:
-                    out = self._head(feats.repeat(k, *reps) if k > 1 else feats.clone())
+            mode.rows, mode.stacked = k * n, k > 1  # a call mixing the rows of k > 1 samples: Regroup
+            try:
+                with intercept:
+                    if repeat_cl:
+                        out = self._head(_repeated_channels_last(feats, k))
+                    else:
+                        out = self._head(feats.repeat(k, *reps) if k > 1 else feats.clone())
+            finally:
+                mode.rows = None
             if isinstance(out, torch.Tensor) and out.ndim == 4 and not out.is_contiguous():
                 out = out.contiguous()  # channels-last logits: the sums stay (N, C, H, W)
             if not self._confirmed:
@@ -469,13 +473,17 @@ class MCDropout:
             pred.add_logits(out.reshape(k, n, *out.shape[1:]), stacked=True)
         return pred
 
-    def _dry_run(self, feats: torch.Tensor, state: SeedState | None, mode: FunctionalDropout) -> tuple[int, bool]:
-        """One head forward of one sample (once per shape): the elements of its largest tensor, and
-        whether it called functional dropout outside the dropout modules."""
+    def _dry_run(
+        self, feats: torch.Tensor, state: SeedState | None, mode: FunctionalDropout
+    ) -> tuple[int, bool, bool]:
+        """One head forward of one sample (once per shape): the elements of its largest tensor,
+        whether it called functional dropout outside the dropout modules, and whether it mixed the
+        rows of the batch (:func:`netuq.methods._batching.couples_rows`: then one sample per forward)."""
         if state is not None:
-            state.offset, state.k, state.calls = 0, 1, 0
+            state.offset, state.k, state.calls, state.n = 0, 1, 0, feats.shape[0]
         mode.probe = mode.track = True
         mode.largest, calls = 0, mode.calls
+        mode.rows, mode.stacked, mode.coupled = feats.shape[0], False, False
 
         def enter(*_):
             mode.bypass += 1
@@ -491,10 +499,10 @@ class MCDropout:
                 self._head(feats.detach().clone())
         finally:
             mode.probe = mode.track = False
-            mode.bypass = 0
+            mode.bypass, mode.rows = 0, None
             for h in hooks:
                 h.remove()
-        return max(mode.largest, feats.numel()), mode.calls != calls
+        return max(mode.largest, feats.numel()), mode.calls != calls, mode.coupled
 
 
 def _repeated_channels_last(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -506,7 +514,7 @@ def _repeated_channels_last(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 # per model (weakly held) and (cached trunk, device, shape, dtype): (largest activation of one sample's
-# forward, whether it calls functional dropout outside the dropout modules)
+# forward, whether it calls functional dropout outside the dropout modules, whether it mixes rows)
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-# per model (weakly held): the keys above whose seeded masks need one sample per forward (Regroup)
+# per model (weakly held): the keys above that need one sample per forward (Regroup)
 _ONE_PER_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -7,10 +7,15 @@ order). The wrapper
 * runs several views per forward call (concatenated along dim 0; how many:
   :func:`netuq.tta._batching.views_per_forward`, at most ``max_batch`` rows; views are grouped by
   their augmented size, since e.g. a 90° rotation of a non-square image or a
-  :class:`netuq.tta.Scale` changes it); without ``max_batch``, the first forward of an input
-  shape also measures its largest activation, and later forwards split their rows to keep it
-  under :data:`netuq.methods._batching.ACTIVATION_ELEMENTS` (on CPU a forward over many rows
-  falls off the caches: see :meth:`TTA._forward`),
+  :class:`netuq.tta.Scale` changes it) where that cannot change the numbers: the first forward
+  of an input shape runs one view (the user's batch) under a probe that measures its largest
+  activation and sees whether the model mixes the rows of a batch
+  (:func:`netuq.methods._batching.couples_rows`: BatchNorm on batch statistics — training mode
+  or ``track_running_stats=False`` — a custom ``F.batch_norm(training=True)``, a reduction or
+  reordering over dim 0). Such a model runs one view per forward, rows as given (ttach's
+  forwards); the others stack views, and without ``max_batch`` split their rows to keep the
+  largest activation under :data:`netuq.methods._batching.ACTIVATION_ELEMENTS` (on CPU a forward
+  over many rows falls off the caches: see :meth:`TTA._forward`),
 * takes the softmax of every view in its own frame, then brings segmentation outputs back to the
   input frame before merging. Views that only move pixels (flips, rotations, shifts:
   :attr:`netuq.tta.View.copies_pixels`) de-augment their **logits** with one copy (softmax,
@@ -53,7 +58,7 @@ import torch
 
 from .._checks import check_int, check_logits, float_dtype
 from .._layout import as_layout, check_channels_last
-from ..methods._batching import LargestTensor, activation_chunk, balanced_chunk
+from ..methods._batching import LargestTensor, activation_chunk, balanced_chunk, batch_statistics
 from ..prediction import Prediction
 from ._batching import views_per_forward
 from .bridge import as_compose
@@ -83,8 +88,9 @@ class TTA:
             elements (at least one: batching pays only for small inputs there), elsewhere
             :func:`netuq.methods._batching.default_chunk`; and once the first forward of an
             input shape has measured its largest activation, forwards whose largest activation
-            would exceed :data:`netuq.methods._batching.ACTIVATION_ELEMENTS` split their rows
-            (not while a BatchNorm layer is in training mode: its outputs depend on the batch).
+            would exceed :data:`netuq.methods._batching.ACTIVATION_ELEMENTS` split their rows.
+            A model that mixes the rows of a batch (BatchNorm on batch statistics, …) always
+            runs one view per forward on the rows as given.
         no_grad: run under ``torch.no_grad()`` (default).
         channels_last: opt-in speed on CPU (:mod:`netuq._layout`): True feeds the stacked views
             channels-last, with no check (1.25-1.6x faster convolutions here; probabilities
@@ -132,7 +138,7 @@ class TTA:
         self.no_grad = bool(no_grad)
         self._exact_outputs = False  # set once the model's outputs need the exact pass (half logits)
         self._workspaces = threading.local()  # per thread: one call's buffers, kept for the next
-        self._plans: dict[tuple, int] = {}  # (input shape, view size, dtype, device) -> rows per forward
+        self._plans: dict[tuple, _Plan] = {}  # (input shape, view size, dtype, device) -> the probe's findings
         self.channels_last = check_channels_last(channels_last)
 
     def __repr__(self) -> str:
@@ -183,22 +189,27 @@ class TTA:
         acc: ViewAccumulator | None = None
         first: View | None = None
         work = self._workspace()
-        split = self.max_batch is None and not _batch_dependent(self.model)
+        coupled = batch_statistics(self.model)  # BatchNorm on the batch's statistics, as the model is now
         for aug_size, idx in groups.items():
             per_row = x.shape[1] * aug_size[0] * aug_size[1]
             plan = (tuple(x.shape), aug_size, x.dtype, str(x.device))
             start = 0
             while start < len(idx):
-                # rows per forward: measured once per shape (0: not yet); batch-dependent outputs
-                # (BatchNorm in training mode) keep the rows as the user batched them
-                rows = self._plans.get(plan, 0) if split else None
-                per_forward = views_per_forward(n, per_row, len(idx) - start, x.device, self.max_batch)
-                if rows:  # and keep the largest activation near the caches (once measured)
-                    per_forward = balanced_chunk(min(per_forward, max(1, rows // n)), len(idx) - start)
+                # the first forward of a shape runs one view (the user's batch) under a probe: its largest
+                # activation, and whether the model mixes rows (then every forward runs one view, unsplit)
+                known = self._plans.get(plan)
+                rows = None
+                if known is None or known.coupled or coupled:
+                    per_forward = 1
+                else:
+                    per_forward = views_per_forward(n, per_row, len(idx) - start, x.device, self.max_batch)
+                    if self.max_batch is None:  # keep the largest activation near the caches
+                        rows = known.rows
+                        per_forward = balanced_chunk(min(per_forward, max(1, rows // n)), len(idx) - start)
                 chunk = idx[start : start + per_forward]
                 start += len(chunk)
                 inp = torch.cat([views[i].augment(x) for i in chunk]) if len(chunk) > 1 else views[chunk[0]].augment(x)
-                out = self._forward(inp, rows, plan)
+                out = self._forward(inp, rows, plan, probe=known is None)
                 del inp
                 for block in self._run([views[i] for i in chunk], chunk, out, n, size, work, exact):
                     if block is None:  # outputs the fast pass does not take: remember, run exactly
@@ -246,30 +257,31 @@ class TTA:
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state.pop("_workspaces")  # buffers (and a thread-local) are not part of the wrapper's state
+        state.pop("_plans")  # nor what was measured on this machine (measured again where loaded)
         return state
 
     def __setstate__(self, state: dict) -> None:
-        state.setdefault("_plans", {})  # pickled before rows per forward were measured
         self.__dict__.update(state)
+        self._plans = {}
         self._workspaces = threading.local()
 
-    def _forward(self, inp: torch.Tensor, rows: int | None, plan: tuple) -> Any:
-        """The model on ``inp`` (channels-last if opted in), rows as in :meth:`_forward_rows`."""
-        return self._forward_rows(as_layout(inp, self.channels_last), rows, plan)
-
-    def _forward_rows(self, inp: torch.Tensor, rows: int | None, plan: tuple) -> Any:
-        """The model on ``inp``, at most ``rows`` rows per call (outputs concatenated); ``rows=0``:
-        one call that measures its largest activation and stores the rows per forward that keep
-        it under :data:`netuq.methods._batching.ACTIVATION_ELEMENTS` in ``self._plans[plan]``.
+    def _forward(self, inp: torch.Tensor, rows: int | None, plan: tuple, probe: bool = False) -> Any:
+        """The model on ``inp`` (channels-last if opted in), at most ``rows`` rows per call (outputs
+        concatenated). ``probe``: one call (one view) that measures its largest activation and
+        whether the model mixes rows (:func:`netuq.methods._batching.couples_rows`), stored as
+        ``self._plans[plan]``: the rows per forward that keep the largest activation under
+        :data:`netuq.methods._batching.ACTIVATION_ELEMENTS`.
 
         On CPU a forward over many rows falls off the caches: SmallCNN on 256 x 1 x 28 x 28 runs
         ~1.8x faster as 4 calls of 64 rows (perf/bench_tta.py, case "cls256").
         """
+        inp = as_layout(inp, self.channels_last)
         total = inp.shape[0]
-        if rows == 0:
-            with LargestTensor() as probe:
+        if probe:
+            with LargestTensor(rows=total) as seen:
                 out = self.model(inp)
-            self._plans[plan] = activation_chunk(-(-max(probe.largest, inp.numel()) // total), inp.device)
+            rows = activation_chunk(-(-max(seen.largest, inp.numel()) // total), inp.device)
+            self._plans[plan] = _Plan(rows, seen.coupled)
             return out
         if rows is None or rows >= total:
             return self.model(inp)
@@ -341,6 +353,13 @@ class TTA:
                 entropy_v = -(p * log_p).sum(1)  # log_p is finite: clamped where it was resampled
                 argmax_v = _argmax_mask(log_p, log_p.amax(1, keepdim=True))  # only in exact passes
                 yield _Block(p, entropy_v, argmax_v, (lambda log_p=log_p: log_p), index[i : i + 1], False)
+
+
+class _Plan(NamedTuple):
+    """What the probe forward of an input shape measured (:meth:`TTA._forward`)."""
+
+    rows: int  # rows per forward that keep the largest activation near the caches
+    coupled: bool  # the model mixes the rows of a batch: one view per forward, rows as given
 
 
 class _Block(NamedTuple):
@@ -433,14 +452,6 @@ def _layout_of(t: torch.Tensor) -> torch.memory_format:
     if t.ndim == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     return torch.contiguous_format
-
-
-def _batch_dependent(model: Any) -> bool:
-    """Whether the model's outputs for one image depend on the others in its batch: a BatchNorm
-    layer in training mode (normalised with the batch's statistics)."""
-    if not isinstance(model, torch.nn.Module):
-        return False
-    return any(m.training for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
 
 
 def _fast_pass_takes(out: torch.Tensor) -> bool:
