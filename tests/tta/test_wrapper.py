@@ -299,14 +299,22 @@ def test_keep_samples_in_compose_order_on_non_square_inputs():
 def test_views_are_batched_and_bounded_by_max_batch():
     model = Counting(_pixelwise())
     square, wide = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 12)
-    ref = netuq.TTA(model, tta.d4(), task="segmentation")(square)
-    assert model.rows == [16]  # all 8 views of 2 images in one forward
+    wrapper = netuq.TTA(model, tta.d4(), task="segmentation")
+    ref = wrapper(square)
+    assert model.rows == [2, 16]  # the probe (one view, the user's 2 rows: measures only), then all 8 views
     model.rows.clear()
-    netuq.TTA(model, tta.d4(), task="segmentation")(wide)
-    assert model.rows == [8, 8]  # 0/180° views and 90/270° views have different sizes
+    assert torch.equal(wrapper(square).probs, ref.probs) and model.rows == [16]  # all 8 views of 2 images
+    model.rows.clear()
+    wrapper(wide)
+    assert model.rows == [2, 8, 2, 8]  # 0/180° views and 90/270° views have different sizes: a probe each
+    model.rows.clear()
+    wrapper(wide)
+    assert model.rows == [8, 8]
     for max_batch, rows in ((2, [2] * 8), (5, [4, 4, 4, 4]), (1, [1] * 16)):
+        capped = netuq.TTA(model, tta.d4(), task="segmentation", max_batch=max_batch)
+        capped(square)
         model.rows.clear()
-        pred = netuq.TTA(model, tta.d4(), task="segmentation", max_batch=max_batch)(square)
+        pred = capped(square)
         assert model.rows == rows
         torch.testing.assert_close(pred.probs, ref.probs, atol=1e-6, rtol=0)
         torch.testing.assert_close(pred.epistemic, ref.epistemic, atol=1e-6, rtol=0)
@@ -317,7 +325,8 @@ def test_model_mode_is_left_alone():
     bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
     netuq.TTA(model, tta.flips())(torch.randn(2, 3, 8, 8))
     assert all(m.training for m in model.modules())  # TTA runs the model as it is given
-    assert int(bn.num_batches_tracked) == 1  # one batched forward, in the mode the user chose
+    # BatchNorm on batch statistics: one forward per view on the user's rows, in the mode the user chose
+    assert int(bn.num_batches_tracked) == len(tta.flips())
     model.eval()
     netuq.TTA(model, tta.flips())(torch.randn(2, 3, 8, 8))
     assert not any(m.training for m in model.modules())
@@ -378,8 +387,8 @@ def test_wrapper_errors():
         t("image")
     with pytest.raises(ValueError, match=r"must return \(N, C, H, W\) logits for task='segmentation'"):
         netuq.TTA(model, tta.flips(), task="segmentation")(torch.zeros(1, 3, 8, 8))
-    with pytest.raises(ValueError, match="with N = 4 rows, got"):
-        netuq.TTA(lambda x: x.mean(0, keepdim=True).flatten(1), tta.flips())(torch.zeros(1, 3, 2, 2))
+    with pytest.raises(ValueError, match="with N = 8 rows, got"):
+        netuq.TTA(lambda x: x.flatten(1)[:1], tta.flips())(torch.zeros(2, 3, 2, 2))
     with pytest.raises(ValueError, match="`logits` must be finite"):
         netuq.TTA(lambda x: x.flatten(1) / 0.0, tta.flips())(torch.zeros(1, 3, 2, 2))
 
@@ -477,7 +486,11 @@ def test_fast_pass_runs_each_view_once_and_reruns_exactly_only_on_ties_or_non_fi
     again with per-view checks (so the result and the error are those of the exact pass)."""
     x = torch.randn(2, 3, 4, 6)
     model = Counting(_pixelwise())
-    pred = netuq.TTA(model, tta.d4(), task="segmentation")(x)
+    wrapper = netuq.TTA(model, tta.d4(), task="segmentation")
+    wrapper(x)
+    assert sum(model.rows) == 2 * 2 + 8 * 2  # a probe per view size (measures only), then every view once
+    model.rows.clear()
+    pred = wrapper(x)
     assert sum(model.rows) == 8 * 2  # 8 views of 2 images, each once
     _assert_same_prediction(pred, tta_reference(model, tta.d4(), x))
 
@@ -486,7 +499,10 @@ def test_fast_pass_runs_each_view_once_and_reruns_exactly_only_on_ties_or_non_fi
             return torch.zeros(x.shape[0], 3, *x.shape[-2:])  # every class ties everywhere
 
     tied = Counting(Tied())
-    pred = netuq.TTA(tied, tta.d4(), task="segmentation")(x)
+    wrapper = netuq.TTA(tied, tta.d4(), task="segmentation")
+    wrapper(x)
+    tied.rows.clear()
+    pred = wrapper(x)
     assert sum(tied.rows) == 2 * 8 * 2  # refused by the end check, run again exactly
     assert bool((pred.variation_ratio == 0).all())  # one vote per view, all for class 0
     torch.testing.assert_close(pred.probs, torch.full_like(pred.probs, 1 / 3))
@@ -524,7 +540,8 @@ def test_half_logits_run_the_exact_pass_once_remembered():
     first = sum(net.rows)
     net.rows.clear()
     t(x)
-    assert first == 2 * 4 * 2 and sum(net.rows) == 4 * 2  # later calls run the exact pass straight away
+    # the probe (one view: measures only), the fast pass refuses half logits, the exact pass; later: exact at once
+    assert first == 2 + 2 * 4 * 2 and sum(net.rows) == 4 * 2  # the probe, the fast pass, the exact pass
     ref = tta_reference(lambda v: net(v).half().float(), tta.flips(), x)
     _assert_same_prediction(pred, ref, atol=1e-5)
 
@@ -574,7 +591,11 @@ def test_views_per_forward_on_cpu_batches_only_small_inputs():
     netuq.TTA(model, tta.d4(), task="segmentation")(torch.randn(4, 3, 32, 32))  # 12288 elements per view
     assert model.rows == [4] * 8  # one view per call: ttach's batching and memory
     model.rows.clear()
-    netuq.TTA(model, tta.d4(), task="segmentation")(torch.randn(1, 3, 16, 16))  # 768 per view
+    small = netuq.TTA(model, tta.d4(), task="segmentation")
+    small(torch.randn(1, 3, 16, 16))  # 768 per view
+    assert model.rows == [1, 8]  # the probe, then all views at once
+    model.rows.clear()
+    small(torch.randn(1, 3, 16, 16))
     assert model.rows == [8]
 
 
@@ -635,8 +656,8 @@ def test_rows_per_forward_follow_the_measured_largest_activation(monkeypatch):
     model.rows.clear()
     wrapper = netuq.TTA(model, tta.flips())
     pred = wrapper(x)
-    assert model.rows[0] == 24  # the first forward (two views of 12 small images) measures
-    assert model.rows[1:] == [4] * 6  # then one view a call, its 12 rows split in 3 (at most 5 each)
+    assert model.rows[0] == 12  # the first forward (one view of the 12 small images) measures
+    assert model.rows[1:] == [4] * 12  # then one view a call, its 12 rows split in 3 (at most 5 each)
     _assert_same_prediction(pred, tta_reference(model.model, tta.flips(), x, "classification"), atol=1e-5)
     torch.testing.assert_close(pred.probs, ref.probs, atol=1e-6, rtol=0)
     model.rows.clear()
@@ -681,7 +702,8 @@ def test_a_model_in_training_mode_keeps_the_users_rows():
         wrapper(x)
     finally:
         _batching.ACTIVATION_ELEMENTS["cpu"] = old
-    assert min(model.rows) >= 12 and wrapper._plans == {}
+    assert model.rows == [12] * 8  # one view per forward, the user's 12 rows, both calls
+    assert all(plan.coupled for plan in wrapper._plans.values())
 
 
 @settings(max_examples=30, deadline=None)

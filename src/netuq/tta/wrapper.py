@@ -56,10 +56,10 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .._checks import check_int, check_logits, float_dtype
+from .._checks import check_int, float_dtype
 from .._layout import as_layout, check_channels_last
 from ..methods._batching import LargestTensor, activation_chunk, balanced_chunk, batch_statistics
-from ..prediction import Prediction
+from ..prediction import Prediction, _check_log_values
 from ._batching import views_per_forward
 from .bridge import as_compose
 from .compose import Compose, View
@@ -197,9 +197,12 @@ class TTA:
             while start < len(idx):
                 # the first forward of a shape runs one view (the user's batch) under a probe: its largest
                 # activation, and whether the model mixes rows (then every forward runs one view, unsplit)
-                known = self._plans.get(plan)
+                known, probed = self._plans.get(plan), None
+                if known is None:
+                    probed = self._forward(views[idx[start]].augment(x), None, plan, probe=True)
+                    known = self._plans[plan]
                 rows = None
-                if known is None or known.coupled or coupled:
+                if known.coupled or coupled:
                     per_forward = 1
                 else:
                     per_forward = views_per_forward(n, per_row, len(idx) - start, x.device, self.max_batch)
@@ -208,9 +211,15 @@ class TTA:
                         per_forward = balanced_chunk(min(per_forward, max(1, rows // n)), len(idx) - start)
                 chunk = idx[start : start + per_forward]
                 start += len(chunk)
-                inp = torch.cat([views[i].augment(x) for i in chunk]) if len(chunk) > 1 else views[chunk[0]].augment(x)
-                out = self._forward(inp, rows, plan, probe=known is None)
-                del inp
+                if probed is not None and len(chunk) == 1 and (rows is None or rows >= n):
+                    out = probed  # the forward every later call runs for this view: the same numbers
+                else:  # the probe measured only: run the views as every later call does (the same numbers)
+                    del probed
+                    parts = [views[i].augment(x) for i in chunk]
+                    inp = torch.cat(parts) if len(parts) > 1 else parts[0]
+                    out = self._forward(inp, rows, plan)
+                    del parts
+                    del inp
                 for block in self._run([views[i] for i in chunk], chunk, out, n, size, work, exact):
                     if block is None:  # outputs the fast pass does not take: remember, run exactly
                         self._exact_outputs = True
@@ -325,7 +334,10 @@ class TTA:
             yield None
             return
         if exact:
-            z, stats = _checked_logits(out), _softmax_stats
+            z, masked = _checked_logits(out)
+            stats = _softmax_stats
+            if masked:  # a masked class (-inf): the fast pass's end check would refuse every call
+                self._exact_outputs = True
         else:
             z, stats = out.to(float_dtype(out)), work.softmax_stats
         if self.task == "classification":  # outputs are never de-augmented: the chunk is one block
@@ -466,16 +478,19 @@ def _fast_pass_takes(out: torch.Tensor) -> bool:
     return out.dtype in (torch.float32, torch.float64) and out.shape[1] > 0
 
 
-def _checked_logits(out: torch.Tensor) -> torch.Tensor:
+def _checked_logits(out: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """The logits in the compute dtype, after a one-pass check (NaN and ±inf propagate into the
-    min/max); :func:`netuq._checks.check_logits` words the error."""
+    min/max), and whether a class is masked (-inf). The rule of every entry point
+    (:meth:`netuq.Prediction.from_logits`, ``predict``, MCDropout, Ensemble): finite, or -inf for a
+    masked class with a finite entry left in every row; no NaN, no +inf. ``_check_log_values``
+    words the error."""
     if out.is_floating_point() and out.numel():
         z = out.to(float_dtype(out))
         lo, hi = torch.aminmax(z)
         if math.isfinite(lo.item()) and math.isfinite(hi.item()):
-            return z
-    check_logits(out, "logits")  # raises for what the fast check refused
-    return out.to(float_dtype(out))
+            return z, False
+    _check_log_values(out, "logits", stacked=False)  # raises for NaN, +inf, a row of -inf, type and shape
+    return out.to(float_dtype(out)), True
 
 
 def _softmax_stats(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
