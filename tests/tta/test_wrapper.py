@@ -819,6 +819,7 @@ def _entry_points(model, task, x):
     yield "from_logits", lambda: netuq.Prediction.from_logits(model(x).detach())
     yield "predict", lambda: netuq.predict(model, [x])[0] if isinstance(netuq.predict(model, [x]), tuple) else None
     yield "ensemble", lambda: netuq.Ensemble([model, model])(x)
+    yield "mc_dropout", lambda: netuq.MCDropout(nn.Sequential(nn.Dropout(0.0), model), samples=3, seed=0)(x)
     for merge in tta.MERGES:
         yield f"tta_{merge}", lambda merge=merge: netuq.TTA(model, tta.flips(), merge=merge, task=task)(x)
     yield "tta_scale", lambda: netuq.TTA(model, tta.Compose([tta.Scale([1, 2])]), task=task)(x)
