@@ -24,7 +24,6 @@ from torch import nn
 
 from .._batch import Batch
 from .._checks import check_ignore_index
-from .._layout import InputLayout
 from .._modes import eval_mode
 from ..prediction import Prediction
 
@@ -219,7 +218,6 @@ def _set_rng_states(states: tuple[torch.Tensor, torch.Tensor | None], device: to
 def _module_predictor(method: nn.Module, name: str) -> Callable[[torch.Tensor], Prediction]:
     """A plain module (logits -> a one-sample Prediction, run in eval mode), or a module whose forward
     returns a Prediction: a method, called as given (its modes are its own business)."""
-    layout = InputLayout(None)  # channels-last on CPU once checked, per input shape (netuq._layout)
     kind: dict[str, bool] = {}  # "method": decided by the first output
 
     def as_method(out: Any) -> Prediction:
@@ -237,10 +235,7 @@ def _module_predictor(method: nn.Module, name: str) -> Callable[[torch.Tensor], 
         device = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
         states = _rng_states(device) if rerun else None
         with eval_mode(method):
-            if isinstance(x, torch.Tensor):
-                out = layout.forward(method, x, (tuple(x.shape), x.dtype, x.device), method)
-            else:
-                out = method(x)
+            out = method(x)  # the input as given: bit-for-bit the user's own loop
         if isinstance(out, Prediction) and "method" not in kind:  # a module whose forward returns a Prediction
             kind["method"] = True
             if states is not None:
