@@ -21,6 +21,7 @@ __all__ = [
     "float_dtype",
     "check_ignore_index",
     "check_bool",
+    "looks_like_probs",
 ]
 
 PROB_SUM_TOL = 1e-3
@@ -270,3 +271,22 @@ def check_choice(value: object, name: str, choices: Any) -> Any:
     if not isinstance(value, str) or value not in options:
         raise ValueError(f"`{name}` must be one of {', '.join(map(repr, options))}, got {value!r}")
     return value
+
+
+def looks_like_probs(values: torch.Tensor) -> bool:
+    """True when every value of (N, C, ...) ``values`` is in [0, 1] and every row sums to 1 over dim 1.
+
+    The one rule for "is this array probabilities" (the CLI's files, the conformal estimators);
+    the sum tolerance is that of :func:`check_probs`.
+
+    Example:
+        >>> looks_like_probs(torch.tensor([[0.25, 0.75]])), looks_like_probs(torch.tensor([[2.0, -1.0]]))
+        (True, False)
+    """
+    if not values.is_floating_point() or values.ndim < 2 or values.numel() == 0:
+        return False
+    lo, hi = torch.aminmax(values)
+    if not (float(lo) >= 0.0 and float(hi) <= 1.0):
+        return False
+    tol = max(PROB_SUM_TOL, torch.finfo(values.dtype).eps)
+    return float((values.sum(dim=1, dtype=torch.float64) - 1.0).abs().max()) <= tol
