@@ -6,7 +6,7 @@ scores have no ties. When ⌈(n+1)(1−α)⌉ > n there are too few points for t
 (every class is in the set).
 
 The rank is computed exactly in rational arithmetic from α as written (``repr``): in floating
-point (n+1)·(1−α) can land just above an integer (e.g. 0.07·100 = 7.000000000000001) and the
+point (n+1)·(1−α) can land just above an integer (1000·(1 − 0.059) = 941.0000000000001) and the
 ceiling then takes one rank too many.
 """
 
@@ -40,8 +40,8 @@ def conformal_rank(n: int, alpha: float) -> int:
     """⌈(n+1)(1−α)⌉, computed exactly (may exceed ``n``: then q̂ = +∞).
 
     Example:
-        >>> conformal_rank(99, 0.1), conformal_rank(99, 0.07), conformal_rank(5, 0.1)
-        (90, 93, 6)
+        >>> conformal_rank(99, 0.1), conformal_rank(999, 0.059), conformal_rank(5, 0.1)
+        (90, 941, 6)
     """
     return math.ceil((n + 1) * (1 - _fraction(alpha)))
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .._checks import check_bool, check_choice, check_ignore_index, check_int, flatten_valid, move_class_last
+from .._checks import as_tensor, check_bool, check_choice, check_ignore_index, check_int, flatten_valid, move_class_last
 from .._random import derive_seed, generator
 from ..exceptions import NotFittedError
 from ._inputs import as_probs64, labels_for
@@ -119,6 +119,21 @@ class SplitConformal:
         u = torch.rand(n, generator=generator(derive_seed(self.seed, *key)), dtype=torch.float64)
         return u.to(device)
 
+    def _given_uniforms(self, uniforms: Any, shape: tuple[int, ...]) -> torch.Tensor | None:
+        """(M,) float64 uniforms from the user's (N, ...) ``uniforms`` (None: draw them)."""
+        if uniforms is None:
+            return None
+        if not self.randomized:
+            raise ValueError("`uniforms` apply to randomized=True only, got uniforms with randomized=False")
+        u = as_tensor(uniforms, "uniforms")
+        if tuple(u.shape) != tuple(shape) or not u.is_floating_point():
+            raise ValueError(f"`uniforms` must be floats of shape {tuple(shape)} (one per point), got "
+                             f"{u.dtype} of shape {tuple(u.shape)}")
+        u = u.to(torch.float64).reshape(-1)
+        if not bool(((u >= 0) & (u <= 1)).all()):
+            raise ValueError("`uniforms` must be values in [0, 1]")
+        return u
+
     def _scores(self, probs: torch.Tensor, u: torch.Tensor | None, k_reg: int = 0, lam: float = 0.0) -> torch.Tensor:
         if self.score == "lac":
             return lac_scores(probs)
@@ -127,7 +142,8 @@ class SplitConformal:
         return raps_scores(probs, u, k_reg=k_reg, lam=lam)
 
     # ------------------------------------------------------------------ fit / predict
-    def fit(self, x: Any, labels: Any, *, ignore_index: int | None = None, input: str = "auto") -> SplitConformal:
+    def fit(self, x: Any, labels: Any, *, ignore_index: int | None = None, input: str = "auto",
+            uniforms: Any = None) -> SplitConformal:
         """Calibrate q̂ on held-out points.
 
         Args:
@@ -136,6 +152,8 @@ class SplitConformal:
             ignore_index: label value whose points are left out.
             input: ``"auto"`` (probabilities if every row is in [0, 1] and sums to 1, else
                 logits), ``"logits"`` or ``"probs"``.
+            uniforms: randomised forms: optional (N,) uniforms U in [0, 1], one per point
+                (None: drawn from ``seed``), e.g. to share them with another implementation.
 
         Returns:
             self.
@@ -147,12 +165,16 @@ class SplitConformal:
         probs = as_probs64(x, input=input)
         ignore_index = check_ignore_index(ignore_index)
         y = labels_for(probs, labels, ignore_index)
+        u = self._given_uniforms(uniforms, tuple(y.shape))
+        if u is not None and ignore_index is not None:
+            u = u[y.reshape(-1) != ignore_index]
         p, y = flatten_valid(probs, y, ignore_index)
+        if u is None:
+            u = self._uniforms(y.numel(), (0,), p.device)
         C = p.shape[1]
         k_reg, lam = self.k_reg, self.lam
         if self.score == "raps" and (k_reg is None or lam is None):
-            p, y, k_reg, lam = self._tune(p, y, k_reg, lam)
-        u = self._uniforms(y.numel(), (0,), p.device)
+            p, y, u, k_reg, lam = self._tune(p, y, u, k_reg, lam)
         s = self._scores(p, u, k_reg or 0, lam or 0.0).gather(1, y.unsqueeze(1)).squeeze(1)
         if self.class_conditional:
             quantile = self._classwise_quantiles(s, y, C)
@@ -166,7 +188,7 @@ class SplitConformal:
         self._predict_calls = 0
         return self
 
-    def _tune(self, p, y, k_reg, lam):
+    def _tune(self, p, y, u, k_reg, lam):
         m = y.numel()
         n_tune = int(self.tune_fraction * m)
         if n_tune < 1 or m - n_tune < 1:
@@ -180,8 +202,8 @@ class SplitConformal:
         if k_reg is None:
             k_reg = pick_k_reg(pt, yt, self.alpha)
         if lam is None:
-            lam = pick_lambda(pt, yt, self.alpha, k_reg, self._uniforms(n_tune, (3,), p.device))
-        return p[rest], y[rest], k_reg, lam
+            lam = pick_lambda(pt, yt, self.alpha, k_reg, None if u is None else u[tune])
+        return p[rest], y[rest], None if u is None else u[rest], k_reg, lam
 
     def _classwise_quantiles(self, s: torch.Tensor, y: torch.Tensor, C: int) -> torch.Tensor:
         counts = torch.bincount(y, minlength=C).cpu()
@@ -204,7 +226,7 @@ class SplitConformal:
         if not hasattr(self, "quantile_"):
             raise NotFittedError("this SplitConformal is not fitted yet: call fit(x, labels) before predict")
 
-    def predict(self, x: Any, *, input: str = "auto", seed: int | None = None) -> torch.Tensor:
+    def predict(self, x: Any, *, input: str = "auto", seed: int | None = None, uniforms: Any = None) -> torch.Tensor:
         """Prediction sets: a boolean mask of the classes whose score is at most q̂.
 
         Args:
@@ -212,6 +234,8 @@ class SplitConformal:
             input: as in :meth:`fit`.
             seed: randomised forms: seeds the test uniforms. None draws a new stream on every
                 call (from the constructor's seed and a call counter, so a rerun repeats it).
+            uniforms: randomised forms: optional (N, ...) uniforms (one per example or pixel)
+                instead of drawn ones.
 
         Returns:
             (N, C) (or (N, C, ...)) bool tensor: ``sets[i, c]`` is True when class c is in the set of i.
@@ -227,12 +251,14 @@ class SplitConformal:
             raise ValueError(f"`x` must have {self.num_classes_} classes in dim 1 (as in fit), got shape "
                              f"{tuple(probs.shape)}")
         flat = move_class_last(probs)
-        if seed is None:
-            key = (1, self._predict_calls)
-            self._predict_calls += 1
-        else:
-            key = (4, check_int(seed, "seed", 0))
-        u = self._uniforms(flat.shape[0], key, flat.device)
+        u = self._given_uniforms(uniforms, probs.shape[:1] + probs.shape[2:])
+        if u is None:
+            if seed is None:
+                key = (1, self._predict_calls)
+                self._predict_calls += 1
+            else:
+                key = (4, check_int(seed, "seed", 0))
+            u = self._uniforms(flat.shape[0], key, flat.device)
         s = self._scores(flat, u, getattr(self, "k_reg_", 0), getattr(self, "lam_", 0.0))
         q = self.quantile_
         sets = s <= (q.to(s.device) if isinstance(q, torch.Tensor) else q)
