@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import netuq
-from netuq.conformal import ConformalRiskControl, image_losses, threshold_grid
+from netuq.conformal import ConformalRiskControl, threshold_grid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reference"))
 from conformal_reference import crc_threshold, image_loss  # noqa: E402
