@@ -67,6 +67,9 @@ import torch
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
+from .._batching import activation_chunk as _activation_chunk
+from .._batching import balanced_chunk as _balanced
+from .._batching import default_chunk as _default_chunk
 from .._checks import check_int as _check_int
 from .._layout import InputLayout, compare_layouts, to_channels_last, worth_trying
 from .._random import derive_seed as _derive
@@ -74,9 +77,7 @@ from .._random import forked_rng as _forked_rng
 from .._random import seed_device as _seed_device
 from ..nn import MCDropout as MCDropoutLayer
 from ..prediction import Prediction
-from ._batching import activation_chunk as _activation_chunk
-from ._batching import balanced_chunk as _balanced
-from ._batching import default_chunk as _default_chunk
+from ..traits import Traits
 from ._dropout_calls import (
     FunctionalDropout,
     SeedState,
@@ -332,6 +333,10 @@ class MCDropout:
             f"MCDropout({type(self.model).__name__}, samples={self.samples}, max_batch={self.max_batch}, "
             f"seed={self.seed}, caches_trunk={self.caches_trunk})"
         )
+
+    def netuq_traits(self) -> Traits:
+        """MC dropout's traits (:mod:`netuq.traits`): epistemic samples, seeded when ``seed`` is set."""
+        return Traits("mc_dropout", epistemic=True, seeded=self.seed is not None)
 
     def __call__(self, x: torch.Tensor) -> Prediction:
         """Sample the model on a batch.
