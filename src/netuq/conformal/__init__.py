@@ -11,6 +11,7 @@ Set metrics (coverage, set size, worst-class and size-stratified coverage) are i
 :mod:`netuq.metrics`.
 """
 
+from . import _section  # noqa: F401  (registers the "conformal" result section)
 from .quantile import conformal_quantile, conformal_rank
 from .risk import ConformalRiskControl, image_losses, threshold_grid
 from .scores import aps_scores, lac_scores, raps_scores

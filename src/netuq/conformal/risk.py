@@ -49,7 +49,7 @@ from ..exceptions import NotFittedError
 from ._inputs import as_probs64, labels_for
 from .quantile import check_alpha
 
-__all__ = ["ConformalRiskControl", "LOSSES", "threshold_grid", "image_losses"]
+__all__ = ["ConformalRiskControl", "LOSSES", "threshold_grid", "image_losses", "image_curves", "threshold_index"]
 
 LOSSES = ("fnr", "miscoverage")
 BOUND = 1.0  # B: both losses are fractions
@@ -94,6 +94,49 @@ def _losses_on_grid(values: torch.Tensor, mask: torch.Tensor, thresholds: torch.
     missed = counts.view(N, G + 1).cumsum(1)[:, :G]
     m = mask.sum(1, dtype=torch.float64).unsqueeze(1)
     return torch.where(m > 0, missed / m.clamp_min(1.0), 0.0)
+
+
+def image_curves(probs: torch.Tensor, y: torch.Tensor, thresholds: torch.Tensor, *, loss: str,
+                 target_class: int | None, ignore_index: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, the loss and the mean per-pixel set size at every threshold of the grid.
+
+    Args:
+        probs: (N, C, ...) float64 probabilities; y: (N, ...) validated labels.
+        thresholds: (G,) ascending float64 grid.
+
+    Returns:
+        ``(losses (N, G), sizes (N, G))``: sizes are the mean over the image's valid pixels of
+        #{c : p_c ≥ t} (0 for an image without valid pixels).
+    """
+    v, mask = _values(probs, y, loss, target_class, ignore_index)
+    grid = thresholds.to(v.device)
+    losses = _losses_on_grid(v, mask, grid)
+    N, C = probs.shape[:2]
+    valid = torch.ones_like(y, dtype=torch.bool) if ignore_index is None else y != ignore_index
+    flat = probs.reshape(N, C, -1)
+    valid = valid.reshape(N, 1, -1).expand_as(flat).reshape(N, -1)
+    # #{t ≤ p} counted per (image, class, pixel); the set size at t_g is the count of p ≥ t_g.
+    below = _losses_on_grid(flat.reshape(N, -1), valid, grid)  # fraction of (pixel, class) pairs with p < t_g
+    pixels = valid.sum(1, dtype=torch.float64).unsqueeze(1) / C
+    sizes = torch.where(pixels > 0, (1.0 - below) * C, 0.0)
+    return losses, sizes
+
+
+def threshold_index(loss_sum: torch.Tensor, n: int, alpha: float, bound: float = BOUND) -> tuple[int, bool]:
+    """Index into the ascending grid of t̂ = 1 − λ̂ from the summed per-image losses, and whether certified.
+
+    λ̂ = inf{λ : (n/(n+1)) R̂(λ) + B/(n+1) ≤ α} ⇔ the largest t with Σ_i L_i(t) + B ≤ α (n+1); when
+    none qualifies, t = the first grid point (0: λ_max, every class everywhere) and certified is False.
+
+    Example:
+        >>> threshold_index(torch.tensor([0.0, 1.0, 5.0, 9.0], dtype=torch.float64), 19, 0.1)
+        (1, True)
+    """
+    ok = (loss_sum + bound) <= alpha * (n + 1)
+    good = ok.nonzero()
+    if not good.numel():
+        return 0, False
+    return int(good.max()), True
 
 
 def image_losses(x: Any, labels: Any, threshold: float, *, loss: str = "miscoverage", target_class: int | None = None,
@@ -233,12 +276,8 @@ class ConformalRiskControl:
 
     def _finish(self) -> None:
         n = self._n
-        # (n/(n+1)) R̂(t) + B/(n+1) <= α  <=>  Σ_i L_i(t) + B <= α (n+1); R̂ grows with t (= 1 − λ).
-        ok = (self._loss_sum + BOUND) <= self.alpha * (n + 1)
-        good = ok.nonzero()
-        certified = bool(good.numel())
-        index = int(good.max()) if certified else 0  # the largest t (smallest λ) accepted; else t = 0: λ_max
         # The accepted set is a prefix of the ascending grid (the loss sum is non-decreasing in t).
+        index, certified = threshold_index(self._loss_sum, n, self.alpha)
         self.threshold_ = float(self._grid[index])
         self.lambda_ = 1.0 - self.threshold_
         self.n_calibration_ = n
