@@ -18,7 +18,7 @@ from fractions import Fraction
 import torch
 
 from .quantile import conformal_quantile
-from .scores import class_ranks, raps_scores
+from .scores import class_ranks, raps_from_sorted, sort_desc
 
 __all__ = ["LAMBDA_GRID", "pick_k_reg", "pick_lambda"]
 
@@ -49,8 +49,9 @@ def pick_lambda(probs: torch.Tensor, labels: torch.Tensor, alpha: float, k_reg: 
         True
     """
     best, best_size = grid[0], math.inf
+    order, ps = sort_desc(probs)
     for lam in grid:
-        s = raps_scores(probs, u, k_reg=k_reg, lam=lam)
+        s = raps_from_sorted(order, ps, u, k_reg=k_reg, lam=lam)
         q = conformal_quantile(s.gather(1, labels.unsqueeze(1)).squeeze(1), alpha)
         size = float((s <= q).sum(1, dtype=torch.float64).mean())
         if size < best_size:

@@ -41,11 +41,34 @@ def lac_scores(probs: torch.Tensor) -> torch.Tensor:
     return 1.0 - probs.to(torch.float64)
 
 
-def _sorted(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(order, sorted probabilities): classes by decreasing p, ties by increasing class index."""
+def sort_desc(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order, sorted probabilities) of (N, C) probabilities: classes by decreasing p, ties by class index.
+
+    On the CPU numpy's introsort is 6x faster than a stable sort for C = 100; it is used first,
+    and only the rows holding a tie (equal neighbours after sorting: rare) are sorted again stably,
+    so the order is exactly the stable one.
+
+    Example:
+        >>> sort_desc(torch.tensor([[0.25, 0.5, 0.25]], dtype=torch.float64))[0].tolist()
+        [[1, 0, 2]]
+    """
     p = probs.to(torch.float64)
-    order = torch.sort(p, dim=1, descending=True, stable=True).indices
-    return order, p.gather(1, order)
+    if p.device.type != "cpu" or p.requires_grad:
+        order = torch.sort(p, dim=1, descending=True, stable=True).indices
+        return order, p.gather(1, order)
+    import numpy as np
+
+    order = torch.from_numpy(np.argsort(-p.contiguous().numpy(), axis=1))
+    ps = p.gather(1, order)
+    tied = (ps[:, 1:] == ps[:, :-1]).any(1).nonzero().squeeze(1)
+    if tied.numel():
+        redo = torch.sort(p[tied], dim=1, descending=True, stable=True).indices
+        order[tied] = redo
+        ps[tied] = p[tied].gather(1, redo)
+    return order, ps
+
+
+_sorted = sort_desc
 
 
 def class_ranks(probs: torch.Tensor) -> torch.Tensor:
@@ -95,13 +118,18 @@ def raps_scores(probs: torch.Tensor, u: torch.Tensor | None = None, *, k_reg: in
         >>> raps_scores(torch.tensor([[0.2, 0.5, 0.3]], dtype=torch.float64), k_reg=1, lam=0.5).tolist()
         [[2.0, 0.5, 1.3]]
     """
-    order, ps = _sorted(probs)
-    s = ps.cumsum(dim=1)
+    return raps_from_sorted(*_sorted(probs), u, k_reg=k_reg, lam=lam)
+
+
+def raps_from_sorted(order: torch.Tensor, ps: torch.Tensor, u: torch.Tensor | None = None, *, k_reg: int,
+                     lam: float) -> torch.Tensor:
+    """:func:`raps_scores` from :func:`sort_desc`'s output (to score several (k_reg, λ) with one sort)."""
+    s = ps.cumsum(dim=1)  # in place below: fresh (N, C) temporaries cost page faults
     if u is not None:
-        s = s - u.to(torch.float64).unsqueeze(1) * ps
+        s.sub_(ps * u.to(torch.float64).unsqueeze(1))  # two roundings, as s − u·p (no fused multiply-add)
     if lam:
         rank = torch.arange(1, ps.shape[1] + 1, device=ps.device, dtype=torch.float64)
-        s = s + lam * (rank - k_reg).clamp_min(0.0)
+        s.add_(lam * (rank - k_reg).clamp_min(0.0))
     out = torch.empty_like(s)
     out.scatter_(1, order, s)
     return out
