@@ -51,11 +51,11 @@ def main() -> int:
         for score in ("lac", "aps", "raps"):
             rnd = score != "lac"
 
-            def ours():
+            def ours(score=score, rnd=rnd, p=p, y=y, cal=cal, test=test):
                 cp = SplitConformal(score=score, alpha=alpha, randomized=rnd, seed=0)
                 return cp.fit(p[cal], y[cal], input="probs").predict(p[test], input="probs")
 
-            def theirs():
+            def theirs(score=score, rnd=rnd, pn=pn, yn=yn, cal=cal, test=test):
                 f = mapie_randomized_sets if rnd else mapie_sets
                 return f(pn, yn, cal, test, score, alpha, 0)
 
@@ -87,7 +87,7 @@ def main() -> int:
     crc = ConformalRiskControl(loss="miscoverage", alpha=alpha)
     t, _ = best_of(lambda: crc.fit(batches), k=2)
     print(f"\nrisk control: {pixels / 1e6:.2f} Mpx fitted in {t:.2f} s ({t / pixels * 1e6:.3f} s/Mpx), state "
-          f"{crc._loss_sum.numel() * 8 / 1024:.1f} KiB (grid of {crc._loss_sum.numel()}), threshold {crc.threshold_:.4f}")
+          f"{crc.risk_.numel() * 8 / 1024:.1f} KiB (grid of {crc.risk_.numel()}), threshold {crc.threshold_:.4f}")
     for p_ in problems:
         print("FAIL:", p_)
     return 1 if problems else 0
