@@ -11,7 +11,7 @@ Set metrics (coverage, set size, worst-class and size-stratified coverage) are i
 :mod:`netuq.metrics`.
 """
 
-from . import _section  # noqa: F401  (registers the "conformal" result section)
+from ._section import options_for as section_options  # importing it registers the "conformal" section
 from .quantile import conformal_quantile, conformal_rank
 from .risk import ConformalRiskControl, image_losses, threshold_grid
 from .scores import aps_scores, lac_scores, raps_scores
@@ -27,4 +27,5 @@ __all__ = [
     "raps_scores",
     "image_losses",
     "threshold_grid",
+    "section_options",
 ]

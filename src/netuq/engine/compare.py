@@ -450,14 +450,19 @@ def _loaders(value: Any, name: str) -> dict[str, Any]:
 
 
 def _with_conformal(chosen: dict[str, Mapping[str, Any]], conformal: Any, calibration: Any) -> dict:
-    """``compare(conformal=...)`` as the ``conformal`` section's options, with compare's calibration loader."""
+    """``compare(conformal=...)`` as the ``conformal`` section's options, with compare's calibration loader.
+
+    The section (registered by :mod:`netuq.conformal`) validates its options when it starts.
+    """
     if conformal is None or conformal is False:
         if "conformal" not in chosen:
             return chosen
         conformal = chosen["conformal"]
-    from ..conformal._section import options_for
-
-    options = options_for(conformal)
+    if conformal is not True and not isinstance(conformal, Mapping):
+        raise TypeError(f"`conformal` must be True, None or a dict of options, got {type(conformal).__name__}")
+    if "conformal" not in result_sections.SECTIONS:
+        raise ValueError("`conformal` needs the 'conformal' result section: import netuq.conformal")
+    options = {} if conformal is True else dict(conformal)
     if calibration is not None:
         options.setdefault("calibration", calibration)
     return {**chosen, "conformal": options}
