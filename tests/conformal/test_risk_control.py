@@ -4,19 +4,15 @@ and the risk is controlled in expectation over images on many random splits of d
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from reference.conformal_reference import crc_threshold, image_loss
 
 import netuq
 from netuq.conformal import ConformalRiskControl, threshold_grid
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reference"))
-from conformal_reference import crc_threshold, image_loss  # noqa: E402
 
 IGNORE = 255
 

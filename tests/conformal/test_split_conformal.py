@@ -4,23 +4,19 @@ marginal guarantee holds on many random splits, inputs and errors behave as ever
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from reference.conformal_reference import conformal_sets, quantile, rank_k, score_row
 
 import netuq
 from netuq.conformal import SplitConformal, conformal_quantile, conformal_rank
 from netuq.conformal._tuning import LAMBDA_GRID, pick_k_reg, pick_lambda
 from netuq.conformal.quantile import min_calibration_size
 from netuq.conformal.scores import aps_scores, class_ranks, lac_scores, raps_scores
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reference"))
-from conformal_reference import conformal_sets, quantile, rank_k, score_row  # noqa: E402
 
 
 def _data(n: int, C: int, seed: int, scale: float = 2.0):
