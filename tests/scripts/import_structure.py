@@ -33,6 +33,7 @@ LAYERS = (
     ("distributed", "results"),
     ("engine",),
     ("report",),
+    ("conformal",),  # its result section renders report blocks; compare reaches it through the registry only
     ("benchmark",),
     ("cli",),
     ("", "__main__"),  # netuq/__init__.py, netuq/__main__.py

@@ -154,6 +154,25 @@ def _loaders(value: Any, name: str) -> dict[str, Any]:
     return {"ood": value}
 
 
+def _with_conformal(chosen: dict[str, Mapping[str, Any]], conformal: Any, calibration: Any) -> dict:
+    """``compare(conformal=...)`` as the ``conformal`` section's options, with compare's calibration loader.
+
+    The section (registered by :mod:`netuq.conformal`) validates its options when it starts.
+    """
+    if conformal is None or conformal is False:
+        if "conformal" not in chosen:
+            return chosen
+        conformal = chosen["conformal"]
+    if conformal is not True and not isinstance(conformal, Mapping):
+        raise TypeError(f"`conformal` must be True, None or a dict of options, got {type(conformal).__name__}")
+    if "conformal" not in result_sections.SECTIONS:
+        raise ValueError("`conformal` needs the 'conformal' result section: import netuq.conformal")
+    options = {} if conformal is True else dict(conformal)
+    if calibration is not None:
+        options.setdefault("calibration", calibration)
+    return {**chosen, "conformal": options}
+
+
 def compare(
     methods: Mapping[str, Any],
     test_loader: Iterable,
@@ -175,6 +194,7 @@ def compare(
     distributed: bool | None = None,
     scores: Sequence[str] | None = None,
     sections: Sequence[str] | Mapping[str, Mapping[str, Any]] | None = None,
+    conformal: bool | Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score every method on the same data; the results ``netuq.report.render_report`` draws.
 
@@ -219,6 +239,10 @@ def compare(
             registered score reads is not reported, with a warning.
         sections: the extra result sections (:mod:`netuq.results.sections`) to compute: a list of
             keys or a dict key -> options (default: every registered section marked ``default``).
+        conformal: prediction sets for every method (the ``conformal`` section,
+            :mod:`netuq.conformal`): True for the defaults or a dict of options (``alpha``,
+            ``scores``, ``randomized``, ``splits``, ``loss``, ``target_class``, ``grid_size``);
+            fitted on ``calibration`` when given, else by the repeated split protocol on the test set.
 
     Returns:
         Plain data (schema 1 of :mod:`netuq.results.schema`): ``task``, ``config``, ``data``,
@@ -264,7 +288,8 @@ def compare(
         repeats=check_positive_int(repeats, "repeats"), max_pixels=check_positive_int(max_pixels, "max_pixels"),
         calibration_samples=None if calibration_samples is None else check_positive_int(
             calibration_samples, "calibration_samples"),
-        examples=int(examples), distributed=distributed, scores=scores, sections=result_sections.selected(sections))
+        examples=int(examples), distributed=distributed, scores=scores,
+        sections=_with_conformal(result_sections.selected(sections), conformal, calibration))
     ood_loaders = _loaders(ood, "ood")
     is_distributed(distributed)  # checks the argument before any pass
     loaders = {"test_loader": test_loader, "calibration": calibration,

@@ -15,8 +15,17 @@ from .functional import (
     reliability_bins,
     risk_coverage_curve,
 )
+from .sets import (
+    SizeStratifiedCoverage,
+    classwise_coverage,
+    coverage,
+    set_size,
+    size_stratified_coverage,
+    worst_class_coverage,
+)
 
 _STREAMING = ("CalibrationError", "UncertaintyMetrics")
+_STREAMING_SETS = ("SetMetrics",)
 
 
 def __getattr__(name: str):
@@ -26,6 +35,10 @@ def __getattr__(name: str):
         from . import streaming
 
         return getattr(streaming, name)
+    if name in _STREAMING_SETS:
+        from . import streaming_sets
+
+        return getattr(streaming_sets, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
@@ -47,4 +60,11 @@ __all__ = [
     "roc_curve",
     "CalibrationError",
     "UncertaintyMetrics",
+    "coverage",
+    "set_size",
+    "classwise_coverage",
+    "worst_class_coverage",
+    "size_stratified_coverage",
+    "SizeStratifiedCoverage",
+    "SetMetrics",
 ]
