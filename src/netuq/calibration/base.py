@@ -144,6 +144,10 @@ class Calibrator:
     """
 
     name: ClassVar[str | None] = None
+    #: Whether the calibrated argmax can differ from the input's (the report says so): temperature
+    #: scaling and top-label histogram binning keep the predicted class; vector / matrix scaling and
+    #: isotonic regression can change it. True unless a class states otherwise.
+    changes_prediction: ClassVar[bool] = True
     _param_names: ClassVar[tuple[str, ...]] = ()
     #: constructor arguments added after format version 1 files were first written, with the
     #: value that reproduces how such an older file was fitted (used when a file lacks them)
@@ -241,8 +245,12 @@ class Calibrator:
     def _transform(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def _fitted_shapes(self, num_classes: int) -> dict[str, tuple[int, ...]]:  # pragma: no cover
-        """{fitted attribute: shape} for C = ``num_classes``; shape () is a Python float."""
+    def _fitted_shapes(self, num_classes: int) -> dict[str, tuple[int | None, ...]]:  # pragma: no cover
+        """{fitted attribute: shape} for C = ``num_classes``; shape () is a Python float.
+
+        ``None`` in a shape is a length fixed by the fit, not by C (the breakpoints of a
+        non-parametric calibrator); the class's ``_check_fitted_values`` relates such lengths.
+        """
         raise NotImplementedError
 
     def _check_fitted_values(self) -> str | None:
@@ -254,7 +262,7 @@ class Calibrator:
         for name, shape in self._fitted_shapes(self.num_classes_).items():
             value = getattr(self, name)
             t = torch.as_tensor(value, dtype=torch.float64)
-            if tuple(t.shape) != shape:
+            if not shape_matches(tuple(t.shape), shape):
                 return f"`{name.rstrip('_')}` must have shape {shape}, got {tuple(t.shape)}"
             if not bool(torch.isfinite(t).all()):
                 return f"`{name.rstrip('_')}` must be finite"
@@ -360,6 +368,11 @@ class Calibrator:
         from .persistence import save
 
         return save(self, path)
+
+
+def shape_matches(found: tuple[int, ...], shape: tuple[int | None, ...]) -> bool:
+    """Whether ``found`` is ``shape``, where a ``None`` entry of ``shape`` matches any length."""
+    return len(found) == len(shape) and all(s is None or f == s for f, s in zip(found, shape))
 
 
 def _jsonable(value):

@@ -67,6 +67,7 @@ class TemperatureScaling(Calibrator):
     """
 
     name: ClassVar[str] = "temperature"
+    changes_prediction: ClassVar[bool] = False
     _param_names = ("bounds", "max_iter", "separable")
     _params_added = {"separable": "bound"}  # files written before it existed hit the bound
 
