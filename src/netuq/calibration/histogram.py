@@ -121,6 +121,7 @@ class HistogramBinning(StepwiseCalibrator):
     """
 
     name: ClassVar[str] = "histogram"
+    label: ClassVar[str] = "top-label histogram binning"
     changes_prediction: ClassVar[bool] = False
     _param_names = ("points_per_bin", "min_prob")
 

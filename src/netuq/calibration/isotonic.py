@@ -124,6 +124,7 @@ class IsotonicRegression(StepwiseCalibrator):
     """
 
     name: ClassVar[str] = "isotonic"
+    label: ClassVar[str] = "isotonic regression"
     changes_prediction: ClassVar[bool] = True
     _param_names = ("min_prob",)
 
