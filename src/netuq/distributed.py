@@ -190,6 +190,8 @@ def _pack(batch, pred: Prediction, members: list[Prediction]) -> dict[str, torch
     for tag, p in (("p", pred), *((f"m{i}", m) for i, m in enumerate(members))):
         cols[f"{tag}.log_sum"], cols[f"{tag}.entropy_sum"] = p._log_sum, p._entropy_sum
         cols[f"{tag}.votes"] = p._votes
+        if p.has_logit_scores:
+            cols[f"{tag}.energy_sum"], cols[f"{tag}.max_logit_sum"] = p._energy_sum, p._max_logit_sum
         if p.samples is not None:
             cols[f"{tag}.samples"] = p.samples.transpose(0, 1)  # rows first
         for k, v in p.scores.items():
@@ -205,6 +207,9 @@ def _unpack(cols: dict[str, torch.Tensor], meta: dict[str, tuple[int, bool]], in
         p = Prediction(keep_samples=keep)
         p._count, p._log_sum, p._entropy_sum = count, cols[f"{tag}.log_sum"], cols[f"{tag}.entropy_sum"]
         p._votes = cols[f"{tag}.votes"]
+        if f"{tag}.energy_sum" in cols:
+            p._energy_sum, p._max_logit_sum = cols[f"{tag}.energy_sum"], cols[f"{tag}.max_logit_sum"]
+            p._logit_count = count
         if f"{tag}.samples" in cols:
             p._samples = [cols[f"{tag}.samples"].transpose(0, 1)]
         prefix = f"{tag}.score."

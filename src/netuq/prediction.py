@@ -7,6 +7,8 @@ decomposition *total = aleatoric + epistemic* (Depeweg et al. 2018):
   where a class probability underflows float32 — calibrators can use it as logits;
 * ``Σ_s H[p_s]`` (sum of per-sample entropies) for the aleatoric part;
 * vote counts of each sample's argmax for the variation ratio;
+* for samples added as logits, ``Σ_s E(z_s)`` and ``Σ_s −max_c z_s`` for the logit OOD scores
+  (energy, Liu et al. 2020; max-logit, Hendrycks et al. 2022);
 * the sample count.
 
 Memory is therefore independent of the number of samples S unless ``keep_samples=True``.
@@ -60,6 +62,15 @@ SCORES = ("max_prob", "entropy", "mutual_information", "sigma", "confidence")
 _RENAMED = {"1-max_prob": "max_prob", "epistemic": "mutual_information", "1-confidence": "confidence"}
 
 
+def _logit_scores(z: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ over the leading sample axis (if ``dim`` is 2) of energy −logsumexp z and of −max z."""
+    energy = -torch.logsumexp(z, dim=dim)
+    max_logit = -z.amax(dim=dim)
+    if dim == 2:
+        energy, max_logit = energy.sum(0), max_logit.sum(0)
+    return energy, max_logit
+
+
 class Prediction:
     """Mean predictive distribution plus the sufficient statistics of its uncertainty.
 
@@ -95,6 +106,9 @@ class Prediction:
         self._linear_sum: torch.Tensor | None = None  # (N, C, ...) Σ_s p_s when held in linear space
         self._entropy_sum: torch.Tensor | None = None  # (N, ...) Σ_s H[p_s]
         self._votes: torch.Tensor | None = None  # (N, C, ...) int32 argmax counts
+        self._energy_sum: torch.Tensor | None = None  # (N, ...) Σ_s −logsumexp_c z_s (samples added as logits)
+        self._max_logit_sum: torch.Tensor | None = None  # (N, ...) Σ_s −max_c z_s
+        self._logit_count = 0  # samples that came with logits
         self._samples: list[torch.Tensor] = []
         self._count = 0
         if probs is not None:
@@ -119,6 +133,9 @@ class Prediction:
         if "_log_sum" in state:
             state["_log_sum_value"] = state.pop("_log_sum")
         state.setdefault("_linear_sum", None)
+        state.setdefault("_energy_sum", None)
+        state.setdefault("_max_logit_sum", None)
+        state.setdefault("_logit_count", 0)
         self.__dict__.update(state)
 
     def _sum_tensor(self) -> torch.Tensor | None:
@@ -212,6 +229,10 @@ class Prediction:
             out._log_sum = torch.cat([p._log_sum for p in preds])
         out._entropy_sum = torch.cat([p._entropy_sum for p in preds])
         out._votes = torch.cat([p._votes for p in preds])
+        if all(p.has_logit_scores for p in preds):
+            out._energy_sum = torch.cat([p._energy_sum for p in preds])
+            out._max_logit_sum = torch.cat([p._max_logit_sum for p in preds])
+            out._logit_count = out._count
         if out.keep_samples:
             out._samples = [torch.cat([p.samples for p in preds], dim=1)]
         keys = set.intersection(*(set(p.scores) for p in preds))
@@ -254,8 +275,16 @@ class Prediction:
         if validate_args:
             logits = _check_log_values(logits, "logits", stacked=stacked)
         z = logits.to(float_dtype(logits))
-        log_p = torch.log_softmax(z, dim=2 if stacked else 1)
+        dim = 2 if stacked else 1
+        log_p = torch.log_softmax(z, dim=dim)
+        energy, max_logit = _logit_scores(z, dim)
         self._accumulate(log_p, log_p.exp(), stacked)
+        if self._logit_count == 0 and self._energy_sum is None:
+            self._energy_sum, self._max_logit_sum = energy, max_logit
+        else:
+            self._energy_sum = self._energy_sum + energy if self._energy_sum is not None else None
+            self._max_logit_sum = self._max_logit_sum + max_logit if self._max_logit_sum is not None else None
+        self._logit_count += logits.shape[0] if stacked else 1
 
     def add_log_probs(self, log_probs: torch.Tensor, *, stacked: bool = False, validate_args: bool = True) -> None:
         """Add normalised log-probabilities (N, C, ...) (or (k, N, C, ...) with ``stacked=True``).
@@ -370,6 +399,47 @@ class Prediction:
         return (self.entropy - self.aleatoric).clamp_min(0.0)
 
     @property
+    def has_logit_scores(self) -> bool:
+        """Whether every sample came as logits (``add_logits``), so ``energy`` and ``max_logit`` exist."""
+        return self._count > 0 and self._logit_count == self._count and self._energy_sum is not None
+
+    def _logit_score(self, total: torch.Tensor | None, name: str) -> torch.Tensor:
+        self._require()
+        if not self.has_logit_scores:
+            raise ValueError(
+                f"`{name}` needs logits: this Prediction holds {self._count - self._logit_count} of {self._count} "
+                "sample(s) added as probabilities or log-probabilities; add them with add_logits"
+            )
+        return total / self._count
+
+    @property
+    def energy(self) -> torch.Tensor:
+        """(N, ...) energy score, higher = more OOD (Liu et al. 2020, "Energy-based Out-of-distribution Detection").
+
+        E(z) = −T · logsumexp_c(z_c / T) with T = 1, on each sample's logits; for S samples (MC
+        dropout, ensembles, heteroscedastic sampling) the mean over samples, (1/S) Σ_s E(z_s) —
+        kept as a running sum, so memory does not grow with S. It needs logits: samples added
+        as probabilities carry no logit scale (``has_logit_scores``).
+
+        Example:
+            >>> Prediction.from_logits(torch.tensor([[0.0, 0.0], [5.0, 0.0]])).energy
+            tensor([-0.6931, -5.0067])
+        """
+        return self._logit_score(self._energy_sum, "energy")
+
+    @property
+    def max_logit(self) -> torch.Tensor:
+        """(N, ...) max-logit score −max_c z_c, higher = more OOD (Hendrycks et al. 2022, "Scaling
+        Out-of-Distribution Detection for Real-World Settings"); for S samples the mean over
+        samples of −max_c z_s,c, kept as a running sum like :attr:`energy`.
+
+        Example:
+            >>> Prediction.from_samples(torch.tensor([[[2.0, 0.0]], [[0.0, 4.0]]]), logits=True).max_logit
+            tensor([-3.])
+        """
+        return self._logit_score(self._max_logit_sum, "max_logit")
+
+    @property
     def variation_ratio(self) -> torch.Tensor:
         """(N, ...) 1 − (votes of the modal class) / S."""
         self._require()
@@ -389,8 +459,9 @@ class Prediction:
 
         The score names are netuq's one vocabulary (the benchmark, the report and the engine use
         the same): ``"max_prob"`` (1 − max p̄), ``"entropy"`` (H[p̄]), ``"mutual_information"``
-        (H[p̄] − E_s H[p_s]), ``"sigma"`` (``scores["sigma"]`` of a heteroscedastic head) and
-        ``"confidence"`` (1 − ``scores["confidence"]`` of a learned confidence head). Also
+        (H[p̄] − E_s H[p_s]), ``"sigma"`` (``scores["sigma"]`` of a heteroscedastic head),
+        ``"confidence"`` (1 − ``scores["confidence"]`` of a learned confidence head), and from
+        logits ``"energy"`` and ``"max_logit"`` (see :attr:`energy`). Also
         accepted: ``"aleatoric"`` (E_s H[p_s]), ``"variation_ratio"`` and any other key of
         ``scores`` (returned as stored, e.g. TTA's ``"view_mutual_information"``). The old names
         ``"1-max_prob"``, ``"epistemic"`` and ``"1-<key>"`` are refused with the new name.
@@ -410,6 +481,8 @@ class Prediction:
             "mutual_information": lambda: self.epistemic,
             "aleatoric": lambda: self.aleatoric,
             "variation_ratio": lambda: self.variation_ratio,
+            "energy": lambda: self.energy,
+            "max_logit": lambda: self.max_logit,
         }
         if not isinstance(kind, str):
             raise TypeError(f"`kind` must be a score name (str), got {type(kind).__name__}")
@@ -432,7 +505,7 @@ class Prediction:
 
     def to(self, device: torch.device | str) -> Prediction:
         """Move every tensor to ``device`` (returns self)."""
-        for name in ("_log_sum_value", "_linear_sum", "_entropy_sum", "_votes"):
+        for name in ("_log_sum_value", "_linear_sum", "_entropy_sum", "_votes", "_energy_sum", "_max_logit_sum"):
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.to(device))
