@@ -192,6 +192,8 @@ def _pack(batch, pred: Prediction, members: list[Prediction]) -> dict[str, torch
         cols[f"{tag}.votes"] = p._votes
         if p.has_logit_scores:
             cols[f"{tag}.energy_sum"], cols[f"{tag}.max_logit_sum"] = p._energy_sum, p._max_logit_sum
+        if p.features is not None:
+            cols[f"{tag}.features"] = p.features
         if p.samples is not None:
             cols[f"{tag}.samples"] = p.samples.transpose(0, 1)  # rows first
         for k, v in p.scores.items():
@@ -210,6 +212,7 @@ def _unpack(cols: dict[str, torch.Tensor], meta: dict[str, tuple[int, bool]], in
         if f"{tag}.energy_sum" in cols:
             p._energy_sum, p._max_logit_sum = cols[f"{tag}.energy_sum"], cols[f"{tag}.max_logit_sum"]
             p._logit_count = count
+        p.features = cols.get(f"{tag}.features")
         if f"{tag}.samples" in cols:
             p._samples = [cols[f"{tag}.samples"].transpose(0, 1)]
         prefix = f"{tag}.score."

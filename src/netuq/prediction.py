@@ -109,6 +109,9 @@ class Prediction:
         self._energy_sum: torch.Tensor | None = None  # (N, ...) Σ_s −logsumexp_c z_s (samples added as logits)
         self._max_logit_sum: torch.Tensor | None = None  # (N, ...) Σ_s −max_c z_s
         self._logit_count = 0  # samples that came with logits
+        #: optional (N, D) features of a named layer, set by the engine when a feature score
+        #: (Mahalanobis, :mod:`netuq.detectors`) is asked for; None otherwise
+        self.features: torch.Tensor | None = None
         self._samples: list[torch.Tensor] = []
         self._count = 0
         if probs is not None:
@@ -136,6 +139,7 @@ class Prediction:
         state.setdefault("_energy_sum", None)
         state.setdefault("_max_logit_sum", None)
         state.setdefault("_logit_count", 0)
+        state.setdefault("features", None)
         self.__dict__.update(state)
 
     def _sum_tensor(self) -> torch.Tensor | None:
@@ -233,6 +237,8 @@ class Prediction:
             out._energy_sum = torch.cat([p._energy_sum for p in preds])
             out._max_logit_sum = torch.cat([p._max_logit_sum for p in preds])
             out._logit_count = out._count
+        if all(p.features is not None for p in preds):
+            out.features = torch.cat([p.features for p in preds])
         if out.keep_samples:
             out._samples = [torch.cat([p.samples for p in preds], dim=1)]
         keys = set.intersection(*(set(p.scores) for p in preds))
@@ -511,6 +517,8 @@ class Prediction:
                 setattr(self, name, t.to(device))
         self._samples = [s.to(device) for s in self._samples]
         self.scores = {k: v.to(device) for k, v in self.scores.items()}
+        if self.features is not None:
+            self.features = self.features.to(device)
         return self
 
     def __len__(self) -> int:

@@ -13,7 +13,15 @@ from torch import nn
 
 from .._modes import eval_mode
 
-__all__ = ["LayerFeatures", "find_module"]
+__all__ = ["LayerFeatures", "FeatureTap", "find_module", "pool"]
+
+
+def pool(f: torch.Tensor) -> torch.Tensor:
+    """(N, D) as it is, (N, D, H, W, ...) averaged over the spatial dims, in float64 (float32 on MPS)."""
+    dtype = torch.float32 if f.device.type == "mps" else torch.float64
+    if f.ndim > 2:
+        return f.flatten(2).mean(2, dtype=dtype)
+    return f.to(dtype)
 
 
 def find_module(method: Any, layer: str) -> nn.Module | None:
@@ -82,6 +90,50 @@ class LayerFeatures:
         f = captured[0]
         if f.ndim < 2:
             raise ValueError(f"layer {self.layer!r} must output (N, D) or (N, D, ...) features, got {tuple(f.shape)}")
-        if f.ndim > 2:
-            f = f.flatten(2).mean(2, dtype=torch.float64 if f.device.type != "mps" else torch.float32)
-        return f.to(torch.float64 if f.device.type != "mps" else torch.float32)
+        return pool(f)
+
+
+class FeatureTap:
+    """Wrap a predictor ``x -> Prediction`` so that each Prediction carries ``features`` (N, D):
+    ``model``'s ``layer`` output, captured by a forward hook during the method's own forwards.
+
+    The hook only reads the output, so what the method computes is unchanged, and no extra
+    forward runs. A method that runs the layer several times per batch (MC dropout samples, TTA
+    views, an ensemble's loop) gives the mean of the pooled outputs over those runs: the captured
+    rows, R in all, are taken as R / N runs of N rows in run order (how those methods stack their
+    samples). Features stay on the model's device, in float64.
+
+    Args:
+        model: the network holding ``layer`` (see :func:`find_module`).
+        layer: the submodule's name.
+    """
+
+    def __init__(self, model: nn.Module, layer: str) -> None:
+        self.features = LayerFeatures(model, layer)
+
+    def wrap(self, predictor):
+        module, layer = self.features.module, self.features.layer
+
+        def run(x):
+            captured: list[torch.Tensor] = []
+
+            def hook(_module, _inputs, output):
+                out = output[0] if isinstance(output, (tuple, list)) else output
+                if isinstance(out, torch.Tensor) and out.ndim >= 2:
+                    captured.append(pool(out.detach()))
+
+            handle = module.register_forward_hook(hook)
+            try:
+                pred = predictor(x)
+            finally:
+                handle.remove()
+            n = len(pred)
+            rows = torch.cat(captured) if captured else None
+            if rows is None or rows.shape[0] % n:
+                got = "no output" if rows is None else f"{rows.shape[0]} rows"
+                raise ValueError(f"layer {layer!r} gave {got} for a batch of {n}; name a layer that sees every "
+                                 "input row (a multiple of N rows per batch)")
+            pred.features = rows.reshape(rows.shape[0] // n, n, -1).mean(0)
+            return pred
+
+        return run
