@@ -95,45 +95,33 @@ class LayerFeatures:
 
 class FeatureTap:
     """Wrap a predictor ``x -> Prediction`` so that each Prediction carries ``features`` (N, D):
-    ``model``'s ``layer`` output, captured by a forward hook during the method's own forwards.
+    ``model``'s ``layer`` output for the batch, from one extra eval-mode forward of the network.
 
-    The hook only reads the output, so what the method computes is unchanged, and no extra
-    forward runs. A method that runs the layer several times per batch (MC dropout samples, TTA
-    views, an ensemble's loop) gives the mean of the pooled outputs over those runs: the captured
-    rows, R in all, are taken as R / N runs of N rows in run order (how those methods stack their
-    samples). Features stay on the model's device, in float64.
+    The features are the network's own (eval mode, no dropout, no augmentation), whatever the
+    method samples: a feature detector (Lee et al. 2018) describes the trained network, and one
+    definition serves every method built on it. Hooking the method's own forwards instead would
+    also see its internal runs (MC dropout's dry run and layout check), and the rows of sampled
+    runs; the price of the clean definition is one forward per batch, paid only when asked.
 
     Args:
         model: the network holding ``layer`` (see :func:`find_module`).
         layer: the submodule's name.
+
+    Example:
+        >>> from netuq import Prediction
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> run = FeatureTap(net, "1").wrap(lambda x: Prediction.from_logits(net(x)))
+        >>> run(torch.ones(5, 3)).features.shape
+        torch.Size([5, 4])
     """
 
     def __init__(self, model: nn.Module, layer: str) -> None:
         self.features = LayerFeatures(model, layer)
 
     def wrap(self, predictor):
-        module, layer = self.features.module, self.features.layer
-
         def run(x):
-            captured: list[torch.Tensor] = []
-
-            def hook(_module, _inputs, output):
-                out = output[0] if isinstance(output, (tuple, list)) else output
-                if isinstance(out, torch.Tensor) and out.ndim >= 2:
-                    captured.append(pool(out.detach()))
-
-            handle = module.register_forward_hook(hook)
-            try:
-                pred = predictor(x)
-            finally:
-                handle.remove()
-            n = len(pred)
-            rows = torch.cat(captured) if captured else None
-            if rows is None or rows.shape[0] % n:
-                got = "no output" if rows is None else f"{rows.shape[0]} rows"
-                raise ValueError(f"layer {layer!r} gave {got} for a batch of {n}; name a layer that sees every "
-                                 "input row (a multiple of N rows per batch)")
-            pred.features = rows.reshape(rows.shape[0] // n, n, -1).mean(0)
+            pred = predictor(x)
+            pred.features = self.features(x)
             return pred
 
         return run
