@@ -102,9 +102,11 @@ def all_at_once_fit(n: int):
 
 def part1() -> None:
     sizes = (2_500, 5_000, 10_000) if QUICK else (12_500, 25_000, 50_000)
-    print(f"Mahalanobis fit, D = {D}, C = {C}, batches of {BATCH} (median of 2 runs; peak = RSS high-water above start)")
+    print(f"Mahalanobis fit, D = {D}, C = {C}, batches of {BATCH} (median of 2 runs; peak = RSS high-water "
+          "above start)")
     print(f"{'N':>8} {'streaming s':>12} {'peak MiB':>9} {'all-at-once s':>14} {'peak MiB':>9} {'max |Δcov|':>11}")
     peaks_s, peaks_b = [], []
+    streaming_fit(BATCH), all_at_once_fit(BATCH)  # warm up (first-call allocations, imports)
     for n in sizes:
         rows = {"s": [], "b": []}
         for _ in range(2):

@@ -36,10 +36,11 @@ def quiet(fn, *args, **kw):
 
 
 # ----------------------------------------------------------------------------- isotonic vs scikit-learn
-@pytest.mark.parametrize("seed,n,c", [(0, 500, 4), (1, 2000, 10), (2, 60, 3)])
-def test_isotonic_equals_sklearn_one_vs_rest_renormalised(seed, n, c):
-    z, y = overconfident(n, c, seed=seed)
-    zt, _ = overconfident(400, c, seed=seed + 100)
+@pytest.mark.parametrize("seed,n,c,scale", [(0, 500, 4, 3.0), (1, 2000, 10, 3.0), (2, 60, 3, 3.0),
+                                            (3, 1500, 30, 12.0)])  # the last: many p < 1e-15, pooled
+def test_isotonic_equals_sklearn_one_vs_rest_renormalised(seed, n, c, scale):
+    z, y = overconfident(n, c, seed=seed, scale=scale)
+    zt, _ = overconfident(400, c, seed=seed + 100, scale=scale)
     iso = IsotonicRegression(min_prob=1e-300).fit(z, y)
     p, pt = z.softmax(1).numpy(), zt.softmax(1).numpy()
     ref = np.stack([SkIsotonic(out_of_bounds="clip").fit(p[:, k], (y.numpy() == k)).predict(pt[:, k])

@@ -49,6 +49,23 @@ def share_rest(p: torch.Tensor, top: torch.Tensor, q: torch.Tensor) -> torch.Ten
     """
     M, C = p.shape
     q = q.to(p.dtype).clamp(min=1.0 / C, max=1.0)
+    rows = torch.arange(M, device=p.device)
+    p_top = p[rows, top]
+    # fast path: proportional shares (1 − q) p_j / (1 − p_top); the caps bind in few rows
+    rest_w = (1.0 - p_top).unsqueeze(1)
+    out = p * ((1.0 - q).unsqueeze(1) / rest_w.clamp_min(torch.finfo(p.dtype).tiny))
+    out[rows, top] = 0.0
+    slow = (rest_w.squeeze(1) <= 0) | (out.amax(1) > q * _CAP)
+    if bool(slow.any()):
+        out[slow] = _water_fill(p[slow], top[slow], q[slow])
+    top_p = torch.maximum(q, 1.0 - out.sum(1))  # = q (to rounding) unless the caps left mass over
+    out[rows, top] = top_p
+    return out
+
+
+def _water_fill(p: torch.Tensor, top: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The other classes' shares of :func:`share_rest` where a cap binds (the predicted class's column 0)."""
+    M, C = p.shape
     cap = q * _CAP
     others = torch.ones_like(p, dtype=torch.bool)
     others[torch.arange(M), top] = False
@@ -69,10 +86,7 @@ def share_rest(p: torch.Tensor, top: torch.Tensor, q: torch.Tensor) -> torch.Ten
         if not bool(over.any()):
             break
         capped |= over
-    out = torch.where(others, out, torch.zeros((), dtype=p.dtype))
-    top_p = torch.maximum(q, 1.0 - out.sum(1))  # = q (to rounding) unless the caps left mass over
-    out[torch.arange(M), top] = top_p
-    return out
+    return torch.where(others, out, torch.zeros((), dtype=p.dtype))
 
 
 class HistogramBinning(StepwiseCalibrator):

@@ -56,7 +56,12 @@ def isotonic_breakpoints(x: np.ndarray, target: np.ndarray) -> tuple[np.ndarray,
 
 
 def _pool_within_resolution(ux, sums, counts):
-    """Merge sorted unique ``ux`` closer than float64 resolution to a pool's first value (scikit-learn's rule)."""
+    """Merge sorted unique ``ux`` closer than float64 resolution to a pool's first value (scikit-learn's rule).
+
+    scikit-learn walks the sorted values and starts a new pool at the first x with
+    ``x - first >= eps``; here each pool start is found by a binary search (then checked with
+    that exact test), so long runs of tiny probabilities (all within 1e-15 of 0) cost one step.
+    """
     eps = np.finfo(np.float64).resolution
     close = np.diff(ux) < eps
     if not close.any():
@@ -65,12 +70,23 @@ def _pool_within_resolution(ux, sums, counts):
     starts[1:] = ~close
     chain = np.cumsum(starts) - 1  # runs of neighbours closer than eps; split each greedily
     for c in np.unique(chain[1:][close]):
-        idx = np.nonzero(chain == c)[0]
-        first = ux[idx[0]]
-        for i in idx[1:]:
-            if ux[i] - first >= eps:
-                starts[i] = True
-                first = ux[i]
+        lo, hi = int(np.searchsorted(chain, c, "left")), int(np.searchsorted(chain, c, "right"))
+        starts[lo + 1:hi] = False
+        seg = ux[lo:hi]
+        values = seg.tolist()
+        n, at = hi - lo, 0
+        while True:
+            first = values[at]
+            j = int(seg.searchsorted(first + eps))
+            while j > at + 1 and values[j - 1] - first >= eps:
+                j -= 1
+            j = max(j, at + 1)
+            while j < n and values[j] - first < eps:
+                j += 1
+            if j >= n:
+                break
+            starts[lo + j] = True
+            at = j
     group = np.cumsum(starts) - 1
     n = int(group[-1]) + 1
     return ux[starts], np.bincount(group, weights=sums, minlength=n), np.bincount(group, weights=counts, minlength=n)
