@@ -136,6 +136,7 @@ class HistogramBinning(StepwiseCalibrator):
 
     name: ClassVar[str] = "histogram"
     label: ClassVar[str] = "top-label histogram binning"
+    order: ClassVar[float] = 40  # display position (after temperature, vector, matrix scaling)
     changes_prediction: ClassVar[bool] = False
     _param_names = ("points_per_bin", "min_prob")
 

@@ -141,6 +141,7 @@ class IsotonicRegression(StepwiseCalibrator):
 
     name: ClassVar[str] = "isotonic"
     label: ClassVar[str] = "isotonic regression"
+    order: ClassVar[float] = 50  # display position (after temperature, vector, matrix scaling)
     changes_prediction: ClassVar[bool] = True
     _param_names = ("min_prob",)
 

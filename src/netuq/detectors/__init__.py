@@ -8,7 +8,7 @@
 calibration loader and scores the test and OOD sets with it, per OOD kind.
 """
 
-from .features import LayerFeatures
-from .mahalanobis import Mahalanobis
+from .features import FeatureTap, LayerFeatures
+from .mahalanobis import Mahalanobis, MahalanobisScore
 
-__all__ = ["Mahalanobis", "LayerFeatures"]
+__all__ = ["Mahalanobis", "MahalanobisScore", "LayerFeatures", "FeatureTap"]

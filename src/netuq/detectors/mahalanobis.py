@@ -242,3 +242,40 @@ def _xy(batch, index: int):
         return batch[0], batch[1]
     raise ValueError(f"`loader` batch {index} must be (x, y, ...) or a dict with 'input' and 'label' to fit on, "
                      f"got {type(batch).__name__}")
+
+
+class MahalanobisScore:
+    """:class:`Mahalanobis` as a fitted score of :mod:`netuq.scores`: ``update(pred, labels)`` per
+    in-distribution batch (``pred.features``, (N, D)), then ``finish()`` gives the function
+    Prediction → (N,) score. ``netuq.compare`` fits it on the calibration loader.
+
+    Labels outside [0, C) (an ``ignore_index``) are left out of the fit.
+
+    Example:
+        >>> from netuq import Prediction
+        >>> pred = Prediction.from_logits(torch.zeros(4, 2)); pred.features = torch.eye(4, 3, dtype=torch.float64)
+        >>> fit = MahalanobisScore(); fit.update(pred, torch.tensor([0, 1, 0, 1]))
+        >>> fit.finish()(pred).shape
+        torch.Size([4])
+    """
+
+    def __init__(self, *, ridge: float = 1e-6) -> None:
+        self.detector = Mahalanobis(ridge=ridge)
+
+    def update(self, pred, labels) -> None:
+        f = getattr(pred, "features", None)
+        if f is None:
+            raise ValueError("the Mahalanobis score needs features: pass compare(..., features='layer name')")
+        num_classes = pred.log_probs.shape[1]
+        y = torch.as_tensor(labels).to(f.device).reshape(-1)
+        if y.numel() != f.shape[0]:
+            raise ValueError(f"the Mahalanobis score takes one feature row per label; got {f.shape[0]} feature rows "
+                             f"for {y.numel()} labels (segmentation is scored per pixel: not supported)")
+        keep = (y >= 0) & (y < num_classes)
+        if bool(keep.any()):
+            self.detector.partial_fit(f[keep], y[keep], num_classes=num_classes)
+
+    def finish(self):
+        det = self.detector
+        det._ensure()
+        return lambda pred: det.score(pred.features)
