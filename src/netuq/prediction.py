@@ -57,11 +57,6 @@ def _check_log_values(x: Any, name: str, *, stacked: bool) -> torch.Tensor:
     return x
 
 
-# The score vocabulary shared by the benchmark, the report and the engine (higher = less sure).
-SCORES = ("max_prob", "entropy", "mutual_information", "sigma", "confidence")
-_RENAMED = {"1-max_prob": "max_prob", "epistemic": "mutual_information", "1-confidence": "confidence"}
-
-
 def _logit_scores(z: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Σ over the leading sample axis (if ``dim`` is 2) of energy −logsumexp z and of −max z."""
     energy = -torch.logsumexp(z, dim=dim)
@@ -463,14 +458,14 @@ class Prediction:
     def uncertainty(self, kind: str = "entropy") -> torch.Tensor:
         """An uncertainty score by name, (N, ...), higher = less sure.
 
-        The score names are netuq's one vocabulary (the benchmark, the report and the engine use
-        the same): ``"max_prob"`` (1 − max p̄), ``"entropy"`` (H[p̄]), ``"mutual_information"``
-        (H[p̄] − E_s H[p_s]), ``"sigma"`` (``scores["sigma"]`` of a heteroscedastic head),
-        ``"confidence"`` (1 − ``scores["confidence"]`` of a learned confidence head), and from
-        logits ``"energy"`` and ``"max_logit"`` (see :attr:`energy`). Also
-        accepted: ``"aleatoric"`` (E_s H[p_s]), ``"variation_ratio"`` and any other key of
-        ``scores`` (returned as stored, e.g. TTA's ``"view_mutual_information"``). The old names
-        ``"1-max_prob"``, ``"epistemic"`` and ``"1-<key>"`` are refused with the new name.
+        The names are netuq's one vocabulary, :data:`netuq.scores.SCORES`, read at call time (a
+        score registered later, by netuq or by a user's script, is accepted): ``"max_prob"`` (1 −
+        max p̄), ``"entropy"`` (H[p̄]), ``"mutual_information"`` (H[p̄] − E_s H[p_s]), ``"sigma"``
+        (``scores["sigma"]`` of a heteroscedastic head), ``"confidence"`` (1 − ``scores["confidence"]``
+        of a learned confidence head), ``"aleatoric"`` (E_s H[p_s]), ``"variation_ratio"``, from logits ``"energy"`` and
+        ``"max_logit"`` (see :attr:`energy`), ...
+        Any other key of ``scores`` is returned as stored. The old names ``"1-max_prob"``,
+        ``"epistemic"`` and ``"1-<key>"`` are refused with the new name.
 
         Raises:
             ValueError: an unknown or renamed ``kind``, or ``"sigma"`` / ``"confidence"`` on a
@@ -481,32 +476,30 @@ class Prediction:
             >>> pred.uncertainty("max_prob")
             tensor([0.2500])
         """
-        computed = {
-            "max_prob": lambda: 1.0 - self.confidence,
-            "entropy": lambda: self.entropy,
-            "mutual_information": lambda: self.epistemic,
-            "aleatoric": lambda: self.aleatoric,
-            "variation_ratio": lambda: self.variation_ratio,
-            "energy": lambda: self.energy,
-            "max_logit": lambda: self.max_logit,
-        }
+        from . import scores as vocabulary  # read at call time: scores registered later count
+
         if not isinstance(kind, str):
             raise TypeError(f"`kind` must be a score name (str), got {type(kind).__name__}")
-        if kind in computed:
-            return computed[kind]()
-        if kind == "confidence" and "confidence" in self.scores:
-            return 1.0 - self.scores["confidence"]
-        if kind in self.scores:
+        score = vocabulary.SCORES.get(kind)
+        if score is not None and vocabulary.available(score, self, meaning=False):
+            return score(self)
+        if score is None and kind in self.scores:
             return self.scores[kind]
-        new = _RENAMED.get(kind) or (kind[2:] if kind.startswith("1-") and kind[2:] in self.scores else None)
+        new = vocabulary.RENAMED.get(kind) or (kind[2:] if kind.startswith("1-") and kind[2:] in self.scores else None)
         if new is not None:
             raise ValueError(f"`kind` {kind!r} was renamed: use {new!r} (higher = less sure, as every score)")
+        registered = list(vocabulary.SCORES.values())
         options = [
-            *computed,
-            *(k for k in ("sigma", "confidence") if k in self.scores),
-            *sorted(k for k in self.scores if k not in ("sigma", "confidence")),
+            *(s.name for s in registered if not s.uses and vocabulary.available(s, self, meaning=False)),
+            *(s.name for s in registered if s.uses and vocabulary.available(s, self, meaning=False)),
+            *sorted(k for k in self.scores if k not in vocabulary.SCORES),
         ]
-        missing = f" (this prediction has no scores[{kind!r}])" if kind in SCORES else ""
+        missing = ""
+        if score is not None:
+            lacking = [n for n in score.needs if not vocabulary.available(
+                vocabulary.Score(kind, "x", lambda p: p, needs=(n,)), self, meaning=False)]
+            missing = " (this prediction has no " + ", ".join(
+                f"scores[{n[6:]!r}]" if n.startswith("score:") else n for n in lacking) + ")"
         raise ValueError(f"`kind` must be one of {options}{missing}, got {kind!r}")
 
     def to(self, device: torch.device | str) -> Prediction:

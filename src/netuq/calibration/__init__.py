@@ -12,7 +12,9 @@
 * :func:`load`: read a calibrator written by ``calibrator.save(path)``.
 
 Adding a calibrator: one module defining a :class:`Calibrator` subclass with a ``name`` (imported
-below) plus its tests; the registry, ``load``, the benchmark and ``netuq calibrate`` pick it up.
+below) plus its tests; the registry, ``load``, ``netuq.compare``, the report, the benchmark and
+``netuq calibrate`` read :mod:`netuq.calibration.registry` when they need it, so a subclass
+defined in a user's script after ``import netuq`` works everywhere too.
 
 For a sampling method (MC dropout, ensembles, TTA) calibrate the log of the mean prediction,
 ``Prediction.log_probs``, not averaged logits.
@@ -27,6 +29,7 @@ Example:
     (['histogram', 'isotonic', 'matrix', 'temperature', 'vector'], True)
 """
 
+from . import registry
 from .base import CALIBRATORS, Calibrator
 from .crossval import cross_validate
 from .histogram import HistogramBinning
@@ -37,6 +40,7 @@ from .temperature import TemperatureScaling
 
 __all__ = [
     "CALIBRATORS",
+    "registry",
     "Calibrator",
     "TemperatureScaling",
     "VectorScaling",

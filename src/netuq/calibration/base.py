@@ -24,11 +24,10 @@ import torch.nn.functional as F
 
 from .._checks import PROB_SUM_TOL, as_tensor, check_labels, check_logits, flatten_valid, float_dtype
 from ..exceptions import NotFittedError
+from .registry import CALIBRATORS
 
 __all__ = ["CALIBRATORS", "Calibrator"]
 
-#: name → calibrator class, filled by the classes themselves (see :class:`Calibrator`).
-CALIBRATORS: dict[str, type[Calibrator]] = {}
 
 FORMAT = "netuq-calibrator"
 FORMAT_VERSION = 1
@@ -141,12 +140,18 @@ class Calibrator:
     (N, C, ...) logits in the compute dtype, ``_param_names`` (constructor arguments),
     ``_fitted_shapes(C)`` (fitted attributes and their shapes, () for a float), ``_info_names``
     (fit information) and, where its fit obeys rules beyond finiteness, ``_check_fitted_values``.
+    It may also set ``label``, ``order`` and ``changes_prediction`` (see
+    :mod:`netuq.calibration.registry`).
     """
 
     name: ClassVar[str | None] = None
-    #: Whether the calibrated argmax can differ from the input's (the report says so): temperature
-    #: scaling and top-label histogram binning keep the predicted class; vector / matrix scaling and
-    #: isotonic regression can change it. True unless a class states otherwise.
+    #: display label (report, CLI); default: the name with spaces for underscores
+    label: ClassVar[str | None] = None
+    #: display position among the calibrators (lower first; ties keep registration order)
+    order: ClassVar[float] = 100
+    #: whether the calibrated argmax can differ from the uncalibrated one (the predicted class
+    #: changes): temperature scaling and top-label histogram binning keep it; vector / matrix
+    #: scaling and isotonic regression can change it. True unless a class states otherwise
     changes_prediction: ClassVar[bool] = True
     _param_names: ClassVar[tuple[str, ...]] = ()
     #: constructor arguments added after format version 1 files were first written, with the
@@ -365,9 +370,13 @@ class Calibrator:
             >>> load(path).temperature_ == ts.temperature_
             True
         """
-        from .persistence import save
+        import json
 
-        return save(self, path)
+        from .._files import atomic_write_text
+
+        path = Path(path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
+        return path
 
 
 def shape_matches(found: tuple[int, ...], shape: tuple[int | None, ...]) -> bool:

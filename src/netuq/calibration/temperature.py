@@ -67,7 +67,9 @@ class TemperatureScaling(Calibrator):
     """
 
     name: ClassVar[str] = "temperature"
-    changes_prediction: ClassVar[bool] = False
+    label: ClassVar[str] = "temperature scaling"
+    order: ClassVar[float] = 10
+    changes_prediction: ClassVar[bool] = False  # z / T with T > 0 keeps every row's argmax
     _param_names = ("bounds", "max_iter", "separable")
     _params_added = {"separable": "bound"}  # files written before it existed hit the bound
 

@@ -17,6 +17,7 @@ from torch import nn
 from .._layout import InputLayout
 from .._modes import eval_mode
 from ..prediction import Prediction
+from ..traits import traits_of
 
 __all__ = ["Batch", "DEFAULT_KEYS", "as_predictor", "iter_batches", "method_device", "offers_epistemic"]
 
@@ -123,34 +124,20 @@ def method_device(method: Any) -> torch.device:
 
 
 def offers_epistemic(method: Any) -> bool:
-    """Whether the method's samples carry an epistemic part (mutual information is meaningful).
-
-    Heteroscedastic samples spread by logit noise: their disagreement is aleatoric by
-    construction (Kendall & Gal 2017). A callable may say so with ``fn.epistemic = False``.
-    """
-    from ..methods.heteroscedastic import HeteroscedasticClassifier
-
-    if isinstance(method, HeteroscedasticClassifier):
-        return False
-    return bool(getattr(method, "epistemic", True))
+    """Whether the method's samples carry an epistemic part (its :mod:`netuq.traits`)."""
+    return traits_of(method).epistemic
 
 
 def as_predictor(method: Any, *, seed: int = 0, name: str = "method") -> Callable[[torch.Tensor], Prediction]:
-    """A function ``x -> Prediction`` for any supported method kind (called under ``no_grad``)."""
-    from ..methods.confidence import ConfidenceClassifier
-    from ..methods.heteroscedastic import HeteroscedasticClassifier
+    """A function ``x -> Prediction`` for any supported method kind (called under ``no_grad``).
 
-    if isinstance(method, HeteroscedasticClassifier):
-        generators: dict[torch.device, torch.Generator] = {}
-
-        def het(x: torch.Tensor) -> Prediction:
-            if x.device not in generators:  # seeded once per device: fresh noise per batch, reproducible per call
-                generators[x.device] = torch.Generator(device=x.device).manual_seed(seed)
-            return method.predict(x, generator=generators[x.device])
-
-        return het
-    if isinstance(method, ConfidenceClassifier):
-        return lambda x: method.predict(x)
+    A method that implements ``netuq_predictor(seed)`` (:mod:`netuq.traits`) says how it runs;
+    a plain ``nn.Module`` gives its logits as one sample; any other callable must return a
+    Prediction.
+    """
+    own = getattr(method, "netuq_predictor", None)
+    if callable(own):
+        return own(seed)
     if isinstance(method, nn.Module):
         layout = InputLayout(None)  # channels-last on CPU once checked, per input shape (netuq._layout)
 

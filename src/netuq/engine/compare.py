@@ -16,20 +16,25 @@ For classification (predictions (N, C)) the sample is the whole set, so every nu
 
 from __future__ import annotations
 
+import dataclasses
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from .. import metrics as M
+from .. import scores as vocabulary
 from .._checks import check_positive_int
+from ..calibration import registry
+from ..detectors.features import FeatureTap, find_module
 from ..distributed import is_distributed
-from ._batches import DEFAULT_KEYS, as_predictor, method_device, offers_epistemic
+from ..results import sections as result_sections
+from ..traits import traits_of
+from ._batches import DEFAULT_KEYS, as_predictor, method_device
 from ._sample import Reservoir
 from ._scoring import (
-    CALIBRATOR_NAMES,
-    SCORE_ORDER,
     detection,
     downsample,
     held_out_scores,
@@ -160,8 +165,7 @@ def _protocol(sample: Reservoir, groups: int, names: Sequence[str], repeats: int
     rel = None
     if cross_p:
         rel = M.reliability_bins(torch.cat(cross_p), torch.cat(cross_y), n_bins=n_bins, validate_args=False).to_dict()
-    order = ["none", *[n for n in CALIBRATOR_NAMES if n in summary and n != "none"]]
-    return {n: summary[n] for n in order}, rel
+    return {n: summary[n] for n in sorted(summary, key=registry.order_key)}, rel
 
 
 def _labelled(method, loader, predictor, why: str, *, name: str, **kw):
@@ -173,12 +177,21 @@ def _labelled(method, loader, predictor, why: str, *, name: str, **kw):
 
 
 def _sample_pass(method, loader, predictor, *, device, keys, seed, progress, name, ignore_index, max_pixels,
-                 distributed):
-    """Calibration loader: a bounded sample of (log-probs, label) over its valid rows."""
+                 distributed, fits=None):
+    """Calibration loader: a bounded sample of (log-probs, label) over its valid rows.
+
+    ``fits``: {score: (Score, fit object)} of the fitted scores (:mod:`netuq.scores`), updated with
+    every batch whose prediction meets the score's needs; the names so fitted are returned too.
+    """
     sample: Reservoir | None = None
     n = 0
+    used: set[str] = set()
     for pred, y in _labelled(method, loader, predictor, "calibration needs labels", device=device, keys=keys,
                              seed=seed, progress=progress, name=name, distributed=distributed):
+        for key, (score, fit) in (fits or {}).items():
+            if vocabulary.available(score, pred, None, meaning=False):
+                fit.update(pred, y if ignore_index is None else y.masked_fill(y == ignore_index, -1))
+                used.add(key)
         if sample is None:
             sample = Reservoir(None if pred.log_probs.ndim == 2 else max_pixels, seed)
         valid = None if ignore_index is None else y != ignore_index
@@ -187,21 +200,37 @@ def _sample_pass(method, loader, predictor, *, device, keys, seed, progress, nam
         n += len(y)
     if sample is None or len(sample) == 0:
         raise ValueError(f"`{name}` has no valid label to fit a calibrator on")
-    return sample.get("logits"), sample.get("y"), n
+    return sample.get("logits"), sample.get("y"), n, used
 
 
-def _score_loader(method, loader, predictor, *, device, keys, seed, progress, name, cap, epistemic, distributed):
+def _sampled_scores(sample: Reservoir) -> dict[str, torch.Tensor]:
+    """The score columns of a sample, in the vocabulary's display order (read now)."""
+    return {k: sample.get(f"s:{k}") for k in vocabulary.SCORES if sample.get(f"s:{k}") is not None}
+
+
+def _warn_unregistered(pred, where: str, warned: set) -> None:
+    """``pred.scores`` keys that no registered score reads are not compared: say so once per method."""
+    extra = sorted(set(pred.scores) - vocabulary.used_keys() - warned)
+    if extra:
+        warned.update(extra)
+        warnings.warn(f"{where}: pred.scores {extra} are not registered scores, so compare does not report them; "
+                      "declare each with netuq.scores.register(Score(name, label, compute, ...)) to compare it",
+                      RuntimeWarning, stacklevel=4)
+
+
+def _score_loader(method, loader, predictor, *, device, keys, seed, progress, name, cap, epistemic, distributed,
+                  score_names=None, fitted_scores=None):
     """OOD loader: a bounded sample of every score over all its rows (pixels)."""
     sample = Reservoir(cap, seed)
     images = 0
     for _batch, pred, _ in stream(method, loader, device=device, keys=keys, seed=seed, progress=progress, name=name,
                                predictor=predictor, distributed=distributed):
-        scores = uncertainty_scores(pred, epistemic)
+        scores = uncertainty_scores(pred, epistemic, score_names, fitted_scores)
         positions, flat, L = _flat_rows(pred, None, None)
         scores = _check_scores(scores, positions.numel())
         sample.offer(positions.numel(), _take_rows(flat, L, positions, scores, logits=False))
         images += len(pred)
-    return {k: sample.get(f"s:{k}") for k in SCORE_ORDER if sample.get(f"s:{k}") is not None}, images
+    return _sampled_scores(sample), images
 
 
 def _shift_row(method, loader, predictor, severity, fitted, *, device, keys, seed, progress, name, n_bins,
@@ -225,25 +254,46 @@ def _shift_row(method, loader, predictor, severity, fitted, *, device, keys, see
 
 
 def _evaluate(name: str, method: Any, test_loader, opts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    from ..methods.ensemble import Ensemble
-
     t0 = time.perf_counter()
     seed, n_bins, ignore = opts["seed"], opts["n_bins"], opts["ignore_index"]
     where = f"methods[{name!r}]"
     predictor = as_predictor(method, seed=seed, name=where)
+    layer = opts["features"]
+    network = None if layer is None else find_module(method, layer)
+    if network is not None:  # the network's eval features for the feature scores (one more forward per batch)
+        predictor = FeatureTap(network, layer).wrap(predictor)
     device = opts["device"] if opts["device"] is not None else method_device(method)
-    epistemic = offers_epistemic(method)
+    traits = traits_of(method)
+    epistemic = traits.epistemic
+    score_names = opts["scores"]
+    warned: set[str] = set()
     common = {"device": device, "keys": opts["keys"], "seed": seed, "progress": opts["progress"],
               "distributed": opts["distributed"]}
     cals = opts["calibrators"]
     fitted: _Fitted | None = None
     info: dict[str, Any] = {}
+    fitted_scores: dict[str, Any] = {}  # score name -> compute, for the scores fitted on the calibration loader
     if opts["calibration"] is not None:
-        z, y, info["calibration"] = _sample_pass(method, opts["calibration"], predictor, name="calibration",
-                                                 ignore_index=ignore, max_pixels=opts["max_pixels"], **common)
+        fits = {s.name: (s, s.fit()) for s in vocabulary.compared_scores(score_names) if s.fitted}
+        z, y, info["calibration"], used = _sample_pass(
+            method, opts["calibration"], predictor, name="calibration", ignore_index=ignore,
+            max_pixels=opts["max_pixels"], fits=fits, **common)
         fitted = _fit_on(z, y, cals, opts["calibration_samples"], seed)
-    members = [as_predictor(m, name=f"{where}.members[{i}]") for i, m in enumerate(method.members)] \
-        if isinstance(method, Ensemble) else []
+        fitted_scores = {k: fits[k][1].finish() for k in fits if k in used}
+    own_members = getattr(method, "netuq_members", None)
+    members = [as_predictor(m, name=f"{where}.members[{i}]") for i, m in enumerate(own_members())] \
+        if callable(own_members) else []
+    ctx = result_sections.Context(
+        name, method, traits, predictor, {}, {k: v for k, v in opts.items() if k not in ("calibration", "ood",
+                                                                                      "shifts")},
+        None if opts["calibration"] is None else (z, y),
+        lambda loader, what: ((b, p) for b, p, _ in stream(method, loader, predictor=predictor, name=what, **common)))
+    passes = {}
+    for key, options in opts["sections"].items():
+        start = result_sections.SECTIONS[key].start
+        p = start(dataclasses.replace(ctx, options=options)) if start is not None else None
+        if p is not None:
+            passes[key] = p
 
     um = um_members = None
     um_cal: dict[str, Any] = {}
@@ -283,7 +333,10 @@ def _evaluate(name: str, method: Any, test_loader, opts: dict[str, Any]) -> tupl
         wrong = (pred.prediction != y) & valid
         n_valid += int(valid.sum())
         errors += int(wrong.sum())
-        scores = uncertainty_scores(pred, epistemic)
+        _warn_unregistered(pred, where, warned)
+        scores = uncertainty_scores(pred, epistemic, score_names, fitted_scores)
+        for p in passes.values():
+            p.update(batch, pred, scores)
         positions, flat, L = _flat_rows(pred, y, valid)
         scores = _check_scores(scores, flat.shape[0] * L)
         anomaly = None if batch.anomaly is None else batch.anomaly.cpu()
@@ -306,7 +359,7 @@ def _evaluate(name: str, method: Any, test_loader, opts: dict[str, Any]) -> tupl
     if len(sample) == 0:
         raise ValueError("`test_loader` has no valid label (every label equals ignore_index)")
 
-    part: dict[str, Any] = {"label": name}
+    part: dict[str, Any] = {"label": name, "traits": traits.to_dict()}
     values = metric_values(um)
     z, yy = sample.get("logits"), sample.get("y")
     if task == "classification":  # every row is in memory: the exact functional metrics
@@ -335,7 +388,7 @@ def _evaluate(name: str, method: Any, test_loader, opts: dict[str, Any]) -> tupl
     part["risk_coverage"] = {"coverage": c_, "risk": r_}
 
     wrong_s = z.argmax(1) != yy
-    in_scores = {k: sample.get(f"s:{k}") for k in SCORE_ORDER if sample.get(f"s:{k}") is not None}
+    in_scores = _sampled_scores(sample)
     both = bool(wrong_s.any()) and bool((~wrong_s).any())
     part["misclassification"] = {k: {"auroc": M.auroc(u[wrong_s], u[~wrong_s]) if both else None}
                                  for k, u in in_scores.items()}
@@ -352,7 +405,8 @@ def _evaluate(name: str, method: Any, test_loader, opts: dict[str, Any]) -> tupl
     info["ood"] = {}
     for kind, loader in (opts["ood"] or {}).items():
         out_by_kind[kind], info["ood"][kind] = _score_loader(
-            method, loader, predictor, name=f"ood[{kind!r}]", cap=cap, epistemic=epistemic, **common)
+            method, loader, predictor, name=f"ood[{kind!r}]", cap=cap, epistemic=epistemic, score_names=score_names,
+            fitted_scores=fitted_scores, **common)
     if anomaly_sample is not None and len(anomaly_sample):
         out_by_kind["anomaly"] = {k: anomaly_sample.get(f"s:{k}") for k in in_scores}
         info["ood"]["anomaly"] = anomaly_sample.seen
@@ -377,9 +431,28 @@ def _evaluate(name: str, method: Any, test_loader, opts: dict[str, Any]) -> tupl
         part["segmentation_examples"] = {k: torch.cat(v) for k, v in examples.items()}
         part["segmentation_examples"].setdefault("epistemic", None)
         part["segmentation_examples"].setdefault("anomaly", None)
+    for key, p in passes.items():
+        value = p.finish(part)
+        if value is not None:
+            part[key] = value
     part["runtime_s"] = {"evaluate": time.perf_counter() - t0}
     info.update(task=task, test=images, num_classes=c, pixels=n_valid if task == "segmentation" else None)
     return part, info
+
+
+def _vocabulary(parts: Mapping[str, Any], calibrators: Sequence[str]) -> dict[str, Any]:
+    """Labels and traits of the scores and calibrators in the results, so that the report
+    renders them without the classes that produced them (a user's script)."""
+    used: list[str] = []
+    for part in parts.values():
+        for key in ("misclassification", "ood"):
+            used += [s for s in part.get(key, {}) if s not in used]
+    score_info = {}
+    for s in used:
+        score = vocabulary.SCORES.get(s)
+        if score is not None:
+            score_info[s] = {"label": score.label, "kind": score.kind}
+    return {"scores": score_info, "calibrators": registry.describe(calibrators)}
 
 
 def _loaders(value: Any, name: str) -> dict[str, Any]:
@@ -411,6 +484,9 @@ def compare(
     calibration_samples: int | None = None,
     examples: int = 4,
     distributed: bool | None = None,
+    scores: Sequence[str] | None = None,
+    sections: Sequence[str] | Mapping[str, Mapping[str, Any]] | None = None,
+    features: str | None = None,
 ) -> dict[str, Any]:
     """Score every method on the same data; the results ``netuq.report.render_report`` draws.
 
@@ -430,7 +506,8 @@ def compare(
             is iterated once per method, so pass re-iterable loaders (a DataLoader, a list), not
             one-shot generators, when comparing several methods.
         calibration: labelled loader to fit the calibrators on; None: 2-fold protocol on the test set.
-        calibrators: subset of ``"none"`` and the names of ``netuq.calibration.CALIBRATORS``.
+        calibrators: subset of ``"none"`` and the names of ``netuq.calibration.CALIBRATORS`` (read
+            at call time: a Calibrator subclass defined after ``import netuq`` is accepted).
         ood: an OOD loader, or kind -> loader (labels not needed; every row/pixel is OOD).
         shifts: shift name -> {severity: labelled loader}.
         ignore_index: label of pixels left out.
@@ -448,6 +525,17 @@ def compare(
             an ``EvalSampler`` or a ``DistributedSampler``; True: for every loader). With an
             :class:`netuq.distributed.EvalSampler` in every rank's loaders, every rank returns the
             one-process results (see :mod:`netuq.distributed` for the methods this is exact for).
+        scores: the scores to report, names of :data:`netuq.scores.SCORES` (default: every score
+            marked ``compared`` that the method offers). A key of ``pred.scores`` that no
+            registered score reads is not reported, with a warning.
+        sections: the extra result sections (:mod:`netuq.results.sections`) to compute: a list of
+            keys or a dict key -> options (default: every registered section marked ``default``).
+        features: classification: the name of a layer (``model.named_modules()``) whose features
+            feed the feature scores (``"mahalanobis"``, Lee et al. 2018). Each method whose network
+            (the method itself, or its ``model``) has that layer gets its eval-mode features from
+            one more forward per batch; the Mahalanobis score is fitted on the ``calibration``
+            loader (held-out in-distribution data, so no test example is both fitted on and
+            scored; required with ``features``) and scored on the test set and each OOD kind.
 
     Returns:
         Plain data (schema 1 of :mod:`netuq.report.schema`): ``task``, ``config``, ``data``,
@@ -473,9 +561,18 @@ def compare(
                         if not isinstance(methods, Mapping) else "`methods` must be a non-empty dict, got {}")
     if isinstance(calibrators, str) or not isinstance(calibrators, Sequence):
         raise TypeError(f"`calibrators` must be a sequence of names, got {calibrators!r}")
-    bad = [c for c in calibrators if c not in CALIBRATOR_NAMES]
+    known = registry.names()  # read now: calibrators defined after import count
+    bad = [c for c in calibrators if c not in known]
     if bad or not calibrators:
-        raise ValueError(f"`calibrators` must be a non-empty subset of {CALIBRATOR_NAMES}, got {list(calibrators)}")
+        raise ValueError(f"`calibrators` must be a non-empty subset of {known}, got {list(calibrators)}")
+    if scores is not None:
+        if isinstance(scores, str) or not isinstance(scores, Sequence) or not scores:
+            raise TypeError(f"`scores` must be a non-empty sequence of score names or None, got {scores!r}")
+        unknown = [s for s in scores if s not in vocabulary.SCORES]
+        if unknown:
+            raise ValueError(f"`scores` must name registered scores, one of {list(vocabulary.SCORES)}, "
+                             f"got {unknown}")
+        scores = tuple(scores)
     if shifts is not None and (not isinstance(shifts, Mapping)
                                or not all(isinstance(v, Mapping) for v in shifts.values())):
         raise TypeError("`shifts` must be a dict name -> {severity: loader}")
@@ -488,8 +585,18 @@ def compare(
         "repeats": check_positive_int(repeats, "repeats"), "max_pixels": check_positive_int(max_pixels, "max_pixels"),
         "calibration_samples": None if calibration_samples is None else check_positive_int(
             calibration_samples, "calibration_samples"),
-        "examples": int(examples), "distributed": distributed,
+        "examples": int(examples), "distributed": distributed, "scores": scores,
+        "sections": result_sections.selected(sections),
     }
+    if features is not None:
+        if not isinstance(features, str):
+            raise TypeError(f"`features` must be a layer name (str) or None, got {type(features).__name__}")
+        if calibration is None:
+            raise ValueError("`features` needs `calibration`: the feature scores (Mahalanobis) are fitted on "
+                             "held-out in-distribution data, the calibration loader")
+        if not any(find_module(m, features) is not None for m in methods.values()):
+            raise ValueError(f"`features` must name a layer of some method's network, got {features!r}")
+    opts["features"] = features
     is_distributed(distributed)  # checks the argument before any pass
     start = time.perf_counter()
     parts, info = {}, {}
@@ -503,6 +610,7 @@ def compare(
         | {"calibration": "2-fold protocol on the test set" if calibration is None else "calibration loader",
            "methods": list(parts)},
         "data": {k: v for k, v in info.items() if k != "task" and v is not None},
+        "vocabulary": _vocabulary(parts, opts["calibrators"]),
         "methods": parts,
         "runtime_s": {"total_this_run": time.perf_counter() - start,
                       "methods": {k: p["runtime_s"] for k, p in parts.items()}},

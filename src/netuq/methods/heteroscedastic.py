@@ -36,6 +36,7 @@ from .._checks import check_positive_int as _check_positive_int
 from .._modes import eval_mode
 from .._random import generator as _generator
 from ..prediction import Prediction
+from ..traits import Traits
 
 __all__ = [
     "HeteroscedasticHead",
@@ -437,6 +438,22 @@ class HeteroscedasticClassifier(nn.Module):
         return heteroscedastic_nll(
             mu, sigma, labels, samples=self.val_samples, temperature=self.temperature, ignore_index=self.ignore_index
         )
+
+    def netuq_traits(self) -> Traits:
+        """Traits (:mod:`netuq.traits`): logit noise is aleatoric (Kendall & Gal 2017); seeded noise."""
+        return Traits("heteroscedastic", epistemic=False, seeded=True)
+
+    def netuq_predictor(self, seed: int = 0):
+        """``x -> Prediction`` with noise from a generator seeded once per device: fresh noise for
+        every batch, the same numbers on every call of ``netuq.predict`` / ``compare``."""
+        generators: dict[torch.device, torch.Generator] = {}
+
+        def predict(x: torch.Tensor) -> Prediction:
+            if x.device not in generators:
+                generators[x.device] = torch.Generator(device=x.device).manual_seed(seed)
+            return self.predict(x, generator=generators[x.device])
+
+        return predict
 
     @torch.no_grad()
     def predict(

@@ -74,6 +74,7 @@ from .._random import forked_rng as _forked_rng
 from .._random import seed_device as _seed_device
 from ..nn import MCDropout as MCDropoutLayer
 from ..prediction import Prediction
+from ..traits import Traits
 from ._batching import activation_chunk as _activation_chunk
 from ._batching import balanced_chunk as _balanced
 from ._batching import default_chunk as _default_chunk
@@ -332,6 +333,10 @@ class MCDropout:
             f"MCDropout({type(self.model).__name__}, samples={self.samples}, max_batch={self.max_batch}, "
             f"seed={self.seed}, caches_trunk={self.caches_trunk})"
         )
+
+    def netuq_traits(self) -> Traits:
+        """MC dropout's traits (:mod:`netuq.traits`): epistemic samples, seeded when ``seed`` is set."""
+        return Traits("mc_dropout", epistemic=True, seeded=self.seed is not None)
 
     def __call__(self, x: torch.Tensor) -> Prediction:
         """Sample the model on a batch.

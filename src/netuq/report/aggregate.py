@@ -11,6 +11,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..results import sections as result_sections
 from .schema import validate_results
 
 __all__ = ["aggregate_seeds"]
@@ -137,6 +138,9 @@ def _method(parts: list[Mapping | None], seeds: list[str]) -> dict:
     for key in _FROM_FIRST:
         if key in first:
             out[key] = copy.deepcopy(first[key])
+    for key, section in list(result_sections.SECTIONS.items()):  # registered sections: their own rule
+        if section.aggregate is not None and any(key in (p or {}) for p in parts):
+            out[key] = section.aggregate([(p or {}).get(key) for p in parts])
     out["seed_values"] = values
     return out
 

@@ -17,14 +17,21 @@ Top level::
       },
       "methods": {METHOD: MethodResults, ...},   # at least one
       "seeds": {SEED: SeedResults, ...},         # optional: a multi-seed run (see below)
-      "notes": [str, ...]                        # optional: how the run sized and configured its
-    }                                            #   methods (listed under the report's header)
+      "notes": [str, ...],                       # optional: how the run sized and configured its
+                                                 #   methods (listed under the report's header)
+      "vocabulary": {                            # optional: labels and traits of the names used
+        "scores": {SCORE: {"label": str, "kind": "total"|"aleatoric"|"epistemic"}},
+        "calibrators": {CAL: {"label": str, "changes_prediction": bool|null}}
+      }                                          #   (netuq.compare writes it; else the registries)
+    }
 
 ``METHOD`` is a method key (``"deterministic"``, ``"mc_dropout"``, ``"ensemble"``, ``"tta"``,
 ``"heteroscedastic"``, ``"confidence"`` or anything else). ``MethodResults``::
 
     {
-      "label": str,                              # optional display name (default: from the key)
+      "label": str,                              # optional display name (default: from the traits)
+      "traits": {"family": str, "epistemic": bool,  # optional: netuq.traits.Traits.to_dict(); the
+                 "members": int|null, "seeded": bool},  # report reads the family, never the name
       "metrics": {NAME: float|null},             # uncalibrated, whole test set: netuq.metrics.evaluate()
                                                  #   accuracy, nll, brier, ece, mce, adaptive_ece,
                                                  #   classwise_ece, aurc
@@ -46,8 +53,9 @@ Top level::
       "counts": {"test": int, "errors": int},    # optional: test size and wrong predictions (pixels
                                                  #   for segmentation); totals over seeds in an aggregate
       "seed_values": SeedValues,                 # optional: per-seed numbers of an aggregate
-      "warnings": [{"message": str, "count": int}]  # optional: warnings raised during the run
-    }
+      "warnings": [{"message": str, "count": int}],  # optional: warnings raised during the run
+      KEY: ...                                   # optional: a registered result section
+    }                                            #   (netuq.results.sections validates it)
 
     Stat     = {"mean": float|null, "std": float|null,          # std null when not repeated
                 "values"?: [float|null],          # per-seed means (aggregates: one per seed)
@@ -106,10 +114,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from ..results import sections as result_sections
+
 __all__ = [
     "SCHEMA_VERSION",
     "TASKS",
-    "CALIBRATION_ORDER",
     "LOWER_IS_BETTER",
     "HIGHER_IS_BETTER",
     "validate_results",
@@ -118,7 +127,6 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 TASKS = ("classification", "segmentation")
-CALIBRATION_ORDER = ("none", "uncalibrated", "temperature", "vector", "matrix")
 LOWER_IS_BETTER = frozenset(
     {"nll", "ece", "mce", "adaptive_ece", "classwise_ece", "brier", "aurc", "fpr95", "ece_temperature"}
 )
@@ -192,6 +200,8 @@ def validate_results(results: Any) -> dict:
     for key in ("config", "data", "runtime_s"):
         if key in results:
             _mapping(results[key], f"results[{key!r}]")
+    if "vocabulary" in results:
+        _vocabulary(results["vocabulary"], "results['vocabulary']")
     _validate_methods(methods, "results['methods']")
     if "seeds" in results:
         seeds = _mapping(results["seeds"], "results['seeds']")
@@ -209,6 +219,33 @@ def validate_results(results: Any) -> dict:
                     _mapping(entry[key], f"{p}[{key!r}]")
     _no_nan(results, "results")
     return results  # type: ignore[return-value]
+
+
+def _traits(value: Any, path: str) -> None:
+    """``{"family": str, "epistemic": bool, "members": int|null, "seeded": bool}`` (every key optional)."""
+    _mapping(value, path)
+    if "family" in value and (not isinstance(value["family"], str) or not value["family"]):
+        _fail(f"{path}['family']", "a non-empty string", value["family"])
+    for key in ("epistemic", "seeded"):
+        if key in value and not isinstance(value[key], bool):
+            _fail(f"{path}[{key!r}]", "true or false", value[key])
+    if value.get("members") is not None:
+        _count(value["members"], f"{path}['members']")
+
+
+def _vocabulary(value: Any, path: str) -> None:
+    """``{"scores": {SCORE: {"label": str, "kind": str}}, "calibrators": {CAL: {"label": str,
+    "changes_prediction": bool|null}}}``."""
+    _mapping(value, path)
+    for kind in ("scores", "calibrators"):
+        for name, entry in _mapping(value.get(kind, {}), f"{path}[{kind!r}]").items():
+            p = f"{path}[{kind!r}][{name!r}]"
+            _mapping(entry, p)
+            if "label" in entry and not isinstance(entry["label"], str):
+                _fail(p + "['label']", "a string", entry["label"])
+            flag = entry.get("changes_prediction")
+            if flag is not None and not isinstance(flag, bool):
+                _fail(p + "['changes_prediction']", "true, false or null", flag)
 
 
 def _scores(value: Any, path: str) -> None:
@@ -267,6 +304,11 @@ def _validate_methods(methods: Mapping, where: str) -> None:
                 _number(stat.get("fold_std"), p + "['fold_std']")
                 if "values" in stat:
                     _numbers(stat["values"], p + "['values']")
+        if "traits" in m:
+            _traits(m["traits"], f"{base}['traits']")
+        for key, section in list(result_sections.SECTIONS.items()):  # registered sections check their own
+            if key in m and section.validate is not None:
+                section.validate(m[key], f"{base}[{key!r}]")
         if "temperature" in m:
             _number(m["temperature"], f"{base}['temperature']")
         if "counts" in m:

@@ -55,6 +55,7 @@ from .._checks import check_int, check_logits, float_dtype
 from .._layout import InputLayout
 from ..methods._batching import LargestTensor, activation_chunk, balanced_chunk
 from ..prediction import Prediction
+from ..traits import Traits
 from ._batching import views_per_forward
 from .bridge import as_compose
 from .compose import Compose, View
@@ -144,6 +145,10 @@ class TTA:
             f"TTA({type(self.model).__name__}, {len(self.transforms)} views, merge={self.merge!r}, "
             f"task={self.task!r}, max_batch={self.max_batch})"
         )
+
+    def netuq_traits(self) -> Traits:
+        """TTA's traits (:mod:`netuq.traits`): the views' disagreement counts as epistemic."""
+        return Traits("tta", epistemic=True)
 
     def __call__(self, x: torch.Tensor) -> Prediction:
         """Predict on every view of a batch and merge.
