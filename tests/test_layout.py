@@ -12,9 +12,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import netuq
-from netuq import tta
+from netuq import _batching, tta
 from netuq._layout import InputLayout, outputs_agree, to_channels_last, worth_trying
-from netuq.methods import _batching
 from netuq.models import SmallCNN, SmallUNet
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "float_dtype",
     "check_ignore_index",
     "check_bool",
+    "check_n_bins",
 ]
 
 PROB_SUM_TOL = 1e-3
@@ -270,3 +271,17 @@ def check_choice(value: object, name: str, choices: Any) -> Any:
     if not isinstance(value, str) or value not in options:
         raise ValueError(f"`{name}` must be one of {', '.join(map(repr, options))}, got {value!r}")
     return value
+
+
+MAX_N_BINS = 100_000  # far beyond any useful reliability diagram; refuses 1e10 before the allocator sees it
+
+
+def check_n_bins(n_bins: int, name: str = "n_bins", high: int = MAX_N_BINS) -> int:
+    """``n_bins`` as an int after checking 1 <= n_bins <= ``high`` (before anything is allocated)."""
+    import numbers
+
+    if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral) or n_bins < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {n_bins!r}")
+    if n_bins > high:
+        raise ValueError(f"`{name}` must be at most {high}, got {n_bins!r}")
+    return int(n_bins)

@@ -52,6 +52,7 @@ from typing import Any
 
 import torch
 
+from ._batch import Batch
 from ._checks import check_positive_int
 from .prediction import Prediction
 
@@ -188,36 +189,30 @@ def _pack(batch, pred: Prediction, members: list[Prediction]) -> dict[str, torch
     if batch.anomaly is not None:
         cols["anomaly"] = batch.anomaly.cpu()
     for tag, p in (("p", pred), *((f"m{i}", m) for i, m in enumerate(members))):
-        cols[f"{tag}.log_sum"], cols[f"{tag}.entropy_sum"] = p._log_sum, p._entropy_sum
-        cols[f"{tag}.votes"] = p._votes
-        if p.has_logit_scores:
-            cols[f"{tag}.energy_sum"], cols[f"{tag}.max_logit_sum"] = p._energy_sum, p._max_logit_sum
-        if p.features is not None:
-            cols[f"{tag}.features"] = p.features
-        if p.samples is not None:
-            cols[f"{tag}.samples"] = p.samples.transpose(0, 1)  # rows first
+        st = p.statistics()
+        cols[f"{tag}.log_sum"] = st.log_sum if st.log_sum is not None else torch.log(st.linear_sum)
+        cols[f"{tag}.entropy_sum"], cols[f"{tag}.votes"] = st.entropy_sum, st.votes
+        for key in ("energy_sum", "max_logit_sum", "features"):
+            if getattr(st, key) is not None:
+                cols[f"{tag}.{key}"] = getattr(st, key)
+        if st.samples is not None:
+            cols[f"{tag}.samples"] = st.samples.transpose(0, 1)  # rows first
         for k, v in p.scores.items():
             cols[f"{tag}.score.{k}"] = v
     return cols
 
 
 def _unpack(cols: dict[str, torch.Tensor], meta: dict[str, tuple[int, bool]], index: int):
-    from .engine._batches import Batch
-
     preds = {}
-    for tag, (count, keep) in meta.items():
-        p = Prediction(keep_samples=keep)
-        p._count, p._log_sum, p._entropy_sum = count, cols[f"{tag}.log_sum"], cols[f"{tag}.entropy_sum"]
-        p._votes = cols[f"{tag}.votes"]
-        if f"{tag}.energy_sum" in cols:
-            p._energy_sum, p._max_logit_sum = cols[f"{tag}.energy_sum"], cols[f"{tag}.max_logit_sum"]
-            p._logit_count = count
-        p.features = cols.get(f"{tag}.features")
-        if f"{tag}.samples" in cols:
-            p._samples = [cols[f"{tag}.samples"].transpose(0, 1)]
+    for tag, (count, _kept) in meta.items():  # samples travel iff kept
         prefix = f"{tag}.score."
-        p.scores = {k[len(prefix):]: v for k, v in cols.items() if k.startswith(prefix)}
-        preds[tag] = p
+        samples = cols[f"{tag}.samples"].transpose(0, 1) if f"{tag}.samples" in cols else None
+        preds[tag] = Prediction.from_statistics(
+            count=count, log_sum=cols[f"{tag}.log_sum"], entropy_sum=cols[f"{tag}.entropy_sum"],
+            votes=cols[f"{tag}.votes"], samples=samples,
+            scores={k[len(prefix):]: v for k, v in cols.items() if k.startswith(prefix)},
+            energy_sum=cols.get(f"{tag}.energy_sum"), max_logit_sum=cols.get(f"{tag}.max_logit_sum"),
+            features=cols.get(f"{tag}.features"))
     batch = Batch(index, cols["x"], cols.get("y"), cols.get("anomaly"))
     return batch, preds["p"], [preds[f"m{i}"] for i in range(len(meta) - 1)]
 
@@ -270,8 +265,8 @@ def gather_stream(local: Iterable, loader: Any, name: str = "loader") -> Iterato
                 batch, pred, members = item
                 cols = _pack(batch, pred, members)
                 info = {"n": len(batch.x), "spec": {k: (tuple(v.shape[1:]), v.dtype) for k, v in cols.items()},
-                        "meta": {"p": (pred._count, pred.samples is not None),
-                                 **{f"m{i}": (m._count, m.samples is not None) for i, m in enumerate(members)}}}
+                        "meta": {"p": (pred.num_samples, pred.samples is not None),
+                                 **{f"m{i}": (m.num_samples, m.samples is not None) for i, m in enumerate(members)}}}
         except Exception as err:  # re-raised below, after every rank has heard of it
             failure, info = err, {"error": f"{type(err).__name__}: {err}"}
         infos: list[Any] = [None] * size

@@ -19,14 +19,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from ._checks import PROB_SUM_TOL, _check_float, _check_rank, as_tensor, check_probs, float_dtype
 from .measures import _add_votes, _entropy, _variation_ratio_from_votes
 
-__all__ = ["Prediction"]
+__all__ = ["Prediction", "Statistics"]
+
+
+class Statistics(NamedTuple):
+    """A Prediction's sufficient statistics (:meth:`Prediction.statistics`); one of ``log_sum``
+    and ``linear_sum`` is None."""
+
+    count: int
+    entropy_sum: torch.Tensor
+    votes: torch.Tensor
+    log_sum: torch.Tensor | None
+    linear_sum: torch.Tensor | None
+    samples: torch.Tensor | None
+    scores: dict
+    energy_sum: torch.Tensor | None = None  # (N, ...) Σ_s energy, when every sample came as logits
+    max_logit_sum: torch.Tensor | None = None  # (N, ...) Σ_s −max_c z_s
+    features: torch.Tensor | None = None  # (N, D) a layer's features (not a statistic; travels along)
 
 
 def _check_log_values(x: Any, name: str, *, stacked: bool) -> torch.Tensor:
@@ -155,6 +171,93 @@ class Prediction:
         pred = cls(**kwargs)
         pred.add_logits(logits)
         return pred
+
+    @classmethod
+    def from_statistics(
+        cls,
+        *,
+        count: int,
+        entropy_sum: torch.Tensor,
+        votes: torch.Tensor,
+        log_sum: torch.Tensor | None = None,
+        linear_sum: torch.Tensor | None = None,
+        samples: torch.Tensor | None = None,
+        scores: Mapping[str, torch.Tensor] | None = None,
+        energy_sum: torch.Tensor | None = None,
+        max_logit_sum: torch.Tensor | None = None,
+        features: torch.Tensor | None = None,
+    ) -> Prediction:
+        """A prediction holding given sufficient statistics (see :meth:`statistics`), as if its
+        ``count`` samples had been added one by one: for code that accumulates them elsewhere
+        (TTA's fused merges) or moves them (gathering ranks).
+
+        Args:
+            count: the number of samples S (>= 1).
+            entropy_sum: (N, ...) Σ_s H[p_s].
+            votes: (N, C, ...) integer argmax counts (int32).
+            log_sum: (N, C, ...) log Σ_s p_s; or
+            linear_sum: (N, C, ...) Σ_s p_s where every element is large enough that its log is
+                exact (exactly one of the two).
+            samples: (S, N, C, ...) every sample's probabilities (then ``keep_samples`` is True).
+            scores: per-example method scores.
+            energy_sum, max_logit_sum: (N, ...) the logit scores' sums over the ``count`` samples
+                (both or neither: every sample came as logits).
+            features: (N, D) features of a layer (``Prediction.features``).
+
+        Example:
+            >>> a = Prediction.from_logits(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+            >>> b = Prediction.from_statistics(**a.statistics()._asdict())
+            >>> torch.equal(a.probs, b.probs), b.num_samples
+            (True, 1)
+        """
+        if (log_sum is None) == (linear_sum is None):
+            raise ValueError("give exactly one of `log_sum` and `linear_sum`")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"`count` must be a positive integer, got {count!r}")
+        total = log_sum if log_sum is not None else linear_sum
+        name = "log_sum" if log_sum is not None else "linear_sum"
+        if not isinstance(total, torch.Tensor) or total.ndim < 2:
+            raise ValueError(f"`{name}` must be a tensor (N, C, ...), got {getattr(total, 'shape', type(total))}")
+        want = tuple(total.shape[:1] + total.shape[2:])
+        if tuple(entropy_sum.shape) != want:
+            raise ValueError(f"`entropy_sum` must have shape {want}, got {tuple(entropy_sum.shape)}")
+        if tuple(votes.shape) != tuple(total.shape) or votes.is_floating_point():
+            raise ValueError(f"`votes` must be integer counts of shape {tuple(total.shape)}, got "
+                             f"{tuple(votes.shape)} {votes.dtype}")
+        if samples is not None and tuple(samples.shape) != (count, *total.shape):
+            raise ValueError(f"`samples` must have shape {(count, *total.shape)}, got {tuple(samples.shape)}")
+        pred = cls(keep_samples=samples is not None, scores=scores)
+        if linear_sum is not None:
+            pred._linear_sum = linear_sum
+        else:
+            pred._log_sum = log_sum
+        pred._entropy_sum, pred._votes, pred._count = entropy_sum, votes, count
+        if samples is not None:
+            pred._samples = [samples]
+        if (energy_sum is None) != (max_logit_sum is None):
+            raise ValueError("give both or neither of `energy_sum` and `max_logit_sum`")
+        if energy_sum is not None:
+            for key, value in (("energy_sum", energy_sum), ("max_logit_sum", max_logit_sum)):
+                if tuple(value.shape) != want:
+                    raise ValueError(f"`{key}` must have shape {want}, got {tuple(value.shape)}")
+            pred._energy_sum, pred._max_logit_sum, pred._logit_count = energy_sum, max_logit_sum, count
+        if features is not None:
+            if features.ndim != 2 or features.shape[0] != total.shape[0]:
+                raise ValueError(f"`features` must have shape ({total.shape[0]}, D), got {tuple(features.shape)}")
+            pred.features = features
+        return pred
+
+    def statistics(self) -> Statistics:
+        """The sufficient statistics (a :class:`Statistics` named tuple): ``count``,
+        ``entropy_sum`` (N, ...), ``votes`` (N, C, ...), ``log_sum`` (N, C, ...) log Σ_s p_s,
+        ``linear_sum`` (Σ_s p_s where it is held linear, else None), ``samples`` (S, N, C, ...) or
+        None, and ``scores``. :meth:`from_statistics` rebuilds the prediction from them."""
+        self._require()
+        linear = self._linear_sum
+        logit = self.has_logit_scores
+        return Statistics(self._count, self._entropy_sum, self._votes, None if linear is not None else self._log_sum,
+                          linear, self.samples, dict(self.scores), self._energy_sum if logit else None,
+                          self._max_logit_sum if logit else None, self.features)
 
     @classmethod
     def from_samples(cls, samples: torch.Tensor, *, logits: bool = False, **kwargs) -> Prediction:

@@ -229,12 +229,6 @@ def score_label(name: str) -> str:
     return s.label if s is not None else str(name).replace("_", " ")
 
 
-def _mahalanobis():
-    from .detectors.mahalanobis import MahalanobisScore  # imported when compare fits it
-
-    return MahalanobisScore()
-
-
 def _builtins() -> None:
     def scored(key: str, flip: bool = False):
         return (lambda p: 1.0 - p.scores[key]) if flip else (lambda p: p.scores[key])
@@ -254,9 +248,6 @@ def _builtins() -> None:
               description="−logsumexp_c z_c (T = 1), for samples the mean over samples (Liu et al. 2020)."),
         Score("max_logit", "−max logit", lambda p: p.max_logit, needs=("logits",),
               description="−max_c z_c, for samples the mean over samples (Hendrycks et al. 2022)."),
-        Score("mahalanobis", "Mahalanobis distance", fit=_mahalanobis, needs=("features",), kind="epistemic",
-              description="min_c (f − μ_c)ᵀ Σ⁻¹ (f − μ_c) on a layer's features, class means and one shared "
-                          "covariance fitted on the calibration loader (Lee et al. 2018)."),
         Score("aleatoric", "expected entropy", lambda p: p.aleatoric, kind="aleatoric", compared=False,
               description="E_s H[p_s], the aleatoric part (Depeweg et al. 2018)."),
         Score("variation_ratio", "variation ratio", lambda p: p.variation_ratio, needs=("samples",),

@@ -25,9 +25,9 @@ ROOT = "netuq"
 
 #: netuq's parts from the bottom; each part may import its own layer and the ones below.
 LAYERS = (
-    ("exceptions", "_checks", "_files", "_random", "_modes", "_batching", "_batch", "_layout", "measures",
+    ("exceptions", "_version", "_checks", "_files", "_random", "_modes", "_batching", "_batch", "_layout", "measures",
      "scores", "traits", "prediction"),
-    ("metrics", "io", "nn", "models", "training", "data", "calibration"),
+    ("metrics", "io", "nn", "models", "training", "data", "calibration", "detectors"),
     ("tta",),
     ("methods",),
     ("distributed", "results"),

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..exceptions import NotFittedError
+from ..scores import Score, register
 from .features import LayerFeatures
 
 __all__ = ["Mahalanobis"]
@@ -279,3 +280,12 @@ class MahalanobisScore:
         det = self.detector
         det._ensure()
         return lambda pred: det.score(pred.features)
+
+
+#: The feature score of :mod:`netuq.scores`, declared here where it is implemented: compare fits it
+#: on the calibration loader when asked for features (``compare(..., features="layer")``).
+SCORE = register(Score(
+    "mahalanobis", "Mahalanobis distance", fit=MahalanobisScore, needs=("features",), kind="epistemic",
+    description="min_c (f − μ_c)ᵀ Σ⁻¹ (f − μ_c) on a layer's features, class means and one shared covariance "
+                "fitted on the calibration loader (Lee et al. 2018).",
+), replace=True)

@@ -8,30 +8,21 @@ returns a :class:`~netuq.Prediction`, or a plain ``nn.Module`` (its logits as on
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from .._batch import Batch
 from .._layout import InputLayout
 from .._modes import eval_mode
 from ..prediction import Prediction
-from ..traits import traits_of
 
-__all__ = ["Batch", "DEFAULT_KEYS", "as_predictor", "iter_batches", "method_device", "offers_epistemic"]
+__all__ = ["Batch", "DEFAULT_KEYS", "as_predictor", "iter_batches", "method_device"]
 
 DEFAULT_KEYS = ("image", "label", "anomaly")
 
 
-@dataclass
-class Batch:
-    """One batch, split: ``x`` (N, ...) input, ``y`` labels or None, ``anomaly`` (N, ...) bool mask or None."""
-
-    index: int
-    x: torch.Tensor
-    y: torch.Tensor | None
-    anomaly: torch.Tensor | None
 
 
 def _check_keys(keys: Any) -> tuple[str, ...]:
@@ -121,11 +112,6 @@ def method_device(method: Any) -> torch.device:
             for b in obj.buffers():
                 return b.device
     return torch.device("cpu")
-
-
-def offers_epistemic(method: Any) -> bool:
-    """Whether the method's samples carry an epistemic part (its :mod:`netuq.traits`)."""
-    return traits_of(method).epistemic
 
 
 def as_predictor(method: Any, *, seed: int = 0, name: str = "method") -> Callable[[torch.Tensor], Prediction]:

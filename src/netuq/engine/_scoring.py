@@ -11,10 +11,20 @@ from .. import scores as vocabulary
 from ..calibration import registry
 from ..prediction import Prediction
 
-__all__ = ["make_calibrator", "uncertainty_scores", "detection", "histogram", "downsample",
+__all__ = ["streaming", "make_calibrator", "uncertainty_scores", "detection", "histogram", "downsample",
            "held_out_scores", "metric_values", "reliability_dict"]
 
 CURVE_POINTS = 101
+
+
+def streaming(num_classes: int, n_bins: int, ignore_index: int | None, *, full: bool = False, validate: bool = False):
+    """A streaming :class:`~netuq.metrics.UncertaintyMetrics` (``full``: class-wise ECE too)."""
+    from ..metrics.streaming import UncertaintyMetrics
+
+    kw = {"classwise": True} if full else {"fine_bins": 64}
+    # Every rank streams the gathered whole set (netuq.distributed): a torchmetrics sync would count it W times.
+    return UncertaintyMetrics(num_classes, n_bins=n_bins, ignore_index=ignore_index, validate_args=validate,
+                              sync_on_compute=False, **kw)
 
 
 def make_calibrator(name: str):

@@ -67,6 +67,9 @@ import torch
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
+from .._batching import activation_chunk as _activation_chunk
+from .._batching import balanced_chunk as _balanced
+from .._batching import default_chunk as _default_chunk
 from .._checks import check_int as _check_int
 from .._layout import InputLayout, compare_layouts, to_channels_last, worth_trying
 from .._random import derive_seed as _derive
@@ -75,9 +78,6 @@ from .._random import seed_device as _seed_device
 from ..nn import MCDropout as MCDropoutLayer
 from ..prediction import Prediction
 from ..traits import Traits
-from ._batching import activation_chunk as _activation_chunk
-from ._batching import balanced_chunk as _balanced
-from ._batching import default_chunk as _default_chunk
 from ._dropout_calls import (
     FunctionalDropout,
     SeedState,

@@ -9,7 +9,7 @@ order). The wrapper
   their augmented size, since e.g. a 90° rotation of a non-square image or a
   :class:`netuq.tta.Scale` changes it); without ``max_batch``, the first forward of an input
   shape also measures its largest activation, and later forwards split their rows to keep it
-  under :data:`netuq.methods._batching.ACTIVATION_ELEMENTS` (on CPU a forward over many rows
+  under :data:`netuq._batching.ACTIVATION_ELEMENTS` (on CPU a forward over many rows
   falls off the caches: see :meth:`TTA._forward`),
 * takes the softmax of every view in its own frame, then brings segmentation outputs back to the
   input frame before merging. Views that only move pixels (flips, rotations, shifts:
@@ -51,9 +51,9 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .._batching import LargestTensor, activation_chunk, balanced_chunk
 from .._checks import check_int, check_logits, float_dtype
 from .._layout import InputLayout
-from ..methods._batching import LargestTensor, activation_chunk, balanced_chunk
 from ..prediction import Prediction
 from ..traits import Traits
 from ._batching import views_per_forward
@@ -82,9 +82,9 @@ class TTA:
         max_batch: at most this many rows per forward call (``max_batch=N`` runs one view per
             call like ttach). None: on CPU as many views as keep the stacked input under 2**13
             elements (at least one: batching pays only for small inputs there), elsewhere
-            :func:`netuq.methods._batching.default_chunk`; and once the first forward of an
+            :func:`netuq._batching.default_chunk`; and once the first forward of an
             input shape has measured its largest activation, forwards whose largest activation
-            would exceed :data:`netuq.methods._batching.ACTIVATION_ELEMENTS` split their rows
+            would exceed :data:`netuq._batching.ACTIVATION_ELEMENTS` split their rows
             (not while a BatchNorm layer is in training mode: its outputs depend on the batch).
         no_grad: run under ``torch.no_grad()`` (default).
         channels_last: the layout of the views fed to the model (:mod:`netuq._layout`). None
@@ -272,7 +272,7 @@ class TTA:
     def _forward_rows(self, inp: torch.Tensor, rows: int | None, plan: tuple) -> Any:
         """The model on ``inp``, at most ``rows`` rows per call (outputs concatenated); ``rows=0``:
         one call that measures its largest activation and stores the rows per forward that keep
-        it under :data:`netuq.methods._batching.ACTIVATION_ELEMENTS` in ``self._plans[plan]``.
+        it under :data:`netuq._batching.ACTIVATION_ELEMENTS` in ``self._plans[plan]``.
 
         On CPU a forward over many rows falls off the caches: SmallCNN on 256 x 1 x 28 x 28 runs
         ~1.8x faster as 4 calls of 64 rows (perf/bench_tta.py, case "cls256").
