@@ -22,8 +22,8 @@ def test_names_labels_and_order():
     assert sorted(["matrix", "mystery", "none", "temperature"], key=registry.order_key) == [
         "none", "temperature", "matrix", "mystery"]
     assert isinstance(registry.make("vector"), VectorScaling)
-    with pytest.raises(ValueError, match=r"`calibrator` must be one of \['temperature', 'vector', 'matrix', 'histogram', "
-                       r"'isotonic'\]"):
+    names = r"\['temperature', 'vector', 'matrix', 'histogram', 'isotonic'\]"
+    with pytest.raises(ValueError, match=r"`calibrator` must be one of " + names):
         registry.make("platt")
 
 
