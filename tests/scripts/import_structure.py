@@ -27,7 +27,7 @@ ROOT = "netuq"
 LAYERS = (
     ("exceptions", "_version", "_checks", "_files", "_random", "_modes", "_batching", "_batch", "_layout", "measures",
      "scores", "traits", "prediction"),
-    ("metrics", "io", "nn", "models", "training", "data", "calibration"),
+    ("metrics", "io", "nn", "models", "training", "data", "calibration", "detectors"),
     ("tta",),
     ("methods",),
     ("distributed", "results"),

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..detectors.features import FeatureTap, find_module
 from ..traits import Traits, traits_of
 from ._batches import as_predictor, method_device
 from .predict import stream as _stream
@@ -39,6 +40,7 @@ class Options:
     distributed: bool | None
     scores: tuple[str, ...] | None
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    features: str | None = None
 
     def cap(self, task: str) -> int | None:
         """Rows a sample keeps: every row for classification, ``max_pixels`` for segmentation."""
@@ -67,6 +69,10 @@ class MethodRun:
         where = f"methods[{self.name!r}]"
         self.traits = traits_of(self.method)
         self.predictor = as_predictor(self.method, seed=self.options.seed, name=where)
+        layer = self.options.features
+        network = None if layer is None else find_module(self.method, layer)
+        if network is not None:  # the network's eval features for the feature scores: one more forward per batch
+            self.predictor = FeatureTap(network, layer).wrap(self.predictor)
         own = getattr(self.method, "netuq_members", None)
         self.members = [as_predictor(m, name=f"{where}.members[{i}]") for i, m in enumerate(own())] \
             if callable(own) else []

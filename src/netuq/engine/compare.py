@@ -30,6 +30,7 @@ from .. import metrics as M
 from .. import scores as vocabulary
 from .._checks import check_positive_int
 from ..calibration import registry
+from ..detectors.features import find_module
 from ..distributed import is_distributed
 from ..results import sections as result_sections
 from ..results.plain import to_plain
@@ -195,6 +196,7 @@ def compare(
     scores: Sequence[str] | None = None,
     sections: Sequence[str] | Mapping[str, Mapping[str, Any]] | None = None,
     conformal: bool | Mapping[str, Any] | None = None,
+    features: str | None = None,
 ) -> dict[str, Any]:
     """Score every method on the same data; the results ``netuq.report.render_report`` draws.
 
@@ -243,6 +245,12 @@ def compare(
             :mod:`netuq.conformal`): True for the defaults or a dict of options (``alpha``,
             ``scores``, ``randomized``, ``splits``, ``loss``, ``target_class``, ``grid_size``);
             fitted on ``calibration`` when given, else by the repeated split protocol on the test set.
+        features: classification: the name of a layer (``model.named_modules()``) whose features
+            feed the feature scores (``"mahalanobis"``, Lee et al. 2018). Each method whose network
+            (the method itself, or its ``model``) has that layer gets its eval-mode features from
+            one more forward per batch; the Mahalanobis score is fitted on the ``calibration``
+            loader (held-out in-distribution data, so no test example is both fitted on and
+            scored; required with ``features``) and scored on the test set and each OOD kind.
 
     Returns:
         Plain data (schema 1 of :mod:`netuq.results.schema`): ``task``, ``config``, ``data``,
@@ -282,6 +290,14 @@ def compare(
         raise TypeError("`shifts` must be a dict name -> {severity: loader}")
     if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
         raise ValueError(f"`ignore_index` must be an integer or None, got {ignore_index!r}")
+    if features is not None:
+        if not isinstance(features, str):
+            raise TypeError(f"`features` must be a layer name (str) or None, got {type(features).__name__}")
+        if calibration is None:
+            raise ValueError("`features` needs `calibration`: the feature scores (Mahalanobis) are fitted on "
+                             "held-out in-distribution data, the calibration loader")
+        if not any(find_module(m, features) is not None for m in methods.values()):
+            raise ValueError(f"`features` must name a layer of some method's network, got {features!r}")
     options = Options(
         calibrators=tuple(calibrators), ignore_index=ignore_index, n_bins=check_positive_int(n_bins, "n_bins"),
         seed=int(seed), device=device, progress=bool(progress), keys=keys,
@@ -289,7 +305,7 @@ def compare(
         calibration_samples=None if calibration_samples is None else check_positive_int(
             calibration_samples, "calibration_samples"),
         examples=int(examples), distributed=distributed, scores=scores,
-        sections=_with_conformal(result_sections.selected(sections), conformal, calibration))
+        sections=_with_conformal(result_sections.selected(sections), conformal, calibration), features=features)
     ood_loaders = _loaders(ood, "ood")
     is_distributed(distributed)  # checks the argument before any pass
     loaders = {"test_loader": test_loader, "calibration": calibration,

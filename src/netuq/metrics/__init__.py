@@ -5,6 +5,7 @@ from .functional import (
     ReliabilityBins,
     accuracy,
     adaptive_ece,
+    augrc,
     aurc,
     brier,
     classwise_ece,
@@ -14,6 +15,7 @@ from .functional import (
     nll,
     reliability_bins,
     risk_coverage_curve,
+    selective_risk,
 )
 from .sets import (
     SizeStratifiedCoverage,
@@ -53,6 +55,8 @@ __all__ = [
     "ReliabilityBins",
     "risk_coverage_curve",
     "aurc",
+    "augrc",
+    "selective_risk",
     "evaluate",
     "auroc",
     "aupr",
