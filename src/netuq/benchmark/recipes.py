@@ -355,15 +355,18 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    "deterministic": Recipe(lambda c, d, m, base: deterministic(base()), Traits("deterministic", epistemic=False)),
-    "mc_dropout": Recipe(lambda c, d, m, base: mc_dropout(base(), c), Traits("mc_dropout"), sampled=True),
-    "ensemble": Recipe(lambda c, d, m, base: ensemble(c, d, m / "ensemble"), Traits("ensemble"), sampled=True),
+    "deterministic": Recipe(lambda c, d, m, base: deterministic(base()), Traits("deterministic", epistemic=False),
+                            provides=("logits",)),
+    "mc_dropout": Recipe(lambda c, d, m, base: mc_dropout(base(), c), Traits("mc_dropout"), sampled=True,
+                         provides=("logits",)),
+    "ensemble": Recipe(lambda c, d, m, base: ensemble(c, d, m / "ensemble"), Traits("ensemble"), sampled=True,
+                       provides=("logits",)),
     "tta": Recipe(lambda c, d, m, base: tta(train_augmented(c, d, m / "tta.pt"), c), Traits("tta"), sampled=True),
     "heteroscedastic": Recipe(lambda c, d, m, base: heteroscedastic(c, d, m / "heteroscedastic.pt"),
                               Traits("heteroscedastic", epistemic=False, seeded=True), sampled=True,
-                              provides=("score:sigma",)),
+                              provides=("score:sigma", "logits")),
     "confidence": Recipe(lambda c, d, m, base: confidence(c, d, m / "confidence.pt"),
-                         Traits("confidence", epistemic=False), provides=("score:confidence",)),
+                         Traits("confidence", epistemic=False), provides=("score:confidence", "logits")),
 }
 
 

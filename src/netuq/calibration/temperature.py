@@ -137,6 +137,15 @@ def warn_temperature_status(status: str, temperature: float, who: str, n: int = 
             RuntimeWarning,
             stacklevel=4,
         )
+    elif status == "smoothed-lower":
+        warnings.warn(
+            f"{who}: the fit data are separable (e.g. every prediction correct), so the NLL has no finite "
+            f"optimum (T -> 0); the Laplace-smoothed target 1 - 1/(n+2) with n = {n} instead asks for a temperature "
+            f"above the largest allowed T = {temperature:.4g} (few rows with very confident logits); keeping the "
+            "bound: widen `bounds` or fit on more data",
+            RuntimeWarning,
+            stacklevel=4,
+        )
     elif status == "lower":
         warnings.warn(
             f"{who}: the NLL still decreases at the largest allowed temperature T = {temperature:.4g}: the "

@@ -26,7 +26,7 @@ def _score_loader(run: MethodRun, loader, name: str, cap: int | None, fitted_sco
     o = run.options
     sample = Reservoir(cap, o.seed)
     images = 0
-    for _batch, pred, _ in run.stream(loader, name):
+    for _batch, pred, _ in run.stream(loader, name, labels="unused"):
         scores = uncertainty_scores(pred, run.traits.epistemic, o.scores, fitted_scores)
         positions, flat, L = flat_rows(pred, None)
         sample.offer(positions.numel(), take_rows(flat, L, positions, per_row(scores, positions.numel()),

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..detectors.features import FeatureTap, find_module
 from ..traits import Traits, traits_of
 from ._batches import as_predictor, method_device
 from .predict import stream as _stream
@@ -39,6 +40,7 @@ class Options:
     distributed: bool | None
     scores: tuple[str, ...] | None
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    features: str | None = None
 
     def cap(self, task: str) -> int | None:
         """Rows a sample keeps: every row for classification, ``max_pixels`` for segmentation."""
@@ -67,6 +69,10 @@ class MethodRun:
         where = f"methods[{self.name!r}]"
         self.traits = traits_of(self.method)
         self.predictor = as_predictor(self.method, seed=self.options.seed, name=where)
+        layer = self.options.features
+        network = None if layer is None else find_module(self.method, layer)
+        if network is not None:  # the network's eval features for the feature scores: one more forward per batch
+            self.predictor = FeatureTap(network, layer).wrap(self.predictor)
         own = getattr(self.method, "netuq_members", None)
         self.members = [as_predictor(m, name=f"{where}.members[{i}]") for i, m in enumerate(own())] \
             if callable(own) else []
@@ -76,16 +82,21 @@ class MethodRun:
     def where(self) -> str:
         return f"methods[{self.name!r}]"
 
-    def stream(self, loader: Iterable, name: str, *, members: bool = False) -> Iterator[tuple[Any, Any, list]]:
-        """``(batch, prediction, member predictions)`` per batch of ``loader`` (all on the CPU)."""
+    def stream(self, loader: Iterable, name: str, *, members: bool = False, labels: str = "shape",
+               anomaly: bool = False) -> Iterator[tuple[Any, Any, list]]:
+        """``(batch, prediction, member predictions)`` per batch of ``loader`` (all on the CPU).
+
+        ``labels`` / ``anomaly``: what the consumer reads of each batch, and so checks
+        (:func:`netuq.engine.predict.stream`): "unused", "shape" or "classes" (scored labels).
+        """
         o = self.options
         return _stream(self.method, loader, device=self.device, keys=o.keys, seed=o.seed, progress=o.progress,
                        name=name, predictor=self.predictor, members=self.members if members else (),
-                       distributed=o.distributed)
+                       distributed=o.distributed, labels=labels, anomaly=anomaly, ignore_index=o.ignore_index)
 
     def labelled(self, loader: Iterable, name: str, why: str) -> Iterator[tuple[Any, torch.Tensor]]:
         """``(prediction, labels on the CPU)`` per batch; a batch without labels raises (``why``)."""
-        for batch, pred, _ in self.stream(loader, name):
+        for batch, pred, _ in self.stream(loader, name, labels="classes"):
             if batch.y is None:
                 raise ValueError(f"`{name}` batch {batch.index} has no labels; {why}")
             yield pred, batch.y.cpu()

@@ -129,7 +129,8 @@ class TestPass:
     def run_over(self, loader) -> TestPass:
         """Stream ``loader`` (labelled test batches) once; returns self."""
         o, fitted = self.run.options, self.fitted
-        for batch, pred, member_preds in self.run.stream(loader, "test_loader", members=True):
+        for batch, pred, member_preds in self.run.stream(loader, "test_loader", members=True,
+                                                              labels="classes", anomaly=True):
             if batch.y is None:
                 raise ValueError(f"`test_loader` batch {batch.index} has no labels; compare needs labelled test data")
             y = batch.y.cpu()

@@ -30,11 +30,12 @@ from .. import metrics as M
 from .. import scores as vocabulary
 from .._checks import check_positive_int
 from ..calibration import registry
+from ..detectors.features import find_module
 from ..distributed import is_distributed
 from ..results import sections as result_sections
 from ..results.plain import to_plain
 from ..results.schema import REFERENCE_CALIBRATOR, SCHEMA_VERSION, protocol_record, validate_results
-from ._batches import DEFAULT_KEYS
+from ._batches import DEFAULT_KEYS, check_reiterable
 from ._calibrate import PROTOCOL_KEYS, Fitted, calibrate, fit_on, protocol
 from ._detect import detect
 from ._run import MethodRun, Options
@@ -156,6 +157,25 @@ def _loaders(value: Any, name: str) -> dict[str, Any]:
     return {"ood": value}
 
 
+def _with_conformal(chosen: dict[str, Mapping[str, Any]], conformal: Any, calibration: Any) -> dict:
+    """``compare(conformal=...)`` as the ``conformal`` section's options, with compare's calibration loader.
+
+    The section (registered by :mod:`netuq.conformal`) validates its options when it starts.
+    """
+    if conformal is None or conformal is False:
+        if "conformal" not in chosen:
+            return chosen
+        conformal = chosen["conformal"]
+    if conformal is not True and not isinstance(conformal, Mapping):
+        raise TypeError(f"`conformal` must be True, None or a dict of options, got {type(conformal).__name__}")
+    if "conformal" not in result_sections.SECTIONS:
+        raise ValueError("`conformal` needs the 'conformal' result section: import netuq.conformal")
+    options = {} if conformal is True else dict(conformal)
+    if calibration is not None:
+        options.setdefault("calibration", calibration)
+    return {**chosen, "conformal": options}
+
+
 def compare(
     methods: Mapping[str, Any],
     test_loader: Iterable,
@@ -178,6 +198,8 @@ def compare(
     scores: Sequence[str] | None = None,
     sections: Sequence[str] | Mapping[str, Mapping[str, Any]] | None = None,
     class_names: Sequence[str] | None = None,
+    conformal: bool | Mapping[str, Any] | None = None,
+    features: str | None = None,
 ) -> dict[str, Any]:
     """Score every method on the same data; the results ``netuq.report.render_report`` draws.
 
@@ -192,10 +214,11 @@ def compare(
 
     Args:
         methods: display name -> method (any kind :func:`netuq.predict` takes).
-        test_loader: labelled batches ``(x, y)`` or ``(x, y, anomaly)``: for segmentation the
-            optional third element is a bool (N, H, W) mask of anomaly (OOD) pixels. Every loader
-            is iterated once per method, so pass re-iterable loaders (a DataLoader, a list), not
-            one-shot generators, when comparing several methods.
+        test_loader: labelled batches ``(x, y, ...)``: a third element that is a **bool**
+            (N, ...) tensor is a mask of anomaly (OOD) pixels (or examples); any other extra
+            element (an index, a path) is ignored. Every loader is iterated once per method, so
+            with several methods a one-shot iterator (a generator) is refused before any work:
+            pass a DataLoader or a list.
         calibration: labelled loader to fit the calibrators on; None: 2-fold protocol on the test set.
         calibrators: subset of ``"none"`` and the names of ``netuq.calibration.CALIBRATORS`` (read
             at call time: a Calibrator subclass defined after ``import netuq`` is accepted).
@@ -222,6 +245,16 @@ def compare(
         sections: the extra result sections (:mod:`netuq.results.sections`) to compute: a list of
             keys or a dict key -> options (default: every registered section marked ``default``).
         class_names: one display name per class (C), recorded for the report's per-class view.
+        conformal: prediction sets for every method (the ``conformal`` section,
+            :mod:`netuq.conformal`): True for the defaults or a dict of options (``alpha``,
+            ``scores``, ``randomized``, ``splits``, ``loss``, ``target_class``, ``grid_size``);
+            fitted on ``calibration`` when given, else by the repeated split protocol on the test set.
+        features: classification: the name of a layer (``model.named_modules()``) whose features
+            feed the feature scores (``"mahalanobis"``, Lee et al. 2018). Each method whose network
+            (the method itself, or its ``model``) has that layer gets its eval-mode features from
+            one more forward per batch; the Mahalanobis score is fitted on the ``calibration``
+            loader (held-out in-distribution data, so no test example is both fitted on and
+            scored; required with ``features``) and scored on the test set and each OOD kind.
 
     Returns:
         Plain data (schema 1 of :mod:`netuq.results.schema`): ``task``, ``config``, ``data``,
@@ -261,17 +294,31 @@ def compare(
         raise TypeError("`shifts` must be a dict name -> {severity: loader}")
     if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
         raise ValueError(f"`ignore_index` must be an integer or None, got {ignore_index!r}")
+    if features is not None:
+        if not isinstance(features, str):
+            raise TypeError(f"`features` must be a layer name (str) or None, got {type(features).__name__}")
+        if calibration is None:
+            raise ValueError("`features` needs `calibration`: the feature scores (Mahalanobis) are fitted on "
+                             "held-out in-distribution data, the calibration loader")
+        if not any(find_module(m, features) is not None for m in methods.values()):
+            raise ValueError(f"`features` must name a layer of some method's network, got {features!r}")
     options = Options(
         calibrators=tuple(calibrators), ignore_index=ignore_index, n_bins=check_positive_int(n_bins, "n_bins"),
         seed=int(seed), device=device, progress=bool(progress), keys=keys,
         repeats=check_positive_int(repeats, "repeats"), max_pixels=check_positive_int(max_pixels, "max_pixels"),
         calibration_samples=None if calibration_samples is None else check_positive_int(
             calibration_samples, "calibration_samples"),
-        examples=int(examples), distributed=distributed, scores=scores, sections=result_sections.selected(sections))
+        examples=int(examples), distributed=distributed, scores=scores,
+        sections=_with_conformal(result_sections.selected(sections), conformal, calibration), features=features)
     ood_loaders = _loaders(ood, "ood")
     if class_names is not None and (isinstance(class_names, str) or not isinstance(class_names, Sequence)):
         raise TypeError(f"`class_names` must be a sequence of names, got {type(class_names).__name__}")
     is_distributed(distributed)  # checks the argument before any pass
+    loaders = {"test_loader": test_loader, "calibration": calibration,
+               **{f"ood[{k!r}]": v for k, v in ood_loaders.items()},
+               **{f"shifts[{k!r}][{v!r}]": d for k, by in (shifts or {}).items() for v, d in by.items()}}
+    for where, loader in loaders.items():
+        check_reiterable(loader, where, len(methods), f"once per method: {len(methods)} methods")
     start = time.perf_counter()
     parts, info = {}, {}
     for name, method in methods.items():

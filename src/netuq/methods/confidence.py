@@ -199,6 +199,7 @@ def confidence_loss(
     if validate_args:
         labels = check_labels(labels, z.shape[1], s.shape, ignore_index=ignore_index, probs_name="logits")
     labels = labels.to(z.device)
+    check_ignore_index(ignore_index, labels.dtype)  # even unvalidated: `labels != ignore_index` must not wrap
     valid = None if ignore_index is None else labels != ignore_index
     target = labels if valid is None else labels.masked_fill(~valid, 0)
 

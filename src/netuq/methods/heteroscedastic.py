@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .._checks import _check_finite, _check_float, check_labels, check_logits, float_dtype
+from .._checks import _check_finite, _check_float, check_ignore_index, check_labels, check_logits, float_dtype
 from .._checks import check_positive_int as _check_positive_int
 from .._modes import eval_mode
 from .._random import generator as _generator
@@ -234,6 +234,7 @@ def heteroscedastic_loss(
     if validate_args:
         labels = check_labels(labels, mu.shape[1], expected, ignore_index=ignore_index, probs_name="mu")
     labels = labels.to(mu.device)
+    check_ignore_index(ignore_index, labels.dtype)  # even unvalidated: `labels != ignore_index` must not wrap
     valid = None if ignore_index is None else labels != ignore_index
     target = (labels if valid is None else labels.masked_fill(~valid, 0)).long().unsqueeze(1)  # (N, 1, ...)
 
