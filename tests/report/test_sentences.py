@@ -169,3 +169,10 @@ def test_settings_without_effect_are_named_not_tabled(base):
     cls = S.idle_settings(_with(base, task="classification", protocol={"source": "benchmark"}, config=bench))
     seg = S.idle_settings(_with(base, task="segmentation", protocol={"source": "benchmark"}, config=bench))
     assert set(cls) == {"max_train", "n_scenes", "scene_size"} and set(seg) == {"dataset", "max_train"}
+
+
+def test_ood_sentence_mentions_aleatoric_scores_only_when_there_are_some(base):
+    with_sigma = copy.deepcopy(base)
+    next(iter(with_sigma["methods"].values()))["ood"]["sigma"] = {"auroc": {"mean": 0.6, "std": None}}
+    assert "aleatoric scores are shown but not ranked" in S.ood_sentence(with_sigma)
+    assert "aleatoric" not in S.ood_sentence(base)

@@ -179,3 +179,10 @@ def test_a_lead_too_small_for_the_digits_shown_names_no_calibrator():
     line = next(x for x in summary_lines(r) if x.startswith("Lowest NLL"))
     assert line == "Lowest NLL: deep ensemble + matrix scaling (0.140)."
     assert rank([Entry("a", "A", 0.1471), Entry("b", "B", 0.1472)], higher=False)[1] == "equal to the digits shown"
+
+
+def test_equal_numbers_without_spread_are_tied_for_that_reason():
+    # Two methods sharing one network's features score exactly alike: no spread, so the reason is the digits.
+    r = _ood(a={"mahalanobis": 0.995}, b={"mahalanobis": 0.995})
+    line = next(x for x in summary_lines(r) if x.startswith("Best out-of-distribution"))
+    assert line.endswith("(equal to the digits shown).") and "standard deviation" not in line

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._text import fmt, method_label, n_seeds
+from ._text import fmt, is_aleatoric, method_label, n_seeds
 
 __all__ = [
     "title", "protocol", "unit", "data_sentence", "run_meta", "spread_words", "calibration_sentence",
@@ -339,7 +339,8 @@ def ood_kinds(results: Mapping) -> list[str]:
 
 
 def ood_sentence(results: Mapping) -> str:
-    """What the OOD table ranks (``task``, ``ood_kinds``, ``data.ood``, ``data.test``, ``seeds``).
+    """What the OOD table ranks (``task``, ``ood_kinds``, ``data.ood``, ``data.test``, ``seeds``; the ``ood``
+    scores, for the note on aleatoric ones).
 
     Example:
         >>> r = {"task": "classification", "data": {"test": 539, "ood": {"noise": 200}},
@@ -367,8 +368,9 @@ def ood_sentence(results: Mapping) -> str:
             what = f"the {count}OOD inputs against {test}"
     spread = f"mean ± standard deviation over {n_seeds(results)} seeds" if results.get("seeds") else \
         "one run, so no spread"
+    aleatoric = any(is_aleatoric(s, results) for m in results["methods"].values() for s in (m.get("ood") or {}))
     return (f"Scores rank {what}; higher score = less sure; {spread}. Best per column in bold; AUROC below 0.5 is "
-            "marked inverted; aleatoric scores are shown but not ranked.")
+            "marked inverted" + ("; aleatoric scores are shown but not ranked." if aleatoric else "."))
 
 
 def idle_settings(results: Mapping) -> dict[str, str]:

@@ -73,10 +73,11 @@ def rank(entries: Sequence[Entry], higher: bool) -> tuple[list[Entry], str]:
         return [], ""
     order = sorted(entries, key=lambda e: -e.mean if higher else e.mean)
     best = order[0]
-    tied = [e for e in order[1:] if abs(best.mean - e.mean) <= max(best.std or 0.0, e.std or 0.0)]
+    tied = [e for e in order[1:] if abs(best.mean - e.mean) <= max(best.std or 0.0, e.std or 0.0)
+            and max(best.std or 0.0, e.std or 0.0) > 0]
     reason = "the lead is within one standard deviation" if tied else ""
     # A lead too small for the digits shown is no lead, spread or not (one fit has no spread).
-    same = [e for e in order[1:] if e not in tied and fmt(e.mean) == fmt(best.mean)]
+    same = [e for e in order[1:] if e not in tied and (e.mean == best.mean or fmt(e.mean) == fmt(best.mean))]
     if same:
         tied += same
         reason = reason or "equal to the digits shown"
