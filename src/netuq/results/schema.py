@@ -51,11 +51,16 @@ Top level::
       "metrics": {NAME: float|null},             # uncalibrated, whole test set: netuq.metrics.evaluate()
                                                  #   accuracy, nll, brier, ece, mce, adaptive_ece,
                                                  #   classwise_ece, aurc
-      "in_distribution": {                       # the main table: repeated 2-fold CV on the test set
-        CAL: {METRIC: Stat}                      #   CAL in "none", "temperature", "vector", "matrix";
-      },                                         #   METRIC at least nll, ece, brier, accuracy
-      "temperature": float,                      # optional: T of temperature scaling fitted on val
-      "reliability": {NAME: Bins},               # optional: NAME "uncalibrated", "temperature", ...
+      "in_distribution": {                       # the main table (protocol.calibration says how:
+        CAL: {METRIC: Stat}                      #   repeated 2-fold CV on the test set, or held out);
+      },                                         #   CAL "none" or a calibrator registry name;
+                                                 #   METRIC at least nll, ece, brier, accuracy
+      "temperature": float,                      # optional: T of temperature scaling (protocol.temperature)
+      "reliability": {NAME: Bins},               # optional: one per calibrator that ran, NAME
+                                                 #   "uncalibrated" or a registry name; each with its
+                                                 #   "ece" (held out: on the test set; 2-fold protocol:
+                                                 #   repeat 0's cross-fitted halves). Stable: read by
+                                                 #   the report and by `netuq benchmark --logits`
       "risk_coverage": {"coverage": [float], "risk": [float]},            # optional, downsampled
       "misclassification": {SCORE: {"auroc": float|null, "aupr"?: float|null}},  # optional
       "shift": {KIND: [ShiftRow, ...]},          # optional: KIND in netuq.data.SHIFTS
