@@ -82,8 +82,13 @@ def prepare_data(config: BenchmarkConfig) -> BenchData:
                   "train": len(bench.train[1]), "val": len(bench.val[1]), "test": len(bench.test[1]),
                   "num_classes": bench.num_classes,
                   "class_names": [str(n) for n in (ds if config.task == "classification" else sc).class_names]}
-    if bench.ood is not None:
-        bench.info["ood"] = len(bench.ood[1])
+    if bench.ood is not None:  # per kind, in the order they come (the report's data sentence lists them)
+        bench.info["ood"] = dict(Counter(str(k) for k in bench.ood[1]))
+    if config.task == "segmentation":
+        y = bench.test[1]
+        bench.info["pixels"] = int((y != recipes.IGNORE).sum())
+        if bench.test_anomaly is not None:
+            bench.info["ood"] = {"anomaly": int(torch.as_tensor(bench.test_anomaly).sum())}
     return bench
 
 
