@@ -64,6 +64,9 @@ def test_per_class_section_names_the_classes(results, tmp_path):
     assert [r[0] for r in table.rows] == [f"class {c}" for c in range(10)]
     assert table.header[:4] == ("class", "test images", "MC dropout: accuracy ↑", "MC dropout: ECE ↓")
     assert "named from the data set" in sec.blocks[0].text
+    mine = {**results, "protocol": {"source": "compare", "calibration": "held_out"}}
+    text = next(s for s in build_report(mine).sections if s.id == "per-class").blocks[0].text
+    assert "named from the class_names given to compare" in text
     assert sec.blocks[1].text.startswith("Least accurate class: MC dropout: class class ")
     # class_names= overrides, and is checked.
     named = build_report(results, class_names=list("abcdefghij"))

@@ -35,6 +35,7 @@ from .sentences import (
     idle_settings,
     ood_kinds,
     ood_sentence,
+    protocol,
     run_meta,
     shift_sentence,
     temperature_sentence,
@@ -184,7 +185,8 @@ def _per_class_section(results: Mapping, figs, class_names) -> Section | None:
     first = f" Seed {next(iter(seeds))} of {n_seeds(results)}." if seeds else ""
     unit = "pixels" if results.get("task") == "segmentation" else "images"
     where = ("the class_names argument" if class_names is not None else
-             "the data set" if (results.get("data") or {}).get("class_names") else "their indices (no names recorded)")
+             ("the class_names given to compare" if protocol(results).get("source") == "compare" else "the data set")
+             if (results.get("data") or {}).get("class_names") else "their indices (no names recorded)")
     sec.blocks.append(Paragraph(
         f"Each class (named from {where}): how many test {unit} it has, the share of them each method predicts "
         "right (accuracy, i.e. recall) and the class-wise ECE of the class's own probability (Kull et al. 2019; "
