@@ -59,37 +59,43 @@ def _pool_within_resolution(ux, sums, counts):
     """Merge sorted unique ``ux`` closer than float64 resolution to a pool's first value (scikit-learn's rule).
 
     scikit-learn walks the sorted values and starts a new pool at the first x with
-    ``x - first >= eps``; here each pool start is found by a binary search (then checked with
-    that exact test), so long runs of tiny probabilities (all within 1e-15 of 0) cost one step.
+    ``x - first >= eps``. Here ``nxt[i]``, the pool start that follows a pool starting at i, is
+    found for every i at once (a binary search, then that exact test), and the pool starts (the
+    orbit of 0 under ``nxt``) by pointer doubling: O(n log n) array work, no loop per pool, so long
+    runs of tiny probabilities cost nothing extra.
     """
     eps = np.finfo(np.float64).resolution
-    close = np.diff(ux) < eps
-    if not close.any():
+    close = np.flatnonzero(np.diff(ux) < eps)
+    if close.size == 0:
         return ux, sums, counts
+    # after the last close pair every value is at least eps above the one before it: a pool start
+    n = int(close[-1]) + 2
+    x = ux[:n]
+    idx = np.arange(n)
+    nxt = np.searchsorted(x, x + eps, "left")
+    while True:  # the exact test on the differences (x + eps may round): at most a step or two
+        back = (nxt > idx + 1) & (x[np.minimum(nxt, n) - 1] - x >= eps)
+        if not back.any():
+            break
+        nxt[back] -= 1
+    while True:
+        fwd = nxt < n
+        fwd[fwd] = x[nxt[fwd]] - x[fwd] < eps
+        if not fwd.any():
+            break
+        nxt[fwd] += 1
+    jump = np.append(np.maximum(nxt, idx + 1), n)  # n: past the end, maps to itself
+    on = np.zeros(n + 1, dtype=bool)
+    on[0] = True
+    while jump[0] < n:  # after k rounds: the first 2**k pool starts are marked, jump = nxt applied 2**k times
+        on[jump[on]] = True
+        jump = jump[jump]
+    on[jump[on]] = True
     starts = np.ones(ux.size, dtype=bool)
-    starts[1:] = ~close
-    chain = np.cumsum(starts) - 1  # runs of neighbours closer than eps; split each greedily
-    for c in np.unique(chain[1:][close]):
-        lo, hi = int(np.searchsorted(chain, c, "left")), int(np.searchsorted(chain, c, "right"))
-        starts[lo + 1:hi] = False
-        seg = ux[lo:hi]
-        values = seg.tolist()
-        n, at = hi - lo, 0
-        while True:
-            first = values[at]
-            j = int(seg.searchsorted(first + eps))
-            while j > at + 1 and values[j - 1] - first >= eps:
-                j -= 1
-            j = max(j, at + 1)
-            while j < n and values[j] - first < eps:
-                j += 1
-            if j >= n:
-                break
-            starts[lo + j] = True
-            at = j
+    starts[:n] = on[:n]
     group = np.cumsum(starts) - 1
-    n = int(group[-1]) + 1
-    return ux[starts], np.bincount(group, weights=sums, minlength=n), np.bincount(group, weights=counts, minlength=n)
+    m = int(group[-1]) + 1
+    return ux[starts], np.bincount(group, weights=sums, minlength=m), np.bincount(group, weights=counts, minlength=m)
 
 
 def _interp(p: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
