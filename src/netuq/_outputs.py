@@ -29,7 +29,7 @@ from typing import Any, Union
 
 import torch
 
-__all__ = ["OutputRule", "check_output_rule", "describe", "logits_of"]
+__all__ = ["OutputRule", "check_output_rule", "describe", "logits_of", "stacked_shape"]
 
 OutputRule = Union[str, int, Callable[[Any], torch.Tensor], None]
 
@@ -132,7 +132,9 @@ def logits_of(out: Any, output: OutputRule = None, *, name: str = "model") -> to
         elif hasattr(out, output):
             z = getattr(out, output)
         else:
-            raise TypeError(f"`{name}` output has no key or attribute {output!r} (output={output!r}), got {describe(out)}")
+            raise TypeError(
+                f"`{name}` output has no key or attribute {output!r} (output={output!r}), got {describe(out)}"
+            )
         what = f"output={output!r}"
     else:
         if not isinstance(out, Sequence) or isinstance(out, (str, bytes)) or not -len(out) <= output < len(out):
@@ -142,3 +144,22 @@ def logits_of(out: Any, output: OutputRule = None, *, name: str = "model") -> to
     if not isinstance(z, torch.Tensor):
         raise TypeError(f"`{name}` logits chosen by {what} must be a tensor, got {describe(z)}")
     return z
+
+
+def stacked_shape(out: Any, n: int, k: int, what: str = "samples") -> str:
+    """The end of an error message about logits of ``k`` stacked copies of a batch of ``n``: the
+    user's batch size and the shape per copy, not the internal stacked row count.
+
+    Example:
+        >>> stacked_shape(torch.zeros(8, 3, 5), n=2, k=4)
+        'for the batch of N = 2 inputs, got shape (2, 3, 5) per copy (4 samples stacked as 8 rows)'
+    """
+    if not isinstance(out, torch.Tensor):
+        return f"for the batch of N = {n} inputs, got {describe(out)}"
+    shape = tuple(out.shape)
+    if out.ndim >= 1 and k > 1 and shape[0] % k == 0:
+        return (
+            f"for the batch of N = {n} inputs, got shape {(shape[0] // k, *shape[1:])} per copy "
+            f"({k} {what} stacked as {shape[0]} rows)"
+        )
+    return f"for the batch of N = {n} inputs, got shape {shape}"

@@ -2,7 +2,8 @@
 
 A *batch* is a tensor ``x``, a tuple/list ``(x, y, anomaly, ...)`` or a mapping whose keys are
 named by ``keys`` (input, labels, anomaly mask). A *method* is a netuq method, a callable that
-returns a :class:`~netuq.Prediction`, or a plain ``nn.Module`` (its logits as one sample).
+returns a :class:`~netuq.Prediction`, or a plain ``nn.Module`` (its logits as one sample, read from
+its output by :mod:`netuq._outputs`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 
 from .._layout import InputLayout
 from .._modes import eval_mode
+from .._outputs import OutputRule, logits_of
 from ..prediction import Prediction
 
 __all__ = ["Batch", "DEFAULT_KEYS", "as_predictor", "iter_batches", "method_device", "offers_epistemic"]
@@ -135,8 +137,13 @@ def offers_epistemic(method: Any) -> bool:
     return bool(getattr(method, "epistemic", True))
 
 
-def as_predictor(method: Any, *, seed: int = 0, name: str = "method") -> Callable[[torch.Tensor], Prediction]:
-    """A function ``x -> Prediction`` for any supported method kind (called under ``no_grad``)."""
+def as_predictor(
+    method: Any, *, seed: int = 0, name: str = "method", output: OutputRule = None
+) -> Callable[[torch.Tensor], Prediction]:
+    """A function ``x -> Prediction`` for any supported method kind (called under ``no_grad``).
+
+    A plain ``nn.Module``'s output is read by :func:`netuq._outputs.logits_of` (``output``
+    overrides the default rule: a tensor, ``.logits``, or a mapping's ``"logits"`` / ``"out"``)."""
     from ..methods.confidence import ConfidenceClassifier
     from ..methods.heteroscedastic import HeteroscedasticClassifier
 
@@ -154,19 +161,17 @@ def as_predictor(method: Any, *, seed: int = 0, name: str = "method") -> Callabl
     if isinstance(method, nn.Module):
         layout = InputLayout(None)  # channels-last on CPU once checked, per input shape (netuq._layout)
 
+        def logits(x: torch.Tensor) -> torch.Tensor:
+            return logits_of(method(x), output, name=name)
+
         def plain(x: torch.Tensor) -> Prediction:
             with eval_mode(method):
                 if isinstance(x, torch.Tensor):
-                    out = layout.forward(method, x, (tuple(x.shape), x.dtype, x.device), method)
+                    out = layout.forward(method, x, (tuple(x.shape), x.dtype, x.device), logits)
                 else:
-                    out = method(x)
-            if isinstance(out, torch.Tensor) and out.ndim == 4 and not out.is_contiguous():
+                    out = logits(x)
+            if out.ndim == 4 and not out.is_contiguous():
                 out = out.contiguous()  # channels-last logits: the metrics read (N, C, H, W) rows
-            if not isinstance(out, torch.Tensor):
-                raise TypeError(
-                    f"`{name}` is an nn.Module whose output must be a logits tensor (N, C, ...), got "
-                    f"{type(out).__name__}; wrap it in a callable returning a netuq.Prediction"
-                )
             return Prediction.from_logits(out)
 
         return plain

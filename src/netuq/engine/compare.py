@@ -24,6 +24,7 @@ import torch
 
 from .. import metrics as M
 from .._checks import check_positive_int
+from .._outputs import OutputRule, check_output_rule
 from ..distributed import is_distributed
 from ._batches import DEFAULT_KEYS, as_predictor, method_device, offers_epistemic
 from ._sample import Reservoir
@@ -230,7 +231,7 @@ def _evaluate(name: str, method: Any, test_loader, opts: dict[str, Any]) -> tupl
     t0 = time.perf_counter()
     seed, n_bins, ignore = opts["seed"], opts["n_bins"], opts["ignore_index"]
     where = f"methods[{name!r}]"
-    predictor = as_predictor(method, seed=seed, name=where)
+    predictor = as_predictor(method, seed=seed, name=where, output=opts["output"])
     device = opts["device"] if opts["device"] is not None else method_device(method)
     epistemic = offers_epistemic(method)
     common = {"device": device, "keys": opts["keys"], "seed": seed, "progress": opts["progress"],
@@ -242,7 +243,8 @@ def _evaluate(name: str, method: Any, test_loader, opts: dict[str, Any]) -> tupl
         z, y, info["calibration"] = _sample_pass(method, opts["calibration"], predictor, name="calibration",
                                                  ignore_index=ignore, max_pixels=opts["max_pixels"], **common)
         fitted = _fit_on(z, y, cals, opts["calibration_samples"], seed)
-    members = [as_predictor(m, name=f"{where}.members[{i}]") for i, m in enumerate(method.members)] \
+    members = [as_predictor(m, name=f"{where}.members[{i}]", output=method.output)
+               for i, m in enumerate(method.members)] \
         if isinstance(method, Ensemble) else []
 
     um = um_members = None
@@ -411,6 +413,7 @@ def compare(
     calibration_samples: int | None = None,
     examples: int = 4,
     distributed: bool | None = None,
+    output: OutputRule = None,
 ) -> dict[str, Any]:
     """Score every method on the same data; the results ``netuq.report.render_report`` draws.
 
@@ -448,6 +451,9 @@ def compare(
             an ``EvalSampler`` or a ``DistributedSampler``; True: for every loader). With an
             :class:`netuq.distributed.EvalSampler` in every rank's loaders, every rank returns the
             one-process results (see :mod:`netuq.distributed` for the methods this is exact for).
+        output: for methods that are plain ``nn.Module``s, where the logits are in their output (a
+            key or attribute name, a tuple index, a callable; None: tensor, ``.logits``, or a
+            mapping's ``"logits"`` / ``"out"``, see :mod:`netuq._outputs`).
 
     Returns:
         Plain data (schema 1 of :mod:`netuq.report.schema`): ``task``, ``config``, ``data``,
@@ -488,7 +494,7 @@ def compare(
         "repeats": check_positive_int(repeats, "repeats"), "max_pixels": check_positive_int(max_pixels, "max_pixels"),
         "calibration_samples": None if calibration_samples is None else check_positive_int(
             calibration_samples, "calibration_samples"),
-        "examples": int(examples), "distributed": distributed,
+        "examples": int(examples), "distributed": distributed, "output": check_output_rule(output),
     }
     is_distributed(distributed)  # checks the argument before any pass
     start = time.perf_counter()

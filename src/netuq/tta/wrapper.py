@@ -53,6 +53,7 @@ import torch
 
 from .._checks import check_int, check_logits, float_dtype
 from .._layout import InputLayout
+from .._outputs import OutputRule, check_output_rule, logits_of, stacked_shape
 from ..methods._batching import LargestTensor, activation_chunk, balanced_chunk
 from ..prediction import Prediction
 from ._batching import views_per_forward
@@ -70,7 +71,8 @@ class TTA:
 
     Args:
         model: callable (usually an ``nn.Module`` in eval mode), (N, C_in, H, W) -> logits
-            (N, C) for classification or (N, C, H, W) for segmentation.
+            (N, C) for classification or (N, C, H, W) for segmentation (or an output holding
+            them, see ``output``).
         transforms: a :class:`netuq.tta.Compose` (e.g. ``netuq.tta.d4()``), a transform, a list
             of transforms, or a ``ttach.Compose``.
         merge: "mean", "gmean", "max" or "tsharpen" (see the module docstring).
@@ -93,6 +95,9 @@ class TTA:
             layouts and keeps channels-last where the outputs agree (1.25-1.6x faster
             convolutions here; that forward runs the model once more, so forward hooks see it);
             True: channels-last without the check; False: contiguous, as given.
+        output: where the logits are in the model's output (a key or attribute name, a tuple
+            index, a callable); None: a tensor, ``.logits``, or a mapping's ``"logits"`` /
+            ``"out"`` (:mod:`netuq._outputs`).
 
     Example:
         >>> import netuq
@@ -117,6 +122,7 @@ class TTA:
         max_batch: int | None = None,
         no_grad: bool = True,
         channels_last: bool | None = None,
+        output: OutputRule = None,
     ) -> None:
         if not callable(model):
             raise TypeError(f"`model` must be callable (an nn.Module), got {type(model).__name__}")
@@ -134,6 +140,7 @@ class TTA:
         self.keep_samples = bool(keep_samples)
         self.max_batch = None if max_batch is None else int(max_batch)
         self.no_grad = bool(no_grad)
+        self.output = check_output_rule(output)
         self._exact_outputs = False  # set once the model's outputs need the exact pass (half logits)
         self._workspaces = threading.local()  # per thread: one call's buffers, kept for the next
         self._plans: dict[tuple, int] = {}  # (input shape, view size, dtype, device) -> rows per forward
@@ -264,6 +271,10 @@ class TTA:
         :meth:`_forward_rows`."""
         return self._layout.forward(self.model, inp, plan, lambda view: self._forward_rows(view, rows, plan))
 
+    def _logits(self, inp: torch.Tensor) -> torch.Tensor:
+        """The logits in the model's output on ``inp`` (:func:`netuq._outputs.logits_of`)."""
+        return logits_of(self.model(inp), self.output, name="model")
+
     def _forward_rows(self, inp: torch.Tensor, rows: int | None, plan: tuple) -> Any:
         """The model on ``inp``, at most ``rows`` rows per call (outputs concatenated); ``rows=0``:
         one call that measures its largest activation and stores the rows per forward that keep
@@ -275,15 +286,15 @@ class TTA:
         total = inp.shape[0]
         if rows == 0:
             with LargestTensor() as probe:
-                out = self.model(inp)
+                out = self._logits(inp)
             self._plans[plan] = activation_chunk(-(-max(probe.largest, inp.numel()) // total), inp.device)
             return out
         if rows is None or rows >= total:
-            return self.model(inp)
+            return self._logits(inp)
         step = balanced_chunk(rows, total)
         out = None
         for s in range(0, total, step):
-            part = self.model(inp[s : s + step])
+            part = self._logits(inp[s : s + step])
             if not isinstance(part, torch.Tensor) or part.ndim < 2 or part.shape[0] != min(step, total - s):
                 return part  # not logits of these rows: _run's check words the error
             if out is None:  # in the layout of the part (channels-last stays so)
@@ -310,8 +321,7 @@ class TTA:
         :func:`_fast_pass_takes`), so that the caller runs the exact one."""
         k = len(chunk)
         if not isinstance(out, torch.Tensor) or out.ndim < 2 or out.shape[0] != k * n:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"`model` must return logits of shape (N, C, ...) with N = {k * n} rows, got {shape}")
+            raise ValueError(f"`model` must return logits of shape (N, C, ...) {stacked_shape(out, n, k, 'views')}")
         if self.task == "segmentation" and out.ndim != 4:
             raise ValueError(
                 f"`model` must return (N, C, H, W) logits for task='segmentation', got shape {tuple(out.shape)}"

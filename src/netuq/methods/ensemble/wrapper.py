@@ -17,6 +17,7 @@ from torch import nn
 
 from ..._layout import InputLayout, to_channels_last
 from ..._modes import eval_mode
+from ..._outputs import OutputRule, check_output_rule, logits_of
 from ...prediction import Prediction
 from ...training import History
 from .data import check_logits_output
@@ -78,7 +79,8 @@ class Ensemble:
     Estimation using Deep Ensembles", NeurIPS 2017.
 
     Args:
-        models: the members; each maps (N, ...) inputs to (N, C) or (N, C, H, W) logits.
+        models: the members; each maps (N, ...) inputs to (N, C) or (N, C, H, W) logits (or an
+            output holding them, see ``output``).
         keep_samples: keep every member's probabilities in the prediction (``pred.samples``,
             shape (S, N, C, ...)).
         vectorize: ``"auto"`` (vmap where it is faster and possible, else the loop), ``True``
@@ -90,6 +92,9 @@ class Ensemble:
             runs each member on both layouts and keeps channels-last for those whose outputs
             agree (1.3-1.6x faster convolutions here); True: channels-last without the check;
             False: as given.
+        output: where the logits are in a member's output (a key or attribute name, a tuple
+            index, a callable); None: a tensor, ``.logits``, or a mapping's ``"logits"`` /
+            ``"out"`` (:mod:`netuq._outputs`).
 
     Attributes:
         members: the list of member models (``len(ensemble)`` of them).
@@ -124,6 +129,7 @@ class Ensemble:
         keep_samples: bool = False,
         vectorize: bool | str = "auto",
         channels_last: bool | None = None,
+        output: OutputRule = None,
     ) -> None:
         if isinstance(models, nn.Module) and not isinstance(models, nn.ModuleList):
             raise TypeError("`models` must be an iterable of nn.Module members, got a single nn.Module")
@@ -138,6 +144,7 @@ class Ensemble:
         self.members: list[nn.Module] = models
         self.keep_samples = bool(keep_samples)
         self.vectorize = vectorize
+        self.output = check_output_rule(output)
         self._cache_key: tuple | None = None
         self._stacked: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
         self._vmap_failed = False
@@ -212,7 +219,7 @@ class Ensemble:
             if self.vectorized:
                 logits = self._vmap_logits(x)
                 if logits is not None:
-                    pred.add_logits(check_logits_output(logits), stacked=True)
+                    pred.add_logits(check_logits_output(logits, name="ensemble members (vmapped)"), stacked=True)
                     return pred
                 vmap_failed = True
             target = None  # members may sit on different devices: gather on the first one's
@@ -220,13 +227,15 @@ class Ensemble:
             for k, m in enumerate(self.members):
                 key = (k, tuple(x.shape), x.dtype, x.device)  # one layout check per member and input shape
                 chosen = self._layout.chosen(key, x)
+                def run(inp: torch.Tensor, m: nn.Module = m, k: int = k) -> torch.Tensor:
+                    return check_logits_output(m(inp), self.output, f"ensemble member {k}")
+
                 if chosen is None:
-                    out = self._layout.forward(m, x, key, m, family=k)
+                    out = self._layout.forward(m, x, key, run, family=k)
                 else:
                     if chosen not in inputs:
                         inputs[chosen] = to_channels_last(x)
-                    out = m(inputs[chosen])
-                out = check_logits_output(out)
+                    out = run(inputs[chosen])
                 if out.ndim == 4 and not out.is_contiguous():
                     out = out.contiguous()  # channels-last segmentation logits: the sums stay (N, C, H, W)
                 target = out.device if target is None else target
@@ -261,7 +270,7 @@ class Ensemble:
         base = self.members[0]
 
         def one(p: dict, b: dict, inp: Any) -> Any:
-            return functional_call(base, (p, b), (inp,))
+            return logits_of(functional_call(base, (p, b), (inp,)), self.output, name="ensemble member")
 
         try:
             return vmap(one, in_dims=(0, 0, None))(params, buffers, x)
