@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._layout import InputLayout
 from .._modes import eval_mode
 from .._outputs import OutputRule, logits_of
 from ..prediction import Prediction
@@ -159,17 +158,9 @@ def as_predictor(
     if isinstance(method, ConfidenceClassifier):
         return lambda x: method.predict(x)
     if isinstance(method, nn.Module):
-        layout = InputLayout(None)  # channels-last on CPU once checked, per input shape (netuq._layout)
-
-        def logits(x: torch.Tensor) -> torch.Tensor:
-            return logits_of(method(x), output, name=name)
-
         def plain(x: torch.Tensor) -> Prediction:
             with eval_mode(method):
-                if isinstance(x, torch.Tensor):
-                    out = layout.forward(method, x, (tuple(x.shape), x.dtype, x.device), logits)
-                else:
-                    out = logits(x)
+                out = logits_of(method(x), output, name=name)  # the input as given: the user's own loop
             if out.ndim == 4 and not out.is_contiguous():
                 out = out.contiguous()  # channels-last logits: the metrics read (N, C, H, W) rows
             return Prediction.from_logits(out)

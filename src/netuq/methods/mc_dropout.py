@@ -61,14 +61,13 @@ import numbers
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
-from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
 from .._checks import check_int as _check_int
-from .._layout import InputLayout, compare_layouts, to_channels_last, worth_trying
+from .._layout import as_layout, check_channels_last
 from .._random import derive_seed as _derive
 from .._random import forked_rng as _forked_rng
 from .._random import seed_device as _seed_device
@@ -231,16 +230,12 @@ class MCDropout:
         head: the rest, run on the repeated rows; ``head(trunk(x))`` must equal ``model(x)``.
         no_grad: run under ``torch.no_grad()`` (default). False keeps the graph (e.g. for input
             gradients).
-        channels_last: the layout of 4-d inputs (:mod:`netuq._layout`). None (default), on
-            CPU for modules with a 2-d convolution: a cached **trunk** (all in eval mode) runs
-            channels-last where its first call of an input shape gives the same output both
-            ways, and its output is made contiguous again, so the sampled head sees what it saw
-            before; a model sampled **whole** runs channels-last where its first sampled forward
-            of an input shape, replayed on the same random state, gives the same samples (true
-            for feature dropout such as ``Dropout2d`` and for seeded element-wise dropout; not
-            for unseeded element-wise dropout on a 4-d activation, whose masks follow the
-            memory order: it stays as given). True: always, no check (samples then differ
-            from the contiguous run's where masks follow the layout); False: as given.
+        channels_last: opt-in speed on CPU (:mod:`netuq._layout`): True feeds 4-d inputs
+            channels-last (the trunk's input when a trunk is cached, its output made contiguous
+            again; else the repeated rows of the whole model), with no check. Probabilities then
+            differ from the default's by float rounding (up to ~1e-4 on a plain CNN), and
+            unseeded element-wise dropout on a 4-d activation draws its masks in memory order
+            (other samples, same distribution). False or None (default): inputs as given.
 
     Raises:
         ValueError: no dropout module and (at the first call) no functional dropout call; bad
@@ -272,7 +267,7 @@ class MCDropout:
         trunk: nn.Module | Callable | str | None = None,
         head: nn.Module | Callable | str | None = None,
         no_grad: bool = True,
-        channels_last: bool | None = None,
+        channels_last: bool | None = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
@@ -313,7 +308,7 @@ class MCDropout:
             if t_mods and h_mods:
                 self._trunk, self._head = _Chain(t_mods), _Chain(h_mods)
         self._roots = roots
-        self._layout = InputLayout(channels_last)  # the trunk's input layout, per input shape
+        self.channels_last = check_channels_last(channels_last)
         if _builtin_without_dropout(roots):
             raise ValueError(_no_dropout_message(roots))
         _warn_opaque(roots)
@@ -389,56 +384,11 @@ class MCDropout:
         self._trunk, self._head = None, self.model  # the Sequential's child calls dropout itself
         return None
 
-    def _check_layout(
-        self, feats: torch.Tensor, k: int, start: int, state: SeedState | None, key: tuple
-    ) -> tuple[Any, bool]:
-        """The first sampled forward of an input shape, as given and then channels-last on the
-        same random state (the seed's, or the global stream's, replayed): channels-last is kept
-        (and its output returned) only if the samples are the same up to rounding. Element-wise
-        dropout draws its masks in memory order from the global stream, so a model with one on a
-        4-d activation stays as given unless seeded (netuq's seeded masks are laid out
-        contiguously); feature dropout (``Dropout2d``) draws one value per channel either way.
-        Needs CPU, a 2-d convolution, and no module but dropout in training mode (the rerun must
-        have no side effect)."""
-        inp = feats.repeat(k, *(1,) * (feats.ndim - 1)) if k > 1 else feats.clone()
-        ok = worth_trying(self.model, feats, in_eval=False) and not any(
-            m.training for m in self.model.modules() if not isinstance(m, _DropoutNd)
-        )
-        if not ok:
-            self._layout.decided[key] = False
-            return self._head(inp), False
-
-        def rewind() -> None:  # the seeded masks of this chunk again
-            if state is not None:
-                state.offset, state.k, state.calls = start, k, 0
-
-        out, agree = compare_layouts(
-            lambda: self._head(inp), lambda: self._head(_repeated_channels_last(feats, k)), rewind
-        )
-        self._layout.decided[key] = agree
-        return out, agree
-
-    def __setstate__(self, state: dict) -> None:
-        state.setdefault("_layout", InputLayout(None))  # pickled before the trunk's layout was chosen
-        self.__dict__.update(state)
-
     def _trunk_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The trunk on ``x``, channels-last where :class:`netuq._layout.InputLayout` chose it; a
-        4-d output comes back contiguous (the head's dropout masks follow the memory order)."""
-        trunk = self._trunk
-        if not isinstance(x, torch.Tensor) or x.ndim != 4:
-            return trunk(x)
-        key = ("trunk", tuple(x.shape), x.dtype, x.device)
-        chosen = self._layout.chosen(key, x)
-        if chosen is not None:
-            out = trunk(to_channels_last(x) if chosen else x)
-        else:  # the first call of this shape: the check looks at the trunk's modules
-            modules = trunk if isinstance(trunk, nn.Module) else getattr(trunk, "modules", None)
-            if isinstance(modules, list):  # an auto-detected chain, inspected as one module
-                modules = nn.ModuleList(modules)
-                modules.training = False  # the container only: its children keep their own flags
-            out = self._layout.forward(modules, x, key, trunk)
-        if isinstance(out, torch.Tensor) and out.ndim == 4 and not out.is_contiguous():
+        """The trunk on ``x`` (channels-last if opted in; a 4-d output then comes back contiguous,
+        so that the head's dropout masks follow the memory order of the default)."""
+        out = self._trunk(as_layout(x, self.channels_last))
+        if self.channels_last and isinstance(out, torch.Tensor) and out.ndim == 4 and not out.is_contiguous():
             out = out.contiguous()
         return out
 
@@ -466,9 +416,8 @@ class MCDropout:
         intercept = mode if (plan is None or plan[1] or not self._confirmed) else nullcontext()
         pred = Prediction(keep_samples=self.keep_samples)
         reps = (1,) * (feats.ndim - 1)
-        # the whole model sampled on a 4-d input: channels-last where the check finds the same samples
-        layout_key = ("model", tuple(feats.shape), feats.dtype, feats.device)
-        chosen = self._layout.chosen(layout_key, feats) if self._trunk is None else False
+        # the whole model sampled on a 4-d input: channels-last rows if opted in
+        repeat_cl = self.channels_last and self._trunk is None and feats.ndim == 4 and feats.is_floating_point()
         for start in range(0, self.samples, per_forward):
             k = min(per_forward, self.samples - start)
             if state is not None:
@@ -477,10 +426,8 @@ class MCDropout:
             # the head gets a fresh tensor: in-place dropout (or any in-place op) must neither touch
             # the caller's input nor the cached trunk output reused by the next chunk
             with intercept:
-                if chosen:
+                if repeat_cl:
                     out = self._head(_repeated_channels_last(feats, k))
-                elif chosen is None:  # the first forward of this shape decides
-                    out, chosen = self._check_layout(feats, k, start, state, layout_key)
                 else:
                     out = self._head(feats.repeat(k, *reps) if k > 1 else feats.clone())
             if isinstance(out, torch.Tensor) and out.ndim == 4 and not out.is_contiguous():

@@ -52,7 +52,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .._checks import check_int, check_logits, float_dtype
-from .._layout import InputLayout
+from .._layout import as_layout, check_channels_last
 from .._outputs import OutputRule, check_output_rule, logits_of, stacked_shape
 from ..methods._batching import LargestTensor, activation_chunk, balanced_chunk
 from ..prediction import Prediction
@@ -88,13 +88,10 @@ class TTA:
             would exceed :data:`netuq.methods._batching.ACTIVATION_ELEMENTS` split their rows
             (not while a BatchNorm layer is in training mode: its outputs depend on the batch).
         no_grad: run under ``torch.no_grad()`` (default).
-        channels_last: the layout of the views fed to the model (:mod:`netuq._layout`). None
-            (default): on CPU, for an ``nn.Module`` with a 2-d convolution and every module in
-            eval mode, the first forward of each input shape (up to
-            :data:`netuq._layout.CHECKS` shapes; later ones follow their verdict) runs both
-            layouts and keeps channels-last where the outputs agree (1.25-1.6x faster
-            convolutions here; that forward runs the model once more, so forward hooks see it);
-            True: channels-last without the check; False: contiguous, as given.
+        channels_last: opt-in speed on CPU (:mod:`netuq._layout`): True feeds the stacked views
+            channels-last, with no check (1.25-1.6x faster convolutions here; probabilities
+            differ from the default's by float rounding, up to ~1e-4 on a plain CNN). False or
+            None (default): the views in the input's layout, as the user's own loop would.
         output: where the logits are in the model's output (a key or attribute name, a tuple
             index, a callable); None: a tensor, ``.logits``, or a mapping's ``"logits"`` /
             ``"out"`` (:mod:`netuq._outputs`).
@@ -121,7 +118,7 @@ class TTA:
         keep_samples: bool = False,
         max_batch: int | None = None,
         no_grad: bool = True,
-        channels_last: bool | None = None,
+        channels_last: bool | None = False,
         output: OutputRule = None,
     ) -> None:
         if not callable(model):
@@ -144,7 +141,7 @@ class TTA:
         self._exact_outputs = False  # set once the model's outputs need the exact pass (half logits)
         self._workspaces = threading.local()  # per thread: one call's buffers, kept for the next
         self._plans: dict[tuple, int] = {}  # (input shape, view size, dtype, device) -> rows per forward
-        self._layout = InputLayout(channels_last)  # the same keys -> channels-last or not
+        self.channels_last = check_channels_last(channels_last)
 
     def __repr__(self) -> str:
         return (
@@ -261,15 +258,13 @@ class TTA:
 
     def __setstate__(self, state: dict) -> None:
         state.setdefault("_plans", {})  # pickled before rows per forward were measured
-        state.setdefault("_layout", InputLayout(None))  # ... and before the layout was chosen
+        state.setdefault("output", None)  # ... and before outputs were unwrapped by a rule
         self.__dict__.update(state)
         self._workspaces = threading.local()
 
     def _forward(self, inp: torch.Tensor, rows: int | None, plan: tuple) -> Any:
-        """The model on ``inp`` in the layout chosen for ``plan`` (:class:`netuq._layout.InputLayout`:
-        its first forward checks channels-last against the contiguous result), rows as in
-        :meth:`_forward_rows`."""
-        return self._layout.forward(self.model, inp, plan, lambda view: self._forward_rows(view, rows, plan))
+        """The model on ``inp`` (channels-last if opted in), rows as in :meth:`_forward_rows`."""
+        return self._forward_rows(as_layout(inp, self.channels_last), rows, plan)
 
     def _logits(self, inp: torch.Tensor) -> torch.Tensor:
         """The logits in the model's output on ``inp`` (:func:`netuq._outputs.logits_of`)."""
