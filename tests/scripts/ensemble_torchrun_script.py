@@ -1,6 +1,6 @@
 """Helper of tests/test_ensemble_torchrun.py (not a test): train one small ensemble and record it.
 
-Run under ``python -m torch.distributed.run --nproc_per_node=2 tests/ensemble_torchrun_script.py OUT``
+Run under ``python -m torch.distributed.run --nproc_per_node=2 tests/scripts/ensemble_torchrun_script.py OUT``
 (gloo on the CPU), or call :func:`train_and_record` in one process for the reference. Trains 3
 members (rank 0 gets members 0 and 2, rank 1 member 1) twice, with and without a checkpoint_dir,
 and writes ``OUT/rank<r>.pt``: every member's weights, out-of-fold predictions, histories, and

@@ -11,7 +11,7 @@ import pickle
 
 import pytest
 import torch
-from _cli_run import assert_one_line_error, netuq_cli
+from cli_run import assert_one_line_error, netuq_cli
 
 from netuq.benchmark import load_config
 from netuq.benchmark.recipes import make_network

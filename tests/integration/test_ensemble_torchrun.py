@@ -1,6 +1,6 @@
 """train_ensemble under torchrun (2 gloo processes on the CPU) against a one-process run.
 
-The helper script ``tests/ensemble_torchrun_script.py`` runs once in this process (the reference)
+The helper script ``tests/scripts/ensemble_torchrun_script.py`` runs once in this process (the reference)
 and once as a subprocess under ``python -m torch.distributed.run --nproc_per_node=2``. Member k must be trained on rank
 k % 2 only, the checkpoint folder must hold the same files (manifest byte for byte, member files
 with the same weights and metadata), and every rank must return the whole ensemble, equal to the
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-SCRIPT = Path(__file__).with_name("ensemble_torchrun_script.py")
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ensemble_torchrun_script.py"
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -36,7 +36,7 @@ def _free_port() -> int:
 
 def _run(args: list[str], out: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = str(Path(__file__).resolve().parents[2] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
         [sys.executable, *args, str(SCRIPT), str(out)], env=env, capture_output=True, text=True, timeout=300

@@ -1,6 +1,6 @@
 """netuq.distributed: EvalSampler, and predict / compare / streaming metrics under torchrun (2 gloo processes).
 
-The torchrun test runs ``tests/dist_torchrun_script.py`` once in this process (no process group:
+The torchrun test runs ``tests/scripts/dist_torchrun_script.py`` once in this process (no process group:
 the one-process reference) and once as a subprocess under
 ``python -m torch.distributed.run --nproc_per_node=2``; every rank must return exactly the
 reference (data sets of 45, 9, 7 and 5 examples: never a multiple of 2).
@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import netuq
 from netuq.distributed import EvalSampler, is_distributed
 
-SCRIPT = Path(__file__).with_name("dist_torchrun_script.py")
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "dist_torchrun_script.py"
 
 
 # ------------------------------------------------------------------------------- EvalSampler
@@ -132,7 +132,7 @@ def test_torchrun_two_processes_return_the_one_process_results_on_every_rank(tmp
         warnings.simplefilter("ignore")
         module.record(one)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    src = str(Path(__file__).resolve().parents[1] / "src")
+    src = str(Path(__file__).resolve().parents[2] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
            str(SCRIPT), str(two)]

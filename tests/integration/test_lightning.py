@@ -133,7 +133,7 @@ def test_log_and_log_dict_in_one_process():
                     reason="needs torch.distributed with gloo")
 def test_ddp_two_cpu_processes_equal_one(tmp_path):
     out = tmp_path / "rank0.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2] / "src"),
                                                         os.environ.get("PYTHONPATH", "")])}
     for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)

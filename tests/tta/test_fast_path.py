@@ -10,7 +10,7 @@ import threading
 
 import pytest
 import torch
-from test_tta import _reference
+from reference.tta_reference import tta_reference
 from torch import nn
 
 import netuq
@@ -99,9 +99,9 @@ def test_fast_pass_equals_reference_for_odd_layouts_and_view_orders(model, compo
     one or two classes, a rotated view first (its terms start the transposed buffers)."""
     net, transforms = MODELS[model], COMPOSES[compose]()
     for x in (torch.randn(1, 3, 5, 7, generator=torch.Generator().manual_seed(1)), torch.randn(2, 3, 6, 6)):
-        _assert_same(netuq.TTA(net, transforms, task="segmentation")(x), _reference(net, transforms, x))
+        _assert_same(netuq.TTA(net, transforms, task="segmentation")(x), tta_reference(net, transforms, x))
         kept = netuq.TTA(net, transforms, task="segmentation", keep_samples=True)(x)
-        _assert_same(kept, _reference(net, transforms, x))
+        _assert_same(kept, tta_reference(net, transforms, x))
         torch.testing.assert_close(kept.samples.double(), _views_log_probs(net, transforms, x).exp(), atol=1e-6, rtol=0)
 
 
@@ -123,7 +123,7 @@ def test_other_merges_through_the_fast_pass_equal_the_plain_merge(merge, model):
     pred = netuq.TTA(net, transforms, task="segmentation", merge=merge)(x)
     want = _merged(_views_log_probs(net, transforms, x), merge)
     torch.testing.assert_close(pred.probs.double(), want, atol=1e-6, rtol=0)
-    ref = _reference(net, transforms, x)
+    ref = tta_reference(net, transforms, x)
     for name in ("aleatoric", "epistemic", "variation_ratio"):
         torch.testing.assert_close(pred.scores[f"view_{name}"].double(), getattr(ref, name), atol=1e-6, rtol=1e-5)
 
@@ -151,7 +151,7 @@ def test_kept_buffers_never_leak_between_shapes_channels_and_dtypes():
         pred, fresh = wrapper(x), netuq.TTA(lambda x: 2 * x, tta.d4(), task="segmentation")(x)
         for name in ("probs", "aleatoric", "variation_ratio"):
             assert torch.equal(getattr(pred, name), getattr(fresh, name)), (shape, name)
-        _assert_same(pred, _reference(lambda x: 2 * x, tta.d4(), x))
+        _assert_same(pred, tta_reference(lambda x: 2 * x, tta.d4(), x))
 
 
 def test_models_returning_their_input_or_broadcast_views_leave_the_input_alone():
@@ -159,12 +159,12 @@ def test_models_returning_their_input_or_broadcast_views_leave_the_input_alone()
     x0 = x.clone()
     pred = netuq.TTA(lambda t: t, tta.d4(), task="segmentation")(x)  # the identity view's logits are x itself
     assert torch.equal(x, x0)
-    _assert_same(pred, _reference(lambda t: t, tta.d4(), x0))
+    _assert_same(pred, tta_reference(lambda t: t, tta.d4(), x0))
 
     def expanded(t):  # stride-0 spatial dims: one logit vector per image
         return CONV(t)[:, :, :1, :1].expand(-1, -1, *t.shape[-2:])
 
-    _assert_same(netuq.TTA(expanded, tta.d4(), task="segmentation")(x), _reference(expanded, tta.d4(), x))
+    _assert_same(netuq.TTA(expanded, tta.d4(), task="segmentation")(x), tta_reference(expanded, tta.d4(), x))
 
 
 def test_more_than_255_views_count_votes_in_int32():
@@ -172,7 +172,7 @@ def test_more_than_255_views_count_votes_in_int32():
     x = torch.randn(1, 3, 2, 3)
     pred = netuq.TTA(CONV, transforms, task="segmentation")(x)
     assert pred.num_samples == 512 and pred._votes.dtype == torch.int32
-    _assert_same(pred, _reference(CONV, transforms, x), atol=1e-5)  # 512 float32 terms per sum
+    _assert_same(pred, tta_reference(CONV, transforms, x), atol=1e-5)  # 512 float32 terms per sum
 
 
 class StaticOutput(nn.Module):
@@ -195,7 +195,7 @@ def test_split_rows_are_copied_before_the_next_forward(monkeypatch):
     monkeypatch.setitem(_batching.ACTIVATION_ELEMENTS, "cpu", 40)  # a few rows per forward once measured
     model, x = StaticOutput().eval(), torch.randn(12, 3, 4, 4)
     wrapper = netuq.TTA(model, tta.flips())
-    ref = _reference(model, tta.flips(), x, task="classification")
+    ref = tta_reference(model, tta.flips(), x, task="classification")
     _assert_same(wrapper(x), ref)  # the first call measures: one forward per chunk, no split
     _assert_same(wrapper(x), ref)  # later calls split the rows
 
@@ -277,12 +277,12 @@ def test_largest_tensor_measures_models_with_tuple_results_and_scripted_models()
     assert probe.largest == 3 * 3 * 16  # x.flatten(2) (or x itself: the mode sees Tensor methods too)
     wrapper = netuq.TTA(model, tta.d4())
     for _ in range(2):  # measured, then planned
-        _assert_same(wrapper(x), _reference(model, tta.d4(), x, task="classification"))
+        _assert_same(wrapper(x), tta_reference(model, tta.d4(), x, task="classification"))
     scripted = torch.jit.script(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval())
     x = torch.randn(2, 3, 6, 5)
     wrapper = netuq.TTA(scripted, tta.d4(), task="segmentation")
     for _ in range(2):  # the mode cannot see inside TorchScript: the input size is the floor
-        _assert_same(wrapper(x), _reference(scripted, tta.d4(), x))
+        _assert_same(wrapper(x), tta_reference(scripted, tta.d4(), x))
     assert len(wrapper._plans) == 2  # one per augmented size (6 x 5 and 5 x 6)
 
 
@@ -317,7 +317,7 @@ def test_linear_sum_predictions_pickle_copy_concatenate_and_cross_processes():
 
     x = torch.randn(2, 3, 5, 7)
     pred = netuq.TTA(CONV, tta.d4(), task="segmentation")(x)
-    ref = _reference(CONV, tta.d4(), x)
+    ref = tta_reference(CONV, tta.d4(), x)
     assert pred._linear_sum is not None
     _assert_same(pickle.loads(pickle.dumps(pred)), ref)
     _assert_same(copy.deepcopy(pred), ref)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "perf" / "gpu_check.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "perf" / "gpu_check.py"
 CASES = ("temperature scaling", "MC dropout", "TTA", "ensemble", "streaming", "training")
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference.tta_reference import tta_reference
 from torch import nn
 
 import netuq
@@ -390,16 +391,6 @@ def test_wrapper_errors():
 
 
 # ----------------------------------------------------------------------------- streaming merges (issue 14)
-def _reference(model, transforms, x, task="segmentation"):
-    """Prediction.add_log_probs over each view's de-augmented log-probabilities: the plain path."""
-    ref = netuq.Prediction()
-    with torch.no_grad():
-        for v in transforms:
-            log_p = model(v.augment(x)).double().log_softmax(1)
-            ref.add_log_probs(v.deaugment(log_p, x.shape[-2:]) if task == "segmentation" else log_p)
-    return ref
-
-
 def _assert_same_prediction(pred, ref, atol=1e-6):
     assert pred.num_samples == ref.num_samples
     for name in ("log_probs", "probs", "entropy", "aleatoric", "epistemic", "variation_ratio"):
@@ -414,7 +405,7 @@ def test_streaming_sums_equal_prediction_of_every_view(shape, max_batch):
     model, x = _unet(), torch.randn(shape)
     transforms = tta.Compose([tta.HorizontalFlip(), tta.Rotate90([0, 90, 180, 270]), tta.Shift([(1, -2)])])
     pred = netuq.TTA(model, transforms, task="segmentation", max_batch=max_batch)(x)
-    _assert_same_prediction(pred, _reference(model, transforms, x))
+    _assert_same_prediction(pred, tta_reference(model, transforms, x))
     cat = netuq.Prediction.cat([pred, pred])  # the sums are a well-formed Prediction
     torch.testing.assert_close(cat.variation_ratio, torch.cat([pred.variation_ratio] * 2))
 
@@ -435,7 +426,7 @@ def test_log_probs_stay_exact_where_every_view_underflows(scale):
     """log Σ_v p_v where p_v < 1e-31 in every view: gathered (few) or whole-tensor (many) log space."""
     model, x = Sharp(scale), torch.randn(2, 3, 6, 6)
     pred = netuq.TTA(model, tta.d4(), task="segmentation")(x)
-    ref = _reference(model, tta.d4(), x)
+    ref = tta_reference(model, tta.d4(), x)
     underflow = ref.log_probs < -72  # probability below float32's linear floor (~1e-31)
     assert bool(underflow.any())
     assert bool(torch.isfinite(pred.log_probs).all())
@@ -452,7 +443,7 @@ def test_tied_logits_vote_for_the_first_class_like_prediction():
 
     x = torch.randn(2, 3, 4, 6)
     pred = netuq.TTA(Tied(), tta.d4(), task="segmentation")(x)
-    _assert_same_prediction(pred, _reference(Tied(), tta.d4(), x))
+    _assert_same_prediction(pred, tta_reference(Tied(), tta.d4(), x))
 
 
 @pytest.mark.parametrize("hw", [(3, 5), (4, 4)], ids=["wide", "square"])
@@ -488,7 +479,7 @@ def test_fast_pass_runs_each_view_once_and_reruns_exactly_only_on_ties_or_non_fi
     model = Counting(_pixelwise())
     pred = netuq.TTA(model, tta.d4(), task="segmentation")(x)
     assert sum(model.rows) == 8 * 2  # 8 views of 2 images, each once
-    _assert_same_prediction(pred, _reference(model, tta.d4(), x))
+    _assert_same_prediction(pred, tta_reference(model, tta.d4(), x))
 
     class Tied(nn.Module):
         def forward(self, x):
@@ -534,7 +525,7 @@ def test_half_logits_run_the_exact_pass_once_remembered():
     net.rows.clear()
     t(x)
     assert first == 2 * 4 * 2 and sum(net.rows) == 4 * 2  # later calls run the exact pass straight away
-    ref = _reference(lambda v: net(v).half().float(), tta.flips(), x)
+    ref = tta_reference(lambda v: net(v).half().float(), tta.flips(), x)
     _assert_same_prediction(pred, ref, atol=1e-5)
 
 
@@ -568,14 +559,14 @@ def test_float64_models_stay_float64_and_match_the_reference():
     model, x = _unet().double(), torch.randn(1, 3, 8, 8, dtype=torch.float64)
     pred = netuq.TTA(model, tta.flips(), task="segmentation")(x)
     assert pred.log_probs.dtype == torch.float64
-    _assert_same_prediction(pred, _reference(model, tta.flips(), x), atol=1e-12)
+    _assert_same_prediction(pred, tta_reference(model, tta.flips(), x), atol=1e-12)
 
 
 def test_classification_blocks_of_views_equal_prediction_of_every_view():
     model, x = _cnn(), torch.randn(5, 3, 8, 8)
     for max_batch in (None, 5, 10):
         pred = netuq.TTA(model, tta.d4(), max_batch=max_batch)(x)
-        _assert_same_prediction(pred, _reference(model, tta.d4(), x, task="classification"))
+        _assert_same_prediction(pred, tta_reference(model, tta.d4(), x, task="classification"))
 
 
 def test_views_per_forward_on_cpu_batches_only_small_inputs():
@@ -646,7 +637,7 @@ def test_rows_per_forward_follow_the_measured_largest_activation(monkeypatch):
     pred = wrapper(x)
     assert model.rows[0] == 24  # the first forward (two views of 12 small images) measures
     assert model.rows[1:] == [4] * 6  # then one view a call, its 12 rows split in 3 (at most 5 each)
-    _assert_same_prediction(pred, _reference(model.model, tta.flips(), x, "classification"), atol=1e-5)
+    _assert_same_prediction(pred, tta_reference(model.model, tta.flips(), x, "classification"), atol=1e-5)
     torch.testing.assert_close(pred.probs, ref.probs, atol=1e-6, rtol=0)
     model.rows.clear()
     wrapper(x)
@@ -670,7 +661,7 @@ def test_linear_sums_serve_probs_without_a_log_and_take_more_samples():
     assert cat._linear_sum is not None
     torch.testing.assert_close(cat.probs, torch.cat([probs, probs]))
     extra = torch.softmax(torch.randn(2, 4, 8, 8), 1)
-    ref = _reference(model, tta.d4(), x)
+    ref = tta_reference(model, tta.d4(), x)
     pred.add(extra)
     ref.add(extra.double())
     _assert_same_prediction(pred, ref)

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from _cli_run import assert_one_line_error, netuq_cli
+from cli_run import assert_one_line_error, netuq_cli
 from sklearn.metrics import log_loss
 
 from netuq.cli import main  # noqa: E402

@@ -19,7 +19,7 @@ from netuq import metrics as M
 from netuq.calibration import TemperatureScaling, VectorScaling, cross_validate
 from netuq.engine._sample import Reservoir
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 EXACT = ("accuracy", "nll", "brier", "ece", "mce", "classwise_ece")
 
 

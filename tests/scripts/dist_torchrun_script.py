@@ -1,6 +1,6 @@
 """Helper of tests/test_distributed.py (not a test): evaluate on sharded loaders and record the results.
 
-Run under ``python -m torch.distributed.run --nproc_per_node=2 tests/dist_torchrun_script.py OUT``
+Run under ``python -m torch.distributed.run --nproc_per_node=2 tests/scripts/dist_torchrun_script.py OUT``
 (gloo on the CPU): every rank's loaders use ``netuq.distributed.EvalSampler`` and each rank writes
 ``OUT/rank<r>.json``. Called as :func:`record` in one process (no process group, EvalSampler then
 yields every index), it writes the one-process reference ``OUT/rank0.json``. The data set sizes
