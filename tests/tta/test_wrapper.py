@@ -378,7 +378,7 @@ def test_wrapper_errors():
         t("image")
     with pytest.raises(ValueError, match=r"must return \(N, C, H, W\) logits for task='segmentation'"):
         netuq.TTA(model, tta.flips(), task="segmentation")(torch.zeros(1, 3, 8, 8))
-    with pytest.raises(ValueError, match="with N = 4 rows, got"):
+    with pytest.raises(ValueError, match=r"for the batch of N = 1 inputs, got shape \(1, 12\)"):
         netuq.TTA(lambda x: x.mean(0, keepdim=True).flatten(1), tta.flips())(torch.zeros(1, 3, 2, 2))
     with pytest.raises(ValueError, match="`logits` must be finite"):
         netuq.TTA(lambda x: x.flatten(1) / 0.0, tta.flips())(torch.zeros(1, 3, 2, 2))

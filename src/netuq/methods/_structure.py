@@ -74,7 +74,7 @@ class _Call:
 class Tail:
     """The head of a proven split: a submodule of the model, or the root's ``forward_head``."""
 
-    model: nn.Module
+    model: nn.Module | None
     target: nn.Module | str
     name: str
 
@@ -199,7 +199,7 @@ def trace(
 
     handles = []
     for name, m in model.named_modules():
-        if not name:
+        if not name or isinstance(m, torch.jit.ScriptModule):  # no hooks there (reported as opaque)
             continue
 
         def pre(mod, args, kwargs, name=name):
@@ -255,7 +255,7 @@ def _tail(model, first, counts, hooked, z) -> tuple[Tail | None, str]:
             continue
         if any(hooked.get(outer.name, False) for outer in first[:i]):
             continue
-        return Tail(model, call.target, call.name), ""
+        return Tail(None, call.target, call.name), ""  # no reference to the model: findings are cached per model
     return None, "no module around the first dropout returns the model's output unchanged"
 
 

@@ -91,7 +91,7 @@ from ._dropout_calls import (
     stochastic_depth,
     stochastic_modules,
 )
-from ._structure import Findings, TailNotReached, trace
+from ._structure import Findings, Tail, TailNotReached, trace
 
 __all__ = ["MCDropout", "dropout_active", "stochastic_modules"]
 
@@ -411,7 +411,13 @@ class MCDropout:
         flag only switches their dropout (switched on from now on, this call included). Where it
         finds no tail, it is the dry run of the whole model for this input shape."""
         live = [m for m in stochastic_modules(*self._roots) if _live(m)] + list(self._depth)
-        self._findings = found = trace(self.model, x.detach().clone(), live=live, output=self.output)
+        # once per model, output rule and set of stochastic modules (a later add_dropout traces again)
+        rule = self.output if self.output is None or isinstance(self.output, (str, int)) else id(self.output)
+        key = (rule, tuple(id(m) for m in live))
+        known = _FOUND.setdefault(self.model, {})
+        if key not in known:
+            known[key] = trace(self.model, x.detach().clone(), live=live, output=self.output)
+        self._findings = found = known[key]
         if found.tail is None and not found.attention:
             key = (False, str(x.device), tuple(x.shape), x.dtype)
             _PLANS.setdefault(self.model, {})[key] = (max(found.largest, x.numel()), found.outside_calls)
@@ -420,7 +426,8 @@ class MCDropout:
         self._attention = list(found.attention)
         self._auto_tail = found.tail is not None
         if found.tail is not None:
-            self._trunk, self._head = found.tail.trunk, found.tail.head
+            tail = Tail(self.model, found.tail.target, found.tail.name)
+            self._trunk, self._head = tail.trunk, tail.head
         if found.attention:
             self._confirmed = True
         if found.not_sampled:
@@ -588,3 +595,6 @@ def _repeated_channels_last(x: torch.Tensor, k: int) -> torch.Tensor:
 # per model (weakly held) and (cached trunk, device, shape, dtype): (largest activation of one sample's
 # forward, whether it calls functional dropout outside the dropout modules)
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+# per model (weakly held) and (output rule, stochastic modules): what its traced forward found
+_FOUND: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
