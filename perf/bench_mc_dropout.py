@@ -13,8 +13,9 @@ functional ``F.dropout`` in a custom forward, dropout on the input, a segmentati
 dropout in every block, and real networks (random weights): torchvision ResNet-18 after
 ``netuq.nn.add_dropout`` (default arguments — the stochastic tail found from the model's own
 execution, issue 23: target >= 10x — a declared trunk, the naive loop) and a timm ViT-Tiny with
-head dropout. The script exits non-zero when a target is missed (``NETUQ_BENCH_THREADS``, ``NETUQ_BENCH_ROUNDS`` to change the thread count and
-the rounds). netuq and the naive loop are timed interleaved in the same process (medians
+head dropout (``python perf/bench_mc_dropout.py pretrained`` runs only those). The script exits
+non-zero when a target is missed. ``NETUQ_BENCH_THREADS``, ``NETUQ_BENCH_ROUNDS`` change the thread
+count and the rounds. netuq and the naive loop are timed interleaved in the same process (medians
 of the per-round ratios), after warm-up calls. Then a sweep of the rows per forward for "every
 block" (why the default caps the largest activation, not the input) and the cost curves: time
 against S and against N with the fitted log-log slope (≈ 1 = linear).
