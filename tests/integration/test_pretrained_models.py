@@ -266,3 +266,32 @@ def test_smp_unet_add_dropout_goes_before_the_segmentation_head():
     torch.testing.assert_close(stacked.samples, pred.samples, atol=1e-4, rtol=0)
     p, _ = netuq.predict(netuq.TTA(unet, netuq.tta.flips(), task="segmentation"), [x])
     assert p.probs.shape == (1, 3, 64, 64)
+
+
+def test_readme_pretrained_recipe(tmp_path):
+    """The README's "Pretrained networks as they come" block, run as written except for the weights:
+    random ones (weights=None, pretrained=False) and a tiny Hugging Face model saved to a folder."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index("test_pretrained_models.py::test_readme_pretrained_recipe")
+    block = readme[readme.index("```python\n", start) + len("```python\n") : readme.index("```\n", start + 40)]
+    offline = {'weights="DEFAULT"': "weights=None", "pretrained=True": "pretrained=False"}
+    for old, new in offline.items():
+        assert old in block
+        block = block.replace(old, new)
+    _hf_vit().save_pretrained(tmp_path)
+    g = torch.Generator().manual_seed(0)
+    namespace = {
+        "netuq": netuq,
+        "name": str(tmp_path),
+        "test_loader": [(torch.randn(4, 3, 224, 224, generator=g), torch.tensor([0, 1, 2, 3]))],
+        "hf_loader": [(_images(3), torch.tensor([0, 1, 2]))],
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # add_dropout says where; calibration on 4 random images warns
+        exec(compile(block, "README.md", "exec"), namespace)
+    assert set(namespace["results"]["methods"]) == {"ResNet-18", "ViT-Tiny"}
+    assert namespace["pred"].probs.shape == (3, 4) and namespace["labels"].tolist() == [0, 1, 2]
+    assert float(namespace["pred"].epistemic.max()) > 0
+    assert isinstance(namespace["resnet"].fc.mc_dropout, netuq.nn.MCDropout)
