@@ -18,7 +18,16 @@ How netuq samples:
   inside TorchScript / compiled code or C++ operators — is reported: a warning for TorchScript or
   compiled submodules, and a ValueError when a model has no dropout module and no dropout call
   was seen in its first forward (every sample would be identical). Networks without dropout:
-  :func:`netuq.nn.add_dropout`.
+  :func:`netuq.nn.add_dropout`. A dropout with p = 0 drops nothing and is not stochastic.
+* **What else the model configured** (found at the first call, :mod:`._structure`): attention
+  dropout that a module reads from its own training flag (``F.scaled_dot_product_attention(...,
+  dropout_p=p if self.training else 0)`` in timm, Hugging Face eager or SDPA attention) is sampled
+  where rerunning the module in train mode with dropout forced off gives the same output (its
+  flag does nothing else); stochastic depth (timm / Hugging Face ``DropPath``, torchvision
+  ``StochasticDepth(mode="row")``) is switched on. What cannot be sampled is named in a warning,
+  and a batch whose samples all come out identical warns (the first call of each input shape).
+* **Outputs**: the logits are read from what the model returns by :mod:`netuq._outputs` (a
+  tensor, ``.logits``, a mapping's ``"logits"`` / ``"out"``; ``output=`` overrides).
 * **Batched**: the S samples are drawn by repeating the batch along dim 0 (sample-major rows:
   rows ``s·N … s·N + N − 1`` are sample ``s``) and running several samples per forward call, at
   most ``max_batch`` rows at a time. Dropout draws independent masks per row, so this is exact.
@@ -33,7 +42,16 @@ How netuq samples:
   model, declare ``trunk=`` and ``head=`` (modules, callables, or names of the model's attributes,
   e.g. ``trunk="features", head="head"`` for :class:`netuq.models.SmallCNN`); the output is then
   ``head(trunk(x))`` and it is your promise that this equals ``model(x)``. netuq does not guess
-  from attribute names, since ``forward`` may do more than chain them.
+  from attribute names, since ``forward`` may do more than chain them. Any other model is traced
+  once at its first call (:func:`._structure.trace`): when the first stochastic call happens
+  inside a module (or timm's ``forward_head``) that runs once on one tensor and whose output *is*
+  the model's output (not changed afterwards, no hooks around it), everything before it is the
+  trunk (the forward, stopped when that module is called) and that module the head — a ResNet's
+  ``fc`` after ``add_dropout``, torchvision's ``classifier``, a U-Net's segmentation head.
+  Otherwise (or when a later forward does not reach it) the whole model is sampled. Samples are
+  those of the whole model: bit-identical with a seed when one sample runs per forward; with
+  samples stacked, the whole model's trunk would run on k·N rows, which batched kernels may
+  round differently (~1e-7).
 * **Seeds**: with ``seed=None`` masks come from the global RNG of the input's device, drawn by
   the dropout modules for all rows of a forward at once. With an integer ``seed`` the global RNG
   is forked (left untouched) and the mask of sample ``s`` in the ``j``-th dropout call of a
@@ -234,9 +252,11 @@ class MCDropout:
             caching; the global RNG is left untouched. None: the global RNG.
         trunk: deterministic first part (module, callable, or attribute name of ``model``) run
             once per batch; requires ``head``; must not use dropout (modules are checked at
-            construction, dropout calls — also functional ones — during every call). Auto-detected
-            for ``nn.Sequential`` models; an auto-detected trunk that turns out to call dropout is
-            given up (the whole model is sampled, correct but slower).
+            construction, dropout calls — also functional ones — during every call; dropout with
+            p = 0 is allowed). Auto-detected for ``nn.Sequential`` models and, at the first call,
+            from the model's traced forward (see the module docstring; :attr:`tail`); an
+            auto-detected trunk that turns out to call dropout is given up (the whole model is
+            sampled, correct but slower).
         head: the rest, run on the repeated rows; ``head(trunk(x))`` must equal ``model(x)``.
         no_grad: run under ``torch.no_grad()`` (default). False keeps the graph (e.g. for input
             gradients).
@@ -246,6 +266,10 @@ class MCDropout:
             differ from the default's by float rounding (up to ~1e-4 on a plain CNN), and
             unseeded element-wise dropout on a 4-d activation draws its masks in memory order
             (other samples, same distribution). False or None (default): inputs as given.
+
+        output: where the logits are in the model's output (a key or attribute name, a tuple
+            index, a callable); None: a tensor, ``.logits``, or a mapping's ``"logits"`` /
+            ``"out"`` (:mod:`netuq._outputs`).
 
     Raises:
         ValueError: no dropout module and (at the first call) no functional dropout call; bad
