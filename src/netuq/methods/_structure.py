@@ -120,6 +120,7 @@ class Findings:
     largest: int = 0  # elements of the largest tensor a torch function returned in the forward
     outside_calls: bool = False  # dropout calls (p > 0) made outside dropout modules
     stochastic: bool = False  # any stochastic call at all
+    coupled: bool = False  # a call mixed the rows of the batch (then one sample per forward)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -168,6 +169,7 @@ def trace(
     hooked = {name: _has_hooks(m) for name, m in model.named_modules()}
     mode = FunctionalDropout()
     mode.probe = mode.track = True  # count calls, leave them as the model asks; measure activations
+    mode.rows = x.shape[0] if x.ndim else None  # ... and look for calls that mix the rows
 
     outside = [False]
 
@@ -231,8 +233,10 @@ def trace(
             h.remove()
         if patched:
             del model.__dict__["forward_head"]
-    findings = Findings(largest=mode.largest, outside_calls=outside[0], stochastic=first is not None)
-    mode.track = False
+    findings = Findings(
+        largest=mode.largest, outside_calls=outside[0], stochastic=first is not None, coupled=mode.coupled
+    )
+    mode.track, mode.rows = False, None
     z = logits_of(out, output)
     if find_tail:
         findings.tail, findings.why_no_tail = _tail(model, first, counts, hooked, z)

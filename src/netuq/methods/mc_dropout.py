@@ -15,10 +15,11 @@ How netuq samples:
   alpha dropouts, ``torch.dropout`` …) called from Python is switched on too, by a
   ``torch.overrides.TorchFunctionMode`` active only during the forwards (this thread only), with
   the same seeding; see :mod:`netuq.methods._dropout_calls`. Dropout netuq cannot reach —
-  inside TorchScript / compiled code or C++ operators — is reported: a warning for TorchScript or
-  compiled submodules, and a ValueError when a model has no dropout module and no dropout call
-  was seen in its first forward (every sample would be identical). Networks without dropout:
-  :func:`netuq.nn.add_dropout`. A dropout with p = 0 drops nothing and is not stochastic.
+  inside TorchScript code or C++ operators — is reported: a warning for TorchScript submodules,
+  and a ValueError when a model has no dropout module and no dropout call was seen in its first
+  forward (every sample would be identical). ``torch.compile``-d models are sampled through their
+  Python modules, as the uncompiled model (bit-identically with a seed). Networks without
+  dropout: :func:`netuq.nn.add_dropout`. A dropout with p = 0 drops nothing and is not stochastic.
 * **What else the model configured** (found at the first call, :mod:`._structure`): attention
   dropout that a module reads from its own training flag (``F.scaled_dot_product_attention(...,
   dropout_p=p if self.training else 0)`` in timm, Hugging Face eager or SDPA attention) is sampled
@@ -61,10 +62,13 @@ How netuq samples:
   multiplication), and runs any other dropout module (alpha dropouts, subclasses) once per sample
   on its rows with the device's generator so seeded. The masks depend only on the sample index,
   not on how samples are grouped into forward calls: with a fixed seed the result is the same
-  for every ``max_batch`` ≥ N and with or without trunk caching. (If ``max_batch`` < N the batch is split into blocks of
-  rows, each sampled with its own derived seed; a dropout input whose first dimension is not a
-  multiple of the samples per forward — e.g. a sequence-first layout — draws one seeded mask for
-  the whole call.) Functional calls count as dropout calls ``j`` and follow the same rules.
+  for every ``max_batch`` ≥ N and with or without trunk caching, whatever dimension the model
+  moves the batch to: a dropout input's samples lie along its one dimension of k·N rows (a
+  sequence-first (T, k·N, F) activation too), and each sample's mask is drawn as one contiguous
+  tensor of its own shape; an input with no such single dimension (a (k·N·T, F) flatten, or
+  T = k·N) makes that input shape run one sample per forward (:class:`._dropout_calls.Regroup`).
+  (If ``max_batch`` < N the batch is split into blocks of rows, each sampled with its own
+  derived seed.) Functional calls count as dropout calls ``j`` and follow the same rules.
   Seeded sampling patches the dropout modules' ``forward`` for the duration of the call
   (restored on exit): do not run one model from several threads while it samples.
 * **In-place dropout** (``inplace=True``) gives the same result as out-of-place dropout: the
@@ -99,6 +103,7 @@ from ._batching import balanced_chunk as _balanced
 from ._batching import default_chunk as _default_chunk
 from ._dropout_calls import (
     FunctionalDropout,
+    Regroup,
     SeedState,
     _builtin_without_dropout,
     _no_dropout_message,
@@ -106,6 +111,9 @@ from ._dropout_calls import (
     _warn_opaque,
     dropout_active,
     masked_dropout,
+    per_sample,
+    refuse_checkpointed_dropout,
+    sample_dim,
     stochastic_depth,
     stochastic_modules,
 )
@@ -147,21 +155,18 @@ def _seeded_dropout(modules: Sequence[nn.Module], state: SeedState, mode: Functi
         def forward(x, *args, **kwargs):
             j = state.calls
             state.calls += 1
-            k = state.k
-            if not isinstance(x, torch.Tensor) or x.ndim == 0 or x.shape[0] % k:
-                if isinstance(x, torch.Tensor):
-                    _seed_device(x.device, _derive(state.seed, 1, state.offset, k, j))
+            if not isinstance(x, torch.Tensor):
                 return _own(orig, x, *args, **kwargs)
-            seeds = [_derive(state.seed, 0, state.offset + i, j) for i in range(k)]
+            feature = rank is not None and rank == x.ndim
+            dim = sample_dim(x, state, feature)  # Regroup: one sample per forward instead
+            seeds = [_derive(state.seed, 0, state.offset + i, j) for i in range(state.k)]
+            if x.ndim == 0:
+                _seed_device(x.device, seeds[0])
+                return _own(orig, x, *args, **kwargs)
             if not args and not kwargs and (rank is None or rank == x.ndim) and x.is_floating_point():
                 # never in place, even for inplace=True modules: the input may alias the caller's tensor
-                return masked_dropout(float(m.p), rank is not None, x, seeds)
-            n = x.shape[0] // k
-            outs = []
-            for i, seed in enumerate(seeds):
-                _seed_device(x.device, seed)
-                outs.append(_own(orig, x[i * n : (i + 1) * n], *args, **kwargs))
-            return outs[0] if k == 1 else torch.cat(outs)
+                return masked_dropout(float(m.p), rank is not None, x, seeds, dim=dim)
+            return per_sample(lambda part: _own(orig, part, *args, **kwargs), x, seeds, dim)
 
         return forward
 
@@ -259,7 +264,9 @@ class MCDropout:
             sampled, correct but slower).
         head: the rest, run on the repeated rows; ``head(trunk(x))`` must equal ``model(x)``.
         no_grad: run under ``torch.no_grad()`` (default). False keeps the graph (e.g. for input
-            gradients).
+            gradients); dropout (or a module sampling switches to eval mode) inside activation
+            checkpointing (``torch.utils.checkpoint``) is then refused with a RuntimeError: its
+            backward would recompute the block after sampling has switched dropout back.
         channels_last: opt-in speed on CPU (:mod:`netuq._layout`): True feeds 4-d inputs
             channels-last (the trunk's input when a trunk is cached, its output made contiguous
             again; else the repeated rows of the whole model), with no check. Probabilities then
@@ -362,6 +369,7 @@ class MCDropout:
                 stacklevel=2,
             )
 
+
     @property
     def caches_trunk(self) -> bool:
         """Whether a deterministic trunk runs once per batch: declared, found in a Sequential, or
@@ -407,6 +415,8 @@ class MCDropout:
         with ExitStack() as stack:
             if self.no_grad:
                 stack.enter_context(torch.no_grad())
+            # modules whose mode sampling switches (a checkpointed forward recomputed later would not be)
+            switched = [m for r in self._roots for m in r.modules() if m.training != isinstance(m, _DropoutNd)]
             drops = stack.enter_context(_switched(self._roots, [*self._depth, *self._attention]))
             if self._findings is None and self._trunk is None and not self._declared:
                 self._inspect(x if self.max_batch is None else x[: self.max_batch])
@@ -419,6 +429,10 @@ class MCDropout:
             mode = FunctionalDropout(state)
             if state is not None:
                 stack.enter_context(_seeded_dropout(drops, state, mode))
+            if not self.no_grad and torch.is_grad_enabled():  # a graph is kept: refuse checkpointed dropout
+                mode.watch = refuse_checkpointed_dropout
+                for m in {id(m): m for m in (*drops, *switched)}.values():
+                    stack.callback(m.register_forward_pre_hook(refuse_checkpointed_dropout).remove)
             n = x.shape[0]
             if self.max_batch is not None and self.max_batch < n:
                 preds = []
@@ -444,7 +458,8 @@ class MCDropout:
         self._findings = found = known[key]
         if found.tail is None and not found.attention:
             key = (False, str(x.device), tuple(x.shape), x.dtype)
-            _PLANS.setdefault(self.model, {})[key] = (max(found.largest, x.numel()), found.outside_calls)
+            plan = (max(found.largest, x.numel()), found.outside_calls, found.coupled)
+            _PLANS.setdefault(self.model, {})[key] = plan
         for m in found.attention:
             m.training = True  # restored with every other flag when the call ends
         self._attention = list(found.attention)
@@ -515,27 +530,41 @@ class MCDropout:
         # dropout modules only (no functional dropout call outside them)
         plan = plans.get(key)
         intercept = mode if (plan is None or plan[1] or not self._confirmed) else nullcontext()
+        if (plan is not None and plan[2]) or key in _ONE_PER_FORWARD.get(self.model, ()):
+            per_forward = 1  # the rows mix, or seeded masks cannot be split between samples (see Regroup)
+        try:
+            return self._forwards(feats, n, per_forward, state, mode, intercept)
+        except Regroup:  # rows that mix, or a seeded dropout input without one dimension of k·N: one per forward
+            _ONE_PER_FORWARD.setdefault(self.model, set()).add(key)
+            return self._forwards(feats, n, 1, state, mode, intercept)
+
+    def _forwards(
+        self, feats: torch.Tensor, n: int, per_forward: int, state: SeedState | None, mode: FunctionalDropout,
+        intercept: Any,
+    ) -> Prediction:  # fmt: skip
+        """The S samples, ``per_forward`` of them stacked per head forward, into a Prediction."""
         pred = Prediction(keep_samples=self.keep_samples)
         reps = (1,) * (feats.ndim - 1)
+        check_key = (tuple(feats.shape[1:]), feats.dtype, str(feats.device))
+        check: Any = False if check_key not in self._checked else None  # first call of a shape: samples differ?
         # the whole model sampled on a 4-d input: channels-last rows if opted in
         repeat_cl = self.channels_last and self._trunk is None and feats.ndim == 4 and feats.is_floating_point()
-        check_key = (tuple(feats.shape[1:]), feats.dtype, str(feats.device))
-        check: Any = None  # the first call of a shape: do the samples differ? (never identical silently)
-        if check_key not in self._checked:
-            self._checked.add(check_key)
-            check = False
         for start in range(0, self.samples, per_forward):
             k = min(per_forward, self.samples - start)
             if state is not None:
-                state.offset, state.k, state.calls = start, k, 0
+                state.offset, state.k, state.calls, state.n = start, k, 0, n
             calls = mode.calls
             # the head gets a fresh tensor: in-place dropout (or any in-place op) must neither touch
             # the caller's input nor the cached trunk output reused by the next chunk
-            with intercept:
-                if repeat_cl:
-                    out = self._head(_repeated_channels_last(feats, k))
-                else:
-                    out = self._head(feats.repeat(k, *reps) if k > 1 else feats.clone())
+            mode.rows, mode.stacked = k * n, k > 1  # a call mixing the rows of k > 1 samples: Regroup
+            try:
+                with intercept:
+                    if repeat_cl:
+                        out = self._head(_repeated_channels_last(feats, k))
+                    else:
+                        out = self._head(feats.repeat(k, *reps) if k > 1 else feats.clone())
+            finally:
+                mode.rows = None
             out = logits_of(out, self.output, name="model")
             if out.ndim == 4 and not out.is_contiguous():
                 out = out.contiguous()  # channels-last logits: the sums stay (N, C, H, W)
@@ -549,10 +578,11 @@ class MCDropout:
             if check is not None:
                 check = self._differs(check, out)
             pred.add_logits(out, stacked=True)
-        if check is not None and self.samples > 1 and check is not True:
-            self._warn_identical()
+        if check is not None:
+            self._checked.add(check_key)
+            if self.samples > 1 and check is not True:
+                self._warn_identical()
         return pred
-
     def _differs(self, check: Any, out: torch.Tensor) -> Any:
         """``True`` once two samples differed; else the first sample's logits (N, C, ...)."""
         if check is True:
@@ -580,13 +610,17 @@ class MCDropout:
             stacklevel=3,
         )
 
-    def _dry_run(self, feats: torch.Tensor, state: SeedState | None, mode: FunctionalDropout) -> tuple[int, bool]:
-        """One head forward of one sample (once per shape): the elements of its largest tensor, and
-        whether it called functional dropout outside the dropout modules."""
+    def _dry_run(
+        self, feats: torch.Tensor, state: SeedState | None, mode: FunctionalDropout
+    ) -> tuple[int, bool, bool]:
+        """One head forward of one sample (once per shape): the elements of its largest tensor,
+        whether it called functional dropout outside the dropout modules, and whether it mixed the
+        rows of the batch (:func:`netuq.methods._batching.couples_rows`: then one sample per forward)."""
         if state is not None:
-            state.offset, state.k, state.calls = 0, 1, 0
+            state.offset, state.k, state.calls, state.n = 0, 1, 0, feats.shape[0]
         mode.probe = mode.track = True
         mode.largest, calls = 0, mode.calls
+        mode.rows, mode.stacked, mode.coupled = feats.shape[0], False, False
 
         def enter(*_):
             mode.bypass += 1
@@ -602,10 +636,10 @@ class MCDropout:
                 self._head(feats.detach().clone())
         finally:
             mode.probe = mode.track = False
-            mode.bypass = 0
+            mode.bypass, mode.rows = 0, None
             for h in hooks:
                 h.remove()
-        return max(mode.largest, feats.numel()), mode.calls != calls
+        return max(mode.largest, feats.numel()), mode.calls != calls, mode.coupled
 
 
 def _repeated_channels_last(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -617,8 +651,9 @@ def _repeated_channels_last(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 # per model (weakly held) and (cached trunk, device, shape, dtype): (largest activation of one sample's
-# forward, whether it calls functional dropout outside the dropout modules)
+# forward, whether it calls functional dropout outside the dropout modules, whether it mixes rows)
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
+# per model (weakly held): the keys above that need one sample per forward (Regroup)
+_ONE_PER_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # per model (weakly held) and (output rule, stochastic modules): what its traced forward found
 _FOUND: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
