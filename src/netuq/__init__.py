@@ -11,6 +11,7 @@ Example:
 
 from . import calibration, data, distributed, measures, metrics, report, tta
 from . import nn as nn  # netuq.nn: public, but not in __all__ (a star import must not shadow torch.nn)
+from ._version import __version__
 from .engine import compare, predict
 from .exceptions import NotFittedError
 from .methods.confidence import (
@@ -32,8 +33,6 @@ from .methods.heteroscedastic import (
 from .methods.mc_dropout import MCDropout
 from .methods.tta import TTA
 from .prediction import Prediction
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Prediction",

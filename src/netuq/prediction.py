@@ -17,14 +17,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from ._checks import PROB_SUM_TOL, _check_float, _check_rank, as_tensor, check_probs, float_dtype
+from ._checks import _check_float, _check_rank, as_tensor, check_probs, float_dtype, sum_tolerance
 from .measures import _add_votes, _entropy, _variation_ratio_from_votes
 
-__all__ = ["Prediction"]
+__all__ = ["Prediction", "Statistics"]
+
+
+class Statistics(NamedTuple):
+    """A Prediction's sufficient statistics (:meth:`Prediction.statistics`); one of ``log_sum``
+    and ``linear_sum`` is None."""
+
+    count: int
+    entropy_sum: torch.Tensor
+    votes: torch.Tensor
+    log_sum: torch.Tensor | None
+    linear_sum: torch.Tensor | None
+    samples: torch.Tensor | None
+    scores: dict
 
 
 def _check_log_values(x: Any, name: str, *, stacked: bool) -> torch.Tensor:
@@ -53,11 +66,6 @@ def _check_log_values(x: Any, name: str, *, stacked: bool) -> torch.Tensor:
             f"got {empty} row(s) that are all -inf"
         )
     return x
-
-
-# The score vocabulary shared by the benchmark, the report and the engine (higher = less sure).
-SCORES = ("max_prob", "entropy", "mutual_information", "sigma", "confidence")
-_RENAMED = {"1-max_prob": "max_prob", "epistemic": "mutual_information", "1-confidence": "confidence"}
 
 
 class Prediction:
@@ -139,6 +147,74 @@ class Prediction:
         pred = cls(**kwargs)
         pred.add_logits(logits)
         return pred
+
+    @classmethod
+    def from_statistics(
+        cls,
+        *,
+        count: int,
+        entropy_sum: torch.Tensor,
+        votes: torch.Tensor,
+        log_sum: torch.Tensor | None = None,
+        linear_sum: torch.Tensor | None = None,
+        samples: torch.Tensor | None = None,
+        scores: Mapping[str, torch.Tensor] | None = None,
+    ) -> Prediction:
+        """A prediction holding given sufficient statistics (see :meth:`statistics`), as if its
+        ``count`` samples had been added one by one: for code that accumulates them elsewhere
+        (TTA's fused merges) or moves them (gathering ranks).
+
+        Args:
+            count: the number of samples S (>= 1).
+            entropy_sum: (N, ...) Σ_s H[p_s].
+            votes: (N, C, ...) integer argmax counts (int32).
+            log_sum: (N, C, ...) log Σ_s p_s; or
+            linear_sum: (N, C, ...) Σ_s p_s where every element is large enough that its log is
+                exact (exactly one of the two).
+            samples: (S, N, C, ...) every sample's probabilities (then ``keep_samples`` is True).
+            scores: per-example method scores.
+
+        Example:
+            >>> a = Prediction.from_logits(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+            >>> b = Prediction.from_statistics(**a.statistics()._asdict())
+            >>> torch.equal(a.probs, b.probs), b.num_samples
+            (True, 1)
+        """
+        if (log_sum is None) == (linear_sum is None):
+            raise ValueError("give exactly one of `log_sum` and `linear_sum`")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"`count` must be a positive integer, got {count!r}")
+        total = log_sum if log_sum is not None else linear_sum
+        name = "log_sum" if log_sum is not None else "linear_sum"
+        if not isinstance(total, torch.Tensor) or total.ndim < 2:
+            raise ValueError(f"`{name}` must be a tensor (N, C, ...), got {getattr(total, 'shape', type(total))}")
+        want = tuple(total.shape[:1] + total.shape[2:])
+        if tuple(entropy_sum.shape) != want:
+            raise ValueError(f"`entropy_sum` must have shape {want}, got {tuple(entropy_sum.shape)}")
+        if tuple(votes.shape) != tuple(total.shape) or votes.is_floating_point():
+            raise ValueError(f"`votes` must be integer counts of shape {tuple(total.shape)}, got "
+                             f"{tuple(votes.shape)} {votes.dtype}")
+        if samples is not None and tuple(samples.shape) != (count, *total.shape):
+            raise ValueError(f"`samples` must have shape {(count, *total.shape)}, got {tuple(samples.shape)}")
+        pred = cls(keep_samples=samples is not None, scores=scores)
+        if linear_sum is not None:
+            pred._linear_sum = linear_sum
+        else:
+            pred._log_sum = log_sum
+        pred._entropy_sum, pred._votes, pred._count = entropy_sum, votes, count
+        if samples is not None:
+            pred._samples = [samples]
+        return pred
+
+    def statistics(self) -> Statistics:
+        """The sufficient statistics (a :class:`Statistics` named tuple): ``count``,
+        ``entropy_sum`` (N, ...), ``votes`` (N, C, ...), ``log_sum`` (N, C, ...) log Σ_s p_s,
+        ``linear_sum`` (Σ_s p_s where it is held linear, else None), ``samples`` (S, N, C, ...) or
+        None, and ``scores``. :meth:`from_statistics` rebuilds the prediction from them."""
+        self._require()
+        linear = self._linear_sum
+        return Statistics(self._count, self._entropy_sum, self._votes, None if linear is not None else self._log_sum,
+                          linear, self.samples, dict(self.scores))
 
     @classmethod
     def from_samples(cls, samples: torch.Tensor, *, logits: bool = False, **kwargs) -> Prediction:
@@ -261,7 +337,9 @@ class Prediction:
         """Add normalised log-probabilities (N, C, ...) (or (k, N, C, ...) with ``stacked=True``).
 
         ``-inf`` (log 0) is allowed where every row has a finite entry; ``exp`` must sum to 1 over
-        C within 1e-3 (use ``add_logits`` for unnormalised values).
+        C within the dtype's tolerance (``netuq._checks.sum_tolerance``: 1e-3 in float32; more in
+        float16/bfloat16, whose rounding of a log-probability moves its exp by up to u·|log p|);
+        use ``add_logits`` for unnormalised values.
 
         Example:
             >>> pred = Prediction()
@@ -275,7 +353,7 @@ class Prediction:
         lp = log_probs.to(float_dtype(log_probs))
         p = lp.exp()
         if validate_args:
-            tol = max(PROB_SUM_TOL, torch.finfo(log_probs.dtype).eps)
+            tol = sum_tolerance(log_probs.dtype, log_probs.shape[dim], log=True)
             err = float((p.sum(dim) - 1.0).abs().max())
             if err > tol:
                 raise ValueError(
@@ -387,13 +465,13 @@ class Prediction:
     def uncertainty(self, kind: str = "entropy") -> torch.Tensor:
         """An uncertainty score by name, (N, ...), higher = less sure.
 
-        The score names are netuq's one vocabulary (the benchmark, the report and the engine use
-        the same): ``"max_prob"`` (1 − max p̄), ``"entropy"`` (H[p̄]), ``"mutual_information"``
-        (H[p̄] − E_s H[p_s]), ``"sigma"`` (``scores["sigma"]`` of a heteroscedastic head) and
-        ``"confidence"`` (1 − ``scores["confidence"]`` of a learned confidence head). Also
-        accepted: ``"aleatoric"`` (E_s H[p_s]), ``"variation_ratio"`` and any other key of
-        ``scores`` (returned as stored, e.g. TTA's ``"view_mutual_information"``). The old names
-        ``"1-max_prob"``, ``"epistemic"`` and ``"1-<key>"`` are refused with the new name.
+        The names are netuq's one vocabulary, :data:`netuq.scores.SCORES`, read at call time (a
+        score registered later, by netuq or by a user's script, is accepted): ``"max_prob"`` (1 −
+        max p̄), ``"entropy"`` (H[p̄]), ``"mutual_information"`` (H[p̄] − E_s H[p_s]), ``"sigma"``
+        (``scores["sigma"]`` of a heteroscedastic head), ``"confidence"`` (1 − ``scores["confidence"]``
+        of a learned confidence head), ``"aleatoric"`` (E_s H[p_s]), ``"variation_ratio"``, ...
+        Any other key of ``scores`` is returned as stored. The old names ``"1-max_prob"``,
+        ``"epistemic"`` and ``"1-<key>"`` are refused with the new name.
 
         Raises:
             ValueError: an unknown or renamed ``kind``, or ``"sigma"`` / ``"confidence"`` on a
@@ -404,30 +482,30 @@ class Prediction:
             >>> pred.uncertainty("max_prob")
             tensor([0.2500])
         """
-        computed = {
-            "max_prob": lambda: 1.0 - self.confidence,
-            "entropy": lambda: self.entropy,
-            "mutual_information": lambda: self.epistemic,
-            "aleatoric": lambda: self.aleatoric,
-            "variation_ratio": lambda: self.variation_ratio,
-        }
+        from . import scores as vocabulary  # read at call time: scores registered later count
+
         if not isinstance(kind, str):
             raise TypeError(f"`kind` must be a score name (str), got {type(kind).__name__}")
-        if kind in computed:
-            return computed[kind]()
-        if kind == "confidence" and "confidence" in self.scores:
-            return 1.0 - self.scores["confidence"]
-        if kind in self.scores:
+        score = vocabulary.SCORES.get(kind)
+        if score is not None and vocabulary.available(score, self, meaning=False):
+            return score(self)
+        if score is None and kind in self.scores:
             return self.scores[kind]
-        new = _RENAMED.get(kind) or (kind[2:] if kind.startswith("1-") and kind[2:] in self.scores else None)
+        new = vocabulary.RENAMED.get(kind) or (kind[2:] if kind.startswith("1-") and kind[2:] in self.scores else None)
         if new is not None:
             raise ValueError(f"`kind` {kind!r} was renamed: use {new!r} (higher = less sure, as every score)")
+        registered = list(vocabulary.SCORES.values())
         options = [
-            *computed,
-            *(k for k in ("sigma", "confidence") if k in self.scores),
-            *sorted(k for k in self.scores if k not in ("sigma", "confidence")),
+            *(s.name for s in registered if not s.uses and vocabulary.available(s, self, meaning=False)),
+            *(s.name for s in registered if s.uses and vocabulary.available(s, self, meaning=False)),
+            *sorted(k for k in self.scores if k not in vocabulary.SCORES),
         ]
-        missing = f" (this prediction has no scores[{kind!r}])" if kind in SCORES else ""
+        missing = ""
+        if score is not None:
+            lacking = [n for n in score.needs if not vocabulary.available(
+                vocabulary.Score(kind, "x", lambda p: p, needs=(n,)), self, meaning=False)]
+            missing = " (this prediction has no " + ", ".join(
+                f"scores[{n[6:]!r}]" if n.startswith("score:") else n for n in lacking) + ")"
         raise ValueError(f"`kind` must be one of {options}{missing}, got {kind!r}")
 
     def to(self, device: torch.device | str) -> Prediction:

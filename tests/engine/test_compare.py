@@ -207,6 +207,40 @@ def test_streamed_segmentation_equals_in_memory_metrics():
     assert torch.equal(torch.tensor(ex["prediction"]), pred.prediction[:3])
 
 
+def test_segmentation_images_of_varying_size_batch_size_1():
+    # Issue 22 item 10: VOC / ADE20K validation sets hold images of different sizes, one per batch;
+    # compare crashed after the whole evaluation in torch.cat of the kept example images.
+    net = _segmenter().train()  # compare evaluates in eval mode (dropout off), as the reference below
+    sizes = [(12, 12), (10, 14), (12, 12), (9, 11), (12, 12), (16, 8)]
+    test = []
+    for i, (h, w) in enumerate(sizes):
+        g = torch.Generator().manual_seed(i)
+        y = torch.randint(0, 5, (1, h, w), generator=g)
+        x = (y.float() / 5 + 0.3 * torch.randn(1, h, w, generator=g)).unsqueeze(1)
+        y[:, 0, 0] = 255
+        test.append((x, y))
+    res = netuq.compare({"plain": net}, test, ignore_index=255, repeats=2, examples=4)
+    part = res["methods"]["plain"]
+    # Every pixel of every size is scored: the metrics equal the per-pixel reference on all images.
+    with torch.no_grad():
+        logp = torch.cat([net.eval()(x).log_softmax(1).permute(0, 2, 3, 1).reshape(-1, 5) for x, _ in test])
+    y_all = torch.cat([y.reshape(-1) for _, y in test])
+    keep = y_all != 255
+    ref = M.evaluate(logp[keep].exp(), y_all[keep])
+    for key in ("accuracy", "nll", "brier", "ece"):
+        assert part["metrics"][key] == pytest.approx(ref[key], abs=1e-6), key
+    assert part["counts"]["test"] == int(keep.sum())
+    # The examples stack (K, H, W): the first kept image's size only, in order.
+    ex = part["segmentation_examples"]
+    assert torch.tensor(ex["label"]).shape == (3, 12, 12)
+    assert torch.equal(torch.tensor(ex["label"]), torch.cat([test[i][1] for i in (0, 2, 4)]))
+    # The report draws them.
+    from netuq.report.figures import figure_blocks
+
+    fig = figure_blocks(res)["segmentation"][0].draw()
+    assert len(fig.axes) >= 3 * 4
+
+
 def test_pixel_sample_is_seeded_and_leaves_streamed_metrics_exact():
     net = _segmenter()
     test = _seg_batches(10)

@@ -3,7 +3,8 @@
 The torchrun test runs ``tests/scripts/dist_torchrun_script.py`` once in this process (no process group:
 the one-process reference) and once as a subprocess under
 ``python -m torch.distributed.run --nproc_per_node=2``; every rank must return exactly the
-reference (data sets of 45, 9, 7 and 5 examples: never a multiple of 2).
+reference (data sets of 45, 9, 7 and 5 examples: never a multiple of 2), and DataLoader batching
+(``drop_last``, batch samplers, pre-batched data sets: tests/scripts/torchrun_loaders.py) as one process.
 """
 
 from __future__ import annotations
@@ -148,6 +149,11 @@ def test_torchrun_two_processes_return_the_one_process_results_on_every_rank(tmp
     assert cls["compare_batches"]["data"]["ood"]["far"] == 5
     pixels = seg["compare"]["methods"]["plain"]["counts"]["test"]
     assert pixels == seg["compare"]["data"]["pixels"] > seg["compare"]["config"]["max_pixels"]
+    # DataLoader batching (tests/scripts/torchrun_loaders.py): each label is its example's dataset index
+    loaders = ref["loaders"]
+    assert loaders["drop_last_whole_batches"]["labels"] == list(range(9))
+    assert loaders["drop_last_whole_batches"]["batches"] == [3, 3, 3]
+    assert loaders["pre_batched"]["labels"] == list(range(15)) and loaders["pre_batched"]["batches"] == [3, 1, 4, 2, 5]
     for rank in (0, 1):
         got = json.loads((two / f"rank{rank}.json").read_text())
         assert got["world_size"] == 2
@@ -155,6 +161,14 @@ def test_torchrun_two_processes_return_the_one_process_results_on_every_rank(tmp
             for key, value in ref[case].items():
                 assert got[case][key] == value, f"rank {rank}: {case}/{key} differs from one process"
         _close(ref["streaming"], got["streaming"], f"rank {rank}: streaming")
+        # drop_last honoured as one process would, and pre-batched items in dataset order (issue 22.4, 22.5)
+        for case in ("drop_last_whole_batches", "drop_last_interleaved_exact", "batch_sampler", "pre_batched",
+                     "pre_batched_blocks"):
+            assert got["loaders"][case] == loaders[case], f"rank {rank}: {case} differs from one process"
+        error = got["loaders"]["drop_last_interleaved"]["error"]  # the ranks would keep 6 of 10 rows, one process 9
+        assert error.startswith("`loader` has drop_last=True: each rank drops its own last incomplete batch, so the "
+                                "ranks would evaluate 6 of 10 examples where one process evaluates 9")
+        assert "EvalSampler(dataset, batch_size=3)" in error and "drop_last=False" in error
         misuse = got["misuse"]
         assert misuse["warned"] and misuse["n"] == 46  # DistributedSampler: 45 examples counted as 46
         assert misuse["whole"] == 45  # a loader that does not shard is each rank's whole set, not gathered

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torchrun_loaders import loader_cases  # tests/scripts: beside this script (and on the tests' path)
 
 import netuq
 from netuq.distributed import EvalSampler
@@ -164,7 +165,8 @@ def record(out: Path) -> None:
         distributed = torch.distributed.is_initialized()
         rank = torch.distributed.get_rank() if distributed else 0
         result = {"world_size": torch.distributed.get_world_size() if distributed else 1,
-                  "classification": _classification(), "segmentation": _segmentation(), "streaming": _streaming()}
+                  "classification": _classification(), "segmentation": _segmentation(), "streaming": _streaming(),
+                  "loaders": loader_cases()}
         if distributed:
             result["misuse"] = _misuse()
         (out / f"rank{rank}.json").write_text(json.dumps(_plain(result)))

@@ -14,8 +14,7 @@ from reference.tta_reference import tta_reference
 from torch import nn
 
 import netuq
-from netuq import tta
-from netuq.methods import _batching
+from netuq import _batching, tta
 from netuq.models import SmallCNN
 
 

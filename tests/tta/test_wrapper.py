@@ -650,7 +650,7 @@ def test_wrapper_pickles_without_its_buffers():
 def test_rows_per_forward_follow_the_measured_largest_activation(monkeypatch):
     """The first forward of a shape measures its largest activation; later forwards split their
     rows to keep it under the device budget, with the same results."""
-    from netuq.methods import _batching
+    from netuq import _batching
 
     model, x = Counting(_cnn()), torch.randn(12, 3, 8, 8)
     ref = netuq.TTA(model, tta.flips(), max_batch=12)(x)  # one view of 12 rows per call
@@ -692,7 +692,7 @@ def test_linear_sums_serve_probs_without_a_log_and_take_more_samples():
 
 def test_a_model_in_training_mode_keeps_the_users_rows():
     """Outputs of a training-mode model depend on the batch (BatchNorm): no measured row split."""
-    from netuq.methods import _batching
+    from netuq import _batching
 
     model = Counting(_cnn().train())
     x = torch.randn(12, 3, 8, 8)

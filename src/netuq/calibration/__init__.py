@@ -9,7 +9,9 @@
 * :func:`load`: read a calibrator written by ``calibrator.save(path)``.
 
 Adding a calibrator: one module defining a :class:`Calibrator` subclass with a ``name`` (imported
-below) plus its tests; the registry, ``load``, the benchmark and ``netuq calibrate`` pick it up.
+below) plus its tests; the registry, ``load``, ``netuq.compare``, the report, the benchmark and
+``netuq calibrate`` read :mod:`netuq.calibration.registry` when they need it, so a subclass
+defined in a user's script after ``import netuq`` works everywhere too.
 
 For a sampling method (MC dropout, ensembles, TTA) calibrate the log of the mean prediction,
 ``Prediction.log_probs``, not averaged logits.
@@ -24,6 +26,7 @@ Example:
     (['matrix', 'temperature', 'vector'], True)
 """
 
+from . import registry
 from .base import CALIBRATORS, Calibrator
 from .crossval import cross_validate
 from .linear import L2_GRID, ODIR_GRID, MatrixScaling, VectorScaling
@@ -32,6 +35,7 @@ from .temperature import TemperatureScaling
 
 __all__ = [
     "CALIBRATORS",
+    "registry",
     "Calibrator",
     "TemperatureScaling",
     "VectorScaling",

@@ -37,7 +37,8 @@ class TemperatureSolution:
     passes: int  # evaluations of (NLL, slope, curvature), one pass over the logits each
     iterations: int  # Newton / bisection steps taken
     # "converged", "upper" (β at its upper bound, i.e. T at its lower one), "lower", "constant", "max_iter",
-    # "smoothed" (separable data, converged on the smoothed target)
+    # "smoothed" (separable data, converged on the smoothed target), "smoothed-lower" (separable data whose
+    # smoothed optimum lies above the largest allowed T)
     status: str
 
 
@@ -123,7 +124,8 @@ def solve_temperature(
         smoothing: ε of a smoothed target (see :class:`TemperatureObjective`); 0 for the NLL.
         separable_smoothing: if given and the solve ends at the upper bound on β (separable
             data: no finite optimum), solve again with this ``smoothing``; the status is then
-            "smoothed" (or still "upper"); ``nll`` and ``nll_at_one`` stay the plain NLL.
+            "smoothed", "smoothed-lower" (its optimum beyond the smallest β) or still "upper";
+            ``nll`` and ``nll_at_one`` stay the plain NLL.
     """
     if rtol is None:
         rtol = 1e-10 if z.dtype == torch.float64 else 1e-6
@@ -149,7 +151,8 @@ def solve_temperature(
         again.passes += sol.passes + plain.passes
         again.iterations += sol.iterations
         again.nll_at_one = sol.nll_at_one
-        again.status = "smoothed" if again.status == "converged" else again.status
+        # "smoothed-lower": the smoothed optimum lies beyond the largest T (not anti-informative logits)
+        again.status = {"converged": "smoothed", "lower": "smoothed-lower"}.get(again.status, again.status)
         sol = again
     sol.beta /= scale
     return sol

@@ -17,8 +17,7 @@ from typing import Any
 import torch
 
 from .. import metrics
-from .._checks import check_labels, float_dtype
-from ..metrics._core import check_n_bins
+from .._checks import check_labels, check_n_bins, float_dtype
 from .base import Calibrator, check_calibration_logits
 
 __all__ = ["cross_validate", "split_indices", "CATASTROPHIC_FACTOR"]

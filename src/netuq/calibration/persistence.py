@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from .._files import atomic_write_text
-from .base import CALIBRATORS, FORMAT, FORMAT_VERSION, Calibrator
+from .base import FORMAT, FORMAT_VERSION, Calibrator
+from .registry import CALIBRATORS
 
 __all__ = ["save", "load"]
 
@@ -28,11 +28,11 @@ _TOP_KEYS = ("format", "format_version", "class", "params", "num_classes", "fitt
 
 
 def save(calibrator: Calibrator, path: str | Path) -> Path:
-    """Write ``calibrator.to_dict()`` to ``path`` as JSON through a temporary file and a rename."""
-    data = calibrator.to_dict()
-    path = Path(path)
-    atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
-    return path
+    """Write ``calibrator.to_dict()`` to ``path`` as JSON through a temporary file and a rename
+    (:meth:`Calibrator.save`, which owns the writing)."""
+    if not isinstance(calibrator, Calibrator):
+        raise TypeError(f"`calibrator` must be a netuq Calibrator, got {type(calibrator).__name__}")
+    return calibrator.save(path)
 
 
 def _number_array(value: Any, shape: tuple[int, ...], key: str, num_classes: int) -> torch.Tensor:

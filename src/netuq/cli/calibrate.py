@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..calibration import CALIBRATORS
+from ..calibration import CALIBRATORS, registry
 from ._common import add_input_arguments, read_predictions
 
 DESCRIPTION = (
@@ -36,7 +36,7 @@ def register(sub) -> None:
         description=DESCRIPTION,
     )
     add_input_arguments(p)
-    p.add_argument("--method", choices=sorted(CALIBRATORS), default="temperature",
+    p.add_argument("--method", choices=registry.names(none=False), default="temperature",  # read at parse time
                    help="calibrator (default: temperature)")
     p.add_argument(
         "--odir",

@@ -38,11 +38,11 @@ from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 from torch.overrides import TorchFunctionMode
 
+from .._batching import couples_rows
 from .._modes import restore_modes
 from .._random import derive_seed as _derive
 from .._random import seed_device as _seed_device
 from ..nn import mc_sampling
-from ._batching import couples_rows
 
 __all__ = [
     "FUNCTIONAL_NAMES",
@@ -77,7 +77,7 @@ class SeedState:
 class Regroup(Exception):  # noqa: N818 - a signal to the sampler, not an error the user sees
     """Raised in a forward of k > 1 stacked samples that cannot be stacked: a seeded dropout
     input that does not show which elements belong to which sample (no single dimension of k·N),
-    or a call that mixes the rows of the batch (:func:`netuq.methods._batching.couples_rows`).
+    or a call that mixes the rows of the batch (:func:`netuq._batching.couples_rows`).
     :class:`netuq.MCDropout` then runs this input shape one sample per forward."""
 
 
@@ -199,7 +199,7 @@ class FunctionalDropout(TorchFunctionMode):
         track: record ``largest``, the most elements of any tensor a torch function returned.
         watch: called before each switched-on dropout call (e.g. :func:`refuse_checkpointed_dropout`).
         rows: the rows of the current forward, to look for calls that mix them
-            (:func:`netuq.methods._batching.couples_rows`; None: not looked for); ``coupled``
+            (:func:`netuq._batching.couples_rows`; None: not looked for); ``coupled``
             records one, and ``stacked`` (several samples in the forward) raises :class:`Regroup`.
     """
 

@@ -90,6 +90,9 @@ import torch
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
+from .._batching import activation_chunk as _activation_chunk
+from .._batching import balanced_chunk as _balanced
+from .._batching import default_chunk as _default_chunk
 from .._checks import check_int as _check_int
 from .._layout import as_layout, check_channels_last
 from .._outputs import OutputRule, check_output_rule, logits_of, stacked_shape
@@ -98,9 +101,7 @@ from .._random import forked_rng as _forked_rng
 from .._random import seed_device as _seed_device
 from ..nn import MCDropout as MCDropoutLayer
 from ..prediction import Prediction
-from ._batching import activation_chunk as _activation_chunk
-from ._batching import balanced_chunk as _balanced
-from ._batching import default_chunk as _default_chunk
+from ..traits import Traits
 from ._dropout_calls import (
     FunctionalDropout,
     Regroup,
@@ -398,6 +399,10 @@ class MCDropout:
             f"seed={self.seed}, caches_trunk={self.caches_trunk})"
         )
 
+    def netuq_traits(self) -> Traits:
+        """MC dropout's traits (:mod:`netuq.traits`): epistemic samples, seeded when ``seed`` is set."""
+        return Traits("mc_dropout", epistemic=True, seeded=self.seed is not None)
+
     def __call__(self, x: torch.Tensor) -> Prediction:
         """Sample the model on a batch.
 
@@ -615,7 +620,7 @@ class MCDropout:
     ) -> tuple[int, bool, bool]:
         """One head forward of one sample (once per shape): the elements of its largest tensor,
         whether it called functional dropout outside the dropout modules, and whether it mixed the
-        rows of the batch (:func:`netuq.methods._batching.couples_rows`: then one sample per forward)."""
+        rows of the batch (:func:`netuq._batching.couples_rows`: then one sample per forward)."""
         if state is not None:
             state.offset, state.k, state.calls, state.n = 0, 1, 0, feats.shape[0]
         mode.probe = mode.track = True

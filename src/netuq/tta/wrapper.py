@@ -10,11 +10,11 @@ order). The wrapper
   :class:`netuq.tta.Scale` changes it) where that cannot change the numbers: the first forward
   of an input shape runs one view (the user's batch) under a probe that measures its largest
   activation and sees whether the model mixes the rows of a batch
-  (:func:`netuq.methods._batching.couples_rows`: BatchNorm on batch statistics — training mode
+  (:func:`netuq._batching.couples_rows`: BatchNorm on batch statistics — training mode
   or ``track_running_stats=False`` — a custom ``F.batch_norm(training=True)``, a reduction or
   reordering over dim 0). Such a model runs one view per forward, rows as given (ttach's
   forwards); the others stack views, and without ``max_batch`` split their rows to keep the
-  largest activation under :data:`netuq.methods._batching.ACTIVATION_ELEMENTS` (on CPU a forward
+  largest activation under :data:`netuq._batching.ACTIVATION_ELEMENTS` (on CPU a forward
   over many rows falls off the caches: see :meth:`TTA._forward`),
 * takes the softmax of every view in its own frame, then brings segmentation outputs back to the
   input frame before merging. Views that only move pixels (flips, rotations, shifts:
@@ -56,11 +56,12 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .._batching import LargestTensor, activation_chunk, balanced_chunk, batch_statistics
 from .._checks import check_int, float_dtype
 from .._layout import as_layout, check_channels_last
 from .._outputs import OutputRule, check_output_rule, logits_of, stacked_shape
-from ..methods._batching import LargestTensor, activation_chunk, balanced_chunk, batch_statistics
 from ..prediction import Prediction, _check_log_values
+from ..traits import Traits
 from ._batching import views_per_forward
 from .bridge import as_compose
 from .compose import Compose, View
@@ -88,9 +89,9 @@ class TTA:
         max_batch: at most this many rows per forward call (``max_batch=N`` runs one view per
             call like ttach). None: on CPU as many views as keep the stacked input under 2**13
             elements (at least one: batching pays only for small inputs there), elsewhere
-            :func:`netuq.methods._batching.default_chunk`; and once the first forward of an
+            :func:`netuq._batching.default_chunk`; and once the first forward of an
             input shape has measured its largest activation, forwards whose largest activation
-            would exceed :data:`netuq.methods._batching.ACTIVATION_ELEMENTS` split their rows.
+            would exceed :data:`netuq._batching.ACTIVATION_ELEMENTS` split their rows.
             A model that mixes the rows of a batch (BatchNorm on batch statistics, …) always
             runs one view per forward on the rows as given.
         no_grad: run under ``torch.no_grad()`` (default).
@@ -154,6 +155,10 @@ class TTA:
             f"TTA({type(self.model).__name__}, {len(self.transforms)} views, merge={self.merge!r}, "
             f"task={self.task!r}, max_batch={self.max_batch})"
         )
+
+    def netuq_traits(self) -> Traits:
+        """TTA's traits (:mod:`netuq.traits`): the views' disagreement counts as epistemic."""
+        return Traits("tta", epistemic=True)
 
     def __call__(self, x: torch.Tensor) -> Prediction:
         """Predict on every view of a batch and merge.
@@ -290,9 +295,9 @@ class TTA:
     def _forward(self, inp: torch.Tensor, rows: int | None, plan: tuple, probe: bool = False) -> Any:
         """The model on ``inp`` (channels-last if opted in), at most ``rows`` rows per call (outputs
         concatenated). ``probe``: one call (one view) that measures its largest activation and
-        whether the model mixes rows (:func:`netuq.methods._batching.couples_rows`), stored as
+        whether the model mixes rows (:func:`netuq._batching.couples_rows`), stored as
         ``self._plans[plan]``: the rows per forward that keep the largest activation under
-        :data:`netuq.methods._batching.ACTIVATION_ELEMENTS`.
+        :data:`netuq._batching.ACTIVATION_ELEMENTS`.
 
         On CPU a forward over many rows falls off the caches: SmallCNN on 256 x 1 x 28 x 28 runs
         ~1.8x faster as 4 calls of 64 rows (perf/bench_tta.py, case "cls256").

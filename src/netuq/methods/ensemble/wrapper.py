@@ -20,6 +20,7 @@ from ..._modes import eval_mode
 from ..._outputs import OutputRule, check_output_rule, logits_of
 from ...prediction import Prediction
 from ...training import History
+from ...traits import Traits
 from .data import check_logits_output
 from .files import build, load_member, member_file, member_payload, read_manifest, restore, save_member, write_manifest
 from .splits import member_seed
@@ -197,6 +198,14 @@ class Ensemble:
         return self
 
     # ------------------------------------------------------------------ prediction
+    def netuq_traits(self) -> Traits:
+        """An ensemble's traits (:mod:`netuq.traits`): epistemic, ``len(members)`` members."""
+        return Traits("ensemble", epistemic=True, members=len(self.members))
+
+    def netuq_members(self) -> list[nn.Module]:
+        """The members, each scored alone by ``netuq.compare``."""
+        return list(self.members)
+
     def __call__(self, x: torch.Tensor) -> Prediction:
         """Predict a batch: (N, ...) inputs -> Prediction with (N, C, ...) mean probabilities.
 
