@@ -116,3 +116,23 @@ class DictConv(nn.Module):
 
     def forward(self, x):
         return {"out": self.conv(x)}
+
+
+def test_compare_reads_plain_modules_by_output_and_ensemble_members_by_the_ensembles_rule():
+    """compare(output=...) for plain modules; an Ensemble's members, scored alone, by Ensemble(output=...)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    a, b = DictNet().eval(), DictNet().eval()
+    x, y = torch.randn(8, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    res = netuq.compare({"plain": a, "ens": netuq.Ensemble([a, b], output="aux")}, [(x, y)], calibrators=("none",),
+                        repeats=1, output="aux")  # fmt: skip
+    with torch.no_grad():
+        aux = [a(x)["aux"].double(), b(x)["aux"].double()]
+    assert res["methods"]["plain"]["metrics"]["nll"] == pytest.approx(float(F.cross_entropy(aux[0], y)), rel=1e-5)
+    members = res["methods"]["ens"]["members"]
+    for m, z in zip(members, aux):
+        assert m["nll"] == pytest.approx(float(F.cross_entropy(z, y)), rel=1e-5)
+    mix = torch.stack([z.softmax(1) for z in aux]).mean(0)
+    want = float(-mix[torch.arange(8), y].log().mean())
+    assert res["methods"]["ens"]["metrics"]["nll"] == pytest.approx(want, rel=1e-5)

@@ -58,6 +58,79 @@ def _whole(mc: netuq.MCDropout) -> netuq.MCDropout:
     return mc
 
 
+# ------------------------------------------------------------- every entry point, every library
+def _tv_resnet(seed):
+    torch.manual_seed(seed)
+    return tv.models.resnet18(weights=None, num_classes=4).eval()
+
+
+def _tv_mobilenet(seed):
+    torch.manual_seed(seed)
+    net = tv.models.mobilenet_v3_small(weights=None, num_classes=4).eval()
+    with torch.no_grad():  # random init leaves its logits ~1e-11 (every class tied): make the head count
+        net.classifier[0].bias.normal_()
+    return net
+
+
+def _timm(name, **kw):
+    def make(seed):
+        torch.manual_seed(seed)
+        return timm.create_model(name, pretrained=False, num_classes=4, **kw).eval()
+
+    return make
+
+
+def _timm_vit_seeded(seed):
+    torch.manual_seed(seed)
+    return timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, num_classes=4, drop_rate=0.2
+    ).eval()
+
+
+CLASSIFIERS = {
+    "tv_resnet18": _tv_resnet,
+    "tv_mobilenet_v3_small": _tv_mobilenet,
+    "timm_resnet18": _timm("resnet18", drop_rate=0.2),
+    "timm_convnext_atto": _timm("convnext_atto", drop_rate=0.2),
+    "timm_vit_tiny": _timm_vit_seeded,
+}
+
+
+@pytest.mark.parametrize("name", sorted(CLASSIFIERS))
+def test_classifiers_through_predict_compare_tta_ensemble_and_mc_dropout(name):
+    """Each network as it comes through every entry point, against torch computed by hand: the plain
+    model's NLL and accuracy, the ensemble's mixture, TTA's mean over the flips; MC dropout (after
+    add_dropout where the network has none) caches its tail and differs between samples."""
+    import copy
+
+    import torch.nn.functional as F
+
+    make = CLASSIFIERS[name]
+    net, other = make(0), make(1)
+    x, y = _images(4), torch.tensor([0, 1, 2, 3])
+    mc_net = copy.deepcopy(net)
+    if not any(isinstance(m, nn.Dropout) and m.p > 0 for m in mc_net.modules()) and not name.startswith("timm"):
+        _quiet_add_dropout(mc_net, 0.3)
+    mc = netuq.MCDropout(mc_net, samples=3, seed=0, keep_samples=True)
+    tta = netuq.TTA(net, netuq.tta.flips())
+    ens = netuq.Ensemble([net, other])
+    res = netuq.compare({"plain": net, "tta": tta, "ensemble": ens, "mc": mc}, [(x, y)], calibrators=("none",),
+                        repeats=1)  # fmt: skip
+    with torch.no_grad():
+        z = net(x)
+        mix = (net(x).softmax(1) + other(x).softmax(1)) / 2
+        flipped = torch.stack([net(x.flip(d) if d else x).softmax(1) for d in ((), (-2,), (-1,), (-2, -1))]).mean(0)
+    plain = res["methods"]["plain"]["metrics"]
+    assert plain["nll"] == pytest.approx(float(F.cross_entropy(z.double(), y)), rel=1e-5)
+    assert plain["accuracy"] == pytest.approx(float((z.argmax(1) == y).double().mean()))
+    torch.testing.assert_close(netuq.predict(ens, [x])[0].probs, mix, atol=1e-6, rtol=0)
+    torch.testing.assert_close(netuq.predict(tta, [x])[0].probs, flipped, atol=1e-6, rtol=0)
+    pred = mc(x)
+    assert mc.caches_trunk and mc.tail is not None  # the dropout is a tail of each of these networks
+    assert float(pred.samples.std(0).max()) > 0
+    assert set(res["methods"]) == {"plain", "tta", "ensemble", "mc"}
+
+
 # ----------------------------------------------------------------------------------- torchvision
 def test_torchvision_resnet18_readme_recipe_caches_the_tail_bit_identically():
     torch.manual_seed(0)

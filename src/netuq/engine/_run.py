@@ -71,7 +71,8 @@ class MethodRun:
         self.predictor = as_predictor(self.method, seed=self.options.seed, name=where, output=self.options.output)
         own = getattr(self.method, "netuq_members", None)
         # members are read by the method's own output rule (Ensemble(output=...)), else compare's
-        rule = getattr(self.method, "output", None) or self.options.output
+        rule = getattr(self.method, "output", None)
+        rule = self.options.output if rule is None else rule
         self.members = [as_predictor(m, name=f"{where}.members[{i}]", output=rule) for i, m in enumerate(own())] \
             if callable(own) else []
         self.device = self.options.device if self.options.device is not None else method_device(self.method)
