@@ -135,10 +135,10 @@ def test_compare_reports_a_registered_score_and_warns_about_unregistered_keys(te
     test = [(x[i:i + 10], y[i:i + 10]) for i in range(0, 40, 10)]
     with pytest.warns(RuntimeWarning, match=r"pred.scores \['margin_raw'\] are not registered scores"):
         res = netuq.compare({"m": method}, test, repeats=1)
-    assert list(res["methods"]["m"]["misclassification"]) == ["max_prob", "entropy"]
+    assert list(res["methods"]["m"]["misclassification"]) == ["max_prob", "entropy", "energy", "max_logit"]
     temporary(Score("margin", "1 − margin", lambda p: 1 - p.scores["margin_raw"], needs=("score:margin_raw",)))
     res = netuq.compare({"m": method}, test, repeats=1)
-    assert list(res["methods"]["m"]["misclassification"]) == ["max_prob", "entropy", "margin"]
+    assert list(res["methods"]["m"]["misclassification"]) == ["max_prob", "entropy", "energy", "max_logit", "margin"]
     assert res["vocabulary"]["scores"]["margin"] == {"label": "1 − margin", "kind": "total"}
     # scores= picks (also a score not compared by default) and checks the names.
     res = netuq.compare({"m": method}, test, repeats=1, scores=["variation_ratio", "margin"])

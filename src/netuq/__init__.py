@@ -9,7 +9,7 @@ Example:
     [0, 0]
 """
 
-from . import calibration, data, distributed, measures, metrics, report, tta
+from . import calibration, conformal, data, detectors, distributed, measures, metrics, report, tta
 from . import nn as nn  # netuq.nn: public, but not in __all__ (a star import must not shadow torch.nn)
 from ._version import __version__
 from .engine import compare, predict
@@ -42,6 +42,8 @@ __all__ = [
     "measures",
     "metrics",
     "calibration",
+    "conformal",
+    "detectors",
     "tta",  # netuq.nn is importable but not in __all__: `from netuq import *` must not shadow torch.nn
     "data",
     "distributed",

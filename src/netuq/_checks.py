@@ -22,6 +22,7 @@ __all__ = [
     "float_dtype",
     "check_ignore_index",
     "check_bool",
+    "looks_like_probs",
     "check_n_bins",
     "sum_tolerance",
 ]
@@ -303,6 +304,25 @@ def check_choice(value: object, name: str, choices: Any) -> Any:
     if not isinstance(value, str) or value not in options:
         raise ValueError(f"`{name}` must be one of {', '.join(map(repr, options))}, got {value!r}")
     return value
+
+
+def looks_like_probs(values: torch.Tensor) -> bool:
+    """True when every value of (N, C, ...) ``values`` is in [0, 1] and every row sums to 1 over dim 1.
+
+    The one rule for "is this array probabilities" (the CLI's files, the conformal estimators);
+    the sum tolerance is :func:`sum_tolerance` for the dtype and number of classes.
+
+    Example:
+        >>> looks_like_probs(torch.tensor([[0.25, 0.75]])), looks_like_probs(torch.tensor([[2.0, -1.0]]))
+        (True, False)
+    """
+    if not values.is_floating_point() or values.ndim < 2 or values.numel() == 0:
+        return False
+    lo, hi = torch.aminmax(values)
+    if not (float(lo) >= 0.0 and float(hi) <= 1.0):
+        return False
+    tol = sum_tolerance(values.dtype, values.shape[1])
+    return float((values.sum(dim=1, dtype=torch.float64) - 1.0).abs().max()) <= tol
 
 
 MAX_N_BINS = 100_000  # far beyond any useful reliability diagram; refuses 1e10 before the allocator sees it

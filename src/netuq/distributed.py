@@ -198,6 +198,9 @@ def _pack(batch, pred: Prediction, members: list[Prediction]) -> dict[str, torch
         st = p.statistics()
         cols[f"{tag}.log_sum"] = st.log_sum if st.log_sum is not None else torch.log(st.linear_sum)
         cols[f"{tag}.entropy_sum"], cols[f"{tag}.votes"] = st.entropy_sum, st.votes
+        for key in ("energy_sum", "max_logit_sum", "features"):
+            if getattr(st, key) is not None:
+                cols[f"{tag}.{key}"] = getattr(st, key)
         if st.samples is not None:
             cols[f"{tag}.samples"] = st.samples.transpose(0, 1)  # rows first
         for k, v in p.scores.items():
@@ -213,7 +216,9 @@ def _unpack(cols: dict[str, torch.Tensor], meta: dict[str, tuple[int, bool]], in
         preds[tag] = Prediction.from_statistics(
             count=count, log_sum=cols[f"{tag}.log_sum"], entropy_sum=cols[f"{tag}.entropy_sum"],
             votes=cols[f"{tag}.votes"], samples=samples,
-            scores={k[len(prefix):]: v for k, v in cols.items() if k.startswith(prefix)})
+            scores={k[len(prefix):]: v for k, v in cols.items() if k.startswith(prefix)},
+            energy_sum=cols.get(f"{tag}.energy_sum"), max_logit_sum=cols.get(f"{tag}.max_logit_sum"),
+            features=cols.get(f"{tag}.features"))
     batch = Batch(index, cols["x"], cols.get("y"), cols.get("anomaly"))
     return batch, preds["p"], [preds[f"m{i}"] for i in range(len(meta) - 1)]
 

@@ -14,8 +14,10 @@ maximum logit) is declared with ``higher_is_uncertain=False`` and reported negat
 
 * ``"samples"``: more than one sample (S > 1);
 * ``"epistemic"``: the method's samples carry an epistemic part (its traits, :mod:`netuq.traits`);
-* ``"logits"``: the prediction holds (mean) logits (``pred.logits`` is not None);
-* ``"features"``: the prediction holds features (``pred.features`` is not None);
+* ``"logits"``: every sample of the prediction came as logits, so it holds the logit scores
+  (``pred.has_logit_scores``: ``energy``, ``max_logit``; a mean of probabilities has no logits);
+* ``"features"``: the prediction holds a layer's features (``pred.features`` is not None; set by
+  ``compare(..., features="layer")``);
 * ``"score:KEY"``: the method attached ``pred.scores[KEY]`` (a learned head's output).
 
 ``"samples"`` and ``"epistemic"`` decide whether a score is *meaningful* (``compare`` offers
@@ -138,7 +140,7 @@ def _has_scores(pred, key: str) -> bool:
 NEEDS: dict[str, Callable[[Any, bool | None], bool]] = {
     "samples": lambda pred, epistemic: epistemic is None or pred.num_samples > 1,
     "epistemic": lambda pred, epistemic: epistemic is None or bool(epistemic),
-    "logits": lambda pred, epistemic: getattr(pred, "logits", None) is not None,
+    "logits": lambda pred, epistemic: bool(getattr(pred, "has_logit_scores", False)),
     "features": lambda pred, epistemic: getattr(pred, "features", None) is not None,
 }
 
@@ -242,6 +244,10 @@ def _builtins() -> None:
               description="σ of a heteroscedastic head: noise in the data (Kendall & Gal 2017)."),
         Score("confidence", "1 − learned confidence", scored("confidence", True), needs=("score:confidence",),
               description="1 − c of a learned confidence head (DeVries & Taylor 2018)."),
+        Score("energy", "energy", lambda p: p.energy, needs=("logits",),
+              description="−logsumexp_c z_c (T = 1), for samples the mean over samples (Liu et al. 2020)."),
+        Score("max_logit", "−max logit", lambda p: p.max_logit, needs=("logits",),
+              description="−max_c z_c, for samples the mean over samples (Hendrycks et al. 2022)."),
         Score("aleatoric", "expected entropy", lambda p: p.aleatoric, kind="aleatoric", compared=False,
               description="E_s H[p_s], the aleatoric part (Depeweg et al. 2018)."),
         Score("variation_ratio", "variation ratio", lambda p: p.variation_ratio, needs=("samples",),

@@ -479,9 +479,10 @@ def test_cross_validate_on_probabilities_raises():
 
 # ----------------------------------------------------------------------------- registry
 def test_registry_is_filled_by_the_classes_and_builds_the_recommended_configuration(tmp_path):
-    from netuq.calibration import CALIBRATORS, Calibrator
+    from netuq.calibration import CALIBRATORS, Calibrator, HistogramBinning, IsotonicRegression
 
-    assert CALIBRATORS == {"temperature": TemperatureScaling, "vector": VectorScaling, "matrix": MatrixScaling}
+    assert CALIBRATORS == {"temperature": TemperatureScaling, "vector": VectorScaling, "matrix": MatrixScaling,
+                           "histogram": HistogramBinning, "isotonic": IsotonicRegression}
     assert all(cls.name == name for name, cls in CALIBRATORS.items())
     assert CALIBRATORS["vector"]().l2 == "auto" and CALIBRATORS["matrix"]().odir == "auto"
 

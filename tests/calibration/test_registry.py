@@ -12,15 +12,18 @@ from netuq.calibration import CALIBRATORS, Calibrator, MatrixScaling, Temperatur
 
 
 def test_names_labels_and_order():
-    assert registry.names() == ("none", "temperature", "vector", "matrix")
-    assert registry.names(none=False) == ("temperature", "vector", "matrix")
+    assert registry.names() == ("none", "temperature", "vector", "matrix", "histogram", "isotonic")
+    assert registry.names(none=False) == ("temperature", "vector", "matrix", "histogram", "isotonic")
     assert [registry.label(n) for n in registry.names()] == [
-        "uncalibrated", "temperature scaling", "vector scaling", "matrix scaling"]
+        "uncalibrated", "temperature scaling", "vector scaling", "matrix scaling", "top-label histogram binning",
+        "isotonic regression"]
+    assert [registry.changes_prediction(n) for n in registry.names()] == [False, False, True, True, False, True]
     assert registry.label("uncalibrated") == "uncalibrated" and registry.label("my_cal") == "my cal"
     assert sorted(["matrix", "mystery", "none", "temperature"], key=registry.order_key) == [
         "none", "temperature", "matrix", "mystery"]
     assert isinstance(registry.make("vector"), VectorScaling)
-    with pytest.raises(ValueError, match=r"`calibrator` must be one of \['temperature', 'vector', 'matrix'\]"):
+    names = r"\['temperature', 'vector', 'matrix', 'histogram', 'isotonic'\]"
+    with pytest.raises(ValueError, match=r"`calibrator` must be one of " + names):
         registry.make("platt")
 
 

@@ -149,7 +149,7 @@ def test_evaluate_npy_needs_input_kind(tmp_path, capsys, preds):
         (["calibrate", "{d}/p.npz", "--odir", "auto"], "--odir applies to --method matrix only"),
         (["calibrate", "{d}/p.npz", "--method", "matrix", "--odir", "x,1"], "--odir must be 'auto' or two numbers"),
         (["calibrate", "{d}/p.npz", "--folds", "1"], "`folds` must be an integer >= 2"),
-        (["calibrate", "{d}/p.npz", "--method", "isotonic"], "invalid choice: 'isotonic'"),
+        (["calibrate", "{d}/p.npz", "--method", "platt"], "invalid choice: 'platt'"),
         (["calibrate", "{d}/p.npz", "--repeats", "1", "--plot", "{d}/x.unknownext"], "--plot"),
         (["evaluate", "{d}/p.npz", "--labels-key", "gt"], "no array named 'gt'"),
         (["evaluate", "{d}/p.npz", "--n-bins", "0"], "argument --n-bins: must be an integer in [1, 100000], got 0"),

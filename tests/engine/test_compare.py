@@ -108,8 +108,9 @@ def test_classification_matches_in_memory_references(cls_run, tmp_path):
 
 def test_every_method_gets_the_scores_it_offers(cls_run):
     res = cls_run[0]
-    assert set(res["methods"]["plain"]["ood"]) == {"max_prob", "entropy"}
-    assert set(res["methods"]["mc"]["ood"]) == {"max_prob", "entropy", "mutual_information"}
+    logit = {"energy", "max_logit"}  # every sample came as logits
+    assert set(res["methods"]["plain"]["ood"]) == {"max_prob", "entropy"} | logit
+    assert set(res["methods"]["mc"]["ood"]) == {"max_prob", "entropy", "mutual_information"} | logit
 
     class Body(nn.Module):
         def __init__(self):
@@ -133,10 +134,10 @@ def test_every_method_gets_the_scores_it_offers(cls_run):
     res = netuq.compare({"het": het, "conf": conf, "noisy": noisy, "ens": ens}, _batches(x, y), repeats=1,
                         ood=[torch.zeros(10, 4)])
     m = res["methods"]
-    assert set(m["het"]["ood"]) == {"max_prob", "entropy", "sigma"}  # no MI: logit noise is aleatoric
-    assert set(m["conf"]["misclassification"]) == {"max_prob", "entropy", "confidence"}
-    assert set(m["noisy"]["ood"]) == {"max_prob", "entropy"}
-    assert set(m["ens"]["ood"]) == {"max_prob", "entropy", "mutual_information"}
+    assert set(m["het"]["ood"]) == {"max_prob", "entropy", "sigma"} | logit  # no MI: logit noise is aleatoric
+    assert set(m["conf"]["misclassification"]) == {"max_prob", "entropy", "confidence"} | logit
+    assert set(m["noisy"]["ood"]) == {"max_prob", "entropy"} | logit
+    assert set(m["ens"]["ood"]) == {"max_prob", "entropy", "mutual_information"} | logit
     assert len(m["ens"]["members"]) == 2 and "members" not in m["het"]
 
 

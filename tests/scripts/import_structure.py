@@ -27,12 +27,13 @@ ROOT = "netuq"
 LAYERS = (
     ("exceptions", "_version", "_checks", "_files", "_random", "_modes", "_batching", "_batch", "_layout", "_outputs",
      "_trace", "measures", "scores", "traits", "prediction"),
-    ("metrics", "io", "nn", "models", "training", "data", "calibration"),
+    ("metrics", "io", "nn", "models", "training", "data", "calibration", "detectors"),
     ("tta",),
     ("methods",),
     ("distributed", "results"),
     ("engine",),
     ("report",),
+    ("conformal",),  # its result section renders report blocks; compare reaches it through the registry only
     ("benchmark",),
     ("cli",),
     ("", "__main__"),  # netuq/__init__.py, netuq/__main__.py

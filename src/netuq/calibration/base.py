@@ -150,7 +150,8 @@ class Calibrator:
     #: display position among the calibrators (lower first; ties keep registration order)
     order: ClassVar[float] = 100
     #: whether the calibrated argmax can differ from the uncalibrated one (the predicted class
-    #: changes): False only for maps that keep every row's order of classes (temperature scaling)
+    #: changes): temperature scaling and top-label histogram binning keep it; vector / matrix
+    #: scaling and isotonic regression can change it. True unless a class states otherwise
     changes_prediction: ClassVar[bool] = True
     _param_names: ClassVar[tuple[str, ...]] = ()
     #: constructor arguments added after format version 1 files were first written, with the
@@ -249,8 +250,12 @@ class Calibrator:
     def _transform(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def _fitted_shapes(self, num_classes: int) -> dict[str, tuple[int, ...]]:  # pragma: no cover
-        """{fitted attribute: shape} for C = ``num_classes``; shape () is a Python float."""
+    def _fitted_shapes(self, num_classes: int) -> dict[str, tuple[int | None, ...]]:  # pragma: no cover
+        """{fitted attribute: shape} for C = ``num_classes``; shape () is a Python float.
+
+        ``None`` in a shape is a length fixed by the fit, not by C (the breakpoints of a
+        non-parametric calibrator); the class's ``_check_fitted_values`` relates such lengths.
+        """
         raise NotImplementedError
 
     def _check_fitted_values(self) -> str | None:
@@ -262,7 +267,7 @@ class Calibrator:
         for name, shape in self._fitted_shapes(self.num_classes_).items():
             value = getattr(self, name)
             t = torch.as_tensor(value, dtype=torch.float64)
-            if tuple(t.shape) != shape:
+            if not shape_matches(tuple(t.shape), shape):
                 return f"`{name.rstrip('_')}` must have shape {shape}, got {tuple(t.shape)}"
             if not bool(torch.isfinite(t).all()):
                 return f"`{name.rstrip('_')}` must be finite"
@@ -372,6 +377,11 @@ class Calibrator:
         path = Path(path)
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
         return path
+
+
+def shape_matches(found: tuple[int, ...], shape: tuple[int | None, ...]) -> bool:
+    """Whether ``found`` is ``shape``, where a ``None`` entry of ``shape`` matches any length."""
+    return len(found) == len(shape) and all(s is None or f == s for f, s in zip(found, shape))
 
 
 def _jsonable(value):

@@ -35,15 +35,18 @@ def save(calibrator: Calibrator, path: str | Path) -> Path:
     return calibrator.save(path)
 
 
-def _number_array(value: Any, shape: tuple[int, ...], key: str, num_classes: int) -> torch.Tensor:
-    """``value`` as a float64 tensor of ``shape`` after checking it is nested lists of numbers."""
+def _number_array(value: Any, shape: tuple[int | None, ...], key: str, num_classes: int) -> torch.Tensor:
+    """``value`` as a float64 tensor of ``shape`` after checking it is nested lists of numbers.
+
+    A ``None`` length (breakpoints whose number the fit chose) accepts a list of any length.
+    """
 
     def walk(v, dims):
         if not dims:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ValueError(f"`{key}` must hold numbers, got {type(v).__name__} {_short(v)}")
             return float(v)
-        if not isinstance(v, list) or len(v) != dims[0]:
+        if not isinstance(v, list) or (dims[0] is not None and len(v) != dims[0]):
             raise ValueError(f"`{key}` must have shape {shape} for num_classes={num_classes}, got {_short(value)}")
         return [walk(x, dims[1:]) for x in v]
 

@@ -13,7 +13,7 @@ scaling can; the report says so).
 Example:
     >>> from netuq.calibration import registry
     >>> registry.names()
-    ('none', 'temperature', 'vector', 'matrix')
+    ('none', 'temperature', 'vector', 'matrix', 'histogram', 'isotonic')
     >>> registry.label("temperature"), registry.changes_prediction("vector")
     ('temperature scaling', True)
 """

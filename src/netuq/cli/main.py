@@ -14,11 +14,11 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from . import benchmark, calibrate, evaluate, report
+from . import benchmark, calibrate, conformal, evaluate, report
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS = (benchmark, report, calibrate, evaluate)
+COMMANDS = (benchmark, report, calibrate, evaluate, conformal)
 
 
 class _OneLineParser(argparse.ArgumentParser):

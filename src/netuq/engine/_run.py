@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from .._outputs import OutputRule
+from ..detectors.features import FeatureTap, find_module
 from ..traits import Traits, traits_of
 from ._batches import as_predictor, method_device
 from .predict import stream as _stream
@@ -41,6 +42,7 @@ class Options:
     scores: tuple[str, ...] | None
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     output: OutputRule = None  # where a plain nn.Module's logits are in its output (netuq._outputs)
+    features: str | None = None
 
     def cap(self, task: str) -> int | None:
         """Rows a sample keeps: every row for classification, ``max_pixels`` for segmentation."""
@@ -69,6 +71,10 @@ class MethodRun:
         where = f"methods[{self.name!r}]"
         self.traits = traits_of(self.method)
         self.predictor = as_predictor(self.method, seed=self.options.seed, name=where, output=self.options.output)
+        layer = self.options.features
+        network = None if layer is None else find_module(self.method, layer)
+        if network is not None:  # the network's eval features for the feature scores: one more forward per batch
+            self.predictor = FeatureTap(network, layer).wrap(self.predictor)
         own = getattr(self.method, "netuq_members", None)
         # members are read by the method's own output rule (Ensemble(output=...)), else compare's
         rule = getattr(self.method, "output", None)
