@@ -9,9 +9,13 @@ default netuq feeds a cached trunk, or a model sampled whole whose samples stay 
 input as given, as a user would.
 
 Placements (S = 50): dropout before the classifier (trunk cached), dropout after every block,
-functional ``F.dropout`` in a custom forward, dropout on the input, and a segmentation U-Net with
-dropout in every block (``NETUQ_BENCH_THREADS``, ``NETUQ_BENCH_ROUNDS`` to change the thread count and
-the rounds). netuq and the naive loop are timed interleaved in the same process (medians
+functional ``F.dropout`` in a custom forward, dropout on the input, a segmentation U-Net with
+dropout in every block, and real networks (random weights): torchvision ResNet-18 after
+``netuq.nn.add_dropout`` (default arguments — the stochastic tail found from the model's own
+execution, issue 23: target >= 10x — a declared trunk, the naive loop) and a timm ViT-Tiny with
+head dropout (``python perf/bench_mc_dropout.py pretrained`` runs only those). The script exits
+non-zero when a target is missed. ``NETUQ_BENCH_THREADS``, ``NETUQ_BENCH_ROUNDS`` change the thread
+count and the rounds. netuq and the naive loop are timed interleaved in the same process (medians
 of the per-round ratios), after warm-up calls. Then a sweep of the rows per forward for "every
 block" (why the default caps the largest activation, not the input) and the cost curves: time
 against S and against N with the fitted log-log slope (≈ 1 = linear).
@@ -100,11 +104,14 @@ def curve(name: str, sizes: list[int], times: list[float]) -> None:
     print(f"  {name}  {points}   log-log slope {slope(sizes, times):.2f}")
 
 
-def main() -> None:
+def main(only_pretrained: bool = False) -> None:
     if "NETUQ_BENCH_THREADS" in os.environ:
         torch.set_num_threads(int(os.environ["NETUQ_BENCH_THREADS"]))
     start = time.perf_counter()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, S = {S}, {ROUNDS} interleaved rounds")
+    if only_pretrained:  # python perf/bench_mc_dropout.py pretrained
+        pretrained_rows()
+        return
     print("\n1. default arguments vs the naive loop (ratio = naive / netuq, >= 1 means netuq is faster)")
     ratios = {}
     torch.manual_seed(0)
@@ -151,12 +158,59 @@ def main() -> None:
         times.append(statistics.median(_timed(lambda xn=xn: mc(xn)) for _ in range(3)))
     curve("N", ns, times)
 
+    pretrained = pretrained_rows()
+    ratios.update(pretrained)
+
     worst = min(ratios, key=ratios.get)
     print("\nsummary")
     print(f"  trunk cached : {ratios['before classifier']:6.1f}x the naive loop (target >= 10x)")
+    resnet = pretrained.get("resnet18 add_dropout")
+    if resnet is not None:
+        print(f"  ResNet-18 after add_dropout, default arguments: {resnet:6.1f}x the naive loop (target >= 10x)")
     print(f"  slowest placement: {worst} at {ratios[worst]:.2f}x (target >= 1.0x for every placement)")
     print(f"  total {time.perf_counter() - start:.0f} s")
+    missed = [k for k, v in ratios.items() if v < 1.0]
+    if resnet is not None and resnet < 10:
+        missed.append("resnet18 add_dropout < 10x")
+    if missed:
+        raise SystemExit(f"MC dropout targets missed: {', '.join(missed)}")
+
+
+def pretrained_rows() -> dict[str, float]:
+    """Real third-party networks (random weights), as the README's recipe uses them: torchvision
+    ResNet-18 after ``add_dropout`` (default arguments: the tail found from the model's execution;
+    a declared trunk; the naive loop) and a timm ViT-Tiny with head dropout (``drop_rate``)."""
+    ratios: dict[str, float] = {}
+    try:
+        import torchvision
+    except ImportError:
+        print("\n4. pretrained networks: torchvision not installed, skipped")
+        return ratios
+    print("\n4. pretrained networks, random weights (README recipe: add_dropout then MCDropout)")
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18(weights=None).eval()
+    netuq.nn.add_dropout(resnet, 0.2, before="fc")
+    x = torch.randn(8, 3, 64, 64)
+    ratios["resnet18 add_dropout"] = compare(
+        "ResNet-18 + add_dropout, default, 8x3x64x64", netuq.MCDropout(resnet, S), x, resnet
+    )
+    trunk = nn.Sequential(*list(resnet.children())[:-1], nn.Flatten())  # everything before fc
+    declared = netuq.MCDropout(resnet, S, trunk=trunk, head=resnet.fc)
+    compare("ResNet-18 + add_dropout, declared trunk", declared, x, resnet)
+    try:
+        import timm
+    except ImportError:
+        print("  timm not installed: ViT row skipped")
+        return ratios
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, drop_rate=0.1).eval()
+    ratios["vit_tiny head dropout"] = compare(
+        "timm ViT-Tiny, drop_rate=0.1, default, 8x3x64x64", netuq.MCDropout(vit, S), x, vit
+    )
+    return ratios
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(only_pretrained=sys.argv[1:] == ["pretrained"])

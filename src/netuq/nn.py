@@ -12,6 +12,7 @@ network that has no dropout, keeping its ``state_dict``.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -91,15 +92,68 @@ class MCDropout(_DropoutNd):
 
 def _dropout_pre_hook(module: nn.Module, args: tuple) -> tuple:
     """Forward pre-hook: the layer's input goes through its ``mc_dropout`` child first."""
-    return (getattr(module, _ATTR)(args[0]), *args[1:])
+    _state.inserting = getattr(_state, "inserting", 0) + 1
+    try:
+        x = getattr(module, _ATTR)(args[0])
+    finally:
+        _state.inserting -= 1
+    return (x, *args[1:])
 
 
-def _is_classifier(m: nn.Module) -> bool:
-    return isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (1, 1))
+def _guard(layer: nn.Module, args: tuple) -> None:
+    """Forward pre-hook of an inserted layer: it runs only through its parent's pre-hook.
+
+    A parent whose own forward calls its children (a container) would run it a second time, on
+    its output; refuse that instead of dropping the logits."""
+    if not getattr(_state, "inserting", 0):
+        raise RuntimeError(
+            "a dropout layer inserted by netuq.nn.add_dropout ran from its parent's own forward (the parent "
+            "calls its children, like a container): pass before= a layer that does not, e.g. the parent's first step"
+        )
+
+
+def _first_step(layer: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """A plain ``nn.Sequential`` hands its input to its first step: put dropout there (recursively),
+    never as a child of the Sequential, whose forward would run it last, on its output."""
+    while isinstance(layer, nn.Sequential) and type(layer).forward is nn.Sequential.forward:
+        if len(layer) == 0:
+            raise ValueError(f"`before` layer {name!r} is an empty nn.Sequential: there is no input to drop")
+        key = next(iter(layer._modules))
+        layer, name = layer[0], f"{name}.{key}" if name else key
+    return layer, name
+
+
+def _default_target(model: nn.Module, example: object, output: object) -> tuple[str, nn.Module]:
+    """The module whose output is the model's output, found by running the model (``example``, or
+    probe inputs from :func:`netuq._trace.probe_inputs`)."""
+    from ._trace import output_module, probe_inputs
+
+    if example is not None:
+        return output_module(model, example, output)
+    ref = next(iter(model.parameters()), None)
+    tried, last = [], None
+    for shape in probe_inputs(model):
+        kw = {"dtype": ref.dtype, "device": ref.device} if ref is not None and ref.is_floating_point() else {}
+        x = torch.zeros(shape, **kw).uniform_(-1, 1, generator=torch.Generator(kw.get("device", "cpu")).manual_seed(0))
+        try:
+            return output_module(model, x, output)
+        except (RuntimeError, IndexError, AssertionError) as err:  # the model refused this input shape
+            tried.append(shape)
+            last = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}" if str(err) else type(err).__name__
+    raise ValueError(
+        f"`example` is needed to find where dropout goes in {type(model).__name__}: it did not run on "
+        f"{', '.join(map(str, tried)) or 'any input netuq could guess'}{f' ({last})' if last else ''}; "
+        "pass example=<an input batch> (or before=<a layer name>)"
+    )
 
 
 def add_dropout(
-    model: nn.Module, p: float, *, before: str | nn.Module | Sequence[str | nn.Module] | None = None
+    model: nn.Module,
+    p: float,
+    *,
+    before: str | nn.Module | Sequence[str | nn.Module] | None = None,
+    example: torch.Tensor | None = None,
+    output: object = None,
 ) -> nn.Module:
     """Insert MC dropout before chosen layers of a network that has none (e.g. a torchvision ResNet).
 
@@ -112,27 +166,37 @@ def add_dropout(
     returned (for chaining); ``copy.deepcopy`` it first to keep the original. Shapes are not
     changed: the layer's input (N, F) or (N, F, H, W) is dropped element-wise.
 
+    A plain ``nn.Sequential`` passes its input to its first step, so dropout "before" it goes
+    before that step (recursively), never after its last step, on the logits.
+
     Args:
         model: the network.
         p: drop probability in [0, 1).
         before: the layers to put dropout in front of: a name from ``model.named_modules()``
-            (``"fc"``, ``"layer4.1.conv2"``), a submodule, or a sequence of those. None: the last
-            ``nn.Linear`` or 1×1 ``nn.Conv2d`` in registration order — the classifier of a
-            classification network (``fc``) or the per-pixel classifier of a segmentation network.
+            (``"fc"``, ``"layer4.1.conv2"``), a submodule, or a sequence of those. None: the module
+            whose output is the model's output, found by running the model once (eval mode,
+            autograd on; modes and RNG restored) and walking back from its logits through
+            parameter-free steps (``F.interpolate``, ``nn.Identity``, reshapes) to the first module
+            with parameters: ``fc`` of a ResNet, the head's convolution of a U-Net
+            (:func:`netuq._trace.output_module`). A warning says where it went. Refused when the
+            output combines several branches or that module runs more than once per forward.
+        example: an input batch for that run (None: the model's configured input size where it has
+            one — timm, Hugging Face — else images sized from its first convolution).
+        output: how to read the logits from the model's output for that run (:mod:`netuq._outputs`).
 
     Returns:
         ``model`` itself.
 
     Raises:
-        ValueError: ``p`` outside [0, 1); a name or module not in ``model``; no default layer
-            found; a layer that already has MC dropout.
+        ValueError: ``p`` outside [0, 1); a name or module not in ``model``; no single output
+            module (the message says what was found); a layer that already has MC dropout.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
         >>> state = {k: v.clone() for k, v in net.state_dict().items()}
         >>> x = torch.randn(2, 4)
         >>> y = net(x)
-        >>> add_dropout(net, 0.2) is net, type(net[2].mc_dropout).__name__
+        >>> add_dropout(net, 0.2, before="2") is net, type(net[2].mc_dropout).__name__
         (True, 'MCDropout')
         >>> torch.equal(net(x), y), net.load_state_dict(state, strict=True)
         (True, <All keys matched successfully>)
@@ -143,13 +207,8 @@ def add_dropout(
         raise ValueError(f"`p` must be a probability in [0, 1), got {p!r}")
     names = {id(m): name for name, m in model.named_modules()}
     if before is None:
-        found = [m for m in model.modules() if _is_classifier(m)]
-        if not found:
-            raise ValueError(
-                f"`before` must name the layers to put dropout in front of: {type(model).__name__} has no "
-                "nn.Linear or 1x1 nn.Conv2d to choose by default"
-            )
-        targets = [found[-1]]
+        name, layer = _default_target(model, example, output)
+        targets = [(layer, name)]
     else:
         items = [before] if isinstance(before, (str, nn.Module)) else list(before)
         if not items:
@@ -161,19 +220,30 @@ def add_dropout(
                 if item not in by_name or item == "":
                     some = ", ".join(repr(n) for n in list(by_name)[1:8])
                     raise ValueError(f"`before` must name submodules of the model (e.g. {some}), got {item!r}")
-                targets.append(by_name[item])
+                targets.append((by_name[item], item))
             elif isinstance(item, nn.Module):
                 if id(item) not in names or item is model:
                     raise ValueError(
                         f"`before` must be submodules of the model, got a {type(item).__name__} that is not in it"
                     )
-                targets.append(item)
+                targets.append((item, names[id(item)]))
             else:
                 raise TypeError(f"`before` must be layer names or modules, got {type(item).__name__}")
-    for layer in targets:
+    targets = [_first_step(layer, name) for layer, name in targets]
+    for layer, name in targets:
         if isinstance(getattr(layer, _ATTR, None), MCDropout):
-            raise ValueError(f"`before` layer {names[id(layer)]!r} already has MC dropout (add_dropout ran twice)")
-    for layer in targets:
-        layer.add_module(_ATTR, MCDropout(float(p)).train(layer.training))  # the layer's mode
+            raise ValueError(f"`before` layer {name!r} already has MC dropout (add_dropout ran twice)")
+    for layer, _ in targets:
+        drop = MCDropout(float(p)).train(layer.training)  # the layer's mode
+        drop.register_forward_pre_hook(_guard)
+        layer.add_module(_ATTR, drop)
         layer.register_forward_pre_hook(_dropout_pre_hook)
+    if before is None:
+        layer, name = targets[0]
+        warnings.warn(
+            f"add_dropout: MC dropout (p={float(p)}) inserted before {name!r} ({type(layer).__name__}), "
+            "the module whose output is the model's output; pass before= to choose another place",
+            UserWarning,
+            stacklevel=2,
+        )
     return model

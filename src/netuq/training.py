@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ._layout import as_layout, check_channels_last
 from ._modes import eval_mode, load_modes, save_modes
+from ._outputs import OutputRule, check_output_rule, logits_of
 from ._random import forked_rng, generator
 
 __all__ = ["fit", "History", "Callback", "make_loader", "as_dataset"]
@@ -212,6 +213,18 @@ def _sums_on_device(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+def _on_logits(loss: Loss, default: bool, output: OutputRule) -> Loss:
+    """``loss`` on the logits read from the model's output (:mod:`netuq._outputs`) for the default
+    loss or when ``output`` is given; else ``loss`` itself (it gets the output whole)."""
+    if not default and output is None:
+        return loss
+
+    def on_logits(out: Any, y: torch.Tensor) -> torch.Tensor:
+        return loss(logits_of(out, output), y)
+
+    return on_logits
+
+
 def fit(
     model: nn.Module,
     train_data: Dataset | DataLoader | Sequence[torch.Tensor],
@@ -232,6 +245,7 @@ def fit(
     grad_clip: float | None = None,
     progress: bool = False,
     channels_last: bool | None = False,
+    output: OutputRule = None,
 ) -> History:
     """Train ``model`` in place and return its :class:`History`.
 
@@ -241,7 +255,9 @@ def fit(
     every module's ``training`` flag is what it was before the call.
 
     Args:
-        model: any module; its output is passed whole to ``loss``.
+        model: any module; its output is passed whole to a ``loss`` you give (unless ``output``
+            says where its logits are); the default loss reads the logits from it by
+            :mod:`netuq._outputs` (a tensor, ``.logits``, a mapping's ``"logits"`` / ``"out"``).
         train_data: a Dataset yielding ``(x, y, ...)``, a DataLoader, or an ``(x, y)`` tuple.
         val_data: optional validation data; with it, the weights of the epoch with the lowest
             validation loss are restored at the end (``restore_best``), and ``patience`` epochs
@@ -263,6 +279,9 @@ def fit(
             8: no gain; width 16 on 64-256 images: 1.4x); the losses then differ by float
             rounding, and element-wise dropout draws its masks in the layout's memory order (the
             same seed gives another, equally distributed, run). False or None (default): as given.
+        output: where the logits are in the model's output (a key or attribute name, a tuple
+            index or a callable): then ``loss`` and ``val_loss`` get the logits. None: the default
+            loss gets the logits by the default rule, a loss you give gets the output whole.
     Returns:
         The history: per-epoch train/validation losses, best epoch, run time.
 
@@ -284,8 +303,9 @@ def fit(
         raise ValueError(f"`epochs` must be a positive integer, got {epochs!r}")
     if patience is not None and patience < 1:
         raise ValueError(f"`patience` must be a positive integer or None, got {patience!r}")
-    loss_fn: Loss = loss if loss is not None else nn.functional.cross_entropy
-    select_fn: Loss = val_loss if val_loss is not None else loss_fn
+    check_output_rule(output)
+    loss_fn: Loss = _on_logits(nn.functional.cross_entropy if loss is None else loss, loss is None, output)
+    select_fn: Loss = loss_fn if val_loss is None else _on_logits(val_loss, False, output)
     dev = torch.device(device) if device is not None else _model_device(model)
     use_cl = check_channels_last(channels_last)
     model.to(dev)

@@ -207,7 +207,7 @@ def test_a_module_must_keep_to_one_kind_of_output():
         def forward(self, x):
             return "logits"
 
-    with pytest.raises(TypeError, match=r"output must be a logits tensor \(N, C, ...\) or a netuq.Prediction"):
+    with pytest.raises(TypeError, match=r"output must hold the logits, got a str: .*; or return a netuq.Prediction"):
         netuq.predict(Strings(), [torch.randn(2, 3)])
 
 

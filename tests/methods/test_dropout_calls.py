@@ -128,7 +128,7 @@ def test_functional_kinds(fn, shape, feature):
 
     x = torch.ones(shape)
     ref = netuq.MCDropout(Net().eval(), samples=10, seed=1, keep_samples=True, max_batch=60)(x)
-    h = torch.cat(seen)
+    h = torch.cat(seen[1:])  # seen[0]: the first call's traced forward (functional calls as the model asks)
     if feature is not None:  # dropout law: 0 or 1/(1 − p), ~p zeros; feature kinds drop whole channels
         values = h.unique()
         assert values.numel() == 2 and values[0] == 0 and float(values[1]) == pytest.approx(1 / 0.6)
@@ -309,6 +309,17 @@ def test_add_dropout_default_targets_and_trunk_caching():
     torch.testing.assert_close(mc(x).samples, ref.samples, atol=1e-6, rtol=0)
 
 
+class TwoHeads(nn.Module):
+    """Logits = the sum of two heads: no single module computes the output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList([nn.Linear(4, 3), nn.Linear(4, 3)])
+
+    def forward(self, x):
+        return self.heads[0](x) + self.heads[1](x)
+
+
 def test_add_dropout_errors():
     net = TinyResNet()
     with pytest.raises(ValueError, match=r"`p` must be a probability in \[0, 1\), got 1.0"):
@@ -321,8 +332,8 @@ def test_add_dropout_errors():
         netuq.nn.add_dropout(net, 0.1, before=[])
     with pytest.raises(TypeError, match="`before` must be layer names or modules, got int"):
         netuq.nn.add_dropout(net, 0.1, before=[3])
-    with pytest.raises(ValueError, match="has no nn.Linear or 1x1 nn.Conv2d"):
-        netuq.nn.add_dropout(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()), 0.1)
+    with pytest.raises(ValueError, match=r"combines several branches in AddBackward0 \(from 'heads.0', 'heads.1'\)"):
+        netuq.nn.add_dropout(TwoHeads(), 0.1, example=torch.randn(2, 4))
     with pytest.raises(TypeError, match="`model` must be a torch.nn.Module, got str"):
         netuq.nn.add_dropout("net", 0.1)
     netuq.nn.add_dropout(net, 0.1, before="layer1.0.conv2")
@@ -351,6 +362,92 @@ def test_function_mode_only_where_functional_dropout_was_seen():
 class FuncTail(nn.Module):
     def forward(self, x):
         return F.dropout(x, 0.1, training=self.training)
+
+
+# ----------------------------------------------------------------- add_dropout: where the dropout goes
+class SegNet(nn.Module):
+    """A residual shortcut registered last, a 3x3 head, then F.interpolate: the old registration-order
+    rule ("last Linear / 1x1 Conv2d") picked the shortcut."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, stride=2)
+        self.head = nn.Sequential(nn.Conv2d(8, 4, 3, padding=1), nn.Identity())
+        self.shortcut = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        h = h + self.shortcut(h)
+        return F.interpolate(self.head(h), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def test_add_dropout_default_goes_before_the_module_computing_the_output():
+    net = SegNet().eval()
+    with pytest.warns(UserWarning, match=r"inserted before 'head.0' \(Conv2d\), the module whose output"):
+        netuq.nn.add_dropout(net, 0.2)
+    assert isinstance(net.head[0].mc_dropout, netuq.nn.MCDropout)
+    assert not hasattr(net.shortcut, "mc_dropout")
+
+
+def test_add_dropout_before_a_sequential_never_drops_its_output():
+    """Issue 22 item 2: the dropout child was appended to the Sequential and ran on its output."""
+    torch.manual_seed(0)
+    for before in ("1", "1.0"):  # a Sequential, and a nested one: dropout goes before the first step
+        net = nn.Sequential(nn.Linear(4, 16), nn.Sequential(nn.Sequential(nn.Linear(16, 16), nn.ReLU()),
+                                                            nn.Linear(16, 50))).eval()  # fmt: skip
+        netuq.nn.add_dropout(net, 0.5, before=before)
+        assert isinstance(net[1][0][0].mc_dropout, netuq.nn.MCDropout)
+        assert len(net[1]) == 2 and len(net[1][0]) == 2
+        with torch.no_grad(), netuq.nn.mc_sampling():
+            out = torch.stack([net(torch.ones(8, 4)) for _ in range(4)])
+        assert not bool((out == 0).any()) and float(out.std(0).max()) > 0
+    with pytest.raises(ValueError, match="is an empty nn.Sequential"):
+        netuq.nn.add_dropout(nn.Sequential(nn.Linear(2, 2), nn.Sequential()), 0.1, before="1")
+
+
+def test_add_dropout_refuses_a_container_that_runs_its_children():
+    class Chain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            for m in self.children():
+                x = m(x)
+            return x
+
+    net = nn.Sequential(nn.Linear(4, 4), Chain()).eval()
+    netuq.nn.add_dropout(net, 0.2, before="1")
+    with pytest.raises(RuntimeError, match="ran from its parent's own forward"):
+        net(torch.randn(2, 4))
+
+
+def test_add_dropout_default_refuses_shared_heads_and_unrunnable_models():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.fc(x)))
+
+    with pytest.raises(ValueError, match=r"comes from 'fc' \(Linear\), which runs 2 times per forward"):
+        netuq.nn.add_dropout(Twice(), 0.1, example=torch.randn(2, 4))
+
+    class Fixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3)
+
+        def forward(self, x):
+            if x.shape[-1] != 17:
+                raise RuntimeError("expects 17 x 17 images")
+            return self.conv(x).flatten(1)
+
+    with pytest.raises(ValueError, match=r"`example` is needed .* \(1, 3, 64, 64\), .*expects 17 x 17 images"):
+        netuq.nn.add_dropout(Fixed(), 0.1)
+    with pytest.warns(UserWarning, match="inserted before 'conv'"):
+        netuq.nn.add_dropout(Fixed(), 0.1, example=torch.randn(1, 3, 17, 17))
 
 
 class _WholeModel(nn.Module):

@@ -551,8 +551,11 @@ def test_ensemble_constructor_error_paths():
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(TypeError, match=r"must return a logits tensor of shape \(N, C, ...\), got tuple"):
+        with pytest.raises(TypeError, match=r"output must hold the logits, got a tuple of 2 elements .* pass output="):
             Ensemble([TwoOut(), TwoOut()])(torch.zeros(2, 3))
+        # output= says which: the first element
+        pred = Ensemble([TwoOut(), TwoOut()], output=0)(torch.zeros(2, 3))
+        assert pred.probs.shape == (2, 3)
 
 
 # ------------------------------------------------------------------- inputs: Dataset / DataLoader / tuple

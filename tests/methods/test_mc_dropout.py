@@ -489,8 +489,9 @@ def test_call_errors():
         def forward(self, x):
             return self.drop(x).mean(0, keepdim=True)
 
-    # (a mean over the rows mixes them: one sample per forward, the user's 3 rows)
-    with pytest.raises(ValueError, match=r"`model` must return logits of shape \(N, C, ...\) with N = 3 rows"):
+    # (a mean over the rows mixes them: one sample per forward); the message quotes the user's batch size
+    with pytest.raises(ValueError, match=r"`model` must return logits of shape \(N, C, ...\) for the batch of N = 3 "
+                       r"inputs, got shape \(1, 4\)"):
         netuq.MCDropout(Pool(), samples=2)(torch.zeros(3, 4))
     with pytest.raises(ValueError, match="`trunk` must return a tensor with the batch"):
         netuq.MCDropout(Pool(), samples=2, trunk=lambda x: x[:1], head=Pool())(torch.zeros(3, 4))

@@ -11,7 +11,7 @@ without C, values in [0, C) or ``ignore_index``, and a dtype that can hold ``ign
 
 A *method* is a netuq method, a callable that returns a :class:`~netuq.Prediction`, an
 ``nn.Module`` whose forward returns a Prediction (a method too), or a plain ``nn.Module`` (its
-logits as one sample).
+logits as one sample, read from its output by :mod:`netuq._outputs`; its input as given).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from torch import nn
 from .._batch import Batch
 from .._checks import check_ignore_index
 from .._modes import eval_mode
+from .._outputs import OutputRule, logits_of
 from ..prediction import Prediction
 
 __all__ = [
@@ -215,9 +216,10 @@ def _set_rng_states(states: tuple[torch.Tensor, torch.Tensor | None], device: to
         torch.cuda.set_rng_state(states[1], device)
 
 
-def _module_predictor(method: nn.Module, name: str) -> Callable[[torch.Tensor], Prediction]:
-    """A plain module (logits -> a one-sample Prediction, run in eval mode), or a module whose forward
-    returns a Prediction: a method, called as given (its modes are its own business)."""
+def _module_predictor(method: nn.Module, name: str, output: OutputRule = None) -> Callable[[torch.Tensor], Prediction]:
+    """A plain module (logits read by :func:`netuq._outputs.logits_of` -> a one-sample Prediction,
+    run in eval mode on the input as given: the user's own loop), or a module whose forward returns
+    a Prediction: a method, called as given (its modes are its own business)."""
     kind: dict[str, bool] = {}  # "method": decided by the first output
 
     def as_method(out: Any) -> Prediction:
@@ -243,31 +245,35 @@ def _module_predictor(method: nn.Module, name: str) -> Callable[[torch.Tensor], 
                 out = as_method(method(x))
             return out
         kind["method"] = False
-        if isinstance(out, torch.Tensor) and out.ndim == 4 and not out.is_contiguous():
+        if isinstance(out, Prediction):
+            raise TypeError(f"`{name}` is an nn.Module that returned logits on its first batch, then a Prediction")
+        try:
+            out = logits_of(out, output, name=name)
+        except TypeError as err:  # the rule's message, and the other kind a module may return
+            raise TypeError(f"{err}; or return a netuq.Prediction (on every batch)") from None
+        if out.ndim == 4 and not out.is_contiguous():
             out = out.contiguous()  # channels-last logits: the metrics read (N, C, H, W) rows
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(
-                f"`{name}` is an nn.Module whose output must be a logits tensor (N, C, ...) or a netuq.Prediction "
-                f"(for every batch), got {type(out).__name__}"
-            )
         return Prediction.from_logits(out)
 
     return plain
 
 
-def as_predictor(method: Any, *, seed: int = 0, name: str = "method") -> Callable[[torch.Tensor], Prediction]:
+def as_predictor(
+    method: Any, *, seed: int = 0, name: str = "method", output: OutputRule = None
+) -> Callable[[torch.Tensor], Prediction]:
     """A function ``x -> Prediction`` for any supported method kind (called under ``no_grad``).
 
     A method that implements ``netuq_predictor(seed)`` (:mod:`netuq.traits`) says how it runs;
-    a plain ``nn.Module`` gives its logits as one sample; any other callable must return a
-    Prediction.
+    a plain ``nn.Module`` gives its logits as one sample, read from its output by
+    :func:`netuq._outputs.logits_of` (``output`` overrides the default rule: a tensor, ``.logits``,
+    or a mapping's ``"logits"`` / ``"out"``); any other callable must return a Prediction.
     """
     check_not_meta(method, name)
     own = getattr(method, "netuq_predictor", None)
     if callable(own):
         return own(seed)
     if isinstance(method, nn.Module):
-        return _module_predictor(method, name)
+        return _module_predictor(method, name, output)
     if callable(method):
 
         def call(x: torch.Tensor) -> Prediction:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from .._outputs import OutputRule
 from ..detectors.features import FeatureTap, find_module
 from ..traits import Traits, traits_of
 from ._batches import as_predictor, method_device
@@ -40,6 +41,7 @@ class Options:
     distributed: bool | None
     scores: tuple[str, ...] | None
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    output: OutputRule = None  # where a plain nn.Module's logits are in its output (netuq._outputs)
     features: str | None = None
 
     def cap(self, task: str) -> int | None:
@@ -68,13 +70,16 @@ class MethodRun:
     def __post_init__(self) -> None:
         where = f"methods[{self.name!r}]"
         self.traits = traits_of(self.method)
-        self.predictor = as_predictor(self.method, seed=self.options.seed, name=where)
+        self.predictor = as_predictor(self.method, seed=self.options.seed, name=where, output=self.options.output)
         layer = self.options.features
         network = None if layer is None else find_module(self.method, layer)
         if network is not None:  # the network's eval features for the feature scores: one more forward per batch
             self.predictor = FeatureTap(network, layer).wrap(self.predictor)
         own = getattr(self.method, "netuq_members", None)
-        self.members = [as_predictor(m, name=f"{where}.members[{i}]") for i, m in enumerate(own())] \
+        # members are read by the method's own output rule (Ensemble(output=...)), else compare's
+        rule = getattr(self.method, "output", None)
+        rule = self.options.output if rule is None else rule
+        self.members = [as_predictor(m, name=f"{where}.members[{i}]", output=rule) for i, m in enumerate(own())] \
             if callable(own) else []
         self.device = self.options.device if self.options.device is not None else method_device(self.method)
 

@@ -29,6 +29,7 @@ import torch
 from .. import metrics as M
 from .. import scores as vocabulary
 from .._checks import check_positive_int
+from .._outputs import OutputRule, check_output_rule
 from ..calibration import registry
 from ..detectors.features import find_module
 from ..distributed import is_distributed
@@ -200,6 +201,7 @@ def compare(
     class_names: Sequence[str] | None = None,
     conformal: bool | Mapping[str, Any] | None = None,
     features: str | None = None,
+    output: OutputRule = None,
 ) -> dict[str, Any]:
     """Score every method on the same data; the results ``netuq.report.render_report`` draws.
 
@@ -255,6 +257,9 @@ def compare(
             one more forward per batch; the Mahalanobis score is fitted on the ``calibration``
             loader (held-out in-distribution data, so no test example is both fitted on and
             scored; required with ``features``) and scored on the test set and each OOD kind.
+        output: for methods that are plain ``nn.Module``s, where the logits are in their output (a
+            key or attribute name, a tuple index, a callable; None: tensor, ``.logits``, or a
+            mapping's ``"logits"`` / ``"out"``, see :mod:`netuq._outputs`).
 
     Returns:
         Plain data (schema 1 of :mod:`netuq.results.schema`): ``task``, ``config``, ``data``,
@@ -309,7 +314,8 @@ def compare(
         calibration_samples=None if calibration_samples is None else check_positive_int(
             calibration_samples, "calibration_samples"),
         examples=int(examples), distributed=distributed, scores=scores,
-        sections=_with_conformal(result_sections.selected(sections), conformal, calibration), features=features)
+        sections=_with_conformal(result_sections.selected(sections), conformal, calibration), features=features,
+        output=check_output_rule(output))
     ood_loaders = _loaders(ood, "ood")
     if class_names is not None and (isinstance(class_names, str) or not isinstance(class_names, Sequence)):
         raise TypeError(f"`class_names` must be a sequence of names, got {type(class_names).__name__}")

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from .._outputs import OutputRule, check_output_rule
 from ..prediction import Prediction
 from ._batches import DEFAULT_KEYS, Batch, as_predictor, check_batch, iter_batches, method_device
 
@@ -26,8 +27,8 @@ def _progress(loader: Iterable, enabled: bool, desc: str):
 
 
 def _local(method, loader, *, device, keys, seed, progress, name, predictor, members, allow_empty, labels, anomaly,
-           ignore_index):
-    run = predictor or as_predictor(method, seed=seed)
+           ignore_index, output=None):
+    run = predictor or as_predictor(method, seed=seed, output=output)
     dev = torch.device(device) if device is not None else method_device(method)
     for batch in iter_batches(_progress(loader, progress, name), keys, name=name, allow_empty=allow_empty,
                               labels=labels != "unused", anomaly=anomaly):
@@ -60,6 +61,7 @@ def stream(
     labels: str = "shape",
     anomaly: bool = False,
     ignore_index: int | None = None,
+    output: OutputRule = None,
 ) -> Iterator[tuple[Batch, Prediction, list[Prediction]]]:
     """Yield ``(batch, prediction, member_predictions)`` per batch, all on the CPU; labels checked.
 
@@ -76,7 +78,7 @@ def stream(
     gather = is_distributed(distributed) and (distributed is True or shards(loader))
     local = _local(method, loader, device=device, keys=keys, seed=seed, progress=progress, name=name,
                    predictor=predictor, members=list(members), allow_empty=gather, labels=labels, anomaly=anomaly,
-                   ignore_index=ignore_index)
+                   ignore_index=ignore_index, output=output)
     if gather:
         yield from gather_stream(local, loader, name)
     else:
@@ -92,6 +94,7 @@ def predict(
     keys: Sequence[str] = DEFAULT_KEYS,
     seed: int = 0,
     distributed: bool | None = None,
+    output: OutputRule = None,
 ) -> tuple[Prediction, torch.Tensor | None]:
     """Run ``method`` over every batch of ``loader`` and concatenate: one Prediction, one label tensor.
 
@@ -99,7 +102,9 @@ def predict(
         method: ``MCDropout``, ``TTA``, ``Ensemble``, ``HeteroscedasticClassifier`` (its ``predict``
             with a generator seeded by ``seed``), ``ConfidenceClassifier``, any callable
             ``x -> Prediction``, or a plain ``nn.Module`` (its logits as a one-sample prediction,
-            run in eval mode; the module's modes are restored).
+            run in eval mode; the module's modes are restored). A module may return a tensor, an
+            object with a tensor ``.logits`` (Hugging Face) or a mapping with ``"logits"`` or
+            ``"out"`` (torchvision segmentation): see :mod:`netuq._outputs`.
         loader: any iterable of batches: a tensor ``x`` (N, ...), a tuple/list ``(x, y, ...)``
             (elements after ``y`` are ignored), or a mapping with the names in ``keys``.
         device: where batches go (default: the device of the method's parameters, else the CPU).
@@ -112,6 +117,9 @@ def predict(
             whole set. True: always gather (the loaders are per-rank shards). Give each rank's
             DataLoader a :class:`netuq.distributed.EvalSampler`: then every rank returns the
             one-process result, in dataset order (see :mod:`netuq.distributed`).
+        output: for a plain ``nn.Module``, where its logits are in its output: a key or attribute
+            name, a tuple index, or a callable (None: the default rule of :mod:`netuq._outputs`).
+            Methods (``MCDropout``, ``TTA``, ``Ensemble``) take their own ``output=``.
 
     Returns:
         ``(pred, labels)``: a Prediction (N, C, ...) on the CPU and the labels (N, ...) on the CPU,
@@ -131,8 +139,9 @@ def predict(
     """
     preds: list[Prediction] = []
     labels: list[torch.Tensor] = []
+    check_output_rule(output)
     for batch, pred, _ in stream(method, loader, device=device, keys=keys, seed=seed, progress=progress,
-                                 distributed=distributed):
+                                 distributed=distributed, output=output):
         preds.append(pred)
         if batch.y is not None:
             labels.append(batch.y.cpu())

@@ -12,10 +12,15 @@ state is given, with per-sample seeded masks (the same rule as the dropout modul
 :mod:`netuq.methods.mc_dropout`). Other torch functions pass through unchanged; modes are
 thread-local, so other threads are not affected.
 
-What it cannot see: dropout inside TorchScript code, inside C++ operators
-(``scaled_dot_product_attention(dropout_p=...)``, fused RNN dropout), or written by hand with
-``torch.bernoulli`` (stochastic depth / DropPath). Such a model with no dropout module and no visible
-call is refused by :class:`netuq.MCDropout` (every sample would be identical).
+``F.scaled_dot_product_attention`` with ``dropout_p > 0`` counts as a dropout call too (seeded per
+sample). Calls with p = 0 drop nothing and are not counted (a trunk may contain them).
+Stochastic depth (timm / Hugging Face ``DropPath``, torchvision ``StochasticDepth(mode="row")``) is
+found by :func:`stochastic_depth` and switched on as a module.
+
+What it cannot see: dropout inside TorchScript code, inside other C++ operators (fused RNN
+dropout), or written by hand with ``torch.bernoulli`` in a module of a kind not listed above.
+Such a model with no dropout module and no visible call is refused by :class:`netuq.MCDropout`
+(every sample would be identical).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ __all__ = [
     "masked_dropout",
     "per_sample",
     "sample_dim",
+    "stochastic_depth",
     "stochastic_modules",
 ]
 
@@ -209,6 +215,8 @@ class FunctionalDropout(TorchFunctionMode):
         self.rows: int | None = None
         self.stacked = False
         self.coupled = False
+        self.on_call: Callable[[float], None] | None = None  # told every dropout call's p (also p = 0)
+        self.force_off = False  # run every dropout call deterministically (p recorded, nothing dropped)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if self.rows is not None and couples_rows(func, args, kwargs or {}, self.rows):
@@ -223,15 +231,23 @@ class FunctionalDropout(TorchFunctionMode):
         return out
 
     def _dispatch(self, func, args, kwargs):
+        if func is F.scaled_dot_product_attention and not self.bypass:
+            return self._attention(func, args, kwargs)
         spec = _SPECS.get(func)
         if spec is None or self.bypass:
+            return func(*args, **kwargs)
+        x, p, inplace = _bind(spec, args, kwargs)
+        if self.on_call is not None:
+            self.on_call(p)
+        if self.force_off:
+            return _call_off(func, spec, x, p, inplace)
+        if p == 0.0:  # drops nothing, whatever the training flag: not a stochastic call
             return func(*args, **kwargs)
         self.calls += 1
         if self.probe:
             return func(*args, **kwargs)
         if self.watch is not None:
             self.watch()
-        x, p, inplace = _bind(spec, args, kwargs)
         state = self.state
         if state is None or not isinstance(x, torch.Tensor):
             return _call(func, spec, x, p, inplace)
@@ -248,6 +264,55 @@ class FunctionalDropout(TorchFunctionMode):
         # torch's own kernel on each sample's slice, its generator seeded
         out = per_sample(lambda part: _call(func, spec, part, p, False), x, seeds, dim)
         return x.copy_(out) if inplace else out
+
+    def _attention(self, func, args, kwargs):
+        """``F.scaled_dot_product_attention``: its ``dropout_p`` (read by the calling module from its
+        own training flag) is a dropout call when > 0; seeded per sample like the others."""
+        names = ("query", "key", "value", "attn_mask", "dropout_p")
+        values = dict(zip(names, args))
+        values.update(kwargs)
+        p = float(values.get("dropout_p", 0.0) or 0.0)
+        if self.on_call is not None:
+            self.on_call(p)
+        if self.force_off and p > 0:
+            values["dropout_p"] = 0.0
+            return func(**values)
+        if p == 0.0:
+            return func(*args, **kwargs)
+        self.calls += 1
+        q = values.get("query")
+        if self.probe or not isinstance(q, torch.Tensor):
+            return func(*args, **kwargs)
+        if self.watch is not None:
+            self.watch()
+        state = self.state
+        if state is None:
+            return func(*args, **kwargs)
+        j = state.calls
+        state.calls += 1
+        dim = sample_dim(q, state)
+        if q.ndim == 0 or state.k == 1:
+            _seed_device(q.device, _derive(state.seed, 0, state.offset, j))
+            return func(*args, **kwargs)
+        rows = q.shape[dim]
+        n = rows // state.k
+        outs = []
+        for i in range(state.k):  # each sample's slice with its own seeded generator
+            _seed_device(q.device, _derive(state.seed, 0, state.offset + i, j))
+            part = {
+                key: (v.narrow(dim, i * n, n) if isinstance(v, torch.Tensor) and v.ndim > dim and v.shape[dim] == rows
+                      else v)
+                for key, v in values.items()
+            }  # fmt: skip
+            outs.append(func(**part))
+        return torch.cat(outs, dim)
+
+
+def _call_off(func: Callable, spec: _Spec, x: Any, p: float, inplace: bool) -> Any:
+    """``func`` with training switched off: deterministic (the identity, or a copy)."""
+    if spec.functional:
+        return func(x, p=p, training=False, inplace=inplace)
+    return func(x, p, False)
 
 
 _CHECKPOINT_FILE = torch.utils.checkpoint.__file__
@@ -272,6 +337,46 @@ def refuse_checkpointed_dropout(*_: Any) -> None:
                 "for Hugging Face models), keep dropout outside the checkpointed blocks, or use no_grad=True"
             )
         frame = frame.f_back
+
+
+# ---------------------------------------------------------------------------- stochastic depth
+def _depth_rate(m: nn.Module) -> tuple[float, bool] | None:
+    """(drop rate, samplable) of a stochastic-depth module, None for other modules.
+
+    Known kinds: timm's ``DropPath`` and Hugging Face's ``*DropPath`` (``drop_prob``, one draw
+    per row), torchvision's ``StochasticDepth`` (``p``; ``mode="row"`` draws per row and is
+    sampled, ``mode="batch"`` draws once per forward for every row, so stacked samples would
+    share it: not sampled)."""
+    name = type(m).__name__
+    if name.endswith("DropPath") and isinstance(getattr(m, "drop_prob", None), (int, float)):
+        return float(m.drop_prob), True
+    if name == "StochasticDepth" and isinstance(getattr(m, "p", None), (int, float)):
+        return float(m.p), getattr(m, "mode", "row") == "row"
+    return None
+
+
+def stochastic_depth(*roots: nn.Module) -> tuple[list[nn.Module], list[str]]:
+    """The stochastic-depth modules with a rate > 0 that MC sampling switches on, and a description
+    of those it cannot sample (torchvision ``StochasticDepth(mode="batch")``).
+
+    Example:
+        >>> import torchvision.ops
+        >>> on, off = stochastic_depth(nn.Sequential(torchvision.ops.StochasticDepth(0.1, "row")))
+        >>> len(on), off
+        (1, [])
+    """
+    on, off, seen = [], [], set()
+    for root in roots:
+        for name, m in root.named_modules():
+            rate = _depth_rate(m)
+            if rate is None or rate[0] <= 0 or id(m) in seen:
+                continue
+            seen.add(id(m))
+            if rate[1]:
+                on.append(m)
+            else:
+                off.append(f"{name or type(m).__name__} ({type(m).__name__}, p={rate[0]}, one draw per batch)")
+    return on, off
 
 
 # ---------------------------------------------------------------------------- modules and modes
@@ -338,12 +443,15 @@ def _warn_opaque(modules: Sequence[nn.Module]) -> None:
 
 
 @contextmanager
-def _switched(roots: Sequence[nn.Module]) -> Iterator[list[nn.Module]]:
-    """Dropout modules in train mode, every other module in eval mode, MC sampling marked; restored."""
+def _switched(roots: Sequence[nn.Module], extra: Sequence[nn.Module] = ()) -> Iterator[list[nn.Module]]:
+    """Dropout modules (and ``extra``: stochastic depth, attention modules whose training flag only
+    sets their dropout) in train mode, every other module in eval mode, MC sampling marked;
+    restored. Yields the dropout modules."""
     drops = stochastic_modules(*roots)
+    on = {id(m) for m in extra}
     with restore_modes(*roots) as saved:
         for m, _ in saved:
-            m.training = isinstance(m, _DropoutNd)
+            m.training = isinstance(m, _DropoutNd) or id(m) in on
         with mc_sampling():
             yield drops
 

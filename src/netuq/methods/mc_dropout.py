@@ -19,7 +19,16 @@ How netuq samples:
   and a ValueError when a model has no dropout module and no dropout call was seen in its first
   forward (every sample would be identical). ``torch.compile``-d models are sampled through their
   Python modules, as the uncompiled model (bit-identically with a seed). Networks without
-  dropout: :func:`netuq.nn.add_dropout`.
+  dropout: :func:`netuq.nn.add_dropout`. A dropout with p = 0 drops nothing and is not stochastic.
+* **What else the model configured** (found at the first call, :mod:`._structure`): attention
+  dropout that a module reads from its own training flag (``F.scaled_dot_product_attention(...,
+  dropout_p=p if self.training else 0)`` in timm, Hugging Face eager or SDPA attention) is sampled
+  where rerunning the module in train mode with dropout forced off gives the same output (its
+  flag does nothing else); stochastic depth (timm / Hugging Face ``DropPath``, torchvision
+  ``StochasticDepth(mode="row")``) is switched on. What cannot be sampled is named in a warning,
+  and a batch whose samples all come out identical warns (the first call of each input shape).
+* **Outputs**: the logits are read from what the model returns by :mod:`netuq._outputs` (a
+  tensor, ``.logits``, a mapping's ``"logits"`` / ``"out"``; ``output=`` overrides).
 * **Batched**: the S samples are drawn by repeating the batch along dim 0 (sample-major rows:
   rows ``s·N … s·N + N − 1`` are sample ``s``) and running several samples per forward call, at
   most ``max_batch`` rows at a time. Dropout draws independent masks per row, so this is exact.
@@ -34,7 +43,16 @@ How netuq samples:
   model, declare ``trunk=`` and ``head=`` (modules, callables, or names of the model's attributes,
   e.g. ``trunk="features", head="head"`` for :class:`netuq.models.SmallCNN`); the output is then
   ``head(trunk(x))`` and it is your promise that this equals ``model(x)``. netuq does not guess
-  from attribute names, since ``forward`` may do more than chain them.
+  from attribute names, since ``forward`` may do more than chain them. Any other model is traced
+  once at its first call (:func:`._structure.trace`): when the first stochastic call happens
+  inside a module (or timm's ``forward_head``) that runs once on one tensor and whose output *is*
+  the model's output (not changed afterwards, no hooks around it), everything before it is the
+  trunk (the forward, stopped when that module is called) and that module the head — a ResNet's
+  ``fc`` after ``add_dropout``, torchvision's ``classifier``, a U-Net's segmentation head.
+  Otherwise (or when a later forward does not reach it) the whole model is sampled. Samples are
+  those of the whole model: bit-identical with a seed when one sample runs per forward; with
+  samples stacked, the whole model's trunk would run on k·N rows, which batched kernels may
+  round differently (~1e-7).
 * **Seeds**: with ``seed=None`` masks come from the global RNG of the input's device, drawn by
   the dropout modules for all rows of a forward at once. With an integer ``seed`` the global RNG
   is forked (left untouched) and the mask of sample ``s`` in the ``j``-th dropout call of a
@@ -62,6 +80,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -76,6 +95,7 @@ from .._batching import balanced_chunk as _balanced
 from .._batching import default_chunk as _default_chunk
 from .._checks import check_int as _check_int
 from .._layout import as_layout, check_channels_last
+from .._outputs import OutputRule, check_output_rule, logits_of, stacked_shape
 from .._random import derive_seed as _derive
 from .._random import forked_rng as _forked_rng
 from .._random import seed_device as _seed_device
@@ -95,8 +115,10 @@ from ._dropout_calls import (
     per_sample,
     refuse_checkpointed_dropout,
     sample_dim,
+    stochastic_depth,
     stochastic_modules,
 )
+from ._structure import Findings, Tail, TailNotReached, trace
 
 __all__ = ["MCDropout", "dropout_active", "stochastic_modules"]
 
@@ -167,8 +189,13 @@ def _is_plain_sequential(m: object) -> bool:
     return isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward
 
 
+def _live(m: nn.Module) -> bool:
+    """A dropout module that can drop something (p > 0; a ``Dropout(p=0.0)`` is deterministic)."""
+    return isinstance(m, _DropoutNd) and float(m.p) > 0
+
+
 def _has_dropout(m: nn.Module) -> bool:
-    return any(isinstance(sub, _DropoutNd) for sub in m.modules())
+    return any(_live(sub) for sub in m.modules())
 
 
 def _split_sequential(seq: nn.Sequential) -> tuple[list[nn.Module], list[nn.Module]]:
@@ -231,9 +258,11 @@ class MCDropout:
             caching; the global RNG is left untouched. None: the global RNG.
         trunk: deterministic first part (module, callable, or attribute name of ``model``) run
             once per batch; requires ``head``; must not use dropout (modules are checked at
-            construction, dropout calls — also functional ones — during every call). Auto-detected
-            for ``nn.Sequential`` models; an auto-detected trunk that turns out to call dropout is
-            given up (the whole model is sampled, correct but slower).
+            construction, dropout calls — also functional ones — during every call; dropout with
+            p = 0 is allowed). Auto-detected for ``nn.Sequential`` models and, at the first call,
+            from the model's traced forward (see the module docstring; :attr:`tail`); an
+            auto-detected trunk that turns out to call dropout is given up (the whole model is
+            sampled, correct but slower).
         head: the rest, run on the repeated rows; ``head(trunk(x))`` must equal ``model(x)``.
         no_grad: run under ``torch.no_grad()`` (default). False keeps the graph (e.g. for input
             gradients); dropout (or a module sampling switches to eval mode) inside activation
@@ -245,6 +274,10 @@ class MCDropout:
             differ from the default's by float rounding (up to ~1e-4 on a plain CNN), and
             unseeded element-wise dropout on a 4-d activation draws its masks in memory order
             (other samples, same distribution). False or None (default): inputs as given.
+
+        output: where the logits are in the model's output (a key or attribute name, a tuple
+            index, a callable); None: a tensor, ``.logits``, or a mapping's ``"logits"`` /
+            ``"out"`` (:mod:`netuq._outputs`).
 
     Raises:
         ValueError: no dropout module and (at the first call) no functional dropout call; bad
@@ -277,6 +310,7 @@ class MCDropout:
         head: nn.Module | Callable | str | None = None,
         no_grad: bool = True,
         channels_last: bool | None = False,
+        output: OutputRule = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
@@ -295,6 +329,7 @@ class MCDropout:
         self.max_batch = None if max_batch is None else int(max_batch)
         self.seed = None if seed is None else int(seed)
         self.no_grad = bool(no_grad)
+        self.output = check_output_rule(output)
 
         roots: list[nn.Module] = [model]
         self._trunk: Callable | None = None
@@ -306,7 +341,7 @@ class MCDropout:
             if isinstance(t, nn.Module) and _has_dropout(t):
                 raise ValueError(
                     f"`trunk` must not contain dropout modules (they would be sampled once for all samples), "
-                    f"got {', '.join(type(m).__name__ for m in stochastic_modules(t))}"
+                    f"got {', '.join(f'{type(m).__name__}(p={m.p})' for m in stochastic_modules(t) if _live(m))}"
                 )
             if isinstance(h, nn.Module) and _builtin_without_dropout([h]):
                 raise ValueError(_no_dropout_message([h], "head"))
@@ -321,15 +356,42 @@ class MCDropout:
         if _builtin_without_dropout(roots):
             raise ValueError(_no_dropout_message(roots))
         _warn_opaque(roots)
-        self._has_modules = bool(stochastic_modules(*roots))
+        self._depth, self._not_sampled = stochastic_depth(*roots)  # stochastic depth switched on / not sampled
+        self._attention: list[nn.Module] = []  # attention modules whose flag only sets their dropout
+        self._findings: Findings | None = None  # what the first call's traced forward found
+        self._auto_tail = False  # the trunk/head split is the one the traced forward found
+        self._checked: set = set()  # input keys whose samples were checked to differ
+        self._has_modules = bool(stochastic_modules(*roots) or self._depth)
         self._confirmed = self._has_modules  # dropout seen (modules, or a functional call at the first call)
+        if self._not_sampled:
+            warnings.warn(
+                f"MCDropout cannot sample {'; '.join(self._not_sampled)}: it stays off (eval mode)",
+                UserWarning,
+                stacklevel=2,
+            )
+
 
     @property
     def caches_trunk(self) -> bool:
-        """Whether a deterministic trunk runs once per batch (declared or found in a Sequential).
+        """Whether a deterministic trunk runs once per batch: declared, found in a Sequential, or
+        (from the first call on) found from the model's traced forward (:mod:`._structure`).
 
         False once an auto-detected trunk was seen calling (functional) dropout."""
         return self._trunk is not None
+
+    @property
+    def tail(self) -> str | None:
+        """The head found from the model's execution at the first call (a module name, or
+        ``"forward_head"``), None when none was found, not yet looked for, or given up."""
+        t = self._findings.tail if self._findings is not None else None
+        return t.name if t is not None and self._trunk is not None and self._auto_tail else None
+
+    def __setstate__(self, state: dict) -> None:
+        defaults = {"output": None, "_depth": [], "_not_sampled": [], "_attention": [], "_findings": None,
+                    "_checked": set(), "_auto_tail": False}
+        for k, v in defaults.items():
+            state.setdefault(k, v)
+        self.__dict__.update(state)
 
     def __repr__(self) -> str:
         return (
@@ -360,7 +422,10 @@ class MCDropout:
                 stack.enter_context(torch.no_grad())
             # modules whose mode sampling switches (a checkpointed forward recomputed later would not be)
             switched = [m for r in self._roots for m in r.modules() if m.training != isinstance(m, _DropoutNd)]
-            drops = stack.enter_context(_switched(self._roots))
+            drops = stack.enter_context(_switched(self._roots, [*self._depth, *self._attention]))
+            if self._findings is None and self._trunk is None and not self._declared:
+                self._inspect(x if self.max_batch is None else x[: self.max_batch])
+            drops = [m for m in drops if _live(m)] + list(self._depth)
             state = None
             if self.seed is not None:
                 stack.enter_context(_forked_rng(x.device))
@@ -383,6 +448,40 @@ class MCDropout:
                 return Prediction.cat(preds)
             return self._sample(x, state, mode)
 
+    def _inspect(self, x: torch.Tensor) -> None:
+        """The first call of a model without a declared or Sequential trunk: one traced forward
+        (:func:`._structure.trace`) finds the stochastic tail and attention modules whose training
+        flag only switches their dropout (switched on from now on, this call included). Where it
+        finds no tail, it is the dry run of the whole model for this input shape."""
+        live = [m for m in stochastic_modules(*self._roots) if _live(m)] + list(self._depth)
+        # once per model, output rule and set of stochastic modules (a later add_dropout traces again)
+        rule = self.output if self.output is None or isinstance(self.output, (str, int)) else id(self.output)
+        key = (rule, tuple(id(m) for m in live))
+        known = _FOUND.setdefault(self.model, {})
+        if key not in known:
+            known[key] = trace(self.model, x.detach().clone(), live=live, output=self.output)
+        self._findings = found = known[key]
+        if found.tail is None and not found.attention:
+            key = (False, str(x.device), tuple(x.shape), x.dtype)
+            plan = (max(found.largest, x.numel()), found.outside_calls, found.coupled)
+            _PLANS.setdefault(self.model, {})[key] = plan
+        for m in found.attention:
+            m.training = True  # restored with every other flag when the call ends
+        self._attention = list(found.attention)
+        self._auto_tail = found.tail is not None
+        if found.tail is not None:
+            tail = Tail(self.model, found.tail.target, found.tail.name)
+            self._trunk, self._head = tail.trunk, tail.head
+        if found.attention:
+            self._confirmed = True
+        if found.not_sampled:
+            self._not_sampled += found.not_sampled
+            warnings.warn(
+                f"MCDropout cannot sample {'; '.join(found.not_sampled)}: it stays off (eval mode)",
+                UserWarning,
+                stacklevel=3,
+            )
+
     def _run_trunk(self, x: torch.Tensor, state: SeedState | None, mode: FunctionalDropout) -> torch.Tensor | None:
         """The trunk output, or None when the trunk called dropout (auto-detected trunk given up)."""
         calls, seeded = mode.calls, (state.calls if state is not None else 0)
@@ -390,9 +489,11 @@ class MCDropout:
         try:
             with mode:
                 feats = self._trunk_forward(x)
+        except TailNotReached:  # a data-dependent forward skipped the head found at the first call
+            feats, calls = None, -1
         finally:
             mode.probe = False
-        if mode.calls == calls and (state is None or state.calls == seeded):
+        if feats is not None and mode.calls == calls and (state is None or state.calls == seeded):
             return feats
         if self._declared:
             raise ValueError(
@@ -401,6 +502,7 @@ class MCDropout:
                 "Move the dropout into `head`, or drop trunk=/head= to sample the whole model"
             )
         self._trunk, self._head = None, self.model  # the Sequential's child calls dropout itself
+        self._auto_tail = False
         return None
 
     def _trunk_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -448,6 +550,8 @@ class MCDropout:
         """The S samples, ``per_forward`` of them stacked per head forward, into a Prediction."""
         pred = Prediction(keep_samples=self.keep_samples)
         reps = (1,) * (feats.ndim - 1)
+        check_key = (tuple(feats.shape[1:]), feats.dtype, str(feats.device))
+        check: Any = False if check_key not in self._checked else None  # first call of a shape: samples differ?
         # the whole model sampled on a 4-d input: channels-last rows if opted in
         repeat_cl = self.channels_last and self._trunk is None and feats.ndim == 4 and feats.is_floating_point()
         for start in range(0, self.samples, per_forward):
@@ -466,17 +570,50 @@ class MCDropout:
                         out = self._head(feats.repeat(k, *reps) if k > 1 else feats.clone())
             finally:
                 mode.rows = None
-            if isinstance(out, torch.Tensor) and out.ndim == 4 and not out.is_contiguous():
+            out = logits_of(out, self.output, name="model")
+            if out.ndim == 4 and not out.is_contiguous():
                 out = out.contiguous()  # channels-last logits: the sums stay (N, C, H, W)
             if not self._confirmed:
                 if mode.calls == calls:
                     raise ValueError(_no_dropout_message(self._roots) + " (no functional dropout call was seen)")
                 self._confirmed = True
-            if not isinstance(out, torch.Tensor) or out.ndim < 2 or out.shape[0] != k * n:
-                shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                raise ValueError(f"`model` must return logits of shape (N, C, ...) with N = {k * n} rows, got {shape}")
-            pred.add_logits(out.reshape(k, n, *out.shape[1:]), stacked=True)
+            if out.ndim < 2 or out.shape[0] != k * n:
+                raise ValueError(f"`model` must return logits of shape (N, C, ...) {stacked_shape(out, n, k)}")
+            out = out.reshape(k, n, *out.shape[1:])
+            if check is not None:
+                check = self._differs(check, out)
+            pred.add_logits(out, stacked=True)
+        if check is not None:
+            self._checked.add(check_key)
+            if self.samples > 1 and check is not True:
+                self._warn_identical()
         return pred
+    def _differs(self, check: Any, out: torch.Tensor) -> Any:
+        """``True`` once two samples differed; else the first sample's logits (N, C, ...)."""
+        if check is True:
+            return True
+        first = out[0] if check is False else check
+        for s in range(out.shape[0]):
+            if not torch.equal(out[s], first):
+                return True
+        return first
+
+    def _warn_identical(self) -> None:
+        drops = stochastic_modules(*self._roots)
+        zero = [m for m in drops if not _live(m)]
+        what = (
+            f"its {len(drops)} dropout module(s) all have p = 0" if drops and len(zero) == len(drops)
+            else "no dropout call changed its output"
+        )
+        extra = f"; not sampled: {'; '.join(self._not_sampled)}" if self._not_sampled else ""
+        warnings.warn(
+            f"MCDropout: all {self.samples} samples of this batch are identical ({type(self.model).__name__}: "
+            f"{what}{extra}): the epistemic part is 0. Configure a dropout rate (e.g. a Hugging Face config's "
+            "hidden_dropout_prob / attention_probs_dropout_prob, timm drop_rate / attn_drop_rate / drop_path_rate) "
+            "or insert dropout with netuq.nn.add_dropout",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def _dry_run(
         self, feats: torch.Tensor, state: SeedState | None, mode: FunctionalDropout
@@ -523,3 +660,5 @@ def _repeated_channels_last(x: torch.Tensor, k: int) -> torch.Tensor:
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # per model (weakly held): the keys above that need one sample per forward (Regroup)
 _ONE_PER_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# per model (weakly held) and (output rule, stochastic modules): what its traced forward found
+_FOUND: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

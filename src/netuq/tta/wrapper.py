@@ -59,6 +59,7 @@ import torch
 from .._batching import LargestTensor, activation_chunk, balanced_chunk, batch_statistics
 from .._checks import check_int, float_dtype
 from .._layout import as_layout, check_channels_last
+from .._outputs import OutputRule, check_output_rule, logits_of, stacked_shape
 from ..prediction import Prediction, _check_log_values
 from ..traits import Traits
 from ._batching import views_per_forward
@@ -76,7 +77,8 @@ class TTA:
 
     Args:
         model: callable (usually an ``nn.Module`` in eval mode), (N, C_in, H, W) -> logits
-            (N, C) for classification or (N, C, H, W) for segmentation.
+            (N, C) for classification or (N, C, H, W) for segmentation (or an output holding
+            them, see ``output``).
         transforms: a :class:`netuq.tta.Compose` (e.g. ``netuq.tta.d4()``), a transform, a list
             of transforms, or a ``ttach.Compose``.
         merge: "mean", "gmean", "max" or "tsharpen" (see the module docstring).
@@ -97,6 +99,10 @@ class TTA:
             channels-last, with no check (1.25-1.6x faster convolutions here; probabilities
             differ from the default's by float rounding, up to ~1e-4 on a plain CNN). False or
             None (default): the views in the input's layout, as the user's own loop would.
+        output: where the logits are in the model's output (a key or attribute name, a tuple
+            index, a callable); None: a tensor, ``.logits``, or a mapping's ``"logits"`` /
+            ``"out"`` (:mod:`netuq._outputs`).
+
     Example:
         >>> import netuq
         >>> net = torch.nn.Conv2d(3, 4, 1).eval()   # per-pixel: equivariant to flips/rotations
@@ -120,6 +126,7 @@ class TTA:
         max_batch: int | None = None,
         no_grad: bool = True,
         channels_last: bool | None = False,
+        output: OutputRule = None,
     ) -> None:
         if not callable(model):
             raise TypeError(f"`model` must be callable (an nn.Module), got {type(model).__name__}")
@@ -137,6 +144,7 @@ class TTA:
         self.keep_samples = bool(keep_samples)
         self.max_batch = None if max_batch is None else int(max_batch)
         self.no_grad = bool(no_grad)
+        self.output = check_output_rule(output)
         self._exact_outputs = False  # set once the model's outputs need the exact pass (half logits)
         self._workspaces = threading.local()  # per thread: one call's buffers, kept for the next
         self._plans: dict[tuple, _Plan] = {}  # (input shape, view size, dtype, device) -> the probe's findings
@@ -275,9 +283,14 @@ class TTA:
         return state
 
     def __setstate__(self, state: dict) -> None:
+        state.setdefault("output", None)  # pickled before outputs were unwrapped by a rule
         self.__dict__.update(state)
         self._plans = {}
         self._workspaces = threading.local()
+
+    def _logits(self, inp: torch.Tensor) -> torch.Tensor:
+        """The logits in the model's output on ``inp`` (:func:`netuq._outputs.logits_of`)."""
+        return logits_of(self.model(inp), self.output, name="model")
 
     def _forward(self, inp: torch.Tensor, rows: int | None, plan: tuple, probe: bool = False) -> Any:
         """The model on ``inp`` (channels-last if opted in), at most ``rows`` rows per call (outputs
@@ -293,16 +306,16 @@ class TTA:
         total = inp.shape[0]
         if probe:
             with LargestTensor(rows=total) as seen:
-                out = self.model(inp)
+                out = self._logits(inp)
             rows = activation_chunk(-(-max(seen.largest, inp.numel()) // total), inp.device)
             self._plans[plan] = _Plan(rows, seen.coupled)
             return out
         if rows is None or rows >= total:
-            return self.model(inp)
+            return self._logits(inp)
         step = balanced_chunk(rows, total)
         out = None
         for s in range(0, total, step):
-            part = self.model(inp[s : s + step])
+            part = self._logits(inp[s : s + step])
             if not isinstance(part, torch.Tensor) or part.ndim < 2 or part.shape[0] != min(step, total - s):
                 return part  # not logits of these rows: _run's check words the error
             if out is None:  # in the layout of the part (channels-last stays so)
@@ -329,8 +342,7 @@ class TTA:
         :func:`_fast_pass_takes`), so that the caller runs the exact one."""
         k = len(chunk)
         if not isinstance(out, torch.Tensor) or out.ndim < 2 or out.shape[0] != k * n:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"`model` must return logits of shape (N, C, ...) with N = {k * n} rows, got {shape}")
+            raise ValueError(f"`model` must return logits of shape (N, C, ...) {stacked_shape(out, n, k, 'views')}")
         if self.task == "segmentation" and out.ndim != 4:
             raise ValueError(
                 f"`model` must return (N, C, H, W) logits for task='segmentation', got shape {tuple(out.shape)}"

@@ -26,6 +26,7 @@ from torch.utils.data import (
 )
 
 from ..._modes import eval_mode
+from ..._outputs import OutputRule, logits_of
 from ..._random import generator
 from ...training import as_dataset
 
@@ -158,19 +159,17 @@ def _check_loader(loader: DataLoader, batch_size: int | None) -> None:
         )
 
 
-def check_logits_output(out: Any) -> torch.Tensor:
-    """The member output after checking it is a logits tensor of shape (N, C, ...)."""
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(
-            f"ensemble members must return a logits tensor of shape (N, C, ...), got {type(out).__name__}; "
-            "wrap models with several outputs in a module that returns the logits"
-        )
+def check_logits_output(out: Any, output: OutputRule = None, name: str = "ensemble member") -> torch.Tensor:
+    """The logits in a member's output (:func:`netuq._outputs.logits_of`), checked to be (N, C, ...)."""
+    out = logits_of(out, output, name=name)
     if out.ndim < 2:
         raise ValueError(f"ensemble members must return logits of shape (N, C, ...), got shape {tuple(out.shape)}")
     return out
 
 
-def predict_probs(model: nn.Module, batches: Sequence | DataLoader, device: torch.device | None) -> torch.Tensor:
+def predict_probs(
+    model: nn.Module, batches: Sequence | DataLoader, device: torch.device | None, output: OutputRule = None
+) -> torch.Tensor:
     """(n, C, ...) softmax probabilities of ``model`` over ``batches`` (eval mode, no grad), on the CPU."""
     outs = []
     with eval_mode(model), torch.no_grad():
@@ -178,6 +177,6 @@ def predict_probs(model: nn.Module, batches: Sequence | DataLoader, device: torc
             x = batch[0]
             if device is not None:
                 x = x.to(device)
-            out = check_logits_output(model(x))
+            out = check_logits_output(model(x), output)
             outs.append(torch.softmax(out.float(), dim=1).cpu())
     return torch.cat(outs)

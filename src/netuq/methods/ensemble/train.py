@@ -122,8 +122,10 @@ def train_ensemble(
             to a one-process run with the same seed, and a ``checkpoint_dir`` (on a file system
             all ranks share) holds the same files.
         **fit_kwargs: passed to :func:`netuq.training.fit` (``loss``, ``val_loss``, ``lr``,
-            ``batch_size``, ``optimizer``, ``device``, ``patience``, ``callbacks``, ...). The
-            same callback objects are used for every member.
+            ``batch_size``, ``optimizer``, ``device``, ``patience``, ``callbacks``, ``output``
+            (where the logits are in a member's output; also used by the returned
+            :class:`Ensemble` and the out-of-fold predictions), ...). The same callback objects
+            are used for every member.
 
     Returns:
         The trained :class:`Ensemble`, its members in eval mode (calling one directly does not
@@ -248,7 +250,7 @@ class _Job:
                     model.to(self.device)
             models.append(model.eval())
             metas.append(payload["meta"])
-        ens = Ensemble(models, keep_samples=keep_samples, vectorize=vectorize)
+        ens = Ensemble(models, keep_samples=keep_samples, vectorize=vectorize, output=self.fit_kwargs.get("output"))
         ens._set_fitted(metas)
         if not self.oof:
             ens.oof_probs_, ens.oof_member_ = None, None
@@ -306,7 +308,7 @@ class _Job:
         }
         if self.oof:
             batches = data.loader_for(data.subset(val_idx), shuffle=False, seed=0)
-            meta["oof_probs"] = predict_probs(model, batches, self.device)
+            meta["oof_probs"] = predict_probs(model, batches, self.device, self.fit_kwargs.get("output"))
         if path is None and not self.team.distributed:
             return model, {"meta": meta}  # nothing to write or send: no copy of the weights
         payload = member_payload(model, meta)

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..._layout import as_layout, check_channels_last
 from ..._modes import eval_mode
+from ..._outputs import OutputRule, check_output_rule, logits_of
 from ...prediction import Prediction
 from ...training import History
 from ...traits import Traits
@@ -79,7 +80,8 @@ class Ensemble:
     Estimation using Deep Ensembles", NeurIPS 2017.
 
     Args:
-        models: the members; each maps (N, ...) inputs to (N, C) or (N, C, H, W) logits.
+        models: the members; each maps (N, ...) inputs to (N, C) or (N, C, H, W) logits (or an
+            output holding them, see ``output``).
         keep_samples: keep every member's probabilities in the prediction (``pred.samples``,
             shape (S, N, C, ...)).
         vectorize: ``"auto"`` (vmap where it is faster and possible, else the loop), ``True``
@@ -89,6 +91,10 @@ class Ensemble:
             members of the loop channels-last, with no check (1.3-1.6x faster convolutions
             here; probabilities differ from the default's by float rounding, up to ~1e-4 on a
             plain CNN). False or None (default): inputs as given.
+        output: where the logits are in a member's output (a key or attribute name, a tuple
+            index, a callable); None: a tensor, ``.logits``, or a mapping's ``"logits"`` /
+            ``"out"`` (:mod:`netuq._outputs`).
+
     Attributes:
         members: the list of member models (``len(ensemble)`` of them).
         splits_: set by :func:`train_ensemble` / :meth:`load`: per member, ``(train_indices,
@@ -122,6 +128,7 @@ class Ensemble:
         keep_samples: bool = False,
         vectorize: bool | str = "auto",
         channels_last: bool | None = False,
+        output: OutputRule = None,
     ) -> None:
         if isinstance(models, nn.Module) and not isinstance(models, nn.ModuleList):
             raise TypeError("`models` must be an iterable of nn.Module members, got a single nn.Module")
@@ -136,6 +143,7 @@ class Ensemble:
         self.members: list[nn.Module] = models
         self.keep_samples = bool(keep_samples)
         self.vectorize = vectorize
+        self.output = check_output_rule(output)
         self._cache_key: tuple | None = None
         self._stacked: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
         self._vmap_failed = False
@@ -153,6 +161,10 @@ class Ensemble:
         self.oof_member_: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ introspection
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("output", None)  # pickled before outputs were unwrapped by a rule
+        self.__dict__.update(state)
+
     def __len__(self) -> int:
         return len(self.members)
 
@@ -214,14 +226,13 @@ class Ensemble:
             if self.vectorized:
                 logits = self._vmap_logits(x)
                 if logits is not None:
-                    pred.add_logits(check_logits_output(logits), stacked=True)
+                    pred.add_logits(check_logits_output(logits, name="ensemble members (vmapped)"), stacked=True)
                     return pred
                 vmap_failed = True
             target = None  # members may sit on different devices: gather on the first one's
             inp = as_layout(x, self.channels_last)  # converted once for every member
-            for m in self.members:
-                out = m(inp)
-                out = check_logits_output(out)
+            for k, m in enumerate(self.members):
+                out = check_logits_output(m(inp), self.output, f"ensemble member {k}")
                 if out.ndim == 4 and not out.is_contiguous():
                     out = out.contiguous()  # channels-last segmentation logits: the sums stay (N, C, H, W)
                 target = out.device if target is None else target
@@ -256,7 +267,7 @@ class Ensemble:
         base = self.members[0]
 
         def one(p: dict, b: dict, inp: Any) -> Any:
-            return functional_call(base, (p, b), (inp,))
+            return logits_of(functional_call(base, (p, b), (inp,)), self.output, name="ensemble member")
 
         try:
             return vmap(one, in_dims=(0, 0, None))(params, buffers, x)
