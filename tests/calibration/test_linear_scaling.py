@@ -220,3 +220,19 @@ def test_cross_validate_passes_the_memory_refusal_through_unwrapped(monkeypatch)
     z, y = logits(100, 5, 13)
     with pytest.raises(NotEnoughMemoryError, match="^VectorScaling on 50 x 5 logits"):
         cross_validate(VectorScaling, z, y, repeats=1)
+
+
+def test_temperature_newton_from_a_nearby_start_stops_at_a_tiny_step():
+    # Regression: from the whole set's beta, a fold's solve reached the optimum in 3 steps, then the
+    # next (tiny) Newton step landed on the bracket's end and the solve bisected for 35 more passes.
+    from netuq.calibration._solvers import solve_temperature
+
+    z, y = logits(3000, 50, 14, scale=2.0, margin=1.0)
+    z = z.double()
+    whole = solve_temperature(z, y, beta_min=0.01, beta_max=100.0)
+    for k in range(3):
+        part = torch.arange(3000) % 3 != k
+        near = solve_temperature(z[part], y[part], beta_min=0.01, beta_max=100.0, beta_start=whole.beta)
+        plain = solve_temperature(z[part], y[part], beta_min=0.01, beta_max=100.0)
+        assert near.status == "converged" and near.passes <= 6, near
+        assert near.beta == pytest.approx(plain.beta, rel=1e-9)

@@ -108,6 +108,7 @@ def solve_temperature(
     inplace: bool = False,
     smoothing: float = 0.0,
     separable_smoothing: float | None = None,
+    beta_start: float | None = None,
 ) -> TemperatureSolution:
     """Minimise NLL(β) on [beta_min, beta_max] exactly by safeguarded Newton (see module docstring).
 
@@ -124,6 +125,8 @@ def solve_temperature(
         separable_smoothing: if given and the solve ends at the upper bound on β (separable
             data: no finite optimum), solve again with this ``smoothing``; the status is then
             "smoothed" (or still "upper"); ``nll`` and ``nll_at_one`` stay the plain NLL.
+        beta_start: start the iteration here instead of at β = 1 (a nearby solution, e.g. the
+            whole set's β for one of its folds); ``nll_at_one`` is then NaN (not evaluated).
     """
     if rtol is None:
         rtol = 1e-10 if z.dtype == torch.float64 else 1e-6
@@ -139,7 +142,9 @@ def solve_temperature(
     scale = math.ldexp(1.0, math.frexp(spread)[1] - 1)
     if scale != 1.0:
         zc = zc.mul_(1.0 / scale)  # zc is a private tensor here (z − max, or z itself when inplace)
-    sol = _newton(TemperatureObjective(zc, y, smoothing), beta_min * scale, beta_max * scale, scale, rtol, max_iter)
+    first = None if beta_start is None else beta_start * scale
+    sol = _newton(TemperatureObjective(zc, y, smoothing), beta_min * scale, beta_max * scale, scale, rtol, max_iter,
+                  first)
     if sol.status == "upper" and separable_smoothing:
         again = _newton(
             TemperatureObjective(zc, y, separable_smoothing), beta_min * scale, beta_max * scale, scale, rtol, max_iter
@@ -155,11 +160,15 @@ def solve_temperature(
     return sol
 
 
-def _newton(evaluate, beta_min, beta_max, beta_one, rtol, max_iter) -> TemperatureSolution:
-    """The safeguarded Newton iteration on [beta_min, beta_max]; ``beta_one`` is β = 1 in these units."""
-    beta = min(max(beta_one, beta_min), beta_max)
+def _newton(evaluate, beta_min, beta_max, beta_one, rtol, max_iter, start=None) -> TemperatureSolution:
+    """The safeguarded Newton iteration on [beta_min, beta_max] from ``start`` (default ``beta_one``, β = 1 in
+    these units)."""
+    beta = min(max(beta_one if start is None else start, beta_min), beta_max)
     f, g, h = evaluate(beta)
-    nll_at_one = f if beta == beta_one else evaluate(beta_one)[0]
+    if start is not None:
+        nll_at_one = math.nan
+    else:
+        nll_at_one = f if beta == beta_one else evaluate(beta_one)[0]
     best_beta, best_f = beta, f
     lo, hi = beta_min, beta_max  # bracket of the minimiser
     lo_known = hi_known = False  # whether the slope has been evaluated at lo / hi
@@ -181,6 +190,11 @@ def _newton(evaluate, beta_min, beta_max, beta_one, rtol, max_iter) -> Temperatu
             status = "converged"
             break
         step = -g / h if h > 0.0 else math.copysign(math.inf, -g)
+        if h > 0.0 and abs(step) <= rtol * beta:
+            # The Newton step is below the tolerance: converged (β + step may round onto the bracket's
+            # end, which the bracket test below would otherwise turn into a jump or a bisection).
+            status = "converged"
+            break
         cand = beta + step
         if saturated or (not hi_known and g_prev < 0.0 and g / g_prev > 0.25):
             # Saturated: every softmax is one-hot to float precision, the NLL is flat at its
@@ -318,6 +332,7 @@ class SoftmaxLinearObjective:
 class LbfgsResult:
     x: torch.Tensor  # the minimiser found
     f: float  # objective there
+    g: torch.Tensor  # its gradient there
     grad_max: float  # largest gradient entry there
     iterations: int
     evals: int  # objective + gradient evaluations
@@ -325,7 +340,7 @@ class LbfgsResult:
 
 
 def lbfgs_minimize(fg, x0: torch.Tensor, *, precond: torch.Tensor | None = None, max_iter: int = 500,
-                   tol: float = 1e-7, history: int = 10, f0=None) -> LbfgsResult:
+                   tol: float = 1e-7, history: int = 10, f0=None, decrease_tol: float = 0.0) -> LbfgsResult:
     """Minimise a smooth convex f by preconditioned L-BFGS with a backtracking (Armijo) line search.
 
     ``fg(x)`` returns ``(f, gradient)``. The initial inverse Hessian of the two-loop recursion is
@@ -336,9 +351,12 @@ def lbfgs_minimize(fg, x0: torch.Tensor, *, precond: torch.Tensor | None = None,
     condition holds; on a convex f every pair has sᵀy >= 0, and pairs with sᵀy <= 0 are skipped.
     Memory: ``history`` pairs of vectors (2·history·len(x)) plus a few more vectors.
 
-    Stops when max|∇f| <= ``tol`` (converged), when f stops decreasing by more than float
+    Stops when max|∇f| <= ``tol`` (converged), when the decrease the next step predicts,
+    −½ ∇fᵀd, is at most ``decrease_tol`` (converged; 0 disables it: f is then within about that
+    of its minimum, all a held-out score needs), when f stops decreasing by more than float
     rounding (relative change <= 1e3·eps, converged), when the line search fails (converged if
-    max|∇f| <= 100·tol) or after ``max_iter`` iterations.
+    max|∇f| <= 100·tol) or after ``max_iter`` iterations. ``f0``: (f, ∇f) at ``x0`` if known
+    (saves an evaluation).
 
     Example:
         >>> A = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
@@ -359,7 +377,7 @@ def lbfgs_minimize(fg, x0: torch.Tensor, *, precond: torch.Tensor | None = None,
     it, converged = 0, False
     gmax = float(g.abs().max()) if g.numel() else 0.0
     if not math.isfinite(f):
-        return LbfgsResult(x, f, gmax, 0, evals, False)
+        return LbfgsResult(x, f, g, gmax, 0, evals, False)
     while True:
         if gmax <= tol:
             converged = True
@@ -391,6 +409,9 @@ def lbfgs_minimize(fg, x0: torch.Tensor, *, precond: torch.Tensor | None = None,
             if not slope < 0.0:
                 converged = gmax <= 100 * tol
                 break
+        if -0.5 * slope <= decrease_tol:
+            converged = True
+            break
         t, ok = 1.0, False
         for _ in range(40):
             x_new = torch.add(x, d, alpha=t)
@@ -423,4 +444,4 @@ def lbfgs_minimize(fg, x0: torch.Tensor, *, precond: torch.Tensor | None = None,
         if f_old - f <= ftol * max(abs(f_old), abs(f), 1.0):
             converged = True
             break
-    return LbfgsResult(x, f, gmax, it, evals, converged)
+    return LbfgsResult(x, f, g, gmax, it, evals, converged)

@@ -53,6 +53,9 @@ L2_GRID: tuple[float, ...] = tuple(10.0**k for k in range(-4, 3))
 _INNER_MAX_ITER = 100
 #: Relative excess of held-out NLL over the best so far that ends the penalty path at once.
 _CLEARLY_WORSE = 0.01
+#: Stop of those fits on the decrease the next step predicts (NLL units): the held-out scores of
+#: neighbouring grid points differ by far more.
+_INNER_DECREASE = 1e-8
 #: L-BFGS history (pairs of parameter-sized vectors kept).
 _HISTORY = 10
 #: Gradient tolerance of those fits: a held-out score needs the optimum to ~1e-6 in NLL, not 1e-12.
@@ -72,9 +75,13 @@ class _Start:
     give a well-conditioned problem); β, the weights and the solve are in those units.
     """
 
-    def __init__(self, z: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> None:
+    def __init__(self, z: torch.Tensor, y: torch.Tensor, scale: float = 1.0, near: float | None = None,
+                 inplace: bool = False) -> None:
         self.scale = scale
-        sol = solve_temperature(z, y, beta_min=0.01, beta_max=100.0, separable_smoothing=separable_smoothing(y.numel()))
+        # Newton from β = 1 in the logits' own units (T = 1), or from ``near`` (the whole set's β, for a fold);
+        # ``inplace``: z is a private copy the solve may centre in place
+        sol = solve_temperature(z, y, beta_min=0.01, beta_max=100.0, separable_smoothing=separable_smoothing(y.numel()),
+                                beta_start=scale if near is None else near, inplace=inplace)
         self.beta, self.status, self.passes = sol.beta, sol.status, sol.passes
         C = z.shape[1]
         eps = separable_smoothing(y.numel()) if sol.status in ("smoothed", "upper") else 0.0
@@ -134,8 +141,13 @@ class _LinearScaling(Calibrator):
     def _objective(self, z, y, start: _Start) -> SoftmaxLinearObjective:
         return SoftmaxLinearObjective(z, y, self._kind, start.label_smoothing)
 
-    def _minimize(self, obj, start: _Start, penalty, x0, nll_diag, max_iter=None, tol=None) -> LbfgsResult:
-        """Minimise NLL + penalty from ``x0``, preconditioned by ``nll_diag`` + the penalty's Hessian diagonal."""
+    def _minimize(self, obj, start: _Start, penalty, x0, nll_diag, max_iter=None, tol=None, nll0=None,
+                  decrease_tol=0.0) -> LbfgsResult:
+        """Minimise NLL + penalty from ``x0``, preconditioned by ``nll_diag`` + the penalty's Hessian diagonal.
+
+        ``nll0``: the NLL's (value, gradient) at ``x0`` when known (a warm start): saves a pass.
+        The result's ``f`` and ``g`` are of NLL + penalty.
+        """
         C = obj.C
 
         def fg(x):
@@ -146,22 +158,35 @@ class _LinearScaling(Calibrator):
             return f, g
 
         diag = nll_diag.clone()
+        f0 = None
         if penalty is not None:
-            diag += self._penalty(x0, start, penalty, C)[2]
+            pf, pg, ph = self._penalty(x0, start, penalty, C)
+            diag += ph
+            if nll0 is not None:
+                f0 = (nll0[0] + pf, nll0[1] + pg)
+        elif nll0 is not None:
+            f0 = (nll0[0], nll0[1].clone())
         top = float(diag.max())
         diag.clamp_(min=max(top, 1e-300) * 1e-6)
         res = lbfgs_minimize(fg, x0, precond=diag, max_iter=max_iter or self.max_iter, tol=tol or self.tol,
-                             history=_HISTORY)
+                             history=_HISTORY, f0=f0, decrease_tol=decrease_tol)
         if not bool(torch.isfinite(res.x).all()) or not math.isfinite(res.f):  # pragma: no cover - guard
             warnings.warn(
                 f"{type(self).__name__}: L-BFGS produced a non-finite solution; keeping the starting point",
                 RuntimeWarning,
                 stacklevel=5,
             )
-            res = LbfgsResult(x0, math.nan, math.nan, res.iterations, res.evals, False)
+            res = LbfgsResult(x0, math.nan, torch.full_like(x0, math.nan), math.nan, res.iterations, res.evals, False)
         return res
 
-    def _search(self, z, y, image, seed, grid, C):
+    def _nll_part(self, res: LbfgsResult, start: _Start, penalty, C: int):
+        """The NLL's (value, gradient) at ``res.x``: the result's objective minus the penalty."""
+        if penalty is None:
+            return res.f, res.g
+        pf, pg, _ = self._penalty(res.x, start, penalty, C, hess=False)
+        return res.f - pf, res.g - pg
+
+    def _search(self, z, y, image, seed, grid, C, near=None):
         """Held-out NLL of each penalty in ``grid`` (ordered strongest first) over ``cv`` folds split by image.
 
         Returns (scores, warm) with scores {penalty: mean held-out NLL} and warm {penalty: the mean
@@ -175,7 +200,8 @@ class _LinearScaling(Calibrator):
         NLL has been worse than the best for two grid points in a row (weak penalties are the slow
         fits, and the score is unimodal in practice) or once it is worse than the best by more than
         ``_CLEARLY_WORSE`` (1 %, e.g. the overfitting side of matrix scaling); each inner fit runs at
-        most ``_INNER_MAX_ITER`` iterations, to ``_INNER_TOL``.
+        most ``_INNER_MAX_ITER`` iterations, to ``_INNER_TOL`` or a predicted decrease of
+        ``_INNER_DECREASE``; it starts from the NLL value and gradient its previous fit ended with.
         """
         groups = torch.unique(image)
         if groups.numel() < self.cv:
@@ -199,11 +225,12 @@ class _LinearScaling(Calibrator):
         for k in range(self.cv):
             lo, hi = (bounds[k - 1] if k else 0), bounds[k]
             zt, yt = (zs[:lo], zs[hi:]), (ys[:lo], ys[hi:])
-            start = _Start(torch.cat(zt), torch.cat(yt), self._scale)
+            start = _Start(torch.cat(zt), torch.cat(yt), self._scale, near=near, inplace=True)
             obj = SoftmaxLinearObjective(zt, yt, self._kind, start.label_smoothing)
             x0 = self._init(start, C, z)
-            diag = obj(x0, diag=True)[2]
-            folds.append({"obj": obj, "start": start, "x": x0, "diag": diag, "zv": zs[lo:hi], "yv": ys[lo:hi]})
+            f0, g0, diag = obj(x0, diag=True)
+            folds.append({"obj": obj, "start": start, "x": x0, "diag": diag, "nll": (f0, g0), "zv": zs[lo:hi],
+                          "yv": ys[lo:hi]})
         scores, warm, best, worse = {}, {}, math.inf, 0
         inner = min(self.max_iter, _INNER_MAX_ITER)
         with warnings.catch_warnings():
@@ -211,8 +238,10 @@ class _LinearScaling(Calibrator):
             for penalty in grid:
                 total, mean_x = 0.0, torch.zeros_like(folds[0]["x"])
                 for f in folds:
-                    f["x"] = x = self._minimize(f["obj"], f["start"], penalty, f["x"], f["diag"], inner,
-                                                _INNER_TOL).x
+                    res = self._minimize(f["obj"], f["start"], penalty, f["x"], f["diag"], inner, _INNER_TOL,
+                                         nll0=f["nll"], decrease_tol=_INNER_DECREASE)
+                    f["x"] = x = res.x
+                    f["nll"] = self._nll_part(res, f["start"], penalty, C)
                     mean_x += x
                     with torch.no_grad():
                         total += float(F.cross_entropy(f["obj"].logits(x, f["zv"]), f["yv"], reduction="sum"))
@@ -226,12 +255,12 @@ class _LinearScaling(Calibrator):
                         break
         return scores, warm
 
-    def _choose(self, z, y, image, seed, setting, grid_default, strength, C):
+    def _choose(self, z, y, image, seed, setting, grid_default, strength, C, near=None):
         """(penalty or None, scores or None, warm start or None) for the setting: None, a value, "auto" or a list."""
         if setting is None or not (setting == "auto" or isinstance(setting, list)):
             return setting, None, None
         grid = sorted(grid_default if setting == "auto" else setting, key=strength, reverse=True)
-        scores, warm = self._search(z, y, image, seed, grid, C)
+        scores, warm = self._search(z, y, image, seed, grid, C, near)
         if scores is None:
             return grid[0], None, None
         chosen = min(scores, key=scores.get)
@@ -248,9 +277,9 @@ class _LinearScaling(Calibrator):
     def _fit_at(self, z, y, start: _Start, penalty, x0) -> LbfgsResult:
         """The final fit on all of ``z`` from ``x0``."""
         obj = self._objective(z, y, start)
-        diag = obj(x0, diag=True)[2]
-        res = self._minimize(obj, start, penalty, x0, diag)
-        res.evals += 1  # the preconditioner's pass
+        f0, g0, diag = obj(x0, diag=True)
+        res = self._minimize(obj, start, penalty, x0, diag, nll0=(f0, g0))
+        res.evals += 1  # the first pass (value, gradient and preconditioner)
         return res
 
     def _finish(self, z0, y, start: _Start, res: LbfgsResult, extra_passes=0) -> None:
@@ -414,7 +443,8 @@ class VectorScaling(_LinearScaling):
         self._warn_constant(z)
         start = _Start(z, y, self._scale)
         self._warn_separable(start)
-        lam, self.l2_scores_, warm = self._choose(z, y, image, seed, self.l2, L2_GRID, strength=lambda v: v, C=C)
+        lam, self.l2_scores_, warm = self._choose(z, y, image, seed, self.l2, L2_GRID, strength=lambda v: v, C=C,
+                                                     near=start.beta)
         self.l2_ = None if lam is None else float(lam)
         res = self._fit_at(z, y, start, lam, warm if warm is not None else self._init(start, C, z))
         self._finish(z0, y, start, res)
@@ -560,7 +590,7 @@ class MatrixScaling(_LinearScaling):
         start = _Start(z, y, self._scale)
         self._warn_separable(start)
         odir, self.odir_scores_, warm = self._choose(z, y, image, seed, self.odir, ODIR_GRID, strength=lambda p: p,
-                                                     C=C)
+                                                     C=C, near=start.beta)
         self.odir_ = None if odir is None else (float(odir[0]), float(odir[1]))
         extra = 0
         if odir is None:  # from the unregularised vector optimum: the NLL is never above vector scaling's
