@@ -18,8 +18,8 @@ Compared, on the same float32 logits, one thread:
   max_iter 100: it stops there unconverged at C = 100, as a user running it would see) on the
   logits as features.
 
-Each row prints fit seconds (best of ``--repeats``; one run for fits over 3 s) and held-out NLL; the ratio columns compare
-each peer with its netuq counterpart (vector ↔ VectorScaler, matrix default ↔ the rest):
+Each row prints fit seconds (best of ``--repeats``; one run for fits over 3 s) and held-out
+NLL; the ratio columns compare each peer with its netuq counterpart (vector ↔ VectorScaler, matrix default ↔ the rest):
 ``speed x`` = peer time / netuq time (>= 1: netuq at least as fast) and ``ΔNLL`` = netuq − peer
 (<= 0: netuq no worse). A last table gives netuq's fit time against C (N = 5,000) with the
 log-log slope (2 would mean time ∝ C², the cost of one pass of matrix scaling over the data).
