@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from netuq import _memory
 from netuq.calibration import MatrixScaling, TemperatureScaling, VectorScaling
-from netuq.calibration._solvers import SoftmaxLinearObjective, lbfgs_minimize
+from netuq.calibration._solvers import SoftmaxLinearObjective
 from netuq.exceptions import NotEnoughMemoryError
 
 
@@ -125,16 +125,6 @@ def test_objective_matches_autograd_for_any_chunking(n, c, kind, eps, pieces):
     torch.testing.assert_close(hdiag, h.diagonal(), rtol=1e-9, atol=1e-12)
 
 
-def test_lbfgs_minimises_a_quadratic_and_respects_max_iter():
-    A = torch.tensor([[4.0, 1.0, 0.0], [1.0, 3.0, 0.5], [0.0, 0.5, 2.0]], dtype=torch.float64)
-    fg = lambda x: (float(0.5 * x @ A @ x - x.sum()), A @ x - 1.0)  # noqa: E731
-    r = lbfgs_minimize(fg, torch.zeros(3, dtype=torch.float64), precond=A.diagonal(), tol=1e-13)
-    torch.testing.assert_close(r.x, torch.linalg.solve(A, torch.ones(3, dtype=torch.float64)))
-    assert r.converged and r.evals <= 12
-    short = lbfgs_minimize(fg, torch.zeros(3, dtype=torch.float64), max_iter=1, tol=1e-13)
-    assert short.iterations == 1 and not short.converged
-
-
 def test_auto_search_final_fit_is_the_optimum_at_the_chosen_penalty():
     from reference import linear_scaling_reference as ref
 
@@ -220,19 +210,3 @@ def test_cross_validate_passes_the_memory_refusal_through_unwrapped(monkeypatch)
     z, y = logits(100, 5, 13)
     with pytest.raises(NotEnoughMemoryError, match="^VectorScaling on 50 x 5 logits"):
         cross_validate(VectorScaling, z, y, repeats=1)
-
-
-def test_temperature_newton_from_a_nearby_start_stops_at_a_tiny_step():
-    # Regression: from the whole set's beta, a fold's solve reached the optimum in 3 steps, then the
-    # next (tiny) Newton step landed on the bracket's end and the solve bisected for 35 more passes.
-    from netuq.calibration._solvers import solve_temperature
-
-    z, y = logits(3000, 50, 14, scale=2.0, margin=1.0)
-    z = z.double()
-    whole = solve_temperature(z, y, beta_min=0.01, beta_max=100.0)
-    for k in range(3):
-        part = torch.arange(3000) % 3 != k
-        near = solve_temperature(z[part], y[part], beta_min=0.01, beta_max=100.0, beta_start=whole.beta)
-        plain = solve_temperature(z[part], y[part], beta_min=0.01, beta_max=100.0)
-        assert near.status == "converged" and near.passes <= 6, near
-        assert near.beta == pytest.approx(plain.beta, rel=1e-9)

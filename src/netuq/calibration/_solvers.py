@@ -220,7 +220,7 @@ def _newton(evaluate, beta_min, beta_max, beta_one, rtol, max_iter, start=None) 
             break
         beta, g_prev = cand, g
         f, g, h = evaluate(beta)
-        if f < best_f:
+        if f <= best_f:  # a tie (flat NLL at float precision) goes to the later, more converged iterate
             best_beta, best_f = beta, f
     return TemperatureSolution(best_beta, best_f, nll_at_one, evaluate.passes, iterations, status)
 

@@ -56,6 +56,8 @@ _CLEARLY_WORSE = 0.01
 #: Stop of those fits on the decrease the next step predicts (NLL units): the held-out scores of
 #: neighbouring grid points differ by far more.
 _INNER_DECREASE = 1e-8
+#: The same on the first fold alone (a larger margin: one fold's score is noisier).
+_FOLD_CLEARLY_WORSE = 0.05
 #: L-BFGS history (pairs of parameter-sized vectors kept).
 _HISTORY = 10
 #: Gradient tolerance of those fits: a held-out score needs the optimum to ~1e-6 in NLL, not 1e-12.
@@ -199,7 +201,9 @@ class _LinearScaling(Calibrator):
         (its NLL Hessian diagonal at the temperature start), and the path stops once the held-out
         NLL has been worse than the best for two grid points in a row (weak penalties are the slow
         fits, and the score is unimodal in practice) or once it is worse than the best by more than
-        ``_CLEARLY_WORSE`` (1 %, e.g. the overfitting side of matrix scaling); each inner fit runs at
+        ``_CLEARLY_WORSE`` (1 %, e.g. the overfitting side of matrix scaling) — or, without fitting
+        the other folds, once the first fold's held-out NLL is worse than its best by more than
+        ``_FOLD_CLEARLY_WORSE`` (5 %; that grid point is then not scored); each inner fit runs at
         most ``_INNER_MAX_ITER`` iterations, to ``_INNER_TOL`` or a predicted decrease of
         ``_INNER_DECREASE``; it starts from the NLL value and gradient its previous fit ended with.
         """
@@ -236,15 +240,23 @@ class _LinearScaling(Calibrator):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for penalty in grid:
-                total, mean_x = 0.0, torch.zeros_like(folds[0]["x"])
-                for f in folds:
+                total, mean_x, stop = 0.0, torch.zeros_like(folds[0]["x"]), False
+                for i, f in enumerate(folds):
                     res = self._minimize(f["obj"], f["start"], penalty, f["x"], f["diag"], inner, _INNER_TOL,
                                          nll0=f["nll"], decrease_tol=_INNER_DECREASE)
                     f["x"] = x = res.x
                     f["nll"] = self._nll_part(res, f["start"], penalty, C)
                     mean_x += x
                     with torch.no_grad():
-                        total += float(F.cross_entropy(f["obj"].logits(x, f["zv"]), f["yv"], reduction="sum"))
+                        held = float(F.cross_entropy(f["obj"].logits(x, f["zv"]), f["yv"], reduction="sum"))
+                    total += held
+                    if i == 0 and held > f.get("best", math.inf) * (1.0 + _FOLD_CLEARLY_WORSE):
+                        stop = True  # the first fold alone is far worse: not scored, the path ends here
+                        break
+                    if i == 0:
+                        f["best"] = min(f.get("best", math.inf), held)
+                if stop:
+                    break
                 scores[penalty] = total / y.numel()
                 if scores[penalty] < best:
                     best, worse = scores[penalty], 0
