@@ -9,8 +9,8 @@ several CUDA-synchronised calls after a warm-up:
 * temperature scaling, N = 50,000 × C = 1,000: netuq's Newton solver vs a 50-step LBFGS loop;
 * MC dropout, S = 50: dropout before the classifier (trunk cached) and in every block, vs a loop;
 * TTA d4 on SmallUNet 16 × 1 × 128 × 128: netuq vs ttach (when importable) vs a plain loop, and
-  ``channels_last=True`` vs the default (on CUDA the default keeps the input's layout; these rows
-  say whether it should feed channels-last there too, as it does on the CPU);
+  ``channels_last=True`` vs the default (the default keeps the input's layout; these rows
+  say whether the opt-in pays there too);
 * ensemble of 5 SmallCNN, batch 1024: ``Ensemble`` default ("auto") vs a loop over members, and
   the loop with ``channels_last=True`` vs the default;
 * streaming ECE + NLL + Brier on 20 × (4, 19, 512, 512): UncertaintyMetrics vs torchmetrics;

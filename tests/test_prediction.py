@@ -350,3 +350,34 @@ def test_cat_errors_and_rules():
     assert list(out.scores) == ["c"] and out.scores["c"].tolist() == [1.0, 1.0, 0.0]  # "only_a" dropped
     assert out.samples is None and not out.keep_samples  # `a` kept no samples
     assert "only if *every* prediction" in Prediction.cat.__doc__
+
+
+def test_statistics_round_trip():
+    # The public statistics rebuild the same prediction (what TTA's merges and rank gathering use).
+    z = _logits(3, 5, 4, seed=21)
+    pred = Prediction.from_samples(z, logits=True, keep_samples=True, scores={"sigma": torch.ones(5)})
+    st = pred.statistics()
+    assert st.count == 3 and st.linear_sum is None and st.samples.shape == (3, 5, 4)
+    back = Prediction.from_statistics(**st._asdict())
+    for name in ("probs", "entropy", "aleatoric", "epistemic", "variation_ratio", "samples"):
+        assert torch.equal(getattr(back, name), getattr(pred, name)), name
+    assert torch.equal(back.scores["sigma"], pred.scores["sigma"])
+    # A linear sum is handed over as it is: probs is the sum over the count, no log taken.
+    lin = pred.probs * 3
+    linear = Prediction.from_statistics(count=3, linear_sum=lin, entropy_sum=st.entropy_sum, votes=st.votes)
+    assert torch.equal(linear.probs, lin / 3) and linear.statistics().linear_sum is lin
+    torch.testing.assert_close(linear.log_probs, pred.log_probs)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"log_sum": None}, "give exactly one of `log_sum` and `linear_sum`"),
+    ({"linear_sum": torch.ones(5, 4)}, "give exactly one of `log_sum` and `linear_sum`"),
+    ({"count": 0}, "`count` must be a positive integer, got 0"),
+    ({"entropy_sum": torch.zeros(4)}, r"`entropy_sum` must have shape \(5,\), got \(4,\)"),
+    ({"votes": torch.zeros(5, 4)}, "`votes` must be integer counts of shape"),
+    ({"samples": torch.zeros(2, 5, 4)}, r"`samples` must have shape \(3, 5, 4\)"),
+])
+def test_from_statistics_checks(change, match):
+    st = Prediction.from_samples(_logits(3, 5, 4, seed=2), logits=True).statistics()._asdict()
+    with pytest.raises(ValueError, match=match):
+        Prediction.from_statistics(**{**st, **change})

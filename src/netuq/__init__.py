@@ -9,8 +9,9 @@ Example:
     [0, 0]
 """
 
-from . import calibration, data, distributed, measures, metrics, report, tta
+from . import calibration, conformal, data, detectors, distributed, measures, metrics, report, tta
 from . import nn as nn  # netuq.nn: public, but not in __all__ (a star import must not shadow torch.nn)
+from ._version import __version__
 from .engine import compare, predict
 from .exceptions import NotFittedError
 from .methods.confidence import (
@@ -33,8 +34,6 @@ from .methods.mc_dropout import MCDropout
 from .methods.tta import TTA
 from .prediction import Prediction
 
-__version__ = "0.1.0"
-
 __all__ = [
     "Prediction",
     "predict",
@@ -43,6 +42,8 @@ __all__ = [
     "measures",
     "metrics",
     "calibration",
+    "conformal",
+    "detectors",
     "tta",  # netuq.nn is importable but not in __all__: `from netuq import *` must not shadow torch.nn
     "data",
     "distributed",

@@ -6,6 +6,7 @@ argument is wrong and why. Validation happens at the public boundary; inner code
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -21,9 +22,43 @@ __all__ = [
     "float_dtype",
     "check_ignore_index",
     "check_bool",
+    "looks_like_probs",
+    "check_n_bins",
+    "sum_tolerance",
 ]
 
 PROB_SUM_TOL = 1e-3
+
+
+def sum_tolerance(dtype: torch.dtype, num_classes: int, *, log: bool = False) -> float:
+    """Largest accepted |Σ_c p_c − 1| for C probabilities (or log-probabilities) stored in ``dtype``.
+
+    Rounding C valid probabilities to ``dtype`` moves their sum by at most u·Σ p = u (u = eps/2)
+    plus C half-spacings of the subnormal numbers; rounding log-probabilities moves each p_c by
+    the factor exp(±u·|log p_c|), so the sum by at most u·Σ p_c |log p_c| ≤ u·log C (+ its own
+    rounding). The tolerance is twice that bound, and never below ``PROB_SUM_TOL`` (1e-3, for
+    probabilities rounded by hand): 1e-3 in float32/float64 and float16 (C ≲ 1000 for
+    log-probabilities), 2⁻⁷ for bfloat16 probabilities.
+
+    Args:
+        dtype: the dtype the values were stored in (before any upcast).
+        num_classes: C, the size of the summed dimension.
+        log: the values are log-probabilities.
+
+    Example:
+        >>> sum_tolerance(torch.float32, 10), sum_tolerance(torch.bfloat16, 10)
+        (0.001, 0.0078125)
+        >>> round(sum_tolerance(torch.float16, 64, log=True), 5)  # float16 log(1/64) is off by 0.3 ulp
+        0.00504
+    """
+    if not dtype.is_floating_point:
+        return PROB_SUM_TOL
+    info = torch.finfo(dtype)
+    u = info.eps / 2
+    subnormal = info.smallest_normal * info.eps  # the spacing of the subnormal numbers
+    c = max(int(num_classes), 1)
+    bound = u * (math.log(c) + 1.0) if log else u + c * subnormal / 2
+    return max(PROB_SUM_TOL, 2.0 * bound)
 
 
 def as_tensor(x: Any, name: str) -> torch.Tensor:
@@ -81,15 +116,14 @@ def check_logits(logits: Any, name: str = "logits", *, min_ndim: int = 2) -> tor
 def check_probs(probs: Any, name: str = "probs", *, dim: int = 1, min_ndim: int = 2) -> torch.Tensor:
     """Validate probabilities of shape (N, C, ...): floats in [0, 1] summing to 1 over ``dim``.
 
-    The tolerance on the sum is 1e-3 (the dtype's epsilon for bfloat16, whose rounding alone can
-    move a softmax's sum by ~3e-3).
+    The tolerance on the sum follows the dtype (:func:`sum_tolerance`): 1e-3, or more where the
+    dtype's own rounding of valid probabilities moves the sum further (bfloat16: 2⁻⁷).
     """
     probs = as_tensor(probs, name)
     _check_float(probs, name)
     _check_rank(probs, name, min_ndim, "(N, C) or (N, C, ...)" if min_ndim == 2 else "(S, N, C, ...)")
     _check_finite(probs, name)
-    # bfloat16 keeps 8 significant bits: rounding a softmax to it moves the sum by up to eps/2.
-    tol = max(PROB_SUM_TOL, torch.finfo(probs.dtype).eps)
+    tol = sum_tolerance(probs.dtype, probs.shape[dim])
     lo, hi = (float(v) for v in torch.aminmax(probs))
     if lo < 0.0 or hi > 1.0 + tol:
         raise ValueError(f"`{name}` must be probabilities in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
@@ -270,3 +304,36 @@ def check_choice(value: object, name: str, choices: Any) -> Any:
     if not isinstance(value, str) or value not in options:
         raise ValueError(f"`{name}` must be one of {', '.join(map(repr, options))}, got {value!r}")
     return value
+
+
+def looks_like_probs(values: torch.Tensor) -> bool:
+    """True when every value of (N, C, ...) ``values`` is in [0, 1] and every row sums to 1 over dim 1.
+
+    The one rule for "is this array probabilities" (the CLI's files, the conformal estimators);
+    the sum tolerance is :func:`sum_tolerance` for the dtype and number of classes.
+
+    Example:
+        >>> looks_like_probs(torch.tensor([[0.25, 0.75]])), looks_like_probs(torch.tensor([[2.0, -1.0]]))
+        (True, False)
+    """
+    if not values.is_floating_point() or values.ndim < 2 or values.numel() == 0:
+        return False
+    lo, hi = torch.aminmax(values)
+    if not (float(lo) >= 0.0 and float(hi) <= 1.0):
+        return False
+    tol = sum_tolerance(values.dtype, values.shape[1])
+    return float((values.sum(dim=1, dtype=torch.float64) - 1.0).abs().max()) <= tol
+
+
+MAX_N_BINS = 100_000  # far beyond any useful reliability diagram; refuses 1e10 before the allocator sees it
+
+
+def check_n_bins(n_bins: int, name: str = "n_bins", high: int = MAX_N_BINS) -> int:
+    """``n_bins`` as an int after checking 1 <= n_bins <= ``high`` (before anything is allocated)."""
+    import numbers
+
+    if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral) or n_bins < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {n_bins!r}")
+    if n_bins > high:
+        raise ValueError(f"`{name}` must be at most {high}, got {n_bins!r}")
+    return int(n_bins)

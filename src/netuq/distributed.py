@@ -21,6 +21,12 @@ its position, so those agree with one process only to float32 rounding. A
 the same on every rank, not the one-process draw. A ``DistributedSampler`` repeats examples to pad
 the ranks: netuq warns, and those examples count twice.
 
+The loader's batching is honoured as one process would: ``drop_last=True`` with a whole-batch
+``EvalSampler`` drops exactly the one-process last batch (with single indices each rank would drop
+its own shard's last rows, so that is refused unless the rows dropped are the same); a pre-batched
+data set (``batch_size=None``: each item is a batch, the sampler numbers the items) comes back
+item by item in dataset order; a ``batch_sampler`` gives its batch size and ``drop_last``.
+
 With ``distributed=None`` (the default of ``predict`` / ``compare``) a loader is gathered only when
 its sampler shards the data (``EvalSampler``, ``DistributedSampler``); any other loader (a list of
 batches, a DataLoader without such a sampler) is taken as the whole set on each rank, so it is
@@ -52,6 +58,7 @@ from typing import Any
 
 import torch
 
+from ._batch import Batch
 from ._checks import check_positive_int
 from .prediction import Prediction
 
@@ -188,30 +195,76 @@ def _pack(batch, pred: Prediction, members: list[Prediction]) -> dict[str, torch
     if batch.anomaly is not None:
         cols["anomaly"] = batch.anomaly.cpu()
     for tag, p in (("p", pred), *((f"m{i}", m) for i, m in enumerate(members))):
-        cols[f"{tag}.log_sum"], cols[f"{tag}.entropy_sum"] = p._log_sum, p._entropy_sum
-        cols[f"{tag}.votes"] = p._votes
-        if p.samples is not None:
-            cols[f"{tag}.samples"] = p.samples.transpose(0, 1)  # rows first
+        st = p.statistics()
+        cols[f"{tag}.log_sum"] = st.log_sum if st.log_sum is not None else torch.log(st.linear_sum)
+        cols[f"{tag}.entropy_sum"], cols[f"{tag}.votes"] = st.entropy_sum, st.votes
+        for key in ("energy_sum", "max_logit_sum", "features"):
+            if getattr(st, key) is not None:
+                cols[f"{tag}.{key}"] = getattr(st, key)
+        if st.samples is not None:
+            cols[f"{tag}.samples"] = st.samples.transpose(0, 1)  # rows first
         for k, v in p.scores.items():
             cols[f"{tag}.score.{k}"] = v
     return cols
 
 
 def _unpack(cols: dict[str, torch.Tensor], meta: dict[str, tuple[int, bool]], index: int):
-    from .engine._batches import Batch
-
     preds = {}
-    for tag, (count, keep) in meta.items():
-        p = Prediction(keep_samples=keep)
-        p._count, p._log_sum, p._entropy_sum = count, cols[f"{tag}.log_sum"], cols[f"{tag}.entropy_sum"]
-        p._votes = cols[f"{tag}.votes"]
-        if f"{tag}.samples" in cols:
-            p._samples = [cols[f"{tag}.samples"].transpose(0, 1)]
+    for tag, (count, _kept) in meta.items():  # samples travel iff kept
         prefix = f"{tag}.score."
-        p.scores = {k[len(prefix):]: v for k, v in cols.items() if k.startswith(prefix)}
-        preds[tag] = p
+        samples = cols[f"{tag}.samples"].transpose(0, 1) if f"{tag}.samples" in cols else None
+        preds[tag] = Prediction.from_statistics(
+            count=count, log_sum=cols[f"{tag}.log_sum"], entropy_sum=cols[f"{tag}.entropy_sum"],
+            votes=cols[f"{tag}.votes"], samples=samples,
+            scores={k[len(prefix):]: v for k, v in cols.items() if k.startswith(prefix)},
+            energy_sum=cols.get(f"{tag}.energy_sum"), max_logit_sum=cols.get(f"{tag}.max_logit_sum"),
+            features=cols.get(f"{tag}.features"))
     batch = Batch(index, cols["x"], cols.get("y"), cols.get("anomaly"))
     return batch, preds["p"], [preds[f"m{i}"] for i in range(len(meta) - 1)]
+
+
+def _shard_len(n: int, b: int, w: int, r: int) -> int:
+    """Examples of rank ``r`` when EvalSampler shards ``n`` indices in blocks of ``b`` over ``w`` ranks."""
+    return sum(min((k + 1) * b, n) - k * b for k in range(r, -(-n // b), w))
+
+
+def _batching(loader: Any) -> tuple[int | None, bool, bool]:
+    """``(batch_size, drop_last, pre_batched)`` of a loader: its own, else its batch sampler's.
+
+    ``pre_batched``: a DataLoader with automatic batching off (``batch_size=None``): each item of
+    the data set is already a batch, and the sampler's indices number those batches.
+    """
+    batch_sampler = getattr(loader, "batch_sampler", False)
+    if batch_sampler is None:
+        return None, False, True
+    size = getattr(loader, "batch_size", None) or getattr(batch_sampler, "batch_size", None)
+    drop = bool(getattr(loader, "drop_last", False) or getattr(batch_sampler, "drop_last", False))
+    return size, drop, False
+
+
+def _setup_error(name: str, sampler: Any, size: int, chunk: int | None, drop_last: bool,
+                 pre_batched: bool) -> ValueError | None:
+    """Why this loader's shards cannot be put back into the one-process batches (None: they can)."""
+    if sampler.num_replicas != size:
+        return ValueError(f"`{name}`'s EvalSampler has num_replicas={sampler.num_replicas} but the world size "
+                          f"is {size}; build it after init_process_group or pass num_replicas={size}")
+    if pre_batched:
+        return None
+    if sampler.batch_size is not None and chunk != sampler.batch_size:
+        return ValueError(f"`{name}`'s EvalSampler shards batches of {sampler.batch_size} but the DataLoader's "
+                          f"batch_size is {chunk}; use the same batch size for both")
+    if drop_last and chunk:
+        # One process drops the set's last incomplete batch; each rank drops its own shard's.
+        n, b, w = len(sampler.dataset), sampler.batch_size or 1, sampler.num_replicas
+        whole = n - n % chunk
+        kept = [_shard_len(n, b, w, r) // chunk * chunk for r in range(w)]
+        if kept != [_shard_len(whole, b, w, r) for r in range(w)]:
+            return ValueError(
+                f"`{name}` has drop_last=True: each rank drops its own last incomplete batch, so the ranks would "
+                f"evaluate {sum(kept)} of {n} examples where one process evaluates {whole}; shard whole batches "
+                f"with EvalSampler(dataset, batch_size={chunk}) (then drop_last drops exactly the one-process last "
+                "batch), or use drop_last=False")
+    return None
 
 
 def gather_stream(local: Iterable, loader: Any, name: str = "loader") -> Iterator[tuple[Any, Prediction, list]]:
@@ -219,8 +272,10 @@ def gather_stream(local: Iterable, loader: Any, name: str = "loader") -> Iterato
 
     All ranks step together (a rank out of batches contributes none) until every rank is done. With
     an :class:`EvalSampler` the rows go back to dataset order and are cut into batches of the
-    loader's ``batch_size``, as one process would yield them; otherwise (no known sampler) each
-    step's rows are concatenated in rank order.
+    loader's ``batch_size`` (its ``drop_last`` honoured as one process would, or refused where the
+    ranks cannot), as one process would yield them; a pre-batched data set (``batch_size=None``:
+    each item is a batch) yields its items in dataset order, unchanged. Otherwise (no known
+    sampler) each step's rows are concatenated in rank order.
     """
     rank, size = world()
     sampler = loader_sampler(loader)
@@ -229,21 +284,19 @@ def gather_stream(local: Iterable, loader: Any, name: str = "loader") -> Iterato
             f"`{name}` uses a DistributedSampler, which pads the ranks by repeating examples: the gathered "
             "result counts them twice and is not the one-process result; use netuq.distributed.EvalSampler",
             UserWarning, stacklevel=3)
-    ordered = isinstance(sampler, EvalSampler) and sampler.num_replicas == size
-    chunk = getattr(loader, "batch_size", None)
-    setup: ValueError | None = None  # raised at the first step, after the other ranks have heard of it
-    if isinstance(sampler, EvalSampler) and not ordered:
-        setup = ValueError(f"`{name}`'s EvalSampler has num_replicas={sampler.num_replicas} but the world size "
-                           f"is {size}; build it after init_process_group or pass num_replicas={size}")
-    elif ordered and sampler.batch_size is not None and chunk != sampler.batch_size:
-        setup = ValueError(f"`{name}`'s EvalSampler shards batches of {sampler.batch_size} but the DataLoader's "
-                           f"batch_size is {chunk}; use the same batch size for both")
+    chunk, drop_last, pre_batched = _batching(loader)
+    sharded = isinstance(sampler, EvalSampler)
+    # raised at the first step, after the other ranks have heard of it
+    setup = _setup_error(name, sampler, size, chunk, drop_last, pre_batched) if sharded else None
+    ordered = sharded and setup is None
+    items = ordered and pre_batched  # whole items in dataset order, else rows in dataset order
     device = _comm_device()
     it = iter(local)
     steps = 0  # collective steps so far (the batches emitted can be fewer or more)
-    seen = [0] * size  # rows received so far from each rank
+    seen = [0] * size  # rows (items when pre-batched) received so far from each rank
     pos = torch.empty(0, dtype=torch.long)  # dataset positions of the rows waiting in `pending`, sorted
     pending: dict[str, torch.Tensor] = {}
+    waiting: dict[int, dict[str, torch.Tensor]] = {}  # pre-batched: dataset position -> item
     next_pos, index, meta = 0, 0, None
 
     def emit(cols: dict[str, torch.Tensor]):
@@ -262,8 +315,8 @@ def gather_stream(local: Iterable, loader: Any, name: str = "loader") -> Iterato
                 batch, pred, members = item
                 cols = _pack(batch, pred, members)
                 info = {"n": len(batch.x), "spec": {k: (tuple(v.shape[1:]), v.dtype) for k, v in cols.items()},
-                        "meta": {"p": (pred._count, pred.samples is not None),
-                                 **{f"m{i}": (m._count, m.samples is not None) for i, m in enumerate(members)}}}
+                        "meta": {"p": (pred.num_samples, pred.samples is not None),
+                                 **{f"m{i}": (m.num_samples, m.samples is not None) for i, m in enumerate(members)}}}
         except Exception as err:  # re-raised below, after every rank has heard of it
             failure, info = err, {"error": f"{type(err).__name__}: {err}"}
         infos: list[Any] = [None] * size
@@ -277,7 +330,7 @@ def gather_stream(local: Iterable, loader: Any, name: str = "loader") -> Iterato
         steps += 1
         present = [i for i in infos if i is not None]
         if not present:
-            if index == 0 and not pos.numel():
+            if index == 0 and not pos.numel() and not waiting:
                 raise ValueError(f"`{name}` yielded no batches on any rank; it must yield at least one")
             break
         spec, meta = present[0]["spec"], present[0]["meta"]
@@ -286,8 +339,18 @@ def gather_stream(local: Iterable, loader: Any, name: str = "loader") -> Iterato
                 raise ValueError(f"`{name}`: rank {r}'s batch holds {i['spec']} but another rank's {spec}; every rank "
                                  "must run the same method on batches of the same kind")
         sizes = [0 if i is None else i["n"] for i in infos]
-        gathered = {k: torch.cat(_all_gather_rows(cols.get(k) if item is not None else None, s, sizes, device))
-                    for k, s in spec.items()}
+        parts = {k: _all_gather_rows(cols.get(k) if item is not None else None, s, sizes, device)
+                 for k, s in spec.items()}
+        if items:  # each rank's step is one item of the data set: rank r's k-th is item position(r, k)
+            for r in range(size):
+                if infos[r] is not None:
+                    waiting[sampler.position(r, seen[r])] = {k: v[r] for k, v in parts.items()}
+                    seen[r] += 1
+            while next_pos in waiting:
+                yield emit(waiting.pop(next_pos))
+                next_pos += 1
+            continue
+        gathered = {k: torch.cat(v) for k, v in parts.items()}
         if not ordered:  # each step's rows in rank order
             yield emit(gathered)
             continue
@@ -305,6 +368,9 @@ def gather_stream(local: Iterable, loader: Any, name: str = "loader") -> Iterato
         for a in range(0, done, step):
             yield emit({k: v[a:a + step] for k, v in pending.items()})
         pos, pending, next_pos = pos[done:], {k: v[done:] for k, v in pending.items()}, next_pos + done
+    if waiting:
+        raise ValueError(f"`{name}`: the ranks' items do not cover positions {next_pos}.. without gaps; each "
+                         "rank's loader must use an EvalSampler over the same data set")
     if pos.numel():  # the last, shorter batch
         if not torch.equal(pos, torch.arange(next_pos, next_pos + len(pos))):
             raise ValueError(f"`{name}`: the ranks' examples do not cover positions {next_pos}.. without gaps; each "

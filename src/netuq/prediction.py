@@ -7,6 +7,8 @@ decomposition *total = aleatoric + epistemic* (Depeweg et al. 2018):
   where a class probability underflows float32 — calibrators can use it as logits;
 * ``Σ_s H[p_s]`` (sum of per-sample entropies) for the aleatoric part;
 * vote counts of each sample's argmax for the variation ratio;
+* for samples added as logits, ``Σ_s E(z_s)`` and ``Σ_s −max_c z_s`` for the logit OOD scores
+  (energy, Liu et al. 2020; max-logit, Hendrycks et al. 2022);
 * the sample count.
 
 Memory is therefore independent of the number of samples S unless ``keep_samples=True``.
@@ -17,14 +19,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from ._checks import PROB_SUM_TOL, _check_float, _check_rank, as_tensor, check_probs, float_dtype
+from ._checks import _check_float, _check_rank, as_tensor, check_probs, float_dtype, sum_tolerance
 from .measures import _add_votes, _entropy, _variation_ratio_from_votes
 
-__all__ = ["Prediction"]
+__all__ = ["Prediction", "Statistics"]
+
+
+class Statistics(NamedTuple):
+    """A Prediction's sufficient statistics (:meth:`Prediction.statistics`); one of ``log_sum``
+    and ``linear_sum`` is None."""
+
+    count: int
+    entropy_sum: torch.Tensor
+    votes: torch.Tensor
+    log_sum: torch.Tensor | None
+    linear_sum: torch.Tensor | None
+    samples: torch.Tensor | None
+    scores: dict
+    energy_sum: torch.Tensor | None = None  # (N, ...) Σ_s energy, when every sample came as logits
+    max_logit_sum: torch.Tensor | None = None  # (N, ...) Σ_s −max_c z_s
+    features: torch.Tensor | None = None  # (N, D) a layer's features (not a statistic; travels along)
 
 
 def _check_log_values(x: Any, name: str, *, stacked: bool) -> torch.Tensor:
@@ -55,9 +73,13 @@ def _check_log_values(x: Any, name: str, *, stacked: bool) -> torch.Tensor:
     return x
 
 
-# The score vocabulary shared by the benchmark, the report and the engine (higher = less sure).
-SCORES = ("max_prob", "entropy", "mutual_information", "sigma", "confidence")
-_RENAMED = {"1-max_prob": "max_prob", "epistemic": "mutual_information", "1-confidence": "confidence"}
+def _logit_scores(z: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ over the leading sample axis (if ``dim`` is 2) of energy −logsumexp z and of −max z."""
+    energy = -torch.logsumexp(z, dim=dim)
+    max_logit = -z.amax(dim=dim)
+    if dim == 2:
+        energy, max_logit = energy.sum(0), max_logit.sum(0)
+    return energy, max_logit
 
 
 class Prediction:
@@ -95,6 +117,12 @@ class Prediction:
         self._linear_sum: torch.Tensor | None = None  # (N, C, ...) Σ_s p_s when held in linear space
         self._entropy_sum: torch.Tensor | None = None  # (N, ...) Σ_s H[p_s]
         self._votes: torch.Tensor | None = None  # (N, C, ...) int32 argmax counts
+        self._energy_sum: torch.Tensor | None = None  # (N, ...) Σ_s −logsumexp_c z_s (samples added as logits)
+        self._max_logit_sum: torch.Tensor | None = None  # (N, ...) Σ_s −max_c z_s
+        self._logit_count = 0  # samples that came with logits
+        #: optional (N, D) features of a named layer, set by the engine when a feature score
+        #: (Mahalanobis, :mod:`netuq.detectors`) is asked for; None otherwise
+        self.features: torch.Tensor | None = None
         self._samples: list[torch.Tensor] = []
         self._count = 0
         if probs is not None:
@@ -119,6 +147,10 @@ class Prediction:
         if "_log_sum" in state:
             state["_log_sum_value"] = state.pop("_log_sum")
         state.setdefault("_linear_sum", None)
+        state.setdefault("_energy_sum", None)
+        state.setdefault("_max_logit_sum", None)
+        state.setdefault("_logit_count", 0)
+        state.setdefault("features", None)
         self.__dict__.update(state)
 
     def _sum_tensor(self) -> torch.Tensor | None:
@@ -139,6 +171,93 @@ class Prediction:
         pred = cls(**kwargs)
         pred.add_logits(logits)
         return pred
+
+    @classmethod
+    def from_statistics(
+        cls,
+        *,
+        count: int,
+        entropy_sum: torch.Tensor,
+        votes: torch.Tensor,
+        log_sum: torch.Tensor | None = None,
+        linear_sum: torch.Tensor | None = None,
+        samples: torch.Tensor | None = None,
+        scores: Mapping[str, torch.Tensor] | None = None,
+        energy_sum: torch.Tensor | None = None,
+        max_logit_sum: torch.Tensor | None = None,
+        features: torch.Tensor | None = None,
+    ) -> Prediction:
+        """A prediction holding given sufficient statistics (see :meth:`statistics`), as if its
+        ``count`` samples had been added one by one: for code that accumulates them elsewhere
+        (TTA's fused merges) or moves them (gathering ranks).
+
+        Args:
+            count: the number of samples S (>= 1).
+            entropy_sum: (N, ...) Σ_s H[p_s].
+            votes: (N, C, ...) integer argmax counts (int32).
+            log_sum: (N, C, ...) log Σ_s p_s; or
+            linear_sum: (N, C, ...) Σ_s p_s where every element is large enough that its log is
+                exact (exactly one of the two).
+            samples: (S, N, C, ...) every sample's probabilities (then ``keep_samples`` is True).
+            scores: per-example method scores.
+            energy_sum, max_logit_sum: (N, ...) the logit scores' sums over the ``count`` samples
+                (both or neither: every sample came as logits).
+            features: (N, D) features of a layer (``Prediction.features``).
+
+        Example:
+            >>> a = Prediction.from_logits(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+            >>> b = Prediction.from_statistics(**a.statistics()._asdict())
+            >>> torch.equal(a.probs, b.probs), b.num_samples
+            (True, 1)
+        """
+        if (log_sum is None) == (linear_sum is None):
+            raise ValueError("give exactly one of `log_sum` and `linear_sum`")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"`count` must be a positive integer, got {count!r}")
+        total = log_sum if log_sum is not None else linear_sum
+        name = "log_sum" if log_sum is not None else "linear_sum"
+        if not isinstance(total, torch.Tensor) or total.ndim < 2:
+            raise ValueError(f"`{name}` must be a tensor (N, C, ...), got {getattr(total, 'shape', type(total))}")
+        want = tuple(total.shape[:1] + total.shape[2:])
+        if tuple(entropy_sum.shape) != want:
+            raise ValueError(f"`entropy_sum` must have shape {want}, got {tuple(entropy_sum.shape)}")
+        if tuple(votes.shape) != tuple(total.shape) or votes.is_floating_point():
+            raise ValueError(f"`votes` must be integer counts of shape {tuple(total.shape)}, got "
+                             f"{tuple(votes.shape)} {votes.dtype}")
+        if samples is not None and tuple(samples.shape) != (count, *total.shape):
+            raise ValueError(f"`samples` must have shape {(count, *total.shape)}, got {tuple(samples.shape)}")
+        pred = cls(keep_samples=samples is not None, scores=scores)
+        if linear_sum is not None:
+            pred._linear_sum = linear_sum
+        else:
+            pred._log_sum = log_sum
+        pred._entropy_sum, pred._votes, pred._count = entropy_sum, votes, count
+        if samples is not None:
+            pred._samples = [samples]
+        if (energy_sum is None) != (max_logit_sum is None):
+            raise ValueError("give both or neither of `energy_sum` and `max_logit_sum`")
+        if energy_sum is not None:
+            for key, value in (("energy_sum", energy_sum), ("max_logit_sum", max_logit_sum)):
+                if tuple(value.shape) != want:
+                    raise ValueError(f"`{key}` must have shape {want}, got {tuple(value.shape)}")
+            pred._energy_sum, pred._max_logit_sum, pred._logit_count = energy_sum, max_logit_sum, count
+        if features is not None:
+            if features.ndim != 2 or features.shape[0] != total.shape[0]:
+                raise ValueError(f"`features` must have shape ({total.shape[0]}, D), got {tuple(features.shape)}")
+            pred.features = features
+        return pred
+
+    def statistics(self) -> Statistics:
+        """The sufficient statistics (a :class:`Statistics` named tuple): ``count``,
+        ``entropy_sum`` (N, ...), ``votes`` (N, C, ...), ``log_sum`` (N, C, ...) log Σ_s p_s,
+        ``linear_sum`` (Σ_s p_s where it is held linear, else None), ``samples`` (S, N, C, ...) or
+        None, and ``scores``. :meth:`from_statistics` rebuilds the prediction from them."""
+        self._require()
+        linear = self._linear_sum
+        logit = self.has_logit_scores
+        return Statistics(self._count, self._entropy_sum, self._votes, None if linear is not None else self._log_sum,
+                          linear, self.samples, dict(self.scores), self._energy_sum if logit else None,
+                          self._max_logit_sum if logit else None, self.features)
 
     @classmethod
     def from_samples(cls, samples: torch.Tensor, *, logits: bool = False, **kwargs) -> Prediction:
@@ -212,6 +331,12 @@ class Prediction:
             out._log_sum = torch.cat([p._log_sum for p in preds])
         out._entropy_sum = torch.cat([p._entropy_sum for p in preds])
         out._votes = torch.cat([p._votes for p in preds])
+        if all(p.has_logit_scores for p in preds):
+            out._energy_sum = torch.cat([p._energy_sum for p in preds])
+            out._max_logit_sum = torch.cat([p._max_logit_sum for p in preds])
+            out._logit_count = out._count
+        if all(p.features is not None for p in preds):
+            out.features = torch.cat([p.features for p in preds])
         if out.keep_samples:
             out._samples = [torch.cat([p.samples for p in preds], dim=1)]
         keys = set.intersection(*(set(p.scores) for p in preds))
@@ -254,14 +379,24 @@ class Prediction:
         if validate_args:
             logits = _check_log_values(logits, "logits", stacked=stacked)
         z = logits.to(float_dtype(logits))
-        log_p = torch.log_softmax(z, dim=2 if stacked else 1)
+        dim = 2 if stacked else 1
+        log_p = torch.log_softmax(z, dim=dim)
+        energy, max_logit = _logit_scores(z, dim)
         self._accumulate(log_p, log_p.exp(), stacked)
+        if self._logit_count == 0 and self._energy_sum is None:
+            self._energy_sum, self._max_logit_sum = energy, max_logit
+        else:
+            self._energy_sum = self._energy_sum + energy if self._energy_sum is not None else None
+            self._max_logit_sum = self._max_logit_sum + max_logit if self._max_logit_sum is not None else None
+        self._logit_count += logits.shape[0] if stacked else 1
 
     def add_log_probs(self, log_probs: torch.Tensor, *, stacked: bool = False, validate_args: bool = True) -> None:
         """Add normalised log-probabilities (N, C, ...) (or (k, N, C, ...) with ``stacked=True``).
 
         ``-inf`` (log 0) is allowed where every row has a finite entry; ``exp`` must sum to 1 over
-        C within 1e-3 (use ``add_logits`` for unnormalised values).
+        C within the dtype's tolerance (``netuq._checks.sum_tolerance``: 1e-3 in float32; more in
+        float16/bfloat16, whose rounding of a log-probability moves its exp by up to u·|log p|);
+        use ``add_logits`` for unnormalised values.
 
         Example:
             >>> pred = Prediction()
@@ -275,7 +410,7 @@ class Prediction:
         lp = log_probs.to(float_dtype(log_probs))
         p = lp.exp()
         if validate_args:
-            tol = max(PROB_SUM_TOL, torch.finfo(log_probs.dtype).eps)
+            tol = sum_tolerance(log_probs.dtype, log_probs.shape[dim], log=True)
             err = float((p.sum(dim) - 1.0).abs().max())
             if err > tol:
                 raise ValueError(
@@ -370,6 +505,47 @@ class Prediction:
         return (self.entropy - self.aleatoric).clamp_min(0.0)
 
     @property
+    def has_logit_scores(self) -> bool:
+        """Whether every sample came as logits (``add_logits``), so ``energy`` and ``max_logit`` exist."""
+        return self._count > 0 and self._logit_count == self._count and self._energy_sum is not None
+
+    def _logit_score(self, total: torch.Tensor | None, name: str) -> torch.Tensor:
+        self._require()
+        if not self.has_logit_scores:
+            raise ValueError(
+                f"`{name}` needs logits: this Prediction holds {self._count - self._logit_count} of {self._count} "
+                "sample(s) added as probabilities or log-probabilities; add them with add_logits"
+            )
+        return total / self._count
+
+    @property
+    def energy(self) -> torch.Tensor:
+        """(N, ...) energy score, higher = more OOD (Liu et al. 2020, "Energy-based Out-of-distribution Detection").
+
+        E(z) = −T · logsumexp_c(z_c / T) with T = 1, on each sample's logits; for S samples (MC
+        dropout, ensembles, heteroscedastic sampling) the mean over samples, (1/S) Σ_s E(z_s) —
+        kept as a running sum, so memory does not grow with S. It needs logits: samples added
+        as probabilities carry no logit scale (``has_logit_scores``).
+
+        Example:
+            >>> Prediction.from_logits(torch.tensor([[0.0, 0.0], [5.0, 0.0]])).energy
+            tensor([-0.6931, -5.0067])
+        """
+        return self._logit_score(self._energy_sum, "energy")
+
+    @property
+    def max_logit(self) -> torch.Tensor:
+        """(N, ...) max-logit score −max_c z_c, higher = more OOD (Hendrycks et al. 2022, "Scaling
+        Out-of-Distribution Detection for Real-World Settings"); for S samples the mean over
+        samples of −max_c z_s,c, kept as a running sum like :attr:`energy`.
+
+        Example:
+            >>> Prediction.from_samples(torch.tensor([[[2.0, 0.0]], [[0.0, 4.0]]]), logits=True).max_logit
+            tensor([-3.])
+        """
+        return self._logit_score(self._max_logit_sum, "max_logit")
+
+    @property
     def variation_ratio(self) -> torch.Tensor:
         """(N, ...) 1 − (votes of the modal class) / S."""
         self._require()
@@ -387,13 +563,14 @@ class Prediction:
     def uncertainty(self, kind: str = "entropy") -> torch.Tensor:
         """An uncertainty score by name, (N, ...), higher = less sure.
 
-        The score names are netuq's one vocabulary (the benchmark, the report and the engine use
-        the same): ``"max_prob"`` (1 − max p̄), ``"entropy"`` (H[p̄]), ``"mutual_information"``
-        (H[p̄] − E_s H[p_s]), ``"sigma"`` (``scores["sigma"]`` of a heteroscedastic head) and
-        ``"confidence"`` (1 − ``scores["confidence"]`` of a learned confidence head). Also
-        accepted: ``"aleatoric"`` (E_s H[p_s]), ``"variation_ratio"`` and any other key of
-        ``scores`` (returned as stored, e.g. TTA's ``"view_mutual_information"``). The old names
-        ``"1-max_prob"``, ``"epistemic"`` and ``"1-<key>"`` are refused with the new name.
+        The names are netuq's one vocabulary, :data:`netuq.scores.SCORES`, read at call time (a
+        score registered later, by netuq or by a user's script, is accepted): ``"max_prob"`` (1 −
+        max p̄), ``"entropy"`` (H[p̄]), ``"mutual_information"`` (H[p̄] − E_s H[p_s]), ``"sigma"``
+        (``scores["sigma"]`` of a heteroscedastic head), ``"confidence"`` (1 − ``scores["confidence"]``
+        of a learned confidence head), ``"aleatoric"`` (E_s H[p_s]), ``"variation_ratio"``, from logits ``"energy"`` and
+        ``"max_logit"`` (see :attr:`energy`), ...
+        Any other key of ``scores`` is returned as stored. The old names ``"1-max_prob"``,
+        ``"epistemic"`` and ``"1-<key>"`` are refused with the new name.
 
         Raises:
             ValueError: an unknown or renamed ``kind``, or ``"sigma"`` / ``"confidence"`` on a
@@ -404,40 +581,42 @@ class Prediction:
             >>> pred.uncertainty("max_prob")
             tensor([0.2500])
         """
-        computed = {
-            "max_prob": lambda: 1.0 - self.confidence,
-            "entropy": lambda: self.entropy,
-            "mutual_information": lambda: self.epistemic,
-            "aleatoric": lambda: self.aleatoric,
-            "variation_ratio": lambda: self.variation_ratio,
-        }
+        from . import scores as vocabulary  # read at call time: scores registered later count
+
         if not isinstance(kind, str):
             raise TypeError(f"`kind` must be a score name (str), got {type(kind).__name__}")
-        if kind in computed:
-            return computed[kind]()
-        if kind == "confidence" and "confidence" in self.scores:
-            return 1.0 - self.scores["confidence"]
-        if kind in self.scores:
+        score = vocabulary.SCORES.get(kind)
+        if score is not None and vocabulary.available(score, self, meaning=False):
+            return score(self)
+        if score is None and kind in self.scores:
             return self.scores[kind]
-        new = _RENAMED.get(kind) or (kind[2:] if kind.startswith("1-") and kind[2:] in self.scores else None)
+        new = vocabulary.RENAMED.get(kind) or (kind[2:] if kind.startswith("1-") and kind[2:] in self.scores else None)
         if new is not None:
             raise ValueError(f"`kind` {kind!r} was renamed: use {new!r} (higher = less sure, as every score)")
+        registered = list(vocabulary.SCORES.values())
         options = [
-            *computed,
-            *(k for k in ("sigma", "confidence") if k in self.scores),
-            *sorted(k for k in self.scores if k not in ("sigma", "confidence")),
+            *(s.name for s in registered if not s.uses and vocabulary.available(s, self, meaning=False)),
+            *(s.name for s in registered if s.uses and vocabulary.available(s, self, meaning=False)),
+            *sorted(k for k in self.scores if k not in vocabulary.SCORES),
         ]
-        missing = f" (this prediction has no scores[{kind!r}])" if kind in SCORES else ""
+        missing = ""
+        if score is not None:
+            lacking = [n for n in score.needs if not vocabulary.available(
+                vocabulary.Score(kind, "x", lambda p: p, needs=(n,)), self, meaning=False)]
+            missing = " (this prediction has no " + ", ".join(
+                f"scores[{n[6:]!r}]" if n.startswith("score:") else n for n in lacking) + ")"
         raise ValueError(f"`kind` must be one of {options}{missing}, got {kind!r}")
 
     def to(self, device: torch.device | str) -> Prediction:
         """Move every tensor to ``device`` (returns self)."""
-        for name in ("_log_sum_value", "_linear_sum", "_entropy_sum", "_votes"):
+        for name in ("_log_sum_value", "_linear_sum", "_entropy_sum", "_votes", "_energy_sum", "_max_logit_sum"):
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.to(device))
         self._samples = [s.to(device) for s in self._samples]
         self.scores = {k: v.to(device) for k, v in self.scores.items()}
+        if self.features is not None:
+            self.features = self.features.to(device)
         return self
 
     def __len__(self) -> int:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from ._layout import check_channels_last, check_in_eval, to_channels_last, worth_trying
+from ._layout import as_layout, check_channels_last
 from ._modes import eval_mode, load_modes, save_modes
 from ._random import forked_rng, generator
 
@@ -200,24 +200,11 @@ def evaluate_loss(
         for batch in loader:
             x, y = _to(batch[0], device), _to(batch[1], device)
             n = len(y)
-            value = loss(model(_layout(x, channels_last)), y)
+            value = loss(model(as_layout(x, channels_last)), y)
             # float64 on the device: the same sums as Python floats, without a sync per batch
             total += value.detach().double() * n if on_device else float(value) * n
             count += n
     return float(total) / max(count, 1)
-
-
-def _layout(x: Any, channels_last: bool) -> Any:
-    """``x`` channels-last when asked and 4-d (anything else as it is)."""
-    return to_channels_last(x) if channels_last and isinstance(x, torch.Tensor) and x.ndim == 4 else x
-
-
-def _choose_layout(setting: bool | None, model: nn.Module, x: Any) -> bool:
-    """Whether :func:`fit` feeds channels-last batches: ``setting`` when given, else on the CPU for
-    a model with a 2-d convolution whose outputs agree in both layouts (:func:`check_in_eval`)."""
-    if setting is not None:
-        return setting and isinstance(x, torch.Tensor) and x.ndim == 4
-    return worth_trying(model, x, in_eval=False) and check_in_eval(model, x)
 
 
 def _sums_on_device(device: torch.device) -> bool:
@@ -271,15 +258,11 @@ def fit(
         callbacks: :class:`Callback` objects.
         grad_clip: clip the gradient norm to this value.
         progress: show a tqdm progress bar.
-        channels_last: the layout of 4-d input batches (:mod:`netuq._layout`). False
-            (default): as given. None: on the CPU, for a model with a 2-d convolution, the
-            first batch is checked once in eval mode (no side effects) and batches are fed
-            channels-last if the outputs agree; True: channels-last, no check. A SmallCNN
-            training step ran 0.97-1.45x as fast channels-last here (width 8: no gain; width
-            16 on 64-256 images: 1.4x), so unlike inference (1.2-1.6x in every case measured)
-            it is not the default. Element-wise dropout draws its masks in the layout's memory
-            order: the same seed gives another, equally distributed, run.
-
+        channels_last: opt-in: True feeds 4-d input batches channels-last (:mod:`netuq._layout`;
+            no check). A SmallCNN training step ran 0.97-1.45x as fast so on the CPU here (width
+            8: no gain; width 16 on 64-256 images: 1.4x); the losses then differ by float
+            rounding, and element-wise dropout draws its masks in the layout's memory order (the
+            same seed gives another, equally distributed, run). False or None (default): as given.
     Returns:
         The history: per-epoch train/validation losses, best epoch, run time.
 
@@ -304,9 +287,8 @@ def fit(
     loss_fn: Loss = loss if loss is not None else nn.functional.cross_entropy
     select_fn: Loss = val_loss if val_loss is not None else loss_fn
     dev = torch.device(device) if device is not None else _model_device(model)
-    check_channels_last(channels_last)
+    use_cl = check_channels_last(channels_last)
     model.to(dev)
-    use_cl: bool | None = None  # decided on the first batch
 
     with forked_rng(dev if dev.type == "cuda" else None, enabled=seed is not None):
         if seed is not None:
@@ -343,9 +325,7 @@ def fit(
                 count = 0
                 for batch in train_loader:
                     x, y = _to(batch[0], dev), _to(batch[1], dev)
-                    if use_cl is None:
-                        use_cl = _choose_layout(channels_last, model, x)
-                    out = model(_layout(x, use_cl))
+                    out = model(as_layout(x, use_cl))
                     value = loss_fn(out, y)
                     n = len(y)
                     if lazy:  # CUDA without per-step callbacks: no host sync; finiteness checked per epoch
@@ -369,7 +349,7 @@ def fit(
                 logs = {"train_loss": total / max(count, 1)}
                 history.train_loss.append(logs["train_loss"])
                 if val_loader is not None:
-                    v = evaluate_loss(model, val_loader, select_fn, dev, channels_last=bool(use_cl))
+                    v = evaluate_loss(model, val_loader, select_fn, dev, channels_last=use_cl)
                     logs["val_loss"] = v
                     history.val_loss.append(v)
                     if history.best_val_loss is None or v < history.best_val_loss or math.isnan(history.best_val_loss):

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BenchmarkConfig", "METHODS", "CALIBRATORS", "load_config"]
+__all__ = ["BenchmarkConfig", "METHODS", "load_config"]  # and CALIBRATORS (module __getattr__)
 
+from ..calibration import registry
 from ..data.vision import DEFAULT_DIRS
-from ..engine._scoring import CALIBRATOR_NAMES
 from .recipes import RECIPES
 
 METHODS = tuple(RECIPES)  # one entry per recipe, in the report's order
-CALIBRATORS = CALIBRATOR_NAMES  # "none" plus netuq.calibration's registry
 TASKS = ("classification", "segmentation")
 DATASETS = ("digits", "mnist", "fashionmnist", "cifar10")
 
@@ -64,7 +63,7 @@ class BenchmarkConfig:
     max_train: int | None = 10000
     max_test: int | None = 2000
     methods: tuple[str, ...] = METHODS
-    calibrators: tuple[str, ...] = CALIBRATORS
+    calibrators: tuple[str, ...] = field(default_factory=registry.names)  # read when a config is made
     seed: int = 0
     seeds: int = 3
     epochs: int = 30
@@ -110,9 +109,10 @@ class BenchmarkConfig:
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
             raise ValueError(f"`methods` must be a non-empty subset of {METHODS}, got {list(self.methods)}")
-        badc = [c for c in self.calibrators if c not in CALIBRATORS]
+        known = registry.names()
+        badc = [c for c in self.calibrators if c not in known]
         if badc:
-            raise ValueError(f"`calibrators` must be a subset of {CALIBRATORS}, got {list(self.calibrators)}")
+            raise ValueError(f"`calibrators` must be a subset of {known}, got {list(self.calibrators)}")
         for name in ("seeds", "epochs", "width", "batch_size", "mc_samples", "het_samples", "het_predict_samples",
                      "cv_repeats", "n_bins", "n_ood", "calibration_pixels"):
             value = getattr(self, name)
@@ -140,6 +140,13 @@ class BenchmarkConfig:
     def for_seed(self, seed: int) -> BenchmarkConfig:
         """The one-seed configuration of repetition ``seed`` (what each seed's results store)."""
         return dataclasses.replace(self, seed=seed, seeds=1)
+
+
+def __getattr__(name: str) -> Any:
+    """``CALIBRATORS``: "none" plus netuq.calibration's registry, read at each access."""
+    if name == "CALIBRATORS":
+        return registry.names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _default_dir(dataset: str) -> Path | None:

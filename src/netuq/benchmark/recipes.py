@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,10 +26,13 @@ from torch import nn
 from .._files import atomic_write
 from ..models import SmallCNN, SmallUNet
 from ..prediction import Prediction
+from ..scores import offered
 from ..training import fit
+from ..traits import Traits, family_label, with_traits
 
-if TYPE_CHECKING:
-    from .config import BenchmarkConfig
+# The recipes take a ``netuq.benchmark.config.BenchmarkConfig``; config.py imports this module (for
+# METHODS), so the type is not imported here (no import circle).
+BenchmarkConfig = Any
 
 __all__ = ["RECIPES", "Recipe", "IGNORE", "make_network", "train_base", "train_augmented", "tta_transforms",
            "augmenting_loader", "method_notes", "pooling_grid", "save_weights", "load_weights"]
@@ -105,7 +108,7 @@ def deterministic(model: nn.Module) -> Predictor:
         with torch.no_grad():
             return Prediction.from_logits(model(x))
 
-    return predict
+    return with_traits(predict, RECIPES["deterministic"].traits)
 
 
 def mc_dropout(model: nn.Module, config: BenchmarkConfig) -> Predictor:
@@ -275,8 +278,8 @@ def heteroscedastic(config: BenchmarkConfig, data, cache: Path) -> Predictor:
             mu, sigma = net(x)
             return heteroscedastic_predict(mu, sigma, samples=config.het_predict_samples, generator=gen)
 
-    predict.epistemic = False  # logit noise: the samples' disagreement is aleatoric (Kendall & Gal 2017)
-    return predict
+    # logit noise: the samples' disagreement is aleatoric (Kendall & Gal 2017)
+    return with_traits(predict, RECIPES["heteroscedastic"].traits)
 
 
 def confidence(config: BenchmarkConfig, data, cache: Path) -> Predictor:
@@ -312,7 +315,7 @@ def confidence(config: BenchmarkConfig, data, cache: Path) -> Predictor:
     def predict(x: torch.Tensor) -> Prediction:
         return confidence_model_predict(net, x, epsilon=DEVRIES_TAYLOR_EPSILON)
 
-    return predict
+    return with_traits(predict, RECIPES["confidence"].traits)
 
 
 @dataclass(frozen=True)
@@ -323,31 +326,47 @@ class Recipe:
         build: ``(config, data, models_dir, base) -> predictor``; ``base()`` returns the shared
             deterministic network (trained on first use, cached in ``models_dir / "base.pt"``).
             TTA trains its own (``models_dir / "tta.pt"``).
-        scores: the uncertainty scores its predictions offer (contract names, higher = less sure).
-        epistemic: whether its samples carry an epistemic part (mutual information is reported).
-        label: display name in the report.
+        traits: the method's :class:`netuq.traits.Traits` (family, epistemic, ...); the recipe's
+            key is its family name, whose label the report shows.
+        sampled: whether its predictions hold several samples (S > 1).
+        provides: what its predictions carry beyond probabilities, as score needs
+            (``"score:sigma"``, ``"logits"``, ...; see :mod:`netuq.scores`).
     """
 
     build: Callable[[Any, Any, Path, Callable[[], nn.Module]], Any]
-    scores: tuple[str, ...]
-    epistemic: bool
-    label: str
+    traits: Traits
+    sampled: bool = False
+    provides: tuple[str, ...] = ()
 
+    @property
+    def label(self) -> str:
+        """Display name in the report (the family's, :data:`netuq.traits.FAMILIES`)."""
+        return family_label(self.traits.family)
 
-_BASIC = ("max_prob", "entropy")
+    @property
+    def epistemic(self) -> bool:
+        """Whether its samples carry an epistemic part (mutual information is reported)."""
+        return self.traits.epistemic
+
+    @property
+    def scores(self) -> tuple[str, ...]:
+        """The uncertainty scores its predictions offer, read from :data:`netuq.scores.SCORES` now."""
+        return offered(samples=self.sampled, epistemic=self.epistemic, provides=self.provides)
+
 
 RECIPES: dict[str, Recipe] = {
-    "deterministic": Recipe(lambda c, d, m, base: deterministic(base()), _BASIC, False, "deterministic"),
-    "mc_dropout": Recipe(lambda c, d, m, base: mc_dropout(base(), c), (*_BASIC, "mutual_information"), True,
-                         "MC dropout"),
-    "ensemble": Recipe(lambda c, d, m, base: ensemble(c, d, m / "ensemble"), (*_BASIC, "mutual_information"), True,
-                       "deep ensemble"),
-    "tta": Recipe(lambda c, d, m, base: tta(train_augmented(c, d, m / "tta.pt"), c), (*_BASIC, "mutual_information"),
-                  True, "TTA"),
+    "deterministic": Recipe(lambda c, d, m, base: deterministic(base()), Traits("deterministic", epistemic=False),
+                            provides=("logits",)),
+    "mc_dropout": Recipe(lambda c, d, m, base: mc_dropout(base(), c), Traits("mc_dropout"), sampled=True,
+                         provides=("logits",)),
+    "ensemble": Recipe(lambda c, d, m, base: ensemble(c, d, m / "ensemble"), Traits("ensemble"), sampled=True,
+                       provides=("logits",)),
+    "tta": Recipe(lambda c, d, m, base: tta(train_augmented(c, d, m / "tta.pt"), c), Traits("tta"), sampled=True),
     "heteroscedastic": Recipe(lambda c, d, m, base: heteroscedastic(c, d, m / "heteroscedastic.pt"),
-                              (*_BASIC, "sigma"), False, "heteroscedastic"),
-    "confidence": Recipe(lambda c, d, m, base: confidence(c, d, m / "confidence.pt"), (*_BASIC, "confidence"), False,
-                         "learned confidence"),
+                              Traits("heteroscedastic", epistemic=False, seeded=True), sampled=True,
+                              provides=("score:sigma", "logits")),
+    "confidence": Recipe(lambda c, d, m, base: confidence(c, d, m / "confidence.pt"),
+                         Traits("confidence", epistemic=False), provides=("score:confidence", "logits")),
 }
 
 

@@ -13,42 +13,17 @@ is a valid method result). Every failure is a ``ValueError`` whose message start
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from pathlib import Path
 from typing import Any
 
 from .._files import atomic_write_json as _atomic_write_json
+from ..results.plain import to_plain
+from ..results.schema import validate_results
 
 __all__ = ["atomic_write_json", "read_json", "load_checkpoint", "to_plain", "validate_part", "RunDir"]
 
 _PART_KEYS = ("metrics", "in_distribution")  # every finished method result has both (evaluate_method writes them)
-
-
-def to_plain(obj: Any) -> Any:
-    """Tensors/arrays to lists, numpy scalars to floats, NaN/Inf to None (JSON has no NaN)."""
-    try:
-        import torch
-
-        if isinstance(obj, torch.Tensor):
-            return to_plain(obj.detach().cpu().tolist())
-    except ImportError:  # pragma: no cover
-        pass
-    if hasattr(obj, "to_dict") and callable(obj.to_dict):
-        return to_plain(obj.to_dict())
-    if hasattr(obj, "tolist") and callable(obj.tolist):
-        return to_plain(obj.tolist())
-    if isinstance(obj, dict):
-        return {str(k): to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_plain(v) for v in obj]
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, (int, str, bool)) or obj is None:
-        return obj
-    if hasattr(obj, "item"):
-        return to_plain(obj.item())
-    return str(obj)
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -159,15 +134,13 @@ def load_checkpoint(path: str | Path, *, into=None) -> dict:
 
 
 def validate_part(data: Any, name: str = "method") -> dict:
-    """Check that ``data`` is a finished method result (``MethodResults`` of :mod:`netuq.report.schema`).
+    """Check that ``data`` is a finished method result (``MethodResults`` of :mod:`netuq.results.schema`).
 
     Beyond the schema's rules, a finished part has non-empty ``metrics`` and ``in_distribution``.
 
     Raises:
         ValueError: naming the first problem.
     """
-    from ..report.schema import validate_results
-
     if not isinstance(data, dict):
         raise ValueError(f"a method result must be a JSON object, got {type(data).__name__}")
     missing = [k for k in _PART_KEYS if not isinstance(data.get(k), dict) or not data[k]]

@@ -37,7 +37,8 @@ class TemperatureSolution:
     passes: int  # evaluations of (NLL, slope, curvature), one pass over the logits each
     iterations: int  # Newton / bisection steps taken
     # "converged", "upper" (β at its upper bound, i.e. T at its lower one), "lower", "constant", "max_iter",
-    # "smoothed" (separable data, converged on the smoothed target)
+    # "smoothed" (separable data, converged on the smoothed target), "smoothed-lower" (separable data whose
+    # smoothed optimum lies above the largest allowed T)
     status: str
 
 
@@ -124,7 +125,8 @@ def solve_temperature(
         smoothing: ε of a smoothed target (see :class:`TemperatureObjective`); 0 for the NLL.
         separable_smoothing: if given and the solve ends at the upper bound on β (separable
             data: no finite optimum), solve again with this ``smoothing``; the status is then
-            "smoothed" (or still "upper"); ``nll`` and ``nll_at_one`` stay the plain NLL.
+            "smoothed", "smoothed-lower" (its optimum beyond the smallest β) or still "upper";
+            ``nll`` and ``nll_at_one`` stay the plain NLL.
         beta_start: start the iteration here instead of at β = 1 (a nearby solution, e.g. the
             whole set's β for one of its folds); ``nll_at_one`` is then NaN (not evaluated).
     """
@@ -154,7 +156,8 @@ def solve_temperature(
         again.passes += sol.passes + plain.passes
         again.iterations += sol.iterations
         again.nll_at_one = sol.nll_at_one
-        again.status = "smoothed" if again.status == "converged" else again.status
+        # "smoothed-lower": the smoothed optimum lies beyond the largest T (not anti-informative logits)
+        again.status = {"converged": "smoothed", "lower": "smoothed-lower"}.get(again.status, again.status)
         sol = again
     sol.beta /= scale
     return sol

@@ -22,13 +22,12 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from .._checks import PROB_SUM_TOL, as_tensor, check_labels, check_logits, flatten_valid, float_dtype
+from .._checks import as_tensor, check_labels, check_logits, flatten_valid, float_dtype, sum_tolerance
 from ..exceptions import NotFittedError
+from .registry import CALIBRATORS
 
 __all__ = ["CALIBRATORS", "Calibrator"]
 
-#: name → calibrator class, filled by the classes themselves (see :class:`Calibrator`).
-CALIBRATORS: dict[str, type[Calibrator]] = {}
 
 FORMAT = "netuq-calibrator"
 FORMAT_VERSION = 1
@@ -68,7 +67,7 @@ def check_calibration_logits(logits: Any, *, reject_probs: bool = False) -> torc
 
 def _reject_probabilities(z: torch.Tensor) -> None:
     """Raise if every row of (N, C, ...) ``z`` (values already known to be in [0, 1]) sums to 1 over dim 1."""
-    tol = max(PROB_SUM_TOL, torch.finfo(z.dtype).eps)  # bfloat16 rounding alone moves a sum by ~3e-3
+    tol = sum_tolerance(z.dtype, z.shape[1])  # the tolerance of check_probs: by dtype
     err = float((z.sum(dim=1, dtype=float_dtype(z)) - 1.0).abs().max())
     if err <= tol:
         raise ValueError(
@@ -141,9 +140,19 @@ class Calibrator:
     (N, C, ...) logits in the compute dtype, ``_param_names`` (constructor arguments),
     ``_fitted_shapes(C)`` (fitted attributes and their shapes, () for a float), ``_info_names``
     (fit information) and, where its fit obeys rules beyond finiteness, ``_check_fitted_values``.
+    It may also set ``label``, ``order`` and ``changes_prediction`` (see
+    :mod:`netuq.calibration.registry`).
     """
 
     name: ClassVar[str | None] = None
+    #: display label (report, CLI); default: the name with spaces for underscores
+    label: ClassVar[str | None] = None
+    #: display position among the calibrators (lower first; ties keep registration order)
+    order: ClassVar[float] = 100
+    #: whether the calibrated argmax can differ from the uncalibrated one (the predicted class
+    #: changes): temperature scaling and top-label histogram binning keep it; vector / matrix
+    #: scaling and isotonic regression can change it. True unless a class states otherwise
+    changes_prediction: ClassVar[bool] = True
     _param_names: ClassVar[tuple[str, ...]] = ()
     #: constructor arguments added after format version 1 files were first written, with the
     #: value that reproduces how such an older file was fitted (used when a file lacks them)
@@ -249,8 +258,12 @@ class Calibrator:
     def _transform(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def _fitted_shapes(self, num_classes: int) -> dict[str, tuple[int, ...]]:  # pragma: no cover
-        """{fitted attribute: shape} for C = ``num_classes``; shape () is a Python float."""
+    def _fitted_shapes(self, num_classes: int) -> dict[str, tuple[int | None, ...]]:  # pragma: no cover
+        """{fitted attribute: shape} for C = ``num_classes``; shape () is a Python float.
+
+        ``None`` in a shape is a length fixed by the fit, not by C (the breakpoints of a
+        non-parametric calibrator); the class's ``_check_fitted_values`` relates such lengths.
+        """
         raise NotImplementedError
 
     def _check_fitted_values(self) -> str | None:
@@ -262,7 +275,7 @@ class Calibrator:
         for name, shape in self._fitted_shapes(self.num_classes_).items():
             value = getattr(self, name)
             t = torch.as_tensor(value, dtype=torch.float64)
-            if tuple(t.shape) != shape:
+            if not shape_matches(tuple(t.shape), shape):
                 return f"`{name.rstrip('_')}` must have shape {shape}, got {tuple(t.shape)}"
             if not bool(torch.isfinite(t).all()):
                 return f"`{name.rstrip('_')}` must be finite"
@@ -365,9 +378,18 @@ class Calibrator:
             >>> load(path).temperature_ == ts.temperature_
             True
         """
-        from .persistence import save
+        import json
 
-        return save(self, path)
+        from .._files import atomic_write_text
+
+        path = Path(path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
+        return path
+
+
+def shape_matches(found: tuple[int, ...], shape: tuple[int | None, ...]) -> bool:
+    """Whether ``found`` is ``shape``, where a ``None`` entry of ``shape`` matches any length."""
+    return len(found) == len(shape) and all(s is None or f == s for f, s in zip(found, shape))
 
 
 def _jsonable(value):

@@ -17,9 +17,8 @@ from typing import Any
 import torch
 
 from .. import metrics
-from .._checks import check_labels, float_dtype
+from .._checks import check_labels, check_n_bins, float_dtype
 from ..exceptions import NotEnoughMemoryError
-from ..metrics._core import check_n_bins
 from .base import Calibrator, check_calibration_logits
 
 __all__ = ["cross_validate", "split_indices", "CATASTROPHIC_FACTOR"]

@@ -409,6 +409,8 @@ class VectorScaling(_LinearScaling):
     """
 
     name: ClassVar[str] = "vector"
+    label: ClassVar[str] = "vector scaling"
+    order: ClassVar[float] = 20
     _param_names = ("l2", "cv", "max_iter", "tol")
     _params_added = {"l2": None, "cv": 3}  # files written before l2 existed were unregularised
     _info_names = (*Calibrator._info_names, "l2_", "l2_scores_")
@@ -527,6 +529,8 @@ class MatrixScaling(_LinearScaling):
     """
 
     name: ClassVar[str] = "matrix"
+    label: ClassVar[str] = "matrix scaling"
+    order: ClassVar[float] = 30
     _param_names = ("odir", "pull_diagonal", "cv", "max_iter", "tol")
     _params_added = {"pull_diagonal": False}  # files written before it existed used Kull et al.'s exact ODIR
     _info_names = (*Calibrator._info_names, "odir_", "odir_scores_")

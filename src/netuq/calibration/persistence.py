@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from .._files import atomic_write_text
-from .base import CALIBRATORS, FORMAT, FORMAT_VERSION, Calibrator
+from .base import FORMAT, FORMAT_VERSION, Calibrator
+from .registry import CALIBRATORS
 
 __all__ = ["save", "load"]
 
@@ -28,22 +28,25 @@ _TOP_KEYS = ("format", "format_version", "class", "params", "num_classes", "fitt
 
 
 def save(calibrator: Calibrator, path: str | Path) -> Path:
-    """Write ``calibrator.to_dict()`` to ``path`` as JSON through a temporary file and a rename."""
-    data = calibrator.to_dict()
-    path = Path(path)
-    atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
-    return path
+    """Write ``calibrator.to_dict()`` to ``path`` as JSON through a temporary file and a rename
+    (:meth:`Calibrator.save`, which owns the writing)."""
+    if not isinstance(calibrator, Calibrator):
+        raise TypeError(f"`calibrator` must be a netuq Calibrator, got {type(calibrator).__name__}")
+    return calibrator.save(path)
 
 
-def _number_array(value: Any, shape: tuple[int, ...], key: str, num_classes: int) -> torch.Tensor:
-    """``value`` as a float64 tensor of ``shape`` after checking it is nested lists of numbers."""
+def _number_array(value: Any, shape: tuple[int | None, ...], key: str, num_classes: int) -> torch.Tensor:
+    """``value`` as a float64 tensor of ``shape`` after checking it is nested lists of numbers.
+
+    A ``None`` length (breakpoints whose number the fit chose) accepts a list of any length.
+    """
 
     def walk(v, dims):
         if not dims:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ValueError(f"`{key}` must hold numbers, got {type(v).__name__} {_short(v)}")
             return float(v)
-        if not isinstance(v, list) or len(v) != dims[0]:
+        if not isinstance(v, list) or (dims[0] is not None and len(v) != dims[0]):
             raise ValueError(f"`{key}` must have shape {shape} for num_classes={num_classes}, got {_short(value)}")
         return [walk(x, dims[1:]) for x in v]
 

@@ -67,6 +67,9 @@ class TemperatureScaling(Calibrator):
     """
 
     name: ClassVar[str] = "temperature"
+    label: ClassVar[str] = "temperature scaling"
+    order: ClassVar[float] = 10
+    changes_prediction: ClassVar[bool] = False  # z / T with T > 0 keeps every row's argmax
     _param_names = ("bounds", "max_iter", "separable")
     _params_added = {"separable": "bound"}  # files written before it existed hit the bound
 
@@ -131,6 +134,15 @@ def warn_temperature_status(status: str, temperature: float, who: str, n: int = 
             f"{who}: the fit data are separable (e.g. every prediction correct), so the NLL has no finite "
             f"optimum (T -> 0); fitted to the Laplace-smoothed target 1 - 1/(n+2) with n = {n} instead: "
             f"T = {temperature:.4g}",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    elif status == "smoothed-lower":
+        warnings.warn(
+            f"{who}: the fit data are separable (e.g. every prediction correct), so the NLL has no finite "
+            f"optimum (T -> 0); the Laplace-smoothed target 1 - 1/(n+2) with n = {n} instead asks for a temperature "
+            f"above the largest allowed T = {temperature:.4g} (few rows with very confident logits); keeping the "
+            "bound: widen `bounds` or fit on more data",
             RuntimeWarning,
             stacklevel=4,
         )

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from .._checks import looks_like_probs
+
 N_BINS_MAX = 100_000
 
 
@@ -83,19 +85,6 @@ class Predictions:
         from .._checks import float_dtype
 
         return torch.softmax(self.values.to(float_dtype(self.values)), dim=1)
-
-
-def looks_like_probs(values: torch.Tensor) -> bool:
-    """True when every value of (N, C, ...) ``values`` is in [0, 1] and every row sums to 1 over dim 1."""
-    from .._checks import PROB_SUM_TOL
-
-    if not values.is_floating_point() or values.ndim < 2 or values.numel() == 0:
-        return False
-    lo, hi = torch.aminmax(values)
-    if not (float(lo) >= 0.0 and float(hi) <= 1.0):
-        return False
-    tol = max(PROB_SUM_TOL, torch.finfo(values.dtype).eps)
-    return float((values.sum(dim=1, dtype=torch.float64) - 1.0).abs().max()) <= tol
 
 
 def read_predictions(args) -> Predictions:

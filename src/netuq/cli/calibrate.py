@@ -17,11 +17,12 @@ from pathlib import Path
 
 import torch
 
-from ..calibration import CALIBRATORS
+from ..calibration import CALIBRATORS, registry
 from ._common import add_input_arguments, read_predictions
 
 DESCRIPTION = (
-    "Fit temperature, vector or matrix scaling to stored logits (or probabilities, through their log). "
+    "Fit a calibrator (temperature, vector or matrix scaling, top-label histogram binning, isotonic regression) "
+    "to stored logits (or probabilities, through their log). "
     "The before/after table is measured by repeated k-fold cross-validation (Ashukha et al. 2020): every "
     "'calibrated' number comes from data the calibrator was not fitted on. --save then fits once on all "
     "the data and writes the calibrator as JSON, which 'netuq evaluate FILE --calibrator PATH' applies. "
@@ -32,11 +33,11 @@ DESCRIPTION = (
 def register(sub) -> None:
     p = sub.add_parser(
         "calibrate",
-        help="fit temperature/vector/matrix scaling to stored logits; report it by repeated 2-fold CV",
+        help="fit a calibrator (scaling, histogram binning, isotonic) to stored logits; report it by 2-fold CV",
         description=DESCRIPTION,
     )
     add_input_arguments(p)
-    p.add_argument("--method", choices=sorted(CALIBRATORS), default="temperature",
+    p.add_argument("--method", choices=registry.names(none=False), default="temperature",  # read at parse time
                    help="calibrator (default: temperature)")
     p.add_argument(
         "--odir",
@@ -86,6 +87,11 @@ def _check_memory(method: str, logits: torch.Tensor) -> None:
         check_fit_memory(cls, logits.numel() // C, C)
 
 
+def _title(method: str) -> str:
+    """"temperature scaling", "histogram binning", ...: a class's ``label``, else "<name> scaling"."""
+    return getattr(CALIBRATORS[method], "label", None) or f"{method} scaling"
+
+
 def _row(name: str, before: dict, after: dict) -> str:
     def fmt(d):
         return f"{d['mean']:.4f} ± {d['std']:.4f}"
@@ -112,7 +118,7 @@ def run(args, echo=print) -> int:
         n_bins=args.n_bins,
         ignore_index=args.ignore_index,
     )
-    echo(f"{args.method} scaling on {args.file} [{data.shape}]{note}")
+    echo(f"{_title(args.method)} on {args.file} [{data.shape}]{note}")
     echo(f"{args.folds}-fold x {args.repeats} repeats (seed {args.seed}), mean ± std over held-out folds:")
     echo(f"{'metric':<10}{'uncalibrated':>20}{'calibrated':>20}")
     for name in ("nll", "ece", "brier", "accuracy"):
@@ -157,7 +163,7 @@ def _plot(args, make, logits, labels) -> Path:
     panels = [
         ("uncalibrated", metrics.reliability_bins(before, labels, **kw), metrics.ece(before, labels, **kw)),
         (
-            f"{args.method} scaling (out-of-fold)",
+            f"{_title(args.method)} (out-of-fold)",
             metrics.reliability_bins(after, labels, **kw),
             metrics.ece(after, labels, **kw),
         ),

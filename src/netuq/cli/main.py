@@ -14,11 +14,11 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from . import benchmark, calibrate, evaluate, report
+from . import benchmark, calibrate, conformal, evaluate, report
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS = (benchmark, report, calibrate, evaluate)
+COMMANDS = (benchmark, report, calibrate, evaluate, conformal)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -34,7 +34,7 @@ class _UsageError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="netuq", description="Uncertainty estimation and calibration for PyTorch networks.")
-    from .. import __version__
+    from .._version import __version__
 
     parser.add_argument("--version", action="version", version=f"netuq {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)

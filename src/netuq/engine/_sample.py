@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["Reservoir"]
+__all__ = ["Reservoir", "flat_rows", "take_rows", "per_row", "sampled_scores"]
 
 
 class Reservoir:
@@ -72,3 +72,43 @@ class Reservoir:
             self.get("")  # merge the pending parts
         first = next(iter(self.cols.values()), None)
         return 0 if first is None else int(first.shape[0])
+
+
+def flat_rows(pred, mask: torch.Tensor | None):
+    """Index helpers for the rows (pixels) of a batch: ``(positions, log_probs (N, C, L), L)``;
+    ``positions`` are the flat indices of the rows where ``mask`` holds (every row without one)."""
+    lp = pred.log_probs
+    n, c = lp.shape[:2]
+    flat = lp.reshape(n, c, -1)
+    positions = torch.arange(flat.shape[0] * flat.shape[2]) if mask is None else mask.reshape(-1).nonzero().squeeze(1)
+    return positions, flat, flat.shape[2]
+
+
+def take_rows(flat, L, positions, scores, y=None, anomaly=None, offset=0, logits=True):
+    """The columns :meth:`Reservoir.offer` keeps for the chosen rows: ``s:SCORE``, ``logits`` (M, C)
+    and ``group`` (the image index, shifted by ``offset``), ``y``, ``anomaly``."""
+
+    def take(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        pos = positions[idx]
+        n, l_ = pos // L, pos % L
+        cols = {f"s:{k}": v.reshape(-1)[pos] for k, v in scores.items()}
+        if logits:
+            cols["logits"] = flat[n, :, l_]
+            cols["group"] = n + offset
+        if y is not None:
+            cols["y"] = y.reshape(-1)[pos]
+        if anomaly is not None:
+            cols["anomaly"] = anomaly.reshape(-1)[pos]
+        return cols
+
+    return take
+
+
+def per_row(scores: dict[str, torch.Tensor], want: int) -> dict[str, torch.Tensor]:
+    """The scores with one value per row (``want`` values), as float32."""
+    return {k: v.float() for k, v in scores.items() if v.numel() == want}
+
+
+def sampled_scores(sample: Reservoir, order) -> dict[str, torch.Tensor]:
+    """The score columns of a sample, in ``order`` (the vocabulary's display order)."""
+    return {k: sample.get(f"s:{k}") for k in order if sample.get(f"s:{k}") is not None}

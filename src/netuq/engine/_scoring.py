@@ -7,43 +7,49 @@ from typing import Any
 import torch
 
 from .. import metrics as M
+from .. import scores as vocabulary
+from ..calibration import registry
 from ..prediction import Prediction
 
-__all__ = ["CALIBRATOR_NAMES", "make_calibrator", "uncertainty_scores", "detection", "histogram", "downsample",
+__all__ = ["streaming", "make_calibrator", "uncertainty_scores", "detection", "histogram", "downsample",
            "held_out_scores", "metric_values", "reliability_dict"]
 
 CURVE_POINTS = 101
-SCORE_ORDER = ("max_prob", "entropy", "mutual_information", "sigma", "confidence")
 
 
-def _registry() -> dict[str, type]:
-    from ..calibration import CALIBRATORS  # the calibrator registry (name -> class); imported late (cycle)
+def streaming(num_classes: int, n_bins: int, ignore_index: int | None, *, full: bool = False, validate: bool = False):
+    """A streaming :class:`~netuq.metrics.UncertaintyMetrics` (``full``: class-wise ECE too)."""
+    from ..metrics.streaming import UncertaintyMetrics
 
-    return dict(CALIBRATORS)
-
-
-#: "none" (no calibration) plus every registered calibrator name.
-CALIBRATOR_NAMES: tuple[str, ...] = ("none", *_registry())
+    kw = {"classwise": True} if full else {"fine_bins": 64}
+    # Every rank streams the gathered whole set (netuq.distributed): a torchmetrics sync would count it W times.
+    return UncertaintyMetrics(num_classes, n_bins=n_bins, ignore_index=ignore_index, validate_args=validate,
+                              sync_on_compute=False, **kw)
 
 
 def make_calibrator(name: str):
-    """A fresh calibrator in its recommended configuration."""
-    return _registry()[name]()
+    """A fresh calibrator in its recommended configuration (read from the registry at call time)."""
+    return registry.make(name)
 
 
-def uncertainty_scores(pred: Prediction, epistemic: bool) -> dict[str, torch.Tensor]:
-    """Every score the prediction offers (higher = less sure), each (N, ...).
+def uncertainty_scores(pred: Prediction, epistemic: bool, names=None, fitted=None) -> dict[str, torch.Tensor]:
+    """Every score of :data:`netuq.scores.SCORES` the prediction offers (higher = less sure), each (N, ...).
 
-    ``mutual_information`` needs several samples and an epistemic part (``epistemic``).
+    ``names``: the scores asked for (default: every ``compared`` one); a score whose needs the
+    prediction (or the method: ``epistemic``) does not meet is left out. ``fitted``: name ->
+    compute function of the fitted scores (a fitted score without one is left out).
     """
-    scores = {"max_prob": 1.0 - pred.confidence, "entropy": pred.entropy}
-    if epistemic and pred.num_samples > 1:
-        scores["mutual_information"] = pred.epistemic
-    if "sigma" in pred.scores:
-        scores["sigma"] = pred.scores["sigma"]
-    if "confidence" in pred.scores:
-        scores["confidence"] = 1.0 - pred.scores["confidence"]
-    return scores
+    out = {}
+    for score in vocabulary.compared_scores(names):
+        if not vocabulary.available(score, pred, epistemic):
+            continue
+        if score.fitted:
+            if fitted is None or score.name not in fitted:
+                continue
+            out[score.name] = score(pred, fitted[score.name])
+        else:
+            out[score.name] = score(pred)
+    return out
 
 
 def detection(u_in: torch.Tensor, u_out: torch.Tensor) -> dict[str, float]:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..prediction import Prediction
-from ._batches import DEFAULT_KEYS, Batch, as_predictor, check_labels_shape, iter_batches, method_device
+from ._batches import DEFAULT_KEYS, Batch, as_predictor, check_batch, iter_batches, method_device
 
 __all__ = ["predict", "stream"]
 
@@ -25,10 +25,12 @@ def _progress(loader: Iterable, enabled: bool, desc: str):
     return tqdm(loader, total=total, desc=desc, unit="batch", leave=False)
 
 
-def _local(method, loader, *, device, keys, seed, progress, name, predictor, members, allow_empty):
+def _local(method, loader, *, device, keys, seed, progress, name, predictor, members, allow_empty, labels, anomaly,
+           ignore_index):
     run = predictor or as_predictor(method, seed=seed)
     dev = torch.device(device) if device is not None else method_device(method)
-    for batch in iter_batches(_progress(loader, progress, name), keys, name=name, allow_empty=allow_empty):
+    for batch in iter_batches(_progress(loader, progress, name), keys, name=name, allow_empty=allow_empty,
+                              labels=labels != "unused", anomaly=anomaly):
         x = batch.x.to(dev)
         with torch.no_grad():
             pred = run(x)
@@ -37,7 +39,7 @@ def _local(method, loader, *, device, keys, seed, progress, name, predictor, mem
                 f"`method` must return a netuq.Prediction, got {type(pred).__name__} on {name} batch {batch.index}"
             )
         pred = pred.to("cpu")
-        check_labels_shape(pred, batch, name)
+        check_batch(pred, batch, name, classes=labels == "classes", ignore_index=ignore_index)
         with torch.no_grad():
             extra = [m(x).to("cpu") for m in members]
         yield batch, pred, extra
@@ -55,10 +57,17 @@ def stream(
     predictor=None,
     members: Sequence = (),
     distributed: bool | None = None,
+    labels: str = "shape",
+    anomaly: bool = False,
+    ignore_index: int | None = None,
 ) -> Iterator[tuple[Batch, Prediction, list[Prediction]]]:
     """Yield ``(batch, prediction, member_predictions)`` per batch, all on the CPU; labels checked.
 
-    ``members``: predictors also run on every batch (an ensemble's members). Under a process
+    ``members``: predictors also run on every batch (an ensemble's members). What the consumer
+    reads of each batch, and so checks: ``labels`` "unused" (not read), "shape" (the prediction's
+    shape without C) or "classes" (scored: also values in [0, C) or ``ignore_index``, in a dtype
+    that can hold it; :func:`~netuq.engine._batches.check_batch`); ``anomaly``: a bool anomaly
+    mask (a tuple's bool third element, or the mapping's anomaly key). Under a process
     group (see :mod:`netuq.distributed`) every rank yields the gathered batches of the whole set,
     in dataset order and cut as one process would when the loader uses an ``EvalSampler``.
     """
@@ -66,7 +75,8 @@ def stream(
 
     gather = is_distributed(distributed) and (distributed is True or shards(loader))
     local = _local(method, loader, device=device, keys=keys, seed=seed, progress=progress, name=name,
-                   predictor=predictor, members=list(members), allow_empty=gather)
+                   predictor=predictor, members=list(members), allow_empty=gather, labels=labels, anomaly=anomaly,
+                   ignore_index=ignore_index)
     if gather:
         yield from gather_stream(local, loader, name)
     else:
@@ -90,11 +100,11 @@ def predict(
             with a generator seeded by ``seed``), ``ConfidenceClassifier``, any callable
             ``x -> Prediction``, or a plain ``nn.Module`` (its logits as a one-sample prediction,
             run in eval mode; the module's modes are restored).
-        loader: any iterable of batches: a tensor ``x`` (N, ...), a tuple/list ``(x, y, ...)``, or a
-            mapping with the names in ``keys``.
+        loader: any iterable of batches: a tensor ``x`` (N, ...), a tuple/list ``(x, y, ...)``
+            (elements after ``y`` are ignored), or a mapping with the names in ``keys``.
         device: where batches go (default: the device of the method's parameters, else the CPU).
         progress: show a tqdm bar.
-        keys: mapping keys of the input, the labels and (for ``compare``) the anomaly mask.
+        keys: mapping keys of the input, the labels and (read by ``compare`` only) the anomaly mask.
         seed: seeds the noise of a ``HeteroscedasticClassifier``.
         distributed: gather the whole set from every rank of the process group. None (auto): when
             one with world size > 1 is initialised and the loader's sampler shards the data (an

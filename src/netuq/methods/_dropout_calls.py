@@ -12,7 +12,7 @@ state is given, with per-sample seeded masks (the same rule as the dropout modul
 :mod:`netuq.methods.mc_dropout`). Other torch functions pass through unchanged; modes are
 thread-local, so other threads are not affected.
 
-What it cannot see: dropout inside TorchScript or ``torch.compile``-d code, inside C++ operators
+What it cannot see: dropout inside TorchScript code, inside C++ operators
 (``scaled_dot_product_attention(dropout_p=...)``, fused RNN dropout), or written by hand with
 ``torch.bernoulli`` (stochastic depth / DropPath). Such a model with no dropout module and no visible
 call is refused by :class:`netuq.MCDropout` (every sample would be identical).
@@ -20,6 +20,7 @@ call is refused by :class:`netuq.MCDropout` (every sample would be identical).
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -27,10 +28,12 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 from torch.overrides import TorchFunctionMode
 
+from .._batching import couples_rows
 from .._modes import restore_modes
 from .._random import derive_seed as _derive
 from .._random import seed_device as _seed_device
@@ -39,9 +42,12 @@ from ..nn import mc_sampling
 __all__ = [
     "FUNCTIONAL_NAMES",
     "FunctionalDropout",
+    "Regroup",
     "SeedState",
     "dropout_active",
     "masked_dropout",
+    "per_sample",
+    "sample_dim",
     "stochastic_modules",
 ]
 
@@ -58,14 +64,47 @@ class SeedState:
         self.seed = seed
         self.offset = 0  # index of the first sample in this forward
         self.k = 1  # samples in this forward
+        self.n = 1  # rows of one sample at the model's input (the batch N)
         self.calls = 0  # dropout calls so far in this forward (modules and functional calls)
 
 
-def masked_dropout(p: float, feature: bool, x: torch.Tensor, seeds: list[int], inplace: bool = False) -> torch.Tensor:
-    """Dropout of ``x`` (k·n rows, sample-major) with sample i's mask drawn from seed ``seeds[i]``.
+class Regroup(Exception):  # noqa: N818 - a signal to the sampler, not an error the user sees
+    """Raised in a forward of k > 1 stacked samples that cannot be stacked: a seeded dropout
+    input that does not show which elements belong to which sample (no single dimension of k·N),
+    or a call that mixes the rows of the batch (:func:`netuq._batching.couples_rows`).
+    :class:`netuq.MCDropout` then runs this input shape one sample per forward."""
+
+
+def sample_dim(x: torch.Tensor, state: SeedState, feature: bool = False) -> int:
+    """The dimension of a dropout input ``x`` that holds the k·N rows of this forward's samples,
+    sample-major (rows s·N … s·N + N − 1 of sample s): the one dimension of that size, wherever
+    the model moved it (e.g. a sequence-first (T, k·N, F) activation); 0 when k = 1 (nothing to
+    split). A feature mask (``feature``) is per (dim 0, dim 1), so only those two can split.
+
+    Raises:
+        Regroup: k > 1 and no single dimension of size k·N (e.g. (k·N·T, F) after a flatten, or
+            T = k·N): which elements are whose cannot be told, so the masks would depend on how
+            samples are grouped into forwards.
+    """
+    if state.k == 1:
+        return 0
+    rows = state.k * state.n
+    dims = [d for d in range(min(x.ndim, 2) if feature else x.ndim) if x.shape[d] == rows]
+    others = [d for d in range(x.ndim) if x.shape[d] == rows and d not in dims]
+    if len(dims) != 1 or others:
+        raise Regroup
+    return dims[0]
+
+
+def masked_dropout(
+    p: float, feature: bool, x: torch.Tensor, seeds: list[int], inplace: bool = False, dim: int = 0
+) -> torch.Tensor:
+    """Dropout of ``x`` (k·n rows along ``dim``, sample-major) with sample i's mask drawn from
+    seed ``seeds[i]``, in the memory order of a contiguous tensor of one sample's shape (so the
+    same whatever the layout of ``x`` and the dimension its samples lie along).
 
     Keep with probability 1 − p and scale by 1 / (1 − p), per element or (``feature``) per
-    (row, channel). Out of place unless ``inplace`` (then ``x`` is multiplied and returned).
+    (dim 0, dim 1) pair. Out of place unless ``inplace`` (then ``x`` is multiplied and returned).
     """
     k = len(seeds)
     if p == 0.0 or x.numel() == 0:
@@ -74,12 +113,30 @@ def masked_dropout(p: float, feature: bool, x: torch.Tensor, seeds: list[int], i
         return x.mul_(0) if inplace else x * 0
     mask = torch.empty(x.shape[:2] + (1,) * (x.ndim - 2) if feature else x.shape, dtype=x.dtype, device=x.device)
     gen = torch.Generator(device=x.device)
-    n = x.shape[0] // k
+    n = mask.shape[dim] // k
     for i, seed in enumerate(seeds):
         gen.manual_seed(seed)
-        mask[i * n : (i + 1) * n].bernoulli_(1.0 - p, generator=gen)
+        part = mask.narrow(dim, i * n, n)
+        if part.is_contiguous():
+            part.bernoulli_(1.0 - p, generator=gen)
+        else:  # drawn as one contiguous sample, then placed
+            part.copy_(torch.empty(part.shape, dtype=x.dtype, device=x.device).bernoulli_(1.0 - p, generator=gen))
     mask.div_(1.0 - p)
     return x.mul_(mask) if inplace else x * mask
+
+
+def per_sample(
+    run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, seeds: list[int], dim: int
+) -> torch.Tensor:
+    """``run`` (a dropout kernel drawing from the device's generator) on each sample's slice of
+    ``x`` along ``dim`` (contiguous, so that its draws do not follow the layout), the generator
+    seeded with that sample's seed; the outputs concatenated along ``dim``."""
+    n = x.shape[dim] // len(seeds)
+    outs = []
+    for i, seed in enumerate(seeds):
+        _seed_device(x.device, seed)
+        outs.append(run(x.narrow(dim, i * n, n).contiguous()))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim)
 
 
 class _Spec(NamedTuple):
@@ -134,6 +191,10 @@ class FunctionalDropout(TorchFunctionMode):
         probe: count calls but leave them as they are (used while running a trunk).
         bypass: > 0 while a seeded dropout module draws its own masks (its inner calls pass).
         track: record ``largest``, the most elements of any tensor a torch function returned.
+        watch: called before each switched-on dropout call (e.g. :func:`refuse_checkpointed_dropout`).
+        rows: the rows of the current forward, to look for calls that mix them
+            (:func:`netuq._batching.couples_rows`; None: not looked for); ``coupled``
+            records one, and ``stacked`` (several samples in the forward) raises :class:`Regroup`.
     """
 
     def __init__(self, state: SeedState | None = None) -> None:
@@ -144,8 +205,16 @@ class FunctionalDropout(TorchFunctionMode):
         self.bypass = 0
         self.track = False
         self.largest = 0
+        self.watch: Callable[[], Any] | None = None
+        self.rows: int | None = None
+        self.stacked = False
+        self.coupled = False
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        if self.rows is not None and couples_rows(func, args, kwargs or {}, self.rows):
+            if self.stacked:  # the samples of this forward would see each other: one per forward
+                raise Regroup
+            self.coupled = True
         out = self._dispatch(func, args, kwargs or {})
         if self.track:
             for t in out if isinstance(out, (tuple, list)) else (out,):
@@ -160,28 +229,49 @@ class FunctionalDropout(TorchFunctionMode):
         self.calls += 1
         if self.probe:
             return func(*args, **kwargs)
+        if self.watch is not None:
+            self.watch()
         x, p, inplace = _bind(spec, args, kwargs)
         state = self.state
         if state is None or not isinstance(x, torch.Tensor):
             return _call(func, spec, x, p, inplace)
         j = state.calls
         state.calls += 1
-        k = state.k
-        if x.ndim == 0 or x.shape[0] % k:
-            # rows do not split into the k samples (e.g. a sequence-first layout): one seeded call
-            _seed_device(x.device, _derive(state.seed, 1, state.offset, k, j))
-            return _call(func, spec, x, p, inplace)
-        seeds = [_derive(state.seed, 0, state.offset + i, j) for i in range(k)]
         feature_ok = spec.kind == "feature" and (x.ndim == spec.rank if spec.rank else x.ndim >= 2)
+        dim = sample_dim(x, state, feature_ok)
+        if x.ndim == 0:  # one sample (k = 1, else sample_dim raised): its seed, torch's kernel
+            _seed_device(x.device, _derive(state.seed, 0, state.offset, j))
+            return _call(func, spec, x, p, inplace)
+        seeds = [_derive(state.seed, 0, state.offset + i, j) for i in range(state.k)]
         if x.is_floating_point() and (spec.kind == "element" or feature_ok):
-            return masked_dropout(p, spec.kind == "feature", x, seeds, inplace)
-        n = x.shape[0] // k
-        outs = []
-        for i, seed in enumerate(seeds):  # torch's own kernel on each sample's rows, its generator seeded
-            _seed_device(x.device, seed)
-            outs.append(_call(func, spec, x[i * n : (i + 1) * n], p, False))
-        out = outs[0] if k == 1 else torch.cat(outs)
+            return masked_dropout(p, spec.kind == "feature", x, seeds, inplace, dim)
+        # torch's own kernel on each sample's slice, its generator seeded
+        out = per_sample(lambda part: _call(func, spec, part, p, False), x, seeds, dim)
         return x.copy_(out) if inplace else out
+
+
+_CHECKPOINT_FILE = torch.utils.checkpoint.__file__
+
+
+def refuse_checkpointed_dropout(*_: Any) -> None:
+    """Raise if the caller runs inside ``torch.utils.checkpoint`` (reentrant or not, and
+    ``checkpoint_sequential``): called before each dropout call of an ``MCDropout(no_grad=False)``
+    sample. Backward would recompute the checkpointed forward after sampling has ended — with
+    dropout back in the model's own mode and without netuq's seeded masks — so its gradients
+    would be those of another function (reentrant checkpointing) or torch would raise a
+    ``CheckpointError`` (non-reentrant)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_filename == _CHECKPOINT_FILE:
+            raise RuntimeError(
+                "`MCDropout(no_grad=False)` cannot keep gradients through activation checkpointing "
+                "(torch.utils.checkpoint) around dropout or a module that sampling switches to eval mode: backward "
+                "recomputes the checkpointed forward after sampling has ended, with every module back in its own "
+                "mode and without netuq's seeded masks, so the gradients would be wrong. Turn checkpointing "
+                "off while sampling (e.g. model.gradient_checkpointing_disable() "
+                "for Hugging Face models), keep dropout outside the checkpointed blocks, or use no_grad=True"
+            )
+        frame = frame.f_back
 
 
 # ---------------------------------------------------------------------------- modules and modes
@@ -220,26 +310,28 @@ def _no_dropout_message(modules: Sequence[nn.Module], name: str = "model") -> st
     return (
         f"`{name}` must contain a dropout module ({_DROPOUT_NAMES}) or call functional dropout "
         f"({FUNCTIONAL_NAMES}) from Python, got none in {kinds}: every MC sample would be identical. "
-        "Dropout inside TorchScript or torch.compile code, inside C++ operators (attention dropout_p, RNN "
+        "Dropout inside TorchScript code, inside C++ operators (attention dropout_p, RNN "
         "dropout) or hand-written torch.bernoulli masks cannot be switched on by netuq. Insert MC dropout "
         "with netuq.nn.add_dropout(model, p) (before the final classifier by default)"
     )
 
 
 def _warn_opaque(modules: Sequence[nn.Module]) -> None:
-    opaque = sorted(
-        {
-            type(m).__name__
-            for root in modules
-            for m in root.modules()
-            if isinstance(m, torch.jit.ScriptModule) or type(m).__name__ == "OptimizedModule"
-        }
-    )
+    """Warn about TorchScript submodules: their dropout is compiled code, out of netuq's reach.
+
+    ``torch.compile``-d modules are not reported: an ``OptimizedModule`` holds the Python modules
+    (``_orig_mod``), whose flags netuq switches (dynamo recompiles for them) and whose forwards
+    and functional calls it seeds, so they are sampled as the uncompiled model (bit-identically
+    with a seed, measured with the eager, aot_eager and inductor backends; unseeded inductor draws
+    its masks from its own generator: other masks, the same distribution).
+    """
+    scripted = (m for root in modules for m in root.modules() if isinstance(m, torch.jit.ScriptModule))
+    opaque = sorted({type(m).__name__ for m in scripted})
     if opaque:
         warnings.warn(
-            f"`model` contains TorchScript or compiled modules ({', '.join(opaque)}): dropout inside them "
-            "cannot be switched on or seeded by netuq.MCDropout and stays as their own mode says; "
-            "pass the Python modules instead (for torch.compile: model._orig_mod)",
+            f"`model` contains TorchScript modules ({', '.join(opaque)}): dropout inside them cannot be switched "
+            "on or seeded by netuq.MCDropout and stays as their own mode says; pass the Python modules instead "
+            "(torch.compile-d modules need nothing: they are sampled through their Python modules)",
             UserWarning,
             stacklevel=3,
         )

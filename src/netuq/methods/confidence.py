@@ -32,6 +32,7 @@ from .._checks import check_positive_int as _check_positive_int
 from .._modes import eval_mode
 from ..prediction import Prediction
 from ..training import Callback
+from ..traits import Traits
 
 __all__ = [
     "ConfidenceHead",
@@ -198,6 +199,7 @@ def confidence_loss(
     if validate_args:
         labels = check_labels(labels, z.shape[1], s.shape, ignore_index=ignore_index, probs_name="logits")
     labels = labels.to(z.device)
+    check_ignore_index(ignore_index, labels.dtype)  # even unvalidated: `labels != ignore_index` must not wrap
     valid = None if ignore_index is None else labels != ignore_index
     target = labels if valid is None else labels.masked_fill(~valid, 0)
 
@@ -447,6 +449,14 @@ class ConfidenceClassifier(nn.Module):
         embed = getattr(self.backbone, "embed", None)
         features = embed(x) if callable(embed) else self.backbone(x)
         return ConfidenceOutput(self.classifier(features), self.confidence_head(features))
+
+    def netuq_traits(self) -> Traits:
+        """Traits (:mod:`netuq.traits`): one sample, a learned confidence score."""
+        return Traits("confidence", epistemic=False)
+
+    def netuq_predictor(self, seed: int = 0):
+        """``x -> Prediction`` (:meth:`predict`, ``epsilon=0``)."""
+        return lambda x: self.predict(x)
 
     def predict(self, x: torch.Tensor, *, epsilon: float = 0.0) -> Prediction:
         """:func:`confidence_model_predict` of this model: eval mode (flags restored), probabilities

@@ -31,11 +31,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .._checks import _check_finite, _check_float, check_labels, check_logits, float_dtype
+from .._checks import _check_finite, _check_float, check_ignore_index, check_labels, check_logits, float_dtype
 from .._checks import check_positive_int as _check_positive_int
 from .._modes import eval_mode
 from .._random import generator as _generator
 from ..prediction import Prediction
+from ..traits import Traits
 
 __all__ = [
     "HeteroscedasticHead",
@@ -233,6 +234,7 @@ def heteroscedastic_loss(
     if validate_args:
         labels = check_labels(labels, mu.shape[1], expected, ignore_index=ignore_index, probs_name="mu")
     labels = labels.to(mu.device)
+    check_ignore_index(ignore_index, labels.dtype)  # even unvalidated: `labels != ignore_index` must not wrap
     valid = None if ignore_index is None else labels != ignore_index
     target = (labels if valid is None else labels.masked_fill(~valid, 0)).long().unsqueeze(1)  # (N, 1, ...)
 
@@ -437,6 +439,22 @@ class HeteroscedasticClassifier(nn.Module):
         return heteroscedastic_nll(
             mu, sigma, labels, samples=self.val_samples, temperature=self.temperature, ignore_index=self.ignore_index
         )
+
+    def netuq_traits(self) -> Traits:
+        """Traits (:mod:`netuq.traits`): logit noise is aleatoric (Kendall & Gal 2017); seeded noise."""
+        return Traits("heteroscedastic", epistemic=False, seeded=True)
+
+    def netuq_predictor(self, seed: int = 0):
+        """``x -> Prediction`` with noise from a generator seeded once per device: fresh noise for
+        every batch, the same numbers on every call of ``netuq.predict`` / ``compare``."""
+        generators: dict[torch.device, torch.Generator] = {}
+
+        def predict(x: torch.Tensor) -> Prediction:
+            if x.device not in generators:
+                generators[x.device] = torch.Generator(device=x.device).manual_seed(seed)
+            return self.predict(x, generator=generators[x.device])
+
+        return predict
 
     @torch.no_grad()
     def predict(

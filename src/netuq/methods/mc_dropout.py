@@ -15,10 +15,11 @@ How netuq samples:
   alpha dropouts, ``torch.dropout`` …) called from Python is switched on too, by a
   ``torch.overrides.TorchFunctionMode`` active only during the forwards (this thread only), with
   the same seeding; see :mod:`netuq.methods._dropout_calls`. Dropout netuq cannot reach —
-  inside TorchScript / compiled code or C++ operators — is reported: a warning for TorchScript or
-  compiled submodules, and a ValueError when a model has no dropout module and no dropout call
-  was seen in its first forward (every sample would be identical). Networks without dropout:
-  :func:`netuq.nn.add_dropout`.
+  inside TorchScript code or C++ operators — is reported: a warning for TorchScript submodules,
+  and a ValueError when a model has no dropout module and no dropout call was seen in its first
+  forward (every sample would be identical). ``torch.compile``-d models are sampled through their
+  Python modules, as the uncompiled model (bit-identically with a seed). Networks without
+  dropout: :func:`netuq.nn.add_dropout`.
 * **Batched**: the S samples are drawn by repeating the batch along dim 0 (sample-major rows:
   rows ``s·N … s·N + N − 1`` are sample ``s``) and running several samples per forward call, at
   most ``max_batch`` rows at a time. Dropout draws independent masks per row, so this is exact.
@@ -43,10 +44,13 @@ How netuq samples:
   multiplication), and runs any other dropout module (alpha dropouts, subclasses) once per sample
   on its rows with the device's generator so seeded. The masks depend only on the sample index,
   not on how samples are grouped into forward calls: with a fixed seed the result is the same
-  for every ``max_batch`` ≥ N and with or without trunk caching. (If ``max_batch`` < N the batch is split into blocks of
-  rows, each sampled with its own derived seed; a dropout input whose first dimension is not a
-  multiple of the samples per forward — e.g. a sequence-first layout — draws one seeded mask for
-  the whole call.) Functional calls count as dropout calls ``j`` and follow the same rules.
+  for every ``max_batch`` ≥ N and with or without trunk caching, whatever dimension the model
+  moves the batch to: a dropout input's samples lie along its one dimension of k·N rows (a
+  sequence-first (T, k·N, F) activation too), and each sample's mask is drawn as one contiguous
+  tensor of its own shape; an input with no such single dimension (a (k·N·T, F) flatten, or
+  T = k·N) makes that input shape run one sample per forward (:class:`._dropout_calls.Regroup`).
+  (If ``max_batch`` < N the batch is split into blocks of rows, each sampled with its own
+  derived seed.) Functional calls count as dropout calls ``j`` and follow the same rules.
   Seeded sampling patches the dropout modules' ``forward`` for the duration of the call
   (restored on exit): do not run one model from several threads while it samples.
 * **In-place dropout** (``inplace=True``) gives the same result as out-of-place dropout: the
@@ -67,18 +71,20 @@ import torch
 from torch import nn
 from torch.nn.modules.dropout import _DropoutNd
 
+from .._batching import activation_chunk as _activation_chunk
+from .._batching import balanced_chunk as _balanced
+from .._batching import default_chunk as _default_chunk
 from .._checks import check_int as _check_int
-from .._layout import InputLayout, compare_layouts, to_channels_last, worth_trying
+from .._layout import as_layout, check_channels_last
 from .._random import derive_seed as _derive
 from .._random import forked_rng as _forked_rng
 from .._random import seed_device as _seed_device
 from ..nn import MCDropout as MCDropoutLayer
 from ..prediction import Prediction
-from ._batching import activation_chunk as _activation_chunk
-from ._batching import balanced_chunk as _balanced
-from ._batching import default_chunk as _default_chunk
+from ..traits import Traits
 from ._dropout_calls import (
     FunctionalDropout,
+    Regroup,
     SeedState,
     _builtin_without_dropout,
     _no_dropout_message,
@@ -86,6 +92,9 @@ from ._dropout_calls import (
     _warn_opaque,
     dropout_active,
     masked_dropout,
+    per_sample,
+    refuse_checkpointed_dropout,
+    sample_dim,
     stochastic_modules,
 )
 
@@ -125,21 +134,18 @@ def _seeded_dropout(modules: Sequence[nn.Module], state: SeedState, mode: Functi
         def forward(x, *args, **kwargs):
             j = state.calls
             state.calls += 1
-            k = state.k
-            if not isinstance(x, torch.Tensor) or x.ndim == 0 or x.shape[0] % k:
-                if isinstance(x, torch.Tensor):
-                    _seed_device(x.device, _derive(state.seed, 1, state.offset, k, j))
+            if not isinstance(x, torch.Tensor):
                 return _own(orig, x, *args, **kwargs)
-            seeds = [_derive(state.seed, 0, state.offset + i, j) for i in range(k)]
+            feature = rank is not None and rank == x.ndim
+            dim = sample_dim(x, state, feature)  # Regroup: one sample per forward instead
+            seeds = [_derive(state.seed, 0, state.offset + i, j) for i in range(state.k)]
+            if x.ndim == 0:
+                _seed_device(x.device, seeds[0])
+                return _own(orig, x, *args, **kwargs)
             if not args and not kwargs and (rank is None or rank == x.ndim) and x.is_floating_point():
                 # never in place, even for inplace=True modules: the input may alias the caller's tensor
-                return masked_dropout(float(m.p), rank is not None, x, seeds)
-            n = x.shape[0] // k
-            outs = []
-            for i, seed in enumerate(seeds):
-                _seed_device(x.device, seed)
-                outs.append(_own(orig, x[i * n : (i + 1) * n], *args, **kwargs))
-            return outs[0] if k == 1 else torch.cat(outs)
+                return masked_dropout(float(m.p), rank is not None, x, seeds, dim=dim)
+            return per_sample(lambda part: _own(orig, part, *args, **kwargs), x, seeds, dim)
 
         return forward
 
@@ -230,17 +236,15 @@ class MCDropout:
             given up (the whole model is sampled, correct but slower).
         head: the rest, run on the repeated rows; ``head(trunk(x))`` must equal ``model(x)``.
         no_grad: run under ``torch.no_grad()`` (default). False keeps the graph (e.g. for input
-            gradients).
-        channels_last: the layout of 4-d inputs (:mod:`netuq._layout`). None (default), on
-            CPU for modules with a 2-d convolution: a cached **trunk** (all in eval mode) runs
-            channels-last where its first call of an input shape gives the same output both
-            ways, and its output is made contiguous again, so the sampled head sees what it saw
-            before; a model sampled **whole** runs channels-last where its first sampled forward
-            of an input shape, replayed on the same random state, gives the same samples (true
-            for feature dropout such as ``Dropout2d`` and for seeded element-wise dropout; not
-            for unseeded element-wise dropout on a 4-d activation, whose masks follow the
-            memory order: it stays as given). True: always, no check (samples then differ
-            from the contiguous run's where masks follow the layout); False: as given.
+            gradients); dropout (or a module sampling switches to eval mode) inside activation
+            checkpointing (``torch.utils.checkpoint``) is then refused with a RuntimeError: its
+            backward would recompute the block after sampling has switched dropout back.
+        channels_last: opt-in speed on CPU (:mod:`netuq._layout`): True feeds 4-d inputs
+            channels-last (the trunk's input when a trunk is cached, its output made contiguous
+            again; else the repeated rows of the whole model), with no check. Probabilities then
+            differ from the default's by float rounding (up to ~1e-4 on a plain CNN), and
+            unseeded element-wise dropout on a 4-d activation draws its masks in memory order
+            (other samples, same distribution). False or None (default): inputs as given.
 
     Raises:
         ValueError: no dropout module and (at the first call) no functional dropout call; bad
@@ -272,7 +276,7 @@ class MCDropout:
         trunk: nn.Module | Callable | str | None = None,
         head: nn.Module | Callable | str | None = None,
         no_grad: bool = True,
-        channels_last: bool | None = None,
+        channels_last: bool | None = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
@@ -313,7 +317,7 @@ class MCDropout:
             if t_mods and h_mods:
                 self._trunk, self._head = _Chain(t_mods), _Chain(h_mods)
         self._roots = roots
-        self._layout = InputLayout(channels_last)  # the trunk's input layout, per input shape
+        self.channels_last = check_channels_last(channels_last)
         if _builtin_without_dropout(roots):
             raise ValueError(_no_dropout_message(roots))
         _warn_opaque(roots)
@@ -333,6 +337,10 @@ class MCDropout:
             f"seed={self.seed}, caches_trunk={self.caches_trunk})"
         )
 
+    def netuq_traits(self) -> Traits:
+        """MC dropout's traits (:mod:`netuq.traits`): epistemic samples, seeded when ``seed`` is set."""
+        return Traits("mc_dropout", epistemic=True, seeded=self.seed is not None)
+
     def __call__(self, x: torch.Tensor) -> Prediction:
         """Sample the model on a batch.
 
@@ -350,6 +358,8 @@ class MCDropout:
         with ExitStack() as stack:
             if self.no_grad:
                 stack.enter_context(torch.no_grad())
+            # modules whose mode sampling switches (a checkpointed forward recomputed later would not be)
+            switched = [m for r in self._roots for m in r.modules() if m.training != isinstance(m, _DropoutNd)]
             drops = stack.enter_context(_switched(self._roots))
             state = None
             if self.seed is not None:
@@ -359,6 +369,10 @@ class MCDropout:
             mode = FunctionalDropout(state)
             if state is not None:
                 stack.enter_context(_seeded_dropout(drops, state, mode))
+            if not self.no_grad and torch.is_grad_enabled():  # a graph is kept: refuse checkpointed dropout
+                mode.watch = refuse_checkpointed_dropout
+                for m in {id(m): m for m in (*drops, *switched)}.values():
+                    stack.callback(m.register_forward_pre_hook(refuse_checkpointed_dropout).remove)
             n = x.shape[0]
             if self.max_batch is not None and self.max_batch < n:
                 preds = []
@@ -389,56 +403,11 @@ class MCDropout:
         self._trunk, self._head = None, self.model  # the Sequential's child calls dropout itself
         return None
 
-    def _check_layout(
-        self, feats: torch.Tensor, k: int, start: int, state: SeedState | None, key: tuple
-    ) -> tuple[Any, bool]:
-        """The first sampled forward of an input shape, as given and then channels-last on the
-        same random state (the seed's, or the global stream's, replayed): channels-last is kept
-        (and its output returned) only if the samples are the same up to rounding. Element-wise
-        dropout draws its masks in memory order from the global stream, so a model with one on a
-        4-d activation stays as given unless seeded (netuq's seeded masks are laid out
-        contiguously); feature dropout (``Dropout2d``) draws one value per channel either way.
-        Needs CPU, a 2-d convolution, and no module but dropout in training mode (the rerun must
-        have no side effect)."""
-        inp = feats.repeat(k, *(1,) * (feats.ndim - 1)) if k > 1 else feats.clone()
-        ok = worth_trying(self.model, feats, in_eval=False) and not any(
-            m.training for m in self.model.modules() if not isinstance(m, _DropoutNd)
-        )
-        if not ok:
-            self._layout.decided[key] = False
-            return self._head(inp), False
-
-        def rewind() -> None:  # the seeded masks of this chunk again
-            if state is not None:
-                state.offset, state.k, state.calls = start, k, 0
-
-        out, agree = compare_layouts(
-            lambda: self._head(inp), lambda: self._head(_repeated_channels_last(feats, k)), rewind
-        )
-        self._layout.decided[key] = agree
-        return out, agree
-
-    def __setstate__(self, state: dict) -> None:
-        state.setdefault("_layout", InputLayout(None))  # pickled before the trunk's layout was chosen
-        self.__dict__.update(state)
-
     def _trunk_forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The trunk on ``x``, channels-last where :class:`netuq._layout.InputLayout` chose it; a
-        4-d output comes back contiguous (the head's dropout masks follow the memory order)."""
-        trunk = self._trunk
-        if not isinstance(x, torch.Tensor) or x.ndim != 4:
-            return trunk(x)
-        key = ("trunk", tuple(x.shape), x.dtype, x.device)
-        chosen = self._layout.chosen(key, x)
-        if chosen is not None:
-            out = trunk(to_channels_last(x) if chosen else x)
-        else:  # the first call of this shape: the check looks at the trunk's modules
-            modules = trunk if isinstance(trunk, nn.Module) else getattr(trunk, "modules", None)
-            if isinstance(modules, list):  # an auto-detected chain, inspected as one module
-                modules = nn.ModuleList(modules)
-                modules.training = False  # the container only: its children keep their own flags
-            out = self._layout.forward(modules, x, key, trunk)
-        if isinstance(out, torch.Tensor) and out.ndim == 4 and not out.is_contiguous():
+        """The trunk on ``x`` (channels-last if opted in; a 4-d output then comes back contiguous,
+        so that the head's dropout masks follow the memory order of the default)."""
+        out = self._trunk(as_layout(x, self.channels_last))
+        if self.channels_last and isinstance(out, torch.Tensor) and out.ndim == 4 and not out.is_contiguous():
             out = out.contiguous()
         return out
 
@@ -464,25 +433,39 @@ class MCDropout:
         # dropout modules only (no functional dropout call outside them)
         plan = plans.get(key)
         intercept = mode if (plan is None or plan[1] or not self._confirmed) else nullcontext()
+        if (plan is not None and plan[2]) or key in _ONE_PER_FORWARD.get(self.model, ()):
+            per_forward = 1  # the rows mix, or seeded masks cannot be split between samples (see Regroup)
+        try:
+            return self._forwards(feats, n, per_forward, state, mode, intercept)
+        except Regroup:  # rows that mix, or a seeded dropout input without one dimension of k·N: one per forward
+            _ONE_PER_FORWARD.setdefault(self.model, set()).add(key)
+            return self._forwards(feats, n, 1, state, mode, intercept)
+
+    def _forwards(
+        self, feats: torch.Tensor, n: int, per_forward: int, state: SeedState | None, mode: FunctionalDropout,
+        intercept: Any,
+    ) -> Prediction:  # fmt: skip
+        """The S samples, ``per_forward`` of them stacked per head forward, into a Prediction."""
         pred = Prediction(keep_samples=self.keep_samples)
         reps = (1,) * (feats.ndim - 1)
-        # the whole model sampled on a 4-d input: channels-last where the check finds the same samples
-        layout_key = ("model", tuple(feats.shape), feats.dtype, feats.device)
-        chosen = self._layout.chosen(layout_key, feats) if self._trunk is None else False
+        # the whole model sampled on a 4-d input: channels-last rows if opted in
+        repeat_cl = self.channels_last and self._trunk is None and feats.ndim == 4 and feats.is_floating_point()
         for start in range(0, self.samples, per_forward):
             k = min(per_forward, self.samples - start)
             if state is not None:
-                state.offset, state.k, state.calls = start, k, 0
+                state.offset, state.k, state.calls, state.n = start, k, 0, n
             calls = mode.calls
             # the head gets a fresh tensor: in-place dropout (or any in-place op) must neither touch
             # the caller's input nor the cached trunk output reused by the next chunk
-            with intercept:
-                if chosen:
-                    out = self._head(_repeated_channels_last(feats, k))
-                elif chosen is None:  # the first forward of this shape decides
-                    out, chosen = self._check_layout(feats, k, start, state, layout_key)
-                else:
-                    out = self._head(feats.repeat(k, *reps) if k > 1 else feats.clone())
+            mode.rows, mode.stacked = k * n, k > 1  # a call mixing the rows of k > 1 samples: Regroup
+            try:
+                with intercept:
+                    if repeat_cl:
+                        out = self._head(_repeated_channels_last(feats, k))
+                    else:
+                        out = self._head(feats.repeat(k, *reps) if k > 1 else feats.clone())
+            finally:
+                mode.rows = None
             if isinstance(out, torch.Tensor) and out.ndim == 4 and not out.is_contiguous():
                 out = out.contiguous()  # channels-last logits: the sums stay (N, C, H, W)
             if not self._confirmed:
@@ -495,13 +478,17 @@ class MCDropout:
             pred.add_logits(out.reshape(k, n, *out.shape[1:]), stacked=True)
         return pred
 
-    def _dry_run(self, feats: torch.Tensor, state: SeedState | None, mode: FunctionalDropout) -> tuple[int, bool]:
-        """One head forward of one sample (once per shape): the elements of its largest tensor, and
-        whether it called functional dropout outside the dropout modules."""
+    def _dry_run(
+        self, feats: torch.Tensor, state: SeedState | None, mode: FunctionalDropout
+    ) -> tuple[int, bool, bool]:
+        """One head forward of one sample (once per shape): the elements of its largest tensor,
+        whether it called functional dropout outside the dropout modules, and whether it mixed the
+        rows of the batch (:func:`netuq._batching.couples_rows`: then one sample per forward)."""
         if state is not None:
-            state.offset, state.k, state.calls = 0, 1, 0
+            state.offset, state.k, state.calls, state.n = 0, 1, 0, feats.shape[0]
         mode.probe = mode.track = True
         mode.largest, calls = 0, mode.calls
+        mode.rows, mode.stacked, mode.coupled = feats.shape[0], False, False
 
         def enter(*_):
             mode.bypass += 1
@@ -517,10 +504,10 @@ class MCDropout:
                 self._head(feats.detach().clone())
         finally:
             mode.probe = mode.track = False
-            mode.bypass = 0
+            mode.bypass, mode.rows = 0, None
             for h in hooks:
                 h.remove()
-        return max(mode.largest, feats.numel()), mode.calls != calls
+        return max(mode.largest, feats.numel()), mode.calls != calls, mode.coupled
 
 
 def _repeated_channels_last(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -532,5 +519,7 @@ def _repeated_channels_last(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 # per model (weakly held) and (cached trunk, device, shape, dtype): (largest activation of one sample's
-# forward, whether it calls functional dropout outside the dropout modules)
+# forward, whether it calls functional dropout outside the dropout modules, whether it mixes rows)
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# per model (weakly held): the keys above that need one sample per forward (Regroup)
+_ONE_PER_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

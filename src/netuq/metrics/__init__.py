@@ -5,6 +5,7 @@ from .functional import (
     ReliabilityBins,
     accuracy,
     adaptive_ece,
+    augrc,
     aurc,
     brier,
     classwise_ece,
@@ -14,9 +15,19 @@ from .functional import (
     nll,
     reliability_bins,
     risk_coverage_curve,
+    selective_risk,
+)
+from .sets import (
+    SizeStratifiedCoverage,
+    classwise_coverage,
+    coverage,
+    set_size,
+    size_stratified_coverage,
+    worst_class_coverage,
 )
 
 _STREAMING = ("CalibrationError", "UncertaintyMetrics")
+_STREAMING_SETS = ("SetMetrics",)
 
 
 def __getattr__(name: str):
@@ -26,6 +37,10 @@ def __getattr__(name: str):
         from . import streaming
 
         return getattr(streaming, name)
+    if name in _STREAMING_SETS:
+        from . import streaming_sets
+
+        return getattr(streaming_sets, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
@@ -40,6 +55,8 @@ __all__ = [
     "ReliabilityBins",
     "risk_coverage_curve",
     "aurc",
+    "augrc",
+    "selective_risk",
     "evaluate",
     "auroc",
     "aupr",
@@ -47,4 +64,11 @@ __all__ = [
     "roc_curve",
     "CalibrationError",
     "UncertaintyMetrics",
+    "coverage",
+    "set_size",
+    "classwise_coverage",
+    "worst_class_coverage",
+    "size_stratified_coverage",
+    "SizeStratifiedCoverage",
+    "SetMetrics",
 ]

@@ -10,10 +10,9 @@ import math
 
 import torch
 
-from .._checks import float_dtype
+from .._checks import MAX_N_BINS, check_n_bins, float_dtype  # noqa: F401  (re-exported to metrics)
 
 NORMS = ("l1", "l2", "max")
-MAX_N_BINS = 100_000  # far beyond any useful reliability diagram; refuses 1e10 before the allocator sees it
 
 
 def bin_edges(n_bins: int, device: torch.device | None = None) -> torch.Tensor:
@@ -32,17 +31,6 @@ def bin_index(conf: torch.Tensor, n_bins: int) -> torch.Tensor:
     dtype = float_dtype(conf)
     inner = bin_edges(n_bins, conf.device)[1:-1].to(dtype)
     return torch.bucketize(conf.to(dtype), inner, right=False)
-
-
-def check_n_bins(n_bins: int, name: str = "n_bins", high: int = MAX_N_BINS) -> int:
-    """``n_bins`` as an int after checking 1 <= n_bins <= ``high`` (before anything is allocated)."""
-    import numbers
-
-    if isinstance(n_bins, bool) or not isinstance(n_bins, numbers.Integral) or n_bins < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {n_bins!r}")
-    if n_bins > high:
-        raise ValueError(f"`{name}` must be at most {high}, got {n_bins!r}")
-    return int(n_bins)
 
 
 def check_norm(norm: str) -> str:

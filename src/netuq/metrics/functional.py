@@ -7,6 +7,7 @@ and sums in float64. The streaming metrics in :mod:`netuq.metrics.streaming` sha
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,8 @@ __all__ = [
     "ReliabilityBins",
     "risk_coverage_curve",
     "aurc",
+    "augrc",
+    "selective_risk",
     "evaluate",
 ]
 
@@ -412,6 +415,89 @@ def aurc(
     """
     _, risk = risk_coverage_curve(probs, labels, scores=scores, ignore_index=ignore_index, validate_args=validate_args)
     return float(risk.mean())
+
+
+def augrc(
+    probs,
+    labels,
+    *,
+    scores=None,
+    ignore_index: int | None = None,
+    validate_args: bool = True,
+) -> float:
+    """Area under the generalised risk-coverage curve (Traub et al. 2024, "Overcoming Common Flaws in
+    the Evaluation of Selective Classification Systems", NeurIPS).
+
+    The generalised risk at coverage k/n is (errors among the k most confident) / n, the joint
+    probability of being accepted and wrong; AUGRC is its mean over k = 1..n. Unlike AURC it does
+    not weigh the few most confident samples heavily. Tied scores are accepted together (their
+    errors spread evenly, as in :func:`risk_coverage_curve`), so a permutation of rows never
+    changes it. Lower is better; 0 needs no errors, a random ranking gives about error_rate / 2.
+
+    Args:
+        probs: (N, C) or (N, C, ...) probabilities (each row sums to 1 over C).
+        labels: (N,) or (N, ...) integer labels in [0, C) or ``ignore_index``.
+        scores: optional (N,) or (N, ...) confidence per sample (pixel), higher = kept first;
+            default the top-1 probability.
+        ignore_index: label value whose samples (pixels) are left out (with their scores).
+        validate_args: check ``probs`` and ``labels`` (skip on hot paths).
+
+    Returns:
+        The area as a float in [0, 1].
+
+    Example:
+        >>> augrc(torch.tensor([[0.9, 0.1], [0.6, 0.4]]), torch.tensor([0, 1]))
+        0.25
+    """
+    cov, risk = risk_coverage_curve(probs, labels, scores=scores, ignore_index=ignore_index,
+                                    validate_args=validate_args)
+    return float((risk * cov).mean())
+
+
+def selective_risk(
+    probs,
+    labels,
+    *,
+    coverage: float,
+    scores=None,
+    ignore_index: int | None = None,
+    validate_args: bool = True,
+) -> float:
+    """Selective risk at a coverage: the error rate among the ⌈coverage · n⌉ most confident samples.
+
+    Read off :func:`risk_coverage_curve` (Geifman & El-Yaniv 2017), so a tie group cut at that
+    count contributes its errors in proportion (permutation invariant). The count is
+    ``max(1, ceil(coverage · n − 1e-9))``: a coverage like 0.3 of 10 samples keeps 3 despite the
+    binary rounding of 0.3.
+
+    Args:
+        probs: (N, C) or (N, C, ...) probabilities (each row sums to 1 over C).
+        labels: (N,) or (N, ...) integer labels in [0, C) or ``ignore_index``.
+        coverage: the fraction of samples kept, in (0, 1].
+        scores: optional (N,) or (N, ...) confidence per sample (pixel), higher = kept first;
+            default the top-1 probability.
+        ignore_index: label value whose samples (pixels) are left out (with their scores).
+        validate_args: check ``probs`` and ``labels`` (skip on hot paths).
+
+    Returns:
+        The error rate as a float in [0, 1].
+
+    Raises:
+        ValueError: ``coverage`` is not a number in (0, 1].
+
+    Example:
+        >>> p = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.55, 0.45]])
+        >>> y = torch.tensor([0, 0, 1, 1])
+        >>> selective_risk(p, y, coverage=0.5), selective_risk(p, y, coverage=1.0)
+        (0.0, 0.5)
+    """
+    if isinstance(coverage, bool) or not isinstance(coverage, (int, float)) or not 0.0 < coverage <= 1.0:
+        raise ValueError(f"`coverage` must be a number in (0, 1], got {coverage!r}")
+    cov, risk = risk_coverage_curve(probs, labels, scores=scores, ignore_index=ignore_index,
+                                    validate_args=validate_args)
+    n = cov.numel()
+    k = max(1, math.ceil(coverage * n - 1e-9))
+    return float(risk[min(k, n) - 1])
 
 
 def evaluate(

@@ -28,13 +28,13 @@ import torch
 from torchmetrics import Metric
 
 from .._checks import (
-    PROB_SUM_TOL,
     as_tensor,
     check_bool,
     check_ignore_index,
     check_int,
     check_labels,
     check_probs,
+    sum_tolerance,
 )
 from ._approx import adaptive_ece_from_hist, aurc_from_hist, auroc_from_hist
 from ._core import (
@@ -90,8 +90,7 @@ def _prepare(probs, labels, num_classes: int | None, ignore_index: int | None, v
             f"`labels` must have shape {tuple(expected)} to match `probs` (the class dimension removed), "
             f"got shape {tuple(labels.shape)}"
         )
-    # The sum tolerance of check_probs: 1e-3, or the dtype's epsilon (bfloat16 rounding moves sums).
-    tol = max(PROB_SUM_TOL, torch.finfo(probs.dtype).eps) if probs.is_floating_point() else PROB_SUM_TOL
+    tol = sum_tolerance(probs.dtype, probs.shape[1])  # the sum tolerance of check_probs, by dtype
     original = probs
     if probs.dtype not in (torch.float32, torch.float64):
         probs = probs.float()  # half precision is computed in float32

@@ -7,11 +7,15 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .plots import CALIBRATION_LABELS, METHOD_LABELS, METRIC_LABELS, SCORE_LABELS
+from .. import scores as vocabulary
+from ..calibration import registry
+from ..traits import family_label
+from .plots import METRIC_LABELS
 from .schema import HIGHER_IS_BETTER
 
 __all__ = [
-    "method_label", "cal_label", "score_label", "metric_label", "column_label", "fmt", "fmt_stat", "sd",
+    "method_label", "cal_label", "score_label", "is_aleatoric", "changes_prediction", "metric_label", "column_label",
+    "fmt", "fmt_stat", "sd",
     "best_indices", "n_seeds", "seed_results", "is_quick", "QUICK_NOTE",
 ]
 
@@ -19,17 +23,42 @@ QUICK_NOTE = "quick run: numbers are not meaningful (smoke test)"
 
 
 def method_label(results: Mapping, name: str) -> str:
-    """The display name of a method: its ``label`` in the results, else the default for its key."""
+    """The display name of a method: its ``label`` in the results, else its family's label (its
+    ``traits``, else its key read as a family: results written before traits)."""
     m = results["methods"].get(name) or {}
-    return str(m.get("label") or METHOD_LABELS.get(name, str(name).replace("_", " ")))
+    if m.get("label"):
+        return str(m["label"])
+    return family_label(str((m.get("traits") or {}).get("family") or name))
 
 
-def cal_label(cal: str) -> str:
-    return CALIBRATION_LABELS.get(cal, str(cal).replace("_", " "))
+def _vocab(results: Mapping | None, kind: str, name: str) -> Mapping:
+    """What the results say about a score or calibrator (``results["vocabulary"]``), else {}."""
+    return (((results or {}).get("vocabulary") or {}).get(kind) or {}).get(name) or {}
 
 
-def score_label(score: str) -> str:
-    return SCORE_LABELS.get(score, str(score).replace("_", " "))
+def cal_label(cal: str, results: Mapping | None = None) -> str:
+    """A calibration's display name: from the results' vocabulary, else the registry (read now)."""
+    return str(_vocab(results, "calibrators", cal).get("label") or registry.label(cal))
+
+
+def changes_prediction(cal: str, results: Mapping | None = None) -> bool | None:
+    """Whether a calibration can change the predicted class (None: unknown)."""
+    said = _vocab(results, "calibrators", cal).get("changes_prediction")
+    return bool(said) if said is not None else registry.changes_prediction(cal)
+
+
+def score_label(score: str, results: Mapping | None = None) -> str:
+    """A score's display name: from the results' vocabulary, else :mod:`netuq.scores` (read now)."""
+    return str(_vocab(results, "scores", score).get("label") or vocabulary.score_label(score))
+
+
+def is_aleatoric(score: str, results: Mapping | None = None) -> bool:
+    """Whether a score measures noise in the data (shown, never ranked as an OOD detector)."""
+    kind = _vocab(results, "scores", score).get("kind")
+    if kind is None:
+        known = vocabulary.SCORES.get(score)
+        kind = known.kind if known is not None else "total"
+    return kind == "aleatoric"
 
 
 def metric_label(metric: str) -> str:

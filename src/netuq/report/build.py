@@ -9,13 +9,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..results import sections as result_sections
 from ._text import (
     QUICK_NOTE,
     best_indices,
     cal_label,
+    changes_prediction,
     column_label,
     fmt,
     fmt_stat,
+    is_aleatoric,
     is_quick,
     method_label,
     metric_label,
@@ -27,10 +30,10 @@ from .findings import findings
 from .model import Bullets, Paragraph, Report, Section, Strong, Table
 from .summary import _summary_lines
 from .tables import (
-    ALEATORIC_SCORES,
     MAIN_METRICS,
     OOD_METRICS,
     SHIFT_METRICS,
+    calibrations,
     kind_rows,
     main_table,
     score_rows,
@@ -128,16 +131,36 @@ def _findings_section(results: Mapping) -> Section | None:
     return sec
 
 
+def _prediction_words(results: Mapping, cals: list[str]) -> str:
+    """Which calibrators keep the predicted class and which can change it (and so the accuracy)."""
+    keep = [cal_label(c, results) for c in cals if changes_prediction(c, results) is False]
+    change = [cal_label(c, results) for c in cals if changes_prediction(c, results)]
+    parts = []
+    if keep:
+        parts.append(f"{_join(keep)} keep{'s' if len(keep) == 1 else ''} every predicted class (accuracy unchanged)")
+    if change:
+        parts.append(f"{_join(change)} can change the predicted class (accuracy may differ from uncalibrated)")
+    text = "; ".join(parts) + "."
+    return text[0].upper() + text[1:] if parts else ""
+
+
+def _join(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
 def _calibration_section(results: Mapping, figs) -> Section | None:
     rows = main_table(results)
     sec = Section("calibration", "In-distribution calibration")
     if rows:
         sec.blocks.append(Paragraph(f"Test set, {_spread_words(results)}; best per column in bold."))
-        body = [[method_label(results, r["method"]), cal_label(r["calibration"])]
+        body = [[method_label(results, r["method"]), cal_label(r["calibration"], results)]
                 + [fmt_stat(r[k]) for k in MAIN_METRICS] for r in rows]
         best = [set(), set()] + [best_indices(_means(rows, k), k) for k in MAIN_METRICS]
         sec.blocks.append(Table(["method", "calibration"] + [column_label(k) for k in MAIN_METRICS], body, best,
                                 group_rows=True))
+        words = _prediction_words(results, [c for c in calibrations(results) if c not in ("none", "uncalibrated")])
+        if words:
+            sec.blocks.append(Paragraph(words))
     temps = [(n, m["temperature"]) for n, m in results["methods"].items() if m.get("temperature") is not None]
     if temps:
         over = f" (mean over {n_seeds(results)} seeds)" if results.get("seeds") else ""
@@ -149,11 +172,11 @@ def _calibration_section(results: Mapping, figs) -> Section | None:
 
 def _score_table(results: Mapping, rows: list[dict], metrics, *, rank_aleatoric: bool) -> Table:
     metrics = [k for k in metrics if any((r.get(k) or {}).get("mean") is not None for r in rows)]
-    ranked = [i for i, r in enumerate(rows) if rank_aleatoric or r["score"] not in ALEATORIC_SCORES]
+    ranked = [i for i, r in enumerate(rows) if rank_aleatoric or not is_aleatoric(r["score"], results)]
     body = []
     for r in rows:
-        label = score_label(r["score"])
-        if not rank_aleatoric and r["score"] in ALEATORIC_SCORES:
+        label = score_label(r["score"], results)
+        if not rank_aleatoric and is_aleatoric(r["score"], results):
             label += " (aleatoric, not ranked)"
         body.append([method_label(results, r["method"]), label]
                     + [(_auroc_cell if k == "auroc" else _spread_cell)(r.get(k)) for k in metrics])
@@ -178,10 +201,10 @@ def _ood_section(results: Mapping, figs) -> Section | None:
     kinds, krows = kind_rows(results)
     if krows:
         sec.blocks.append(Paragraph("AUROC per kind of OOD input."))
-        body = [[method_label(results, r["method"]), score_label(r["score"])
-                 + (" (aleatoric, not ranked)" if r["score"] in ALEATORIC_SCORES else "")]
+        body = [[method_label(results, r["method"]), score_label(r["score"], results)
+                 + (" (aleatoric, not ranked)" if is_aleatoric(r["score"], results) else "")]
                 + [_auroc_cell(r.get(k)) for k in kinds] for r in krows]
-        ranked = [i for i, r in enumerate(krows) if r["score"] not in ALEATORIC_SCORES]
+        ranked = [i for i, r in enumerate(krows) if not is_aleatoric(r["score"], results)]
         best = [set(), set()] + [{ranked[j] for j in best_indices([(krows[i].get(k) or {}).get("mean")
                                                                    for i in ranked], "auroc")} for k in kinds]
         sec.blocks.append(Table(["method", "score"] + [f"{k.replace('_', ' ')}: AUROC ↑" for k in kinds], body, best,
@@ -287,5 +310,10 @@ def build_report(results: Mapping[str, Any]) -> Report:
             report.sections.append(sec)
     if figs.get("segmentation"):
         report.sections.append(Section("segmentation", "Segmentation examples", list(figs["segmentation"])))
+    for key, section in list(result_sections.SECTIONS.items()):  # registered result sections, read now
+        if section.render is not None and any(key in m for m in results["methods"].values()):
+            blocks = list(section.render(results) or [])
+            if blocks:
+                report.sections.append(Section(key, section.title, blocks))
     report.sections.append(_run_section(results))
     return report

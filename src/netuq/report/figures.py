@@ -14,9 +14,8 @@ import re
 from collections.abc import Mapping
 
 from . import plots
-from ._text import cal_label, fmt, method_label, n_seeds, score_label
+from ._text import cal_label, fmt, is_aleatoric, method_label, n_seeds, score_label
 from .model import Figure
-from .tables import ALEATORIC_SCORES
 
 __all__ = ["figure_blocks", "png", "slug"]
 
@@ -27,9 +26,10 @@ def slug(name: str) -> str:
     return s
 
 
-def _best_score(m: Mapping) -> str | None:
+def _best_score(m: Mapping, results: Mapping | None = None) -> str | None:
     ood = m.get("ood") or {}
-    scored = [(s, v.get("auroc")) for s, v in ood.items() if v.get("auroc") is not None and s not in ALEATORIC_SCORES]
+    scored = [(s, v.get("auroc")) for s, v in ood.items()
+              if v.get("auroc") is not None and not is_aleatoric(s, results)]
     if scored:
         return max(scored, key=lambda t: t[1])[0]
     return next(iter(m.get("roc") or m.get("ood_hist") or {}), None)
@@ -61,7 +61,7 @@ def figure_blocks(results: Mapping) -> dict[str, list[Figure]]:
                 ece = bins.get("ece")
                 if ece is None and cal in ("uncalibrated", "none"):
                     ece = ((own.get(name) or {}).get("metrics") or {}).get("ece")
-                title = f"{method_label(results, name)}: {cal_label(cal)}"
+                title = f"{method_label(results, name)}: {cal_label(cal, results)}"
                 if ece is not None:
                     title += f" (ECE {fmt(ece)})"
                 plots.reliability_diagram(bins, ax=ax, title=title, color=colors[name])
@@ -89,13 +89,13 @@ def figure_blocks(results: Mapping) -> dict[str, list[Figure]]:
     # OOD: ROC of each method's best score, and score histograms.
     roc_curves, roc_auc, roc_labels, hist = {}, {}, {}, []
     for name, m in methods.items():
-        s = _best_score(m)
+        s = _best_score(m, results)
         if s is None:
             continue
         if s in (m.get("roc") or {}):
             roc_curves[name] = m["roc"][s]
             roc_auc[name] = ((own.get(name) or {}).get("ood") or {}).get(s, {}).get("auroc")
-            roc_labels[name] = f"{method_label(results, name)}, {score_label(s)}"
+            roc_labels[name] = f"{method_label(results, name)}, {score_label(s, results)}"
         if s in (m.get("ood_hist") or {}):
             hist.append((name, s))
     if roc_curves:
@@ -111,7 +111,7 @@ def figure_blocks(results: Mapping) -> dict[str, list[Figure]]:
             for ax, (name, s) in zip(axes, hist):
                 auc = ((own.get(name) or {}).get("ood") or {}).get(s, {}).get("auroc")
                 title = f"{method_label(results, name)}" + (f" (AUROC {fmt(auc)})" if auc is not None else "")
-                plots.ood_histogram(methods[name]["ood_hist"][s], ax=ax, title=title, xlabel=score_label(s))
+                plots.ood_histogram(methods[name]["ood_hist"][s], ax=ax, title=title, xlabel=score_label(s, results))
             for ax in axes[len(hist):]:
                 ax.set_visible(False)
             return fig

@@ -65,8 +65,16 @@ def ts_lowers_ece(methods: Mapping) -> bool | None:
     return all(pairs) if pairs else None
 
 
+def _family(name: str, m: Mapping) -> str:
+    """A method's family: its ``traits`` in the results; results written before traits were
+    recorded name the benchmark's methods by their family (``"ensemble"``)."""
+    traits = m.get("traits") if isinstance(m, Mapping) else None
+    return str((traits or {}).get("family") or name)
+
+
 def _ensembles(methods: Mapping) -> list[str]:
-    return [n for n in methods if n == "ensemble" or n.startswith("ensemble")]
+    """The methods whose traits say they are ensembles (whatever their name)."""
+    return [n for n, m in methods.items() if _family(n, m) == "ensemble"]
 
 
 def _best_nll(m: Mapping) -> float | None:

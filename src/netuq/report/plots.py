@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ..traits import family_label
+
 __all__ = [
     "reliability_diagram",
     "shift_plot",
@@ -23,34 +25,9 @@ __all__ = [
     "segmentation_grid",
     "method_colors",
     "grid_figure",
-    "METHOD_LABELS",
-    "CALIBRATION_LABELS",
-    "SCORE_LABELS",
     "METRIC_LABELS",
 ]
 
-METHOD_LABELS = {
-    "deterministic": "deterministic",
-    "mc_dropout": "MC dropout",
-    "ensemble": "deep ensemble",
-    "tta": "TTA",
-    "heteroscedastic": "heteroscedastic",
-    "confidence": "learned confidence",
-}
-CALIBRATION_LABELS = {
-    "none": "uncalibrated",
-    "uncalibrated": "uncalibrated",
-    "temperature": "temperature scaling",
-    "vector": "vector scaling",
-    "matrix": "matrix scaling",
-}
-SCORE_LABELS = {
-    "max_prob": "1 − max probability",
-    "entropy": "predictive entropy",
-    "mutual_information": "mutual information",
-    "confidence": "1 − learned confidence",
-    "sigma": "heteroscedastic σ",
-}
 METRIC_LABELS = {
     "ece": "ECE",
     "nll": "NLL",
@@ -296,7 +273,7 @@ def shift_plot(
             for vals in kinds.values():
                 s = sorted(vals)
                 ax.plot(s, [vals[k] for k in s], color=color, alpha=0.25, linewidth=0.8)
-        label = all_methods[m].get("label") or _label(METHOD_LABELS, m)
+        label = all_methods[m].get("label") or family_label(m)
         ax.plot(sev, mean, marker="o", markersize=3.5, color=color, label=label)
     ticks = sorted({s for c in curves.values() for s in c[0]})
     ax.set_xticks(ticks, ["clean" if s == 0 else str(s) for s in ticks])
@@ -360,7 +337,7 @@ def risk_coverage_plot(
     colors = dict(colors or method_colors(list(curves)))
     fig, ax = _figure_ax(ax)
     for m, c in curves.items():
-        label = _label(METHOD_LABELS, m) if m else None
+        label = family_label(m) if m else None
         if label and aurc and aurc.get(m) is not None:
             label += f" (AURC {aurc[m]:.3f})"
         ax.plot(_floats(c["coverage"]), _floats(c["risk"]), color=colors.get(m), label=label)
@@ -448,7 +425,7 @@ def roc_plot(
     fig, ax = _figure_ax(ax)
     ax.plot([0, 1], [0, 1], linestyle=":", color="0.5", linewidth=1)
     for m, c in curves.items():
-        label = (labels or {}).get(m) or (_label(METHOD_LABELS, m) if m else None)
+        label = (labels or {}).get(m) or (family_label(m) if m else None)
         if label and auroc and auroc.get(m) is not None:
             label += f" (AUROC {auroc[m]:.3f})"
         ax.plot(_floats(c["fpr"]), _floats(c["tpr"]), color=colors.get(m), label=label)

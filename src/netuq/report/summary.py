@@ -18,9 +18,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ._text import QUICK_NOTE, cal_label, fmt, fmt_stat, is_quick, method_label, metric_label, n_seeds, score_label
+from ._text import (
+    QUICK_NOTE,
+    cal_label,
+    fmt,
+    fmt_stat,
+    is_aleatoric,
+    is_quick,
+    method_label,
+    metric_label,
+    n_seeds,
+    score_label,
+)
 from .schema import HIGHER_IS_BETTER, validate_results
-from .tables import ALEATORIC_SCORES, main_table, score_rows, shift_stats
+from .tables import main_table, score_rows, shift_stats
 
 __all__ = ["Entry", "rank", "summary_lines", "error_counts"]
 
@@ -69,7 +80,7 @@ def rank(entries: Sequence[Entry], higher: bool) -> tuple[list[Entry], str]:
 def _who(results: Mapping, method: str, cal: str) -> str:
     if cal in ("none", "uncalibrated"):
         return f"{method_label(results, method)}, uncalibrated"
-    return f"{method_label(results, method)} + {cal_label(cal)}"
+    return f"{method_label(results, method)} + {cal_label(cal, results)}"
 
 
 def _best_per_method(rows: list[dict], metric: str, higher: bool, who) -> list[Entry]:
@@ -101,6 +112,10 @@ def _count_wins(entries: list[Entry], higher: bool) -> dict[str, int]:
                     top = e
             wins[top.method] += 1
     return wins
+
+
+def _scored_by(results: Mapping):
+    return lambda r: f"{method_label(results, r['method'])} scored by {score_label(r['score'], results)}"
 
 
 def _ranked_line(phrase: str, entries: list[Entry], metric: str, show, n: int) -> str | None:
@@ -179,9 +194,9 @@ def _summary_lines(results: Mapping) -> list[str]:
 
     ood = score_rows(results, "ood")
     fpr = {(r["method"], r["score"]): (r.get("fpr95") or {}) for r in ood}
-    rankable = [r for r in ood if r["score"] not in ALEATORIC_SCORES]
+    rankable = [r for r in ood if not is_aleatoric(r["score"], results)]
     entries = _best_per_method(rankable, "auroc", True,
-                               lambda r: f"{method_label(results, r['method'])} scored by {score_label(r['score'])}")
+                               _scored_by(results))
     score_of = {}
     for r in rankable:
         cur = score_of.get(r["method"])
@@ -201,9 +216,9 @@ def _summary_lines(results: Mapping) -> list[str]:
         line = _ranked_line("Best out-of-distribution detection", entries, "auroc", show_ood, n)
         if line:
             lines.append(line)
-    aleatoric = [r for r in ood if r["score"] in ALEATORIC_SCORES and (r.get("auroc") or {}).get("mean") is not None]
+    aleatoric = [r for r in ood if is_aleatoric(r["score"], results) and (r.get("auroc") or {}).get("mean") is not None]
     if aleatoric:
-        shown = ", ".join(f"{method_label(results, r['method'])} scored by {score_label(r['score'])}: AUROC "
+        shown = ", ".join(f"{method_label(results, r['method'])} scored by {score_label(r['score'], results)}: AUROC "
                           f"{fmt(r['auroc']['mean'])}{' (inverted)' if r['auroc']['mean'] < 0.5 else ''}"
                           for r in aleatoric)
         lines.append(f"Not ranked as OOD detectors (aleatoric: they measure noise in the data, not the model's "
@@ -211,7 +226,7 @@ def _summary_lines(results: Mapping) -> list[str]:
     inverted = [r for r in rankable if (r.get("auroc") or {}).get("mean") is not None and r["auroc"]["mean"] < 0.5]
     if inverted:
         lines.append("Inverted OOD scores (AUROC < 0.5: OOD inputs look more familiar than test inputs): "
-                     + ", ".join(f"{method_label(results, r['method'])} scored by {score_label(r['score'])} "
+                     + ", ".join(f"{method_label(results, r['method'])} scored by {score_label(r['score'], results)} "
                                  f"({fmt(r['auroc']['mean'])})" for r in inverted) + ".")
 
     # Under shift, rank by NLL (a proper scoring rule: a uniform, useless prediction cannot win it,
@@ -232,7 +247,7 @@ def _summary_lines(results: Mapping) -> list[str]:
         lines.append(line)
     mis = score_rows(results, "misclassification")
     entries = _best_per_method(mis, "auroc", True,
-                               lambda r: f"{method_label(results, r['method'])} scored by {score_label(r['score'])}")
+                               _scored_by(results))
     line = _ranked_line("Best at flagging its own mistakes", entries, "auroc",
                         lambda e: f"AUROC {fmt_stat(e.mean, e.std)}", n)
     if line:

@@ -9,19 +9,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..calibration import registry
 from ._text import sd
-from .schema import CALIBRATION_ORDER
 
 __all__ = [
-    "MAIN_METRICS", "OOD_METRICS", "SHIFT_METRICS", "ALEATORIC_SCORES", "calibrations", "main_table",
+    "MAIN_METRICS", "OOD_METRICS", "SHIFT_METRICS", "calibrations", "main_table",
     "score_rows", "kind_rows", "shift_means", "shift_stats",
 ]
 
 MAIN_METRICS = ("nll", "ece", "brier", "accuracy")
 OOD_METRICS = ("auroc", "aupr", "fpr95")
 SHIFT_METRICS = ("accuracy", "ece", "nll", "ece_temperature")
-# Scores that measure noise in the data, not the model's ignorance: shown, never ranked for OOD.
-ALEATORIC_SCORES = frozenset({"sigma"})
 
 
 def calibrations(results: Mapping) -> list[str]:
@@ -31,8 +29,7 @@ def calibrations(results: Mapping) -> list[str]:
         for cal in m.get("in_distribution") or {}:
             if cal not in seen:
                 seen.append(cal)
-    order = {c: i for i, c in enumerate(CALIBRATION_ORDER)}
-    return sorted(seen, key=lambda c: (order.get(c, len(order)), seen.index(c)))
+    return sorted(seen, key=lambda c: (registry.order_key(c), seen.index(c)))  # the registry's order, read now
 
 
 def main_table(results: Mapping) -> list[dict[str, Any]]:

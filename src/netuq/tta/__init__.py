@@ -28,10 +28,6 @@ Example:
     True
 """
 
-# netuq.methods re-exports TTA from .wrapper, which imports netuq.methods._batching: initialise
-# netuq.methods first, so that the cycle resolves whichever of the two packages is imported first.
-from .. import methods as _methods  # noqa: F401  isort: skip
-
 import torch  # noqa: F401  (the doctests above use it)
 
 from .bridge import as_compose

@@ -10,7 +10,7 @@ per call (18.6 vs 9.4 MiB); 4 views per call 25% slower, all 8 views 10% slower;
 only while the stacked input stays under :data:`CPU_INPUT_ELEMENTS` (2**13: all 8 views of one
 28 x 28 image, one view of 4 x 64 x 64), at least one view: peak memory stays that of one view's
 forward (ttach's) for all but tiny inputs. Other devices want big batches:
-:func:`netuq.methods._batching.default_chunk`. Rows are split further where one view's largest
+:func:`netuq._batching.default_chunk`. Rows are split further where one view's largest
 activation would leave the caches (:meth:`netuq.TTA._forward`).
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ..methods._batching import balanced_chunk, default_chunk
+from .._batching import balanced_chunk, default_chunk
 
 __all__ = ["CPU_INPUT_ELEMENTS", "views_per_forward"]
 

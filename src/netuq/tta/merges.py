@@ -447,15 +447,7 @@ def _prediction_from_sums(
     added one by one with ``Prediction.add_log_probs`` (tests/test_tta.py checks the equivalence).
     A sum that stayed linear is handed over as it is (Prediction takes its log only if asked).
 
-    This is the one place that knows Prediction's internal sums.
     """
-    pred = Prediction(keep_samples=samples is not None)
     linear = log_sum.linear_total()
-    if linear is not None:
-        pred._linear_sum = linear
-    else:
-        pred._log_sum = log_sum.result()
-    pred._entropy_sum, pred._votes, pred._count = entropy_sum, votes, count
-    if samples is not None:
-        pred._samples = [samples]
-    return pred
+    return Prediction.from_statistics(count=count, entropy_sum=entropy_sum, votes=votes, samples=samples,
+                                      linear_sum=linear, log_sum=None if linear is not None else log_sum.result())

@@ -7,10 +7,15 @@ order). The wrapper
 * runs several views per forward call (concatenated along dim 0; how many:
   :func:`netuq.tta._batching.views_per_forward`, at most ``max_batch`` rows; views are grouped by
   their augmented size, since e.g. a 90° rotation of a non-square image or a
-  :class:`netuq.tta.Scale` changes it); without ``max_batch``, the first forward of an input
-  shape also measures its largest activation, and later forwards split their rows to keep it
-  under :data:`netuq.methods._batching.ACTIVATION_ELEMENTS` (on CPU a forward over many rows
-  falls off the caches: see :meth:`TTA._forward`),
+  :class:`netuq.tta.Scale` changes it) where that cannot change the numbers: the first forward
+  of an input shape runs one view (the user's batch) under a probe that measures its largest
+  activation and sees whether the model mixes the rows of a batch
+  (:func:`netuq._batching.couples_rows`: BatchNorm on batch statistics — training mode
+  or ``track_running_stats=False`` — a custom ``F.batch_norm(training=True)``, a reduction or
+  reordering over dim 0). Such a model runs one view per forward, rows as given (ttach's
+  forwards); the others stack views, and without ``max_batch`` split their rows to keep the
+  largest activation under :data:`netuq._batching.ACTIVATION_ELEMENTS` (on CPU a forward
+  over many rows falls off the caches: see :meth:`TTA._forward`),
 * takes the softmax of every view in its own frame, then brings segmentation outputs back to the
   input frame before merging. Views that only move pixels (flips, rotations, shifts:
   :attr:`netuq.tta.View.copies_pixels`) de-augment their **logits** with one copy (softmax,
@@ -51,10 +56,11 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .._checks import check_int, check_logits, float_dtype
-from .._layout import InputLayout
-from ..methods._batching import LargestTensor, activation_chunk, balanced_chunk
-from ..prediction import Prediction
+from .._batching import LargestTensor, activation_chunk, balanced_chunk, batch_statistics
+from .._checks import check_int, float_dtype
+from .._layout import as_layout, check_channels_last
+from ..prediction import Prediction, _check_log_values
+from ..traits import Traits
 from ._batching import views_per_forward
 from .bridge import as_compose
 from .compose import Compose, View
@@ -81,19 +87,16 @@ class TTA:
         max_batch: at most this many rows per forward call (``max_batch=N`` runs one view per
             call like ttach). None: on CPU as many views as keep the stacked input under 2**13
             elements (at least one: batching pays only for small inputs there), elsewhere
-            :func:`netuq.methods._batching.default_chunk`; and once the first forward of an
+            :func:`netuq._batching.default_chunk`; and once the first forward of an
             input shape has measured its largest activation, forwards whose largest activation
-            would exceed :data:`netuq.methods._batching.ACTIVATION_ELEMENTS` split their rows
-            (not while a BatchNorm layer is in training mode: its outputs depend on the batch).
+            would exceed :data:`netuq._batching.ACTIVATION_ELEMENTS` split their rows.
+            A model that mixes the rows of a batch (BatchNorm on batch statistics, …) always
+            runs one view per forward on the rows as given.
         no_grad: run under ``torch.no_grad()`` (default).
-        channels_last: the layout of the views fed to the model (:mod:`netuq._layout`). None
-            (default): on CPU, for an ``nn.Module`` with a 2-d convolution and every module in
-            eval mode, the first forward of each input shape (up to
-            :data:`netuq._layout.CHECKS` shapes; later ones follow their verdict) runs both
-            layouts and keeps channels-last where the outputs agree (1.25-1.6x faster
-            convolutions here; that forward runs the model once more, so forward hooks see it);
-            True: channels-last without the check; False: contiguous, as given.
-
+        channels_last: opt-in speed on CPU (:mod:`netuq._layout`): True feeds the stacked views
+            channels-last, with no check (1.25-1.6x faster convolutions here; probabilities
+            differ from the default's by float rounding, up to ~1e-4 on a plain CNN). False or
+            None (default): the views in the input's layout, as the user's own loop would.
     Example:
         >>> import netuq
         >>> net = torch.nn.Conv2d(3, 4, 1).eval()   # per-pixel: equivariant to flips/rotations
@@ -116,7 +119,7 @@ class TTA:
         keep_samples: bool = False,
         max_batch: int | None = None,
         no_grad: bool = True,
-        channels_last: bool | None = None,
+        channels_last: bool | None = False,
     ) -> None:
         if not callable(model):
             raise TypeError(f"`model` must be callable (an nn.Module), got {type(model).__name__}")
@@ -136,14 +139,18 @@ class TTA:
         self.no_grad = bool(no_grad)
         self._exact_outputs = False  # set once the model's outputs need the exact pass (half logits)
         self._workspaces = threading.local()  # per thread: one call's buffers, kept for the next
-        self._plans: dict[tuple, int] = {}  # (input shape, view size, dtype, device) -> rows per forward
-        self._layout = InputLayout(channels_last)  # the same keys -> channels-last or not
+        self._plans: dict[tuple, _Plan] = {}  # (input shape, view size, dtype, device) -> the probe's findings
+        self.channels_last = check_channels_last(channels_last)
 
     def __repr__(self) -> str:
         return (
             f"TTA({type(self.model).__name__}, {len(self.transforms)} views, merge={self.merge!r}, "
             f"task={self.task!r}, max_batch={self.max_batch})"
         )
+
+    def netuq_traits(self) -> Traits:
+        """TTA's traits (:mod:`netuq.traits`): the views' disagreement counts as epistemic."""
+        return Traits("tta", epistemic=True)
 
     def __call__(self, x: torch.Tensor) -> Prediction:
         """Predict on every view of a batch and merge.
@@ -187,23 +194,37 @@ class TTA:
         acc: ViewAccumulator | None = None
         first: View | None = None
         work = self._workspace()
-        split = self.max_batch is None and not _batch_dependent(self.model)
+        coupled = batch_statistics(self.model)  # BatchNorm on the batch's statistics, as the model is now
         for aug_size, idx in groups.items():
             per_row = x.shape[1] * aug_size[0] * aug_size[1]
             plan = (tuple(x.shape), aug_size, x.dtype, str(x.device))
             start = 0
             while start < len(idx):
-                # rows per forward: measured once per shape (0: not yet); batch-dependent outputs
-                # (BatchNorm in training mode) keep the rows as the user batched them
-                rows = self._plans.get(plan, 0) if split else None
-                per_forward = views_per_forward(n, per_row, len(idx) - start, x.device, self.max_batch)
-                if rows:  # and keep the largest activation near the caches (once measured)
-                    per_forward = balanced_chunk(min(per_forward, max(1, rows // n)), len(idx) - start)
+                # the first forward of a shape runs one view (the user's batch) under a probe: its largest
+                # activation, and whether the model mixes rows (then every forward runs one view, unsplit)
+                known, probed = self._plans.get(plan), None
+                if known is None:
+                    probed = self._forward(views[idx[start]].augment(x), None, plan, probe=True)
+                    known = self._plans[plan]
+                rows = None
+                if known.coupled or coupled:
+                    per_forward = 1
+                else:
+                    per_forward = views_per_forward(n, per_row, len(idx) - start, x.device, self.max_batch)
+                    if self.max_batch is None:  # keep the largest activation near the caches
+                        rows = known.rows
+                        per_forward = balanced_chunk(min(per_forward, max(1, rows // n)), len(idx) - start)
                 chunk = idx[start : start + per_forward]
                 start += len(chunk)
-                inp = torch.cat([views[i].augment(x) for i in chunk]) if len(chunk) > 1 else views[chunk[0]].augment(x)
-                out = self._forward(inp, rows, plan)
-                del inp
+                if probed is not None and len(chunk) == 1 and (rows is None or rows >= n):
+                    out = probed  # the forward every later call runs for this view: the same numbers
+                else:  # the probe measured only: run the views as every later call does (the same numbers)
+                    del probed
+                    parts = [views[i].augment(x) for i in chunk]
+                    inp = torch.cat(parts) if len(parts) > 1 else parts[0]
+                    out = self._forward(inp, rows, plan)
+                    del parts
+                    del inp
                 for block in self._run([views[i] for i in chunk], chunk, out, n, size, work, exact):
                     if block is None:  # outputs the fast pass does not take: remember, run exactly
                         self._exact_outputs = True
@@ -250,33 +271,31 @@ class TTA:
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state.pop("_workspaces")  # buffers (and a thread-local) are not part of the wrapper's state
+        state.pop("_plans")  # nor what was measured on this machine (measured again where loaded)
         return state
 
     def __setstate__(self, state: dict) -> None:
-        state.setdefault("_plans", {})  # pickled before rows per forward were measured
-        state.setdefault("_layout", InputLayout(None))  # ... and before the layout was chosen
         self.__dict__.update(state)
+        self._plans = {}
         self._workspaces = threading.local()
 
-    def _forward(self, inp: torch.Tensor, rows: int | None, plan: tuple) -> Any:
-        """The model on ``inp`` in the layout chosen for ``plan`` (:class:`netuq._layout.InputLayout`:
-        its first forward checks channels-last against the contiguous result), rows as in
-        :meth:`_forward_rows`."""
-        return self._layout.forward(self.model, inp, plan, lambda view: self._forward_rows(view, rows, plan))
-
-    def _forward_rows(self, inp: torch.Tensor, rows: int | None, plan: tuple) -> Any:
-        """The model on ``inp``, at most ``rows`` rows per call (outputs concatenated); ``rows=0``:
-        one call that measures its largest activation and stores the rows per forward that keep
-        it under :data:`netuq.methods._batching.ACTIVATION_ELEMENTS` in ``self._plans[plan]``.
+    def _forward(self, inp: torch.Tensor, rows: int | None, plan: tuple, probe: bool = False) -> Any:
+        """The model on ``inp`` (channels-last if opted in), at most ``rows`` rows per call (outputs
+        concatenated). ``probe``: one call (one view) that measures its largest activation and
+        whether the model mixes rows (:func:`netuq._batching.couples_rows`), stored as
+        ``self._plans[plan]``: the rows per forward that keep the largest activation under
+        :data:`netuq._batching.ACTIVATION_ELEMENTS`.
 
         On CPU a forward over many rows falls off the caches: SmallCNN on 256 x 1 x 28 x 28 runs
         ~1.8x faster as 4 calls of 64 rows (perf/bench_tta.py, case "cls256").
         """
+        inp = as_layout(inp, self.channels_last)
         total = inp.shape[0]
-        if rows == 0:
-            with LargestTensor() as probe:
+        if probe:
+            with LargestTensor(rows=total) as seen:
                 out = self.model(inp)
-            self._plans[plan] = activation_chunk(-(-max(probe.largest, inp.numel()) // total), inp.device)
+            rows = activation_chunk(-(-max(seen.largest, inp.numel()) // total), inp.device)
+            self._plans[plan] = _Plan(rows, seen.coupled)
             return out
         if rows is None or rows >= total:
             return self.model(inp)
@@ -320,7 +339,10 @@ class TTA:
             yield None
             return
         if exact:
-            z, stats = _checked_logits(out), _softmax_stats
+            z, masked = _checked_logits(out)
+            stats = _softmax_stats
+            if masked:  # a masked class (-inf): the fast pass's end check would refuse every call
+                self._exact_outputs = True
         else:
             z, stats = out.to(float_dtype(out)), work.softmax_stats
         if self.task == "classification":  # outputs are never de-augmented: the chunk is one block
@@ -348,6 +370,13 @@ class TTA:
                 entropy_v = -(p * log_p).sum(1)  # log_p is finite: clamped where it was resampled
                 argmax_v = _argmax_mask(log_p, log_p.amax(1, keepdim=True))  # only in exact passes
                 yield _Block(p, entropy_v, argmax_v, (lambda log_p=log_p: log_p), index[i : i + 1], False)
+
+
+class _Plan(NamedTuple):
+    """What the probe forward of an input shape measured (:meth:`TTA._forward`)."""
+
+    rows: int  # rows per forward that keep the largest activation near the caches
+    coupled: bool  # the model mixes the rows of a batch: one view per forward, rows as given
 
 
 class _Block(NamedTuple):
@@ -442,14 +471,6 @@ def _layout_of(t: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _batch_dependent(model: Any) -> bool:
-    """Whether the model's outputs for one image depend on the others in its batch: a BatchNorm
-    layer in training mode (normalised with the batch's statistics)."""
-    if not isinstance(model, torch.nn.Module):
-        return False
-    return any(m.training for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
-
-
 def _fast_pass_takes(out: torch.Tensor) -> bool:
     """Whether the optimistic pass takes these outputs: float32 / float64 logits with at least one
     class. Half and bfloat16 logits tie at the top class often enough (a few percent of rows with
@@ -462,16 +483,19 @@ def _fast_pass_takes(out: torch.Tensor) -> bool:
     return out.dtype in (torch.float32, torch.float64) and out.shape[1] > 0
 
 
-def _checked_logits(out: torch.Tensor) -> torch.Tensor:
+def _checked_logits(out: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """The logits in the compute dtype, after a one-pass check (NaN and ±inf propagate into the
-    min/max); :func:`netuq._checks.check_logits` words the error."""
+    min/max), and whether a class is masked (-inf). The rule of every entry point
+    (:meth:`netuq.Prediction.from_logits`, ``predict``, MCDropout, Ensemble): finite, or -inf for a
+    masked class with a finite entry left in every row; no NaN, no +inf. ``_check_log_values``
+    words the error."""
     if out.is_floating_point() and out.numel():
         z = out.to(float_dtype(out))
         lo, hi = torch.aminmax(z)
         if math.isfinite(lo.item()) and math.isfinite(hi.item()):
-            return z
-    check_logits(out, "logits")  # raises for what the fast check refused
-    return out.to(float_dtype(out))
+            return z, False
+    _check_log_values(out, "logits", stacked=False)  # raises for NaN, +inf, a row of -inf, type and shape
+    return out.to(float_dtype(out)), True
 
 
 def _softmax_stats(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
