@@ -114,9 +114,20 @@ class _LinearScaling(Calibrator):
         """The flat starting point: the temperature solution."""
         raise NotImplementedError
 
-    def _penalty(self, x: torch.Tensor, start: _Start, penalty, C: int, hess: bool = True):  # pragma: no cover
-        """(value, gradient, Hessian diagonal or None) of the penalty at the flat parameters ``x``."""
+    def _quadratic(self, start: _Start, penalty, C: int, like: torch.Tensor):  # pragma: no cover
+        """The penalty as a diagonal quadratic: (h, c) with penalty(x) = ½ Σ_i h_i (x_i − c_i)² (both like ``x``).
+
+        Every penalty here is of that form, so its value, gradient h ⊙ (x − c) and Hessian diagonal h
+        cost a few vector operations per evaluation (the (h, c) pair is built once per fit).
+        """
         raise NotImplementedError
+
+    def _penalty(self, x: torch.Tensor, start: _Start, penalty, C: int, hess: bool = True):
+        """(value, gradient, Hessian diagonal or None) of the penalty at the flat parameters ``x``."""
+        h, c = self._quadratic(start, penalty, C, x)
+        r = x - c
+        g = r.mul_(h)
+        return 0.5 * float(g @ (x - c)), g, (h if hess else None)
 
     def _unpack(self, x: torch.Tensor, C: int) -> list[torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
@@ -151,12 +162,16 @@ class _LinearScaling(Calibrator):
         The result's ``f`` and ``g`` are of NLL + penalty.
         """
         C = obj.C
+        if penalty is not None:
+            h, c = self._quadratic(start, penalty, C, x0)
 
         def fg(x):
             f, g = obj(x)
-            if penalty is not None:
-                pf, pg, _ = self._penalty(x, start, penalty, C, hess=False)
-                f, g = f + pf, g.add_(pg)
+            if penalty is not None:  # + ½ Σ h (x − c)², gradient h ⊙ (x − c)
+                r = x - c
+                pg = r.mul_(h)
+                f = f + 0.5 * float(pg @ (x - c))
+                g = g.add_(pg)
             return f, g
 
         diag = nll_diag.clone()
@@ -436,20 +451,12 @@ class VectorScaling(_LinearScaling):
     def _unpack(self, x, C):
         return [x[:C], x[C:]]
 
-    def _penalty(self, x, start, lam, C, hess=True):
-        g = torch.zeros_like(x)
-        h = torch.zeros_like(x) if hess else None
-        if not lam:
-            return 0.0, g, h
-        w, b = x[:C], x[C:]
-        r = w / start.beta - 1.0
-        f = lam * (float(r.square().mean()) + float(b.square().mean()))
-        torch.mul(r, 2.0 * lam / (C * start.beta), out=g[:C])
-        torch.mul(b, 2.0 * lam / C, out=g[C:])
-        if hess:
-            h[:C] = 2.0 * lam / (C * start.beta**2)
-            h[C:] = 2.0 * lam / C
-        return f, g, h
+    def _quadratic(self, start, lam, C, like):
+        # λ [1/C Σ (w_c/β − 1)² + 1/C Σ b_c²] = ½ Σ 2λ/(Cβ²) (w_c − β)² + ½ Σ 2λ/C b_c²
+        h = torch.empty(2 * C, dtype=like.dtype, device=like.device)
+        c = torch.zeros_like(h)
+        h[:C], h[C:], c[:C] = 2.0 * lam / (C * start.beta**2), 2.0 * lam / C, start.beta
+        return h, c
 
     def _fit(self, z, y, image, seed, owned) -> None:
         z0, z = z, self._scaled(z)
@@ -569,35 +576,20 @@ class MatrixScaling(_LinearScaling):
     def _unpack(self, x, C):
         return [x[: C * C].view(C, C), x[C * C :]]
 
-    def _penalty(self, x, start, odir, C, hess=True):
+    def _quadratic(self, start, odir, C, like):
+        # λ/(C(C−1)) Σ_{i≠j} W_ij² (W here is W·scale: the fit runs on z / scale, the penalty is on W itself)
+        # + μ/C Σ b_j² (+ μ/C Σ (W_jj/β − 1)² with pull_diagonal), each ½ h (x − c)²
         lam, mu = odir
-        W, b = x[: C * C].view(C, C), x[C * C :]
-        g = torch.zeros_like(x)
-        h = torch.zeros_like(x) if hess else None
-        gW = g[: C * C].view(C, C)
-        f = 0.0
-        if lam:  # W here is W·scale (the fit runs on z / scale): the penalty is on W itself
-            k = lam / (C * (C - 1) * start.scale**2)
-            d = W.diagonal()
-            f += k * (float(W.square().sum()) - float(d.square().sum()))
-            torch.mul(W, 2.0 * k, out=gW)
-            gW.diagonal().zero_()
-            if hess:
-                hW = h[: C * C].view(C, C)
-                hW.fill_(2.0 * k)
-                hW.diagonal().zero_()
-        if mu:
-            f += mu * float(b.square().mean())
-            torch.mul(b, 2.0 * mu / C, out=g[C * C :])
-            if hess:
-                h[C * C :] = 2.0 * mu / C
-            if self.pull_diagonal:
-                r = W.diagonal() / start.beta - 1.0
-                f += mu * float(r.square().mean())
-                gW.diagonal().copy_(r.mul_(2.0 * mu / (C * start.beta)))
-                if hess:
-                    h[: C * C].view(C, C).diagonal().fill_(2.0 * mu / (C * start.beta**2))
-        return f, g, h
+        h = torch.zeros(C * C + C, dtype=like.dtype, device=like.device)
+        c = torch.zeros_like(h)
+        hW = h[: C * C].view(C, C)
+        hW.fill_(2.0 * lam / (C * (C - 1) * start.scale**2))
+        hW.diagonal().zero_()
+        h[C * C :] = 2.0 * mu / C
+        if self.pull_diagonal:
+            hW.diagonal().fill_(2.0 * mu / (C * start.beta**2))
+            c[: C * C].view(C, C).diagonal().fill_(start.beta)
+        return h, c
 
     def _fit(self, z, y, image, seed, owned) -> None:
         z0, z = z, self._scaled(z)
