@@ -2,9 +2,9 @@
 
 from typing import Any
 
+from . import _logits_section  # noqa: F401,E402  (the logits_held_out section: results.json re-rendered)
 from .config import METHODS, BenchmarkConfig, load_config
 from .runner import run_benchmark
-from . import _logits_section  # noqa: F401,E402  (the logits_held_out section: results.json re-rendered)
 
 __all__ = ["BenchmarkConfig", "load_config", "run_benchmark", "METHODS", "CALIBRATORS"]
 

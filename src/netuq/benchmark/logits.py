@@ -51,14 +51,18 @@ PROTOCOL_METRICS = ("nll", "ece", "brier", "accuracy")
 def _load(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """One npz file's (logits (N, C) float, labels (N,) int64); ValueError naming the file."""
     try:
-        with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in ("logits", "labels") if k not in f.files]
-            if missing:
-                raise ValueError(f"`{path}` must hold arrays 'logits' and 'labels', missing {missing} "
-                                 f"(found {sorted(f.files)})")
-            z, y = f["logits"], f["labels"]
-    except (OSError, zipfile.BadZipFile, EOFError) as err:
-        raise ValueError(f"`{path}` must be a readable .npz file, got {type(err).__name__}: {err}") from None
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not an .npz archive")
+        with f:
+            files = list(f.files)
+            arrays = {k: f[k] for k in ("logits", "labels") if k in files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise ValueError(f"`{path}` must be a readable .npz file (no pickles), got: {err}") from None
+    missing = [k for k in ("logits", "labels") if k not in arrays]
+    if missing:
+        raise ValueError(f"`{path}` must hold arrays 'logits' and 'labels', missing {missing} (found {sorted(files)})")
+    z, y = arrays["logits"], arrays["labels"]
     if z.ndim != 2 or z.shape[1] < 2 or not np.issubdtype(z.dtype, np.floating):
         raise ValueError(f"`{path}`: 'logits' must be a float array (N, C) with C >= 2, "
                          f"got {z.dtype} of shape {z.shape}")
