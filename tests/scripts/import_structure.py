@@ -25,8 +25,8 @@ ROOT = "netuq"
 
 #: netuq's parts from the bottom; each part may import its own layer and the ones below.
 LAYERS = (
-    ("exceptions", "_version", "_checks", "_files", "_random", "_modes", "_batching", "_batch", "_layout", "_outputs",
-     "_trace", "measures", "scores", "traits", "prediction"),
+    ("exceptions", "_version", "_checks", "_files", "_random", "_modes", "_batching", "_batch", "_layout", "_memory",
+     "_outputs", "_trace", "measures", "scores", "traits", "prediction"),
     ("metrics", "io", "nn", "models", "training", "data", "calibration", "detectors"),
     ("tta",),
     ("methods",),

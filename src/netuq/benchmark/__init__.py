@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from . import _logits_section  # noqa: F401,E402  (the logits_held_out section: results.json re-rendered)
 from .config import METHODS, BenchmarkConfig, load_config
 from .runner import run_benchmark
 

@@ -1,4 +1,4 @@
-"""Private solvers behind the calibrators: an exact temperature solve and a full-batch L-BFGS fit.
+"""Private solvers behind the calibrators: an exact temperature solve and a preconditioned L-BFGS fit.
 
 Temperature scaling minimises NLL(β) = mean_i [logsumexp_c(β z_ic) − β z_iy] over β = 1/T, a
 convex function of β with
@@ -109,6 +109,7 @@ def solve_temperature(
     inplace: bool = False,
     smoothing: float = 0.0,
     separable_smoothing: float | None = None,
+    beta_start: float | None = None,
 ) -> TemperatureSolution:
     """Minimise NLL(β) on [beta_min, beta_max] exactly by safeguarded Newton (see module docstring).
 
@@ -126,6 +127,8 @@ def solve_temperature(
             data: no finite optimum), solve again with this ``smoothing``; the status is then
             "smoothed", "smoothed-lower" (its optimum beyond the smallest β) or still "upper";
             ``nll`` and ``nll_at_one`` stay the plain NLL.
+        beta_start: start the iteration here instead of at β = 1 (a nearby solution, e.g. the
+            whole set's β for one of its folds); ``nll_at_one`` is then NaN (not evaluated).
     """
     if rtol is None:
         rtol = 1e-10 if z.dtype == torch.float64 else 1e-6
@@ -141,7 +144,9 @@ def solve_temperature(
     scale = math.ldexp(1.0, math.frexp(spread)[1] - 1)
     if scale != 1.0:
         zc = zc.mul_(1.0 / scale)  # zc is a private tensor here (z − max, or z itself when inplace)
-    sol = _newton(TemperatureObjective(zc, y, smoothing), beta_min * scale, beta_max * scale, scale, rtol, max_iter)
+    first = None if beta_start is None else beta_start * scale
+    sol = _newton(TemperatureObjective(zc, y, smoothing), beta_min * scale, beta_max * scale, scale, rtol, max_iter,
+                  first)
     if sol.status == "upper" and separable_smoothing:
         again = _newton(
             TemperatureObjective(zc, y, separable_smoothing), beta_min * scale, beta_max * scale, scale, rtol, max_iter
@@ -158,11 +163,15 @@ def solve_temperature(
     return sol
 
 
-def _newton(evaluate, beta_min, beta_max, beta_one, rtol, max_iter) -> TemperatureSolution:
-    """The safeguarded Newton iteration on [beta_min, beta_max]; ``beta_one`` is β = 1 in these units."""
-    beta = min(max(beta_one, beta_min), beta_max)
+def _newton(evaluate, beta_min, beta_max, beta_one, rtol, max_iter, start=None) -> TemperatureSolution:
+    """The safeguarded Newton iteration on [beta_min, beta_max] from ``start`` (default ``beta_one``, β = 1 in
+    these units)."""
+    beta = min(max(beta_one if start is None else start, beta_min), beta_max)
     f, g, h = evaluate(beta)
-    nll_at_one = f if beta == beta_one else evaluate(beta_one)[0]
+    if start is not None:
+        nll_at_one = math.nan
+    else:
+        nll_at_one = f if beta == beta_one else evaluate(beta_one)[0]
     best_beta, best_f = beta, f
     lo, hi = beta_min, beta_max  # bracket of the minimiser
     lo_known = hi_known = False  # whether the slope has been evaluated at lo / hi
@@ -184,6 +193,11 @@ def _newton(evaluate, beta_min, beta_max, beta_one, rtol, max_iter) -> Temperatu
             status = "converged"
             break
         step = -g / h if h > 0.0 else math.copysign(math.inf, -g)
+        if h > 0.0 and abs(step) <= rtol * beta:
+            # The Newton step is below the tolerance: converged (β + step may round onto the bracket's
+            # end, which the bracket test below would otherwise turn into a jump or a bisection).
+            status = "converged"
+            break
         cand = beta + step
         if saturated or (not hi_known and g_prev < 0.0 and g / g_prev > 0.25):
             # Saturated: every softmax is one-hot to float precision, the NLL is flat at its
@@ -209,43 +223,228 @@ def _newton(evaluate, beta_min, beta_max, beta_one, rtol, max_iter) -> Temperatu
             break
         beta, g_prev = cand, g
         f, g, h = evaluate(beta)
-        if f < best_f:
+        if f <= best_f:  # a tie (flat NLL at float precision) goes to the later, more converged iterate
             best_beta, best_f = beta, f
     return TemperatureSolution(best_beta, best_f, nll_at_one, evaluate.passes, iterations, status)
 
 
-def lbfgs(params: list[torch.Tensor], objective, *, max_iter: int, tol: float) -> tuple[int, int, bool]:
-    """Full-batch L-BFGS with a strong-Wolfe line search on ``objective()`` (a scalar tensor).
+def linear_chunk_rows(M: int, C: int) -> int:
+    """Rows per chunk of :class:`SoftmaxLinearObjective`: about 2¹⁸ values, at least 256 rows (BLAS-sized)."""
+    return max(1, min(M, max(256, _CHUNK_ELEMENTS // 2 // C)))
 
-    Stops when the largest gradient entry is below ``tol``, when the loss or the largest step
-    entry changes by less than 1e-12 (float64) / 1e-7 (float32, about its rounding of an NLL near
-    1), or after ``max_iter`` iterations.
 
-    Returns:
-        (iterations, function evaluations, converged), where converged means it stopped before
-        ``max_iter``.
+class SoftmaxLinearObjective:
+    """Mean cross-entropy of linearly mapped logits: value, analytic gradient and Hessian diagonal.
+
+    For fit logits ``z`` (M, C), labels ``y`` (M,) and a flat parameter vector ``x``:
+
+    * ``kind="vector"``: x = [w (C), b (C)], calibrated logits a = z ⊙ w + b;
+    * ``kind="matrix"``: x = [W (C·C, row-major), b (C)], a = z Wᵀ + b.
+
+    f(x) = mean_i [logsumexp_c a_ic − Σ_c t_ic a_ic] to the target t = (1 − ε) onehot(y) + ε/C
+    (ε = ``smoothing``, torch's ``label_smoothing``). With G = (softmax(a) − t) / M the gradient
+    is, for matrix scaling, ∂W = Gᵀ z and ∂b = Σ_i G_i, and for vector scaling ∂w = Σ_i G_i ⊙ z_i,
+    ∂b = Σ_i G_i: no autograd graph, no (M, C, C) tensor. Rows are processed in chunks of about
+    2¹⁸ values (one reused (R, C) buffer), so the memory beyond ``z`` and the parameters is
+    O(R·C + C²). The optional Hessian diagonal (for preconditioning) is, with P = softmax(a),
+    Σ_i P_ic (1 − P_ic) z_id² / M for W_cd (one more product, (P∘(1−P))ᵀ (z∘z)), and the same
+    without z for b — the diagonal of the exact Hessian, whose off-diagonal part is dropped.
+    Computed in ``z``'s dtype (float64 for the calibrators; float32 on MPS).
     """
-    dtype = params[0].dtype
-    opt = torch.optim.LBFGS(
-        params,
-        lr=1.0,
-        max_iter=max_iter,
-        max_eval=max_iter * 5 // 4 + 1,
-        tolerance_grad=tol,
-        tolerance_change=1e-12 if dtype == torch.float64 else 1e-7,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-    )
-    evals = 0
 
-    def closure():
-        nonlocal evals
-        evals += 1
-        opt.zero_grad(set_to_none=False)
-        loss = objective()
-        loss.backward()
-        return loss
+    def __init__(self, z, y, kind: str, smoothing: float = 0.0) -> None:
+        if kind not in ("vector", "matrix"):
+            raise ValueError(f"`kind` must be 'vector' or 'matrix', got {kind!r}")
+        # z, y: tensors, or tuples of pieces (views of one tensor: a fold's training rows) taken together
+        self.pieces = list(zip(z, y)) if isinstance(z, (tuple, list)) else [(z, y)]
+        self.kind, self.smoothing = kind, float(smoothing)
+        first = self.pieces[0][0]
+        self.M, self.C = sum(p[0].shape[0] for p in self.pieces), first.shape[1]
+        self.rows = linear_chunk_rows(self.M, self.C)
+        self.buf = torch.empty(self.rows, self.C, dtype=first.dtype, device=first.device)
+        self.evals = 0
 
-    opt.step(closure)
-    n_iter = int(opt.state[params[0]].get("n_iter", 0))
-    return n_iter, evals, n_iter < max_iter
+    @property
+    def size(self) -> int:
+        """Length of the parameter vector x."""
+        return self.C * self.C + self.C if self.kind == "matrix" else 2 * self.C
+
+    def logits(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Calibrated logits (N, C) of logits ``z`` (N, C) under parameters ``x``."""
+        C = self.C
+        if self.kind == "matrix":
+            return torch.addmm(x[C * C :], z, x[: C * C].view(C, C).t())
+        return z * x[:C] + x[C:]
+
+    def __call__(self, x: torch.Tensor, diag: bool = False):
+        """(f, gradient) at ``x`` — plus the Hessian diagonal when ``diag`` — as (float, tensor[, tensor])."""
+        self.evals += 1
+        C, M, eps = self.C, self.M, self.smoothing
+        g = torch.zeros_like(x)
+        h = torch.zeros_like(x) if diag else None
+        matrix = self.kind == "matrix"
+        if matrix:
+            W, b = x[: C * C].view(C, C), x[C * C :]
+            gw, gb = g[: C * C].view(C, C), g[C * C :]
+        else:
+            w, b = x[:C], x[C:]
+            gw, gb = g[:C], g[C:]
+        total = torch.zeros((), dtype=torch.float64, device=x.device)
+        chunks = ((z[i : i + self.rows], y[i : i + self.rows]) for z, y in self.pieces
+                  for i in range(0, z.shape[0], self.rows))
+        for zc, yc in chunks:
+            yc = yc.unsqueeze(1)
+            a = self.buf[: zc.shape[0]]
+            if matrix:
+                torch.addmm(b, zc, W.t(), out=a)
+            else:
+                torch.mul(zc, w, out=a).add_(b)
+            # −Σ_c t_c a_c, then logsumexp; a becomes softmax(a) in place
+            total -= (1.0 - eps) * a.gather(1, yc).sum(dtype=torch.float64)
+            if eps:
+                total -= eps / C * a.sum(dtype=torch.float64)
+            amax = a.amax(1, keepdim=True)
+            a.sub_(amax).exp_()
+            s = a.sum(1, keepdim=True)
+            total += (amax + s.log()).sum(dtype=torch.float64)
+            a.div_(s)
+            if diag:
+                q = a * (1.0 - a)
+                if matrix:
+                    h[: C * C].view(C, C).addmm_(q.t(), zc * zc)
+                else:
+                    h[:C] += (q * zc * zc).sum(0)
+                h[C if not matrix else C * C :] += q.sum(0)
+            a.scatter_add_(1, yc, torch.full_like(yc, -(1.0 - eps), dtype=a.dtype))
+            if eps:
+                a.sub_(eps / C)
+            gb += a.sum(0)
+            if matrix:
+                gw.addmm_(a.t(), zc)
+            else:
+                gw += a.mul_(zc).sum(0)
+        g /= M
+        f = float(total) / M
+        if diag:
+            h /= M
+            return f, g, h
+        return f, g
+
+
+@dataclass
+class LbfgsResult:
+    x: torch.Tensor  # the minimiser found
+    f: float  # objective there
+    g: torch.Tensor  # its gradient there
+    grad_max: float  # largest gradient entry there
+    iterations: int
+    evals: int  # objective + gradient evaluations
+    converged: bool  # stopped by a tolerance, not by max_iter or a failed line search
+
+
+def lbfgs_minimize(fg, x0: torch.Tensor, *, precond: torch.Tensor | None = None, max_iter: int = 500,
+                   tol: float = 1e-7, history: int = 10, f0=None, decrease_tol: float = 0.0) -> LbfgsResult:
+    """Minimise a smooth convex f by preconditioned L-BFGS with a backtracking (Armijo) line search.
+
+    ``fg(x)`` returns ``(f, gradient)``. The initial inverse Hessian of the two-loop recursion is
+    γ·D⁻¹ with D = ``precond`` (a positive Hessian-diagonal estimate, e.g. from
+    :class:`SoftmaxLinearObjective`; identity when None) and γ = sᵀy / yᵀD⁻¹y from the latest
+    pair (1 before any), so the first step is a diagonal Newton step and later ones adapt to the
+    curvature. The unit step is tried first and halved-by-interpolation until the Armijo
+    condition holds; on a convex f every pair has sᵀy >= 0, and pairs with sᵀy <= 0 are skipped.
+    Memory: ``history`` pairs of vectors (2·history·len(x)) plus a few more vectors.
+
+    Stops when max|∇f| <= ``tol`` (converged), when the decrease the next step predicts,
+    −½ ∇fᵀd, is at most ``decrease_tol`` (converged; 0 disables it: f is then within about that
+    of its minimum, all a held-out score needs), when f stops decreasing by more than float
+    rounding (relative change <= 1e3·eps, converged), when the line search fails (converged if
+    max|∇f| <= 100·tol) or after ``max_iter`` iterations. ``f0``: (f, ∇f) at ``x0`` if known
+    (saves an evaluation).
+
+    Example:
+        >>> A = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+        >>> fg = lambda x: (float(0.5 * x @ A @ x - x.sum()), A @ x - 1.0)
+        >>> r = lbfgs_minimize(fg, torch.zeros(2, dtype=torch.float64), tol=1e-12)
+        >>> r.converged, torch.allclose(r.x, torch.linalg.solve(A, torch.ones(2, dtype=torch.float64)))
+        (True, True)
+    """
+    x = x0.clone()
+    f, g = f0 if f0 is not None else fg(x)
+    evals = 0 if f0 is not None else 1
+    dinv = None if precond is None else 1.0 / precond
+    S: list[torch.Tensor] = []
+    Y: list[torch.Tensor] = []
+    rho: list[float] = []
+    gamma = 1.0
+    ftol = 1e3 * torch.finfo(x.dtype).eps
+    it, converged = 0, False
+    gmax = float(g.abs().max()) if g.numel() else 0.0
+    if not math.isfinite(f):
+        return LbfgsResult(x, f, g, gmax, 0, evals, False)
+    while True:
+        if gmax <= tol:
+            converged = True
+            break
+        if it >= max_iter:
+            break
+        it += 1
+        # two-loop recursion: d = −H g
+        q = g.neg()
+        alphas = []
+        for s_, y_, r_ in zip(reversed(S), reversed(Y), reversed(rho)):
+            a_ = r_ * float(s_ @ q)
+            alphas.append(a_)
+            q.add_(y_, alpha=-a_)
+        if dinv is not None:
+            q.mul_(dinv)
+        if gamma != 1.0:
+            q.mul_(gamma)
+        for (s_, y_, r_), a_ in zip(zip(S, Y, rho), reversed(alphas)):
+            b_ = r_ * float(y_ @ q)
+            q.add_(s_, alpha=a_ - b_)
+        d = q
+        slope = float(g @ d)
+        if not slope < 0.0:  # not a descent direction (rounding): restart from the preconditioned gradient
+            S.clear(), Y.clear(), rho.clear()
+            gamma = 1.0
+            d = g.neg() if dinv is None else g.neg().mul_(dinv)
+            slope = float(g @ d)
+            if not slope < 0.0:
+                converged = gmax <= 100 * tol
+                break
+        if -0.5 * slope <= decrease_tol:
+            converged = True
+            break
+        t, ok = 1.0, False
+        for _ in range(40):
+            x_new = torch.add(x, d, alpha=t)
+            f_new, g_new = fg(x_new)
+            evals += 1
+            if math.isfinite(f_new) and f_new <= f + 1e-4 * t * slope:
+                ok = True
+                break
+            # minimiser of the quadratic through f, slope and f_new, kept in [0.1 t, 0.5 t]
+            if math.isfinite(f_new):
+                t_q = -slope * t * t / (2.0 * (f_new - f - slope * t))
+                t = min(max(t_q, 0.1 * t), 0.5 * t)
+            else:
+                t *= 0.1
+        if not ok:
+            converged = gmax <= 100 * tol
+            break
+        s_vec = x_new - x
+        y_vec = g_new - g
+        sy = float(s_vec @ y_vec)
+        f_old = f
+        x, f, g = x_new, f_new, g_new
+        gmax = float(g.abs().max())
+        if sy > 0.0:
+            if len(S) == history:
+                S.pop(0), Y.pop(0), rho.pop(0)
+            S.append(s_vec), Y.append(y_vec), rho.append(1.0 / sy)
+            yy = float(y_vec @ (y_vec * dinv)) if dinv is not None else float(y_vec @ y_vec)
+            gamma = sy / yy if yy > 0 else 1.0
+        if f_old - f <= ftol * max(abs(f_old), abs(f), 1.0):
+            converged = True
+            break
+    return LbfgsResult(x, f, g, gmax, it, evals, converged)

@@ -223,6 +223,7 @@ class Calibrator:
         # tensors, which autograd (the L-BFGS fits) may save for backward.
         with torch.inference_mode(False):
             z, y, image, owned = _prepare(logits, labels, ignore_index, max_samples, seed)
+            self._check_memory(int(y.numel()), int(z.shape[1]))  # a size this machine cannot hold: refused now
             if int(torch.unique(y).numel()) < 2:
                 warnings.warn(
                     f"{type(self).__name__}: the labels hold a single class ({int(y[0])}); the fit is degenerate "
@@ -239,6 +240,13 @@ class Calibrator:
             self._clear_fit()
             raise ValueError(f"{type(self).__name__}: the fit produced invalid parameters: {problem}")
         return self
+
+    def _check_memory(self, n_samples: int, num_classes: int) -> None:
+        """Raise :class:`~netuq.exceptions.NotEnoughMemoryError` before fitting if the fit cannot fit in memory.
+
+        The default does nothing (the fit needs little beyond its input); calibrators whose fit
+        grows faster (vector and matrix scaling) check their own estimate.
+        """
 
     def _clear_fit(self) -> None:
         for name in (*self._info_names, *self._fitted_shapes(0), "num_classes_", "_cache", "_ts_status", "_scale"):

@@ -18,6 +18,7 @@ import torch
 
 from .. import metrics
 from .._checks import check_labels, check_n_bins, float_dtype
+from ..exceptions import NotEnoughMemoryError
 from .base import Calibrator, check_calibration_logits
 
 __all__ = ["cross_validate", "split_indices", "CATASTROPHIC_FACTOR"]
@@ -180,6 +181,8 @@ def cross_validate(
         cal = make()
         try:
             cal.fit(z_fit, y_fit, ignore_index=ignore_index, max_samples=max_samples, seed=seed + 1000 * r + k)
+        except NotEnoughMemoryError:
+            raise  # the size, not the split, is the problem: the calibrator's own one-line message
         except ValueError as err:
             raise ValueError(f"cross_validate: repeat {r}, fold {k}: {err}") from err
         calibrated = cal(z_eval)

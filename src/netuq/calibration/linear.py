@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import check_positive_int
-from ._solvers import lbfgs, solve_temperature
+from .._memory import check_fit_memory
+from ._solvers import LbfgsResult, SoftmaxLinearObjective, lbfgs_minimize, linear_chunk_rows, solve_temperature
 from .base import Calibrator, check_positive_float, nll64, separable_smoothing
 
 __all__ = ["VectorScaling", "MatrixScaling", "ODIR_GRID", "L2_GRID"]
@@ -50,6 +51,15 @@ L2_GRID: tuple[float, ...] = tuple(10.0**k for k in range(-4, 3))
 #: previous (stronger) penalty's, and the weakly penalised ones that would need more are the ones
 #: the held-out score rejects.
 _INNER_MAX_ITER = 100
+#: Relative excess of held-out NLL over the best so far that ends the penalty path at once.
+_CLEARLY_WORSE = 0.01
+#: Stop of those fits on the decrease the next step predicts (NLL units): the held-out scores of
+#: neighbouring grid points differ by far more.
+_INNER_DECREASE = 1e-8
+#: The same on the first fold alone (a larger margin: one fold's score is noisier).
+_FOLD_CLEARLY_WORSE = 0.05
+#: L-BFGS history (pairs of parameter-sized vectors kept).
+_HISTORY = 10
 #: Gradient tolerance of those fits: a held-out score needs the optimum to ~1e-6 in NLL, not 1e-12.
 _INNER_TOL = 1e-5
 
@@ -67,9 +77,13 @@ class _Start:
     give a well-conditioned problem); β, the weights and the solve are in those units.
     """
 
-    def __init__(self, z: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> None:
+    def __init__(self, z: torch.Tensor, y: torch.Tensor, scale: float = 1.0, near: float | None = None,
+                 inplace: bool = False) -> None:
         self.scale = scale
-        sol = solve_temperature(z, y, beta_min=0.01, beta_max=100.0, separable_smoothing=separable_smoothing(y.numel()))
+        # Newton from β = 1 in the logits' own units (T = 1), or from ``near`` (the whole set's β, for a fold);
+        # ``inplace``: z is a private copy the solve may centre in place
+        sol = solve_temperature(z, y, beta_min=0.01, beta_max=100.0, separable_smoothing=separable_smoothing(y.numel()),
+                                beta_start=scale if near is None else near, inplace=inplace)
         self.beta, self.status, self.passes = sol.beta, sol.status, sol.passes
         C = z.shape[1]
         eps = separable_smoothing(y.numel()) if sol.status in ("smoothed", "upper") else 0.0
@@ -77,10 +91,16 @@ class _Start:
 
 
 class _LinearScaling(Calibrator):
-    """Shared machinery: float64 L-BFGS fits of a penalised NLL and the inner cross-validation."""
+    """Shared machinery: float64 preconditioned L-BFGS fits of a penalised NLL and the inner cross-validation.
+
+    A fit's parameters are one flat vector x (see :class:`~netuq.calibration._solvers.SoftmaxLinearObjective`);
+    the objective is the exact mean NLL (to the smoothed target if separable) plus the penalty,
+    both with analytic gradients.
+    """
 
     _param_names: ClassVar[tuple[str, ...]] = ("cv", "max_iter", "tol")
     _penalty_name: ClassVar[str] = ""  # "l2" or "odir": the constructor argument holding the penalty
+    _kind: ClassVar[str] = ""  # "vector" or "matrix": the SoftmaxLinearObjective kind
 
     def __init__(self, *, cv: int = 3, max_iter: int = 500, tol: float = 1e-7) -> None:
         self.cv = check_positive_int(cv, "cv")
@@ -90,54 +110,117 @@ class _LinearScaling(Calibrator):
         self.tol = check_positive_float(tol, "tol")
 
     # -------------------------------------------------------------- per-class pieces
-    def _init(self, start: _Start, z, y) -> list[torch.Tensor]:  # pragma: no cover
+    def _init(self, start: _Start, C: int, like: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        """The flat starting point: the temperature solution."""
         raise NotImplementedError
 
-    def _logits(self, params, z):  # pragma: no cover
+    def _quadratic(self, start: _Start, penalty, C: int, like: torch.Tensor):  # pragma: no cover
+        """The penalty as a diagonal quadratic: (h, c) with penalty(x) = ½ Σ_i h_i (x_i − c_i)² (both like ``x``).
+
+        Every penalty here is of that form, so its value, gradient h ⊙ (x − c) and Hessian diagonal h
+        cost a few vector operations per evaluation (the (h, c) pair is built once per fit).
+        """
         raise NotImplementedError
 
-    def _penalty(self, params, start: _Start, penalty):  # pragma: no cover
+    def _penalty(self, x: torch.Tensor, start: _Start, penalty, C: int, hess: bool = True):
+        """(value, gradient, Hessian diagonal or None) of the penalty at the flat parameters ``x``."""
+        h, c = self._quadratic(start, penalty, C, x)
+        r = x - c
+        g = r.mul_(h)
+        return 0.5 * float(g @ (x - c)), g, (h if hess else None)
+
+    def _unpack(self, x: torch.Tensor, C: int) -> list[torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
+
+    # -------------------------------------------------------------- memory
+    @classmethod
+    def memory_needed(cls, n_samples: int, num_classes: int, *, cv: int = 3, itemsize: int = 8) -> int:
+        """Bytes a fit on ``n_samples`` × ``num_classes`` logits needs at most, beyond the caller's logits.
+
+        Three (N, C) copies (the float64 logits, the fold-ordered copy of the inner cross-validation,
+        the working copy of the temperature start) and, per parameter vector of P = C·C + C
+        (matrix) or 2C (vector) entries, 2·history + 12 + 2·cv vectors (the L-BFGS pairs, its
+        working vectors, the folds' warm starts and preconditioners): O(N·C + C²), never N·C².
+        """
+        P = num_classes * num_classes + num_classes if cls._kind == "matrix" else 2 * num_classes
+        vectors = 2 * _HISTORY + 12 + 2 * cv
+        chunk = linear_chunk_rows(n_samples, num_classes) * num_classes * 4  # the chunk buffer and temporaries
+        return itemsize * (3 * n_samples * num_classes + vectors * P + chunk)
+
+    def _check_memory(self, n_samples: int, num_classes: int) -> None:
+        check_fit_memory(type(self), n_samples, num_classes, cv=self.cv)
 
     # -------------------------------------------------------------- fitting
-    def _solve(self, z, y, start: _Start, penalty, init, max_iter: int | None = None, tol: float | None = None):
-        """Minimise NLL (to the smoothed target if separable) + penalty from ``init``; (params, n_iter, evals, ok)."""
-        params = [p.detach().clone().requires_grad_(True) for p in init]
+    def _objective(self, z, y, start: _Start) -> SoftmaxLinearObjective:
+        return SoftmaxLinearObjective(z, y, self._kind, start.label_smoothing)
 
-        def objective():
-            loss = F.cross_entropy(self._logits(params, z), y, label_smoothing=start.label_smoothing)
-            return loss + self._penalty(params, start, penalty) if penalty is not None else loss
+    def _minimize(self, obj, start: _Start, penalty, x0, nll_diag, max_iter=None, tol=None, nll0=None,
+                  decrease_tol=0.0) -> LbfgsResult:
+        """Minimise NLL + penalty from ``x0``, preconditioned by ``nll_diag`` + the penalty's Hessian diagonal.
 
-        n_iter, evals, converged = self._run_lbfgs(params, objective, max_iter or self.max_iter, tol or self.tol)
-        return [p.detach() for p in params], n_iter, evals, converged
+        ``nll0``: the NLL's (value, gradient) at ``x0`` when known (a warm start): saves a pass.
+        The result's ``f`` and ``g`` are of NLL + penalty.
+        """
+        C = obj.C
+        if penalty is not None:
+            h, c = self._quadratic(start, penalty, C, x0)
 
-    def _run_lbfgs(self, params, objective, max_iter, tol):
-        with torch.no_grad():
-            start = float(objective())
-        saved = [p.detach().clone() for p in params]
-        with torch.enable_grad():
-            n_iter, evals, converged = lbfgs(params, objective, max_iter=max_iter, tol=tol)
-        with torch.no_grad():
-            end = float(objective())
-        if not all(bool(torch.isfinite(p).all()) for p in params) or not end <= start:
-            # L-BFGS with a Wolfe line search never increases the loss; guard against non-finite steps anyway.
-            with torch.no_grad():
-                for p, s in zip(params, saved):
-                    p.copy_(s)
+        def fg(x):
+            f, g = obj(x)
+            if penalty is not None:  # + ½ Σ h (x − c)², gradient h ⊙ (x − c)
+                r = x - c
+                pg = r.mul_(h)
+                f = f + 0.5 * float(pg @ (x - c))
+                g = g.add_(pg)
+            return f, g
+
+        diag = nll_diag.clone()
+        f0 = None
+        if penalty is not None:
+            pf, pg, ph = self._penalty(x0, start, penalty, C)
+            diag += ph
+            if nll0 is not None:
+                f0 = (nll0[0] + pf, nll0[1] + pg)
+        elif nll0 is not None:
+            f0 = (nll0[0], nll0[1].clone())
+        top = float(diag.max())
+        diag.clamp_(min=max(top, 1e-300) * 1e-6)
+        res = lbfgs_minimize(fg, x0, precond=diag, max_iter=max_iter or self.max_iter, tol=tol or self.tol,
+                             history=_HISTORY, f0=f0, decrease_tol=decrease_tol)
+        if not bool(torch.isfinite(res.x).all()) or not math.isfinite(res.f):  # pragma: no cover - guard
             warnings.warn(
-                f"{type(self).__name__}: L-BFGS produced a non-finite or worse solution; keeping the starting point",
+                f"{type(self).__name__}: L-BFGS produced a non-finite solution; keeping the starting point",
                 RuntimeWarning,
                 stacklevel=5,
             )
-        return n_iter, evals + 2, converged
+            res = LbfgsResult(x0, math.nan, torch.full_like(x0, math.nan), math.nan, res.iterations, res.evals, False)
+        return res
 
-    def _search(self, z, y, image, seed, grid) -> dict | None:
-        """Mean held-out NLL of each penalty in ``grid`` (ordered strongest first) over ``cv`` folds split by image.
+    def _nll_part(self, res: LbfgsResult, start: _Start, penalty, C: int):
+        """The NLL's (value, gradient) at ``res.x``: the result's objective minus the penalty."""
+        if penalty is None:
+            return res.f, res.g
+        pf, pg, _ = self._penalty(res.x, start, penalty, C, hess=False)
+        return res.f - pf, res.g - pg
 
-        Each fit warm-starts the next weaker one, and the path stops once the held-out NLL has been
-        worse than the best for two grid points in a row (weak penalties are the slow fits, and the
-        score is unimodal in practice); each inner fit runs at most ``_INNER_MAX_ITER`` iterations, to ``_INNER_TOL``.
+    def _search(self, z, y, image, seed, grid, C, near=None):
+        """Held-out NLL of each penalty in ``grid`` (ordered strongest first) over ``cv`` folds split by image.
+
+        Returns (scores, warm) with scores {penalty: mean held-out NLL} and warm {penalty: the mean
+        over folds of that penalty's fitted parameters} (the final fit starts from the chosen one's);
         None when there are fewer images than folds.
+
+        The rows are reordered once so that every fold is a contiguous block: a fold's training
+        data are two views of that copy, no per-fold copies. Along the path each fold's fit is
+        warm-started from its previous (stronger) penalty's optimum with the same preconditioner
+        (its NLL Hessian diagonal at the temperature start), and the path stops once the held-out
+        NLL has been worse than the best for two grid points in a row (weak penalties are the slow
+        fits, and the score is unimodal in practice) or once it is worse than the best by more than
+        ``_CLEARLY_WORSE`` (1 %, e.g. the overfitting side of matrix scaling) — or, without fitting
+        the other folds, once the first fold's held-out NLL is worse than its best by more than
+        ``_FOLD_CLEARLY_WORSE`` (5 %; that grid point is then not scored); each inner fit runs at
+        most ``_INNER_MAX_ITER`` iterations, to ``_INNER_TOL`` or a predicted decrease of
+        ``_INNER_DECREASE``; it starts from the NLL value and gradient its previous fit ended with.
         """
         groups = torch.unique(image)
         if groups.numel() < self.cv:
@@ -147,63 +230,98 @@ class _LinearScaling(Calibrator):
                 RuntimeWarning,
                 stacklevel=4,
             )
-            return None
+            return None, None
         gen = torch.Generator().manual_seed(seed)
         fold_of_group = torch.empty(int(groups.max()) + 1, dtype=torch.long)
         fold_of_group[groups[torch.randperm(groups.numel(), generator=gen)].cpu()] = (
             torch.arange(groups.numel()) % self.cv
         )
         fold = fold_of_group.to(image.device)[image]
+        order = torch.sort(fold, stable=True).indices
+        zs, ys = z[order], y[order]
+        bounds = torch.cumsum(torch.bincount(fold, minlength=self.cv), 0).tolist()
         folds = []
         for k in range(self.cv):
-            train, test = fold != k, fold == k
-            start = _Start(z[train], y[train], self._scale)
-            folds.append([z[train], y[train], z[test], y[test], start, self._init(start, z[train], y[train])])
-        scores, best, worse = {}, math.inf, 0
+            lo, hi = (bounds[k - 1] if k else 0), bounds[k]
+            zt, yt = (zs[:lo], zs[hi:]), (ys[:lo], ys[hi:])
+            start = _Start(torch.cat(zt), torch.cat(yt), self._scale, near=near, inplace=True)
+            obj = SoftmaxLinearObjective(zt, yt, self._kind, start.label_smoothing)
+            x0 = self._init(start, C, z)
+            f0, g0, diag = obj(x0, diag=True)
+            folds.append({"obj": obj, "start": start, "x": x0, "diag": diag, "nll": (f0, g0), "zv": zs[lo:hi],
+                          "yv": ys[lo:hi]})
+        scores, warm, best, worse = {}, {}, math.inf, 0
+        inner = min(self.max_iter, _INNER_MAX_ITER)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for penalty in grid:
-                total = 0.0
-                for state in folds:
-                    zt, yt, zv, yv, start, params = state
-                    inner = min(self.max_iter, _INNER_MAX_ITER)
-                    state[5] = params = self._solve(zt, yt, start, penalty, params, inner, _INNER_TOL)[0]
+                total, mean_x, stop = 0.0, torch.zeros_like(folds[0]["x"]), False
+                for i, f in enumerate(folds):
+                    res = self._minimize(f["obj"], f["start"], penalty, f["x"], f["diag"], inner, _INNER_TOL,
+                                         nll0=f["nll"], decrease_tol=_INNER_DECREASE)
+                    f["x"] = x = res.x
+                    f["nll"] = self._nll_part(res, f["start"], penalty, C)
+                    mean_x += x
                     with torch.no_grad():
-                        total += float(F.cross_entropy(self._logits(params, zv), yv, reduction="sum"))
+                        held = float(F.cross_entropy(f["obj"].logits(x, f["zv"]), f["yv"], reduction="sum"))
+                    total += held
+                    if i == 0 and held > f.get("best", math.inf) * (1.0 + _FOLD_CLEARLY_WORSE):
+                        stop = True  # the first fold alone is far worse: not scored, the path ends here
+                        break
+                    if i == 0:
+                        f["best"] = min(f.get("best", math.inf), held)
+                if stop:
+                    break
                 scores[penalty] = total / y.numel()
                 if scores[penalty] < best:
                     best, worse = scores[penalty], 0
+                    warm = {penalty: mean_x / self.cv}
                 else:
                     worse += 1
-                    if worse >= 2:
+                    if worse >= 2 or scores[penalty] > best * (1.0 + _CLEARLY_WORSE):
                         break
-        return scores
+        return scores, warm
 
-    def _choose(self, z, y, image, seed, setting, grid_default, strength):
-        """(penalty or None, scores or None) for the constructor's setting: None, a value, "auto" or a list."""
+    def _choose(self, z, y, image, seed, setting, grid_default, strength, C, near=None):
+        """(penalty or None, scores or None, warm start or None) for the setting: None, a value, "auto" or a list."""
         if setting is None or not (setting == "auto" or isinstance(setting, list)):
-            return setting, None
+            return setting, None, None
         grid = sorted(grid_default if setting == "auto" else setting, key=strength, reverse=True)
-        scores = self._search(z, y, image, seed, grid)
+        scores, warm = self._search(z, y, image, seed, grid, C, near)
         if scores is None:
-            return grid[0], None
-        return min(scores, key=scores.get), scores
+            return grid[0], None, None
+        chosen = min(scores, key=scores.get)
+        return chosen, scores, warm.get(chosen)
 
     def _scaled(self, z: torch.Tensor) -> torch.Tensor:
         """Float64 (float32 on MPS) logits divided by an exact power of two; sets ``self._scale``."""
-        z = z if z.device.type == "mps" else z.to(torch.float64)
-        self._scale = _unit_scale(z)
-        return z / self._scale if self._scale != 1.0 else z
+        z64 = z if z.device.type == "mps" else z.to(torch.float64)
+        self._scale = _unit_scale(z64)
+        if self._scale == 1.0:
+            return z64
+        return z64.div_(self._scale) if z64 is not z else z64 / self._scale
 
-    def _finish(self, z, y, start: _Start, params, n_iter, evals, converged, extra_passes=0) -> None:
-        """Store the fit in the units of the logits ``z`` (the fit ran on z / scale)."""
+    def _fit_at(self, z, y, start: _Start, penalty, x0) -> LbfgsResult:
+        """The final fit on all of ``z`` from ``x0``."""
+        obj = self._objective(z, y, start)
+        f0, g0, diag = obj(x0, diag=True)
+        res = self._minimize(obj, start, penalty, x0, diag, nll0=(f0, g0))
+        res.evals += 1  # the first pass (value, gradient and preconditioner)
+        return res
+
+    def _finish(self, z0, y, start: _Start, res: LbfgsResult, extra_passes=0) -> None:
+        """Store the fit in the units of the logits ``z0`` (the fit ran on z / scale)."""
+        C = z0.shape[1]
+        params = self._unpack(res.x, C)
         params = [params[0] / start.scale, params[1]]
         self.weight_ = params[0].to("cpu", torch.float64)
         self.bias_ = params[1].to("cpu", torch.float64)
         with torch.no_grad():
-            self.nll_before_ = nll64(z, y)  # the uncalibrated NLL (the start solve ran on z / scale)
-            self.nll_after_ = nll64(self._logits(params, z.to(params[0].dtype)), y)
-        self.n_iter_, self.n_passes_, self.converged_ = n_iter, start.passes + extra_passes + evals, converged
+            self.nll_before_ = nll64(z0, y)  # the uncalibrated NLL (the start solve ran on z / scale)
+            self.nll_after_ = nll64(self._transform(z0.to(params[0].dtype)), y)
+        self.n_iter_ = res.iterations
+        self.n_passes_ = start.passes + extra_passes + res.evals
+        self.converged_ = res.converged
 
     # -------------------------------------------------------------- warnings
     def _warn_separable(self, start: _Start) -> None:
@@ -323,29 +441,34 @@ class VectorScaling(_LinearScaling):
     def _check_penalty_value(self, value):
         return _nonneg(value, "l2")
 
-    def _init(self, start, z, y):
-        C = z.shape[1]
-        like = dict(dtype=z.dtype, device=z.device)
-        return [torch.full((C,), start.beta, **like), torch.zeros(C, **like)]
+    _kind = "vector"
 
-    def _logits(self, params, z):
-        return z * params[0] + params[1]
+    def _init(self, start, C, like):
+        x = torch.zeros(2 * C, dtype=like.dtype, device=like.device)
+        x[:C] = start.beta
+        return x
 
-    def _penalty(self, params, start, lam):
-        if not lam:
-            return 0.0
-        w, b = params
-        return lam * ((w / start.beta - 1.0).square().mean() + b.square().mean())
+    def _unpack(self, x, C):
+        return [x[:C], x[C:]]
+
+    def _quadratic(self, start, lam, C, like):
+        # λ [1/C Σ (w_c/β − 1)² + 1/C Σ b_c²] = ½ Σ 2λ/(Cβ²) (w_c − β)² + ½ Σ 2λ/C b_c²
+        h = torch.empty(2 * C, dtype=like.dtype, device=like.device)
+        c = torch.zeros_like(h)
+        h[:C], h[C:], c[:C] = 2.0 * lam / (C * start.beta**2), 2.0 * lam / C, start.beta
+        return h, c
 
     def _fit(self, z, y, image, seed, owned) -> None:
         z0, z = z, self._scaled(z)
+        C = z.shape[1]
         self._warn_constant(z)
         start = _Start(z, y, self._scale)
         self._warn_separable(start)
-        lam, self.l2_scores_ = self._choose(z, y, image, seed, self.l2, L2_GRID, strength=lambda v: v)
+        lam, self.l2_scores_, warm = self._choose(z, y, image, seed, self.l2, L2_GRID, strength=lambda v: v, C=C,
+                                                     near=start.beta)
         self.l2_ = None if lam is None else float(lam)
-        params, n_iter, evals, converged = self._solve(z, y, start, lam, self._init(start, z, y))
-        self._finish(z0, y, start, params, n_iter, evals, converged)
+        res = self._fit_at(z, y, start, lam, warm if warm is not None else self._init(start, C, z))
+        self._finish(z0, y, start, res)
 
     def _transform(self, z: torch.Tensor) -> torch.Tensor:
         shape = (1, -1) + (1,) * (z.ndim - 2)
@@ -443,44 +566,52 @@ class MatrixScaling(_LinearScaling):
     def _check_penalty_value(self, value):
         return _check_pair(value, repr(value)[:100])
 
-    def _init(self, start, z, y):
-        C = z.shape[1]
-        eye = torch.eye(C, dtype=z.dtype, device=z.device)
-        return [start.beta * eye, torch.zeros(C, dtype=z.dtype, device=z.device)]
+    _kind = "matrix"
 
-    def _logits(self, params, z):
-        return torch.addmm(params[1], z, params[0].t())
+    def _init(self, start, C, like):
+        x = torch.zeros(C * C + C, dtype=like.dtype, device=like.device)
+        x[: C * C].view(C, C).diagonal().fill_(start.beta)
+        return x
 
-    def _penalty(self, params, start, odir):
+    def _unpack(self, x, C):
+        return [x[: C * C].view(C, C), x[C * C :]]
+
+    def _quadratic(self, start, odir, C, like):
+        # λ/(C(C−1)) Σ_{i≠j} W_ij² (W here is W·scale: the fit runs on z / scale, the penalty is on W itself)
+        # + μ/C Σ b_j² (+ μ/C Σ (W_jj/β − 1)² with pull_diagonal), each ½ h (x − c)²
         lam, mu = odir
-        W, b = params
-        C = W.shape[0]
-        loss = 0.0
-        if lam:  # W here is W·scale (the fit runs on z / scale): the penalty is on W itself
-            off = (W.square().sum() - W.diagonal().square().sum()) / (C * (C - 1) * start.scale**2)
-            loss = loss + lam * off
-        if mu:
-            loss = loss + mu * b.square().mean()
-            if self.pull_diagonal:
-                loss = loss + mu * (W.diagonal() / start.beta - 1.0).square().mean()
-        return loss
+        h = torch.zeros(C * C + C, dtype=like.dtype, device=like.device)
+        c = torch.zeros_like(h)
+        hW = h[: C * C].view(C, C)
+        hW.fill_(2.0 * lam / (C * (C - 1) * start.scale**2))
+        hW.diagonal().zero_()
+        h[C * C :] = 2.0 * mu / C
+        if self.pull_diagonal:
+            hW.diagonal().fill_(2.0 * mu / (C * start.beta**2))
+            c[: C * C].view(C, C).diagonal().fill_(start.beta)
+        return h, c
 
     def _fit(self, z, y, image, seed, owned) -> None:
         z0, z = z, self._scaled(z)
+        C = z.shape[1]
         self._warn_constant(z)
         start = _Start(z, y, self._scale)
         self._warn_separable(start)
-        odir, self.odir_scores_ = self._choose(z, y, image, seed, self.odir, ODIR_GRID, strength=lambda p: p)
+        odir, self.odir_scores_, warm = self._choose(z, y, image, seed, self.odir, ODIR_GRID, strength=lambda p: p,
+                                                     C=C, near=start.beta)
         self.odir_ = None if odir is None else (float(odir[0]), float(odir[1]))
         extra = 0
         if odir is None:  # from the unregularised vector optimum: the NLL is never above vector scaling's
             vs = VectorScaling(l2=None, max_iter=self.max_iter, tol=self.tol)
-            (w, b), _, extra, _ = vs._solve(z, y, start, None, vs._init(start, z, y))
-            init = [torch.diag(w), b]
+            r = vs._fit_at(z, y, start, None, vs._init(start, C, z))
+            x0 = self._init(start, C, z)
+            x0[: C * C].view(C, C).diagonal().copy_(r.x[:C])
+            x0[C * C :] = r.x[C:]
+            extra = r.evals
         else:
-            init = self._init(start, z, y)
-        params, n_iter, evals, converged = self._solve(z, y, start, odir, init)
-        self._finish(z0, y, start, params, n_iter, evals, converged, extra)
+            x0 = warm if warm is not None else self._init(start, C, z)
+        res = self._fit_at(z, y, start, odir, x0)
+        self._finish(z0, y, start, res, extra)
 
     def _transform(self, z: torch.Tensor) -> torch.Tensor:
         W, b = self._param("weight_", z), self._param("bias_", z)

@@ -39,13 +39,48 @@ def register(sub) -> None:
     p.add_argument("--out", default="netuq-run", help="run folder (reused to resume an interrupted run)")
     p.add_argument("--config", default=None, help="TOML file with benchmark settings ([benchmark] table)")
     p.add_argument("--quick", action="store_true", default=None, help="tiny smoke-test run (< 30 s)")
+    p.add_argument("--logits", default=None,
+                   help="folder of saved logits NAME_val.npz / NAME_test.npz (arrays logits, labels): every "
+                   "calibrator fitted on val, scored on test, and the repeated 2-fold protocol on test; "
+                   "no training (--calibrators, --seed, --repeats, --out apply)")
+    p.add_argument("--repeats", type=int, default=None, help="--logits: repeats of the 2-fold protocol (default 5)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--jobs", type=int, default=None,
                    help="seeds run at once, one process each (default: one per core for digits, else 1)")
     p.set_defaults(run=run)
 
 
+def run_logits(args, echo=print) -> int:
+    """``--logits DIR``: no training; the results and report of every calibrator on saved logits."""
+    from pathlib import Path
+
+    from ..benchmark.logits import run_logits_benchmark
+    from ..report.render import render_report
+
+    start = time.perf_counter()
+    results = run_logits_benchmark(args.logits, calibrators=args.calibrators,
+                                   repeats=5 if args.repeats is None else args.repeats,
+                                   seed=0 if args.seed is None else args.seed,
+                                   log=(lambda m: None) if args.no_progress else (lambda m: print(m, file=sys.stderr)))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    import json
+
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    render_report(results, out)
+    for name, m in results["methods"].items():
+        rec = m["logits_held_out"].get("recommendation")
+        if rec is not None:
+            tied = "" if rec["recommended"] != "tied" else f" ({', '.join([rec['best'], *rec['tied_with']])})"
+            echo(f"{name}: error {1 - m['metrics']['accuracy']:.2%}, ECE {m['metrics']['ece']:.2%}; "
+                 f"recommended: {rec['recommended']}{tied}")
+    echo(f"wrote {out}/report.html, report.md, results.json, results.csv in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def run(args, echo=print) -> int:
+    if getattr(args, "logits", None) is not None:
+        return run_logits(args, echo)
     from ..benchmark import load_config, run_benchmark
     from ..benchmark.results import RunDir
 

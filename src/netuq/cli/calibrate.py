@@ -76,6 +76,17 @@ def _factory(method: str, odir):
     return lambda: cls(odir=odir)
 
 
+def _check_memory(method: str, logits: torch.Tensor) -> None:
+    """Refuse (one line, exit 2) a fit this machine cannot hold, before any work: the calibrator's own estimate
+    for the largest fit the command makes (all rows, for ``--save``) against the available memory."""
+    from .._memory import check_fit_memory
+
+    cls = CALIBRATORS[method]
+    if hasattr(cls, "memory_needed"):
+        C = int(logits.shape[1])
+        check_fit_memory(cls, logits.numel() // C, C)
+
+
 def _title(method: str) -> str:
     """"temperature scaling", "histogram binning", ...: a class's ``label``, else "<name> scaling"."""
     return getattr(CALIBRATORS[method], "label", None) or f"{method} scaling"
@@ -95,6 +106,7 @@ def run(args, echo=print) -> int:
     make = _factory(args.method, odir)
     data = read_predictions(args)
     logits, labels = data.logits(), data.labels
+    _check_memory(args.method, logits)
     note = " (probabilities: calibrating their log)" if data.kind == "probs" else ""
     cv = cross_validate(
         make,
