@@ -67,9 +67,18 @@ class TemperatureObjective:
         self.acc_device = torch.device("cpu") if zc.device.type == "mps" else zc.device
         self.zc_y = zc.gather(1, y.unsqueeze(1)).squeeze(1).to(self.acc_device, torch.float64)
         M, C = zc.shape
+        # A masked class (-inf) has e = exp(β·(-inf)) = 0 and contributes 0 to s0, s1, s2 (the
+        # limit of e·zc); 0·(-inf) = NaN is replaced by that 0 (only when a class is masked).
+        self.masked = not bool(torch.isfinite(zc.amin()))
         if smoothing:
-            rest = zc.sum(1, dtype=torch.float64).to(self.acc_device) - self.zc_y
-            self.zc_y = (1.0 - smoothing) * self.zc_y + smoothing / (C - 1) * rest
+            if self.masked:  # the smoothed target spreads ε over the k − 1 other unmasked classes of each row
+                finite = torch.isfinite(zc)
+                rest = zc.masked_fill(~finite, 0.0).sum(1, dtype=torch.float64).to(self.acc_device) - self.zc_y
+                others = (finite.sum(1).to(self.acc_device, torch.float64) - 1.0).clamp_min(1.0)
+                self.zc_y = (1.0 - smoothing) * self.zc_y + smoothing * rest / others
+            else:
+                rest = zc.sum(1, dtype=torch.float64).to(self.acc_device) - self.zc_y
+                self.zc_y = (1.0 - smoothing) * self.zc_y + smoothing / (C - 1) * rest
         self.rows = max(1, min(M, _CHUNK_ELEMENTS // C))
         self.buf = torch.empty(self.rows, C, dtype=zc.dtype, device=zc.device)
         self.ones = torch.ones(C, dtype=zc.dtype, device=zc.device)
@@ -87,8 +96,12 @@ class TemperatureObjective:
             e.exp_()
             torch.mv(e, ones, out=sums[0, start:stop])
             e.mul_(c)
+            if self.masked:
+                e.nan_to_num_(nan=0.0)
             torch.mv(e, ones, out=sums[1, start:stop])
             e.mul_(c)
+            if self.masked:
+                e.nan_to_num_(nan=0.0)
             torch.mv(e, ones, out=sums[2, start:stop])
         s0, s1, s2 = sums.to(self.acc_device, torch.float64)
         m1 = s1 / s0
@@ -130,7 +143,10 @@ def solve_temperature(
     if rtol is None:
         rtol = 1e-10 if z.dtype == torch.float64 else 1e-6
     zc = centred(z, inplace=inplace)
-    spread = -float(zc.amin())  # largest centred magnitude; 0 iff every row is constant
+    # largest centred magnitude over the unmasked (finite) entries; 0 iff every row is constant
+    spread = -float(zc.amin())
+    if math.isinf(spread):  # a masked class (-inf): it stays -inf under any β and any scale
+        spread = -float(zc.masked_fill(torch.isneginf(zc), 0.0).amin())
     if spread == 0.0:
         # Every row is constant over the classes: NLL = log C whatever β.
         evaluate = TemperatureObjective(zc, y, smoothing)

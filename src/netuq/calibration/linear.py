@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from .._checks import check_positive_int
 from ._solvers import lbfgs, solve_temperature
-from .base import Calibrator, check_positive_float, nll64, separable_smoothing
+from .base import Calibrator, check_positive_float, masked_affine, nll64, separable_smoothing
 
 __all__ = ["VectorScaling", "MatrixScaling", "ODIR_GRID", "L2_GRID"]
 
@@ -57,6 +57,8 @@ _INNER_TOL = 1e-5
 def _unit_scale(z: torch.Tensor) -> float:
     """The power of two s with max |z| / s in [1, 2) (1 for all-zero z): z / s is exact."""
     top = float(z.abs().max()) if z.numel() else 0.0
+    if math.isinf(top):  # masked classes (-inf) keep out of the scale
+        top = float(z.masked_fill(torch.isneginf(z), 0.0).abs().max())
     return math.ldexp(1.0, math.frexp(top)[1] - 1) if top > 0 else 1.0
 
 
@@ -329,7 +331,7 @@ class VectorScaling(_LinearScaling):
         return [torch.full((C,), start.beta, **like), torch.zeros(C, **like)]
 
     def _logits(self, params, z):
-        return z * params[0] + params[1]
+        return masked_affine(lambda t: t * params[0] + params[1], z)
 
     def _penalty(self, params, start, lam):
         if not lam:
@@ -349,7 +351,8 @@ class VectorScaling(_LinearScaling):
 
     def _transform(self, z: torch.Tensor) -> torch.Tensor:
         shape = (1, -1) + (1,) * (z.ndim - 2)
-        return z * self._param("weight_", z).view(shape) + self._param("bias_", z).view(shape)
+        w, b = self._param("weight_", z).view(shape), self._param("bias_", z).view(shape)
+        return masked_affine(lambda t: t * w + b, z)
 
 
 def _check_l2(l2):
@@ -449,7 +452,7 @@ class MatrixScaling(_LinearScaling):
         return [start.beta * eye, torch.zeros(C, dtype=z.dtype, device=z.device)]
 
     def _logits(self, params, z):
-        return torch.addmm(params[1], z, params[0].t())
+        return masked_affine(lambda t: torch.addmm(params[1], t, params[0].t()), z)
 
     def _penalty(self, params, start, odir):
         lam, mu = odir
@@ -483,6 +486,9 @@ class MatrixScaling(_LinearScaling):
         self._finish(z0, y, start, params, n_iter, evals, converged, extra)
 
     def _transform(self, z: torch.Tensor) -> torch.Tensor:
+        return masked_affine(self._affine, z)
+
+    def _affine(self, z: torch.Tensor) -> torch.Tensor:
         W, b = self._param("weight_", z), self._param("bias_", z)
         if z.ndim == 2:
             return torch.addmm(b, z, W.t())
