@@ -146,7 +146,10 @@ def test_property_temperature_with_any_mask_pattern(seed, n, c):
         ts = TemperatureScaling(bounds=(0.05, 20.0), separable="bound").fit(zm, y)
     with np.errstate(invalid="ignore"):
         ref = _reference_temperature(zm.numpy(), y.numpy())
-    nll = (lambda t: float(torch.nn.functional.cross_entropy(zm / t, y)))
+
+    def nll(t):
+        return float(torch.nn.functional.cross_entropy(zm / t, y))
+
     assert nll(ts.temperature_) <= nll(ref) + 1e-7
     p = ts.predict_proba(zm)
     assert not torch.isnan(p).any() and bool((p[mask] == 0).all())
