@@ -10,6 +10,12 @@ when loading), so the persistence below never branches on the class.
 
 Shapes: logits (N, C) with labels (N,), or segmentation logits (N, C, H, W, ...) with labels
 (N, H, W, ...); pixels whose label equals ``ignore_index`` are left out of the fit.
+
+Masked classes: logits follow the rule of every entry point (``netuq._checks.check_log_values``):
+finite, or -inf for a masked class with a finite entry left in every row. A masked class keeps
+probability 0 after calibration — z/T keeps -inf; vector and matrix scaling map a masked entry as
+absent (input 0) and set its output back to -inf (:func:`masked_affine`); the step-function
+calibrators' outputs are set back to -inf — and a label on a masked class is refused.
 """
 
 from __future__ import annotations
@@ -233,7 +239,8 @@ class Calibrator:
         """Fit on held-out logits by minimising the NLL.
 
         Args:
-            logits: (N, C) or (N, C, H, W, ...) logits (not probabilities) collected in eval mode.
+            logits: (N, C) or (N, C, H, W, ...) logits (not probabilities) collected in eval mode;
+                -inf marks a masked class (probability 0, kept at 0 after calibration).
             labels: (N,) or (N, H, W, ...) integer labels in [0, C) or ``ignore_index``.
             ignore_index: label value whose pixels are left out of the fit.
             max_samples: fit on a uniform random subsample of at most this many valid pixels
