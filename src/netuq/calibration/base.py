@@ -75,13 +75,20 @@ def masked_classes(z: torch.Tensor) -> torch.Tensor | None:
     return torch.isneginf(z)
 
 
-def masked_affine(fn, z: torch.Tensor) -> torch.Tensor:
+def masked_affine(fn, z: torch.Tensor, masked: bool | None = None) -> torch.Tensor:
     """``fn(z)`` for an affine map of logits, with masked (-inf) classes kept masked.
 
     A masked input entry enters the map as 0 (the class is absent, it carries no evidence) and the
     same entry of the output is -inf again, so a masked class keeps probability 0 after vector or
     matrix scaling (a plain affine map would give NaN from 0·(-inf) or mix -inf into other classes).
+    ``masked=False`` (known from the fit data) skips the check: the fits' objectives run it per step.
+
+    Example:
+        >>> masked_affine(lambda t: 2 * t + 1, torch.tensor([[0.0, float("-inf")]]))
+        tensor([[1., -inf]])
     """
+    if masked is False:
+        return fn(z)
     mask = masked_classes(z)
     if mask is None:
         return fn(z)
@@ -264,6 +271,7 @@ class Calibrator:
             self._clear_fit()
             self.num_classes_ = int(z.shape[1])
             self.n_samples_ = int(y.numel())
+            self._fit_masked = not bool(torch.isfinite(z.amin()))  # a masked class (-inf) in the fit data
             self._fit(z, y, image, seed, owned)
         problem = self._check_fitted_values()
         if problem is not None:  # the solvers keep to these rules; never hand out such a fit
@@ -272,7 +280,8 @@ class Calibrator:
         return self
 
     def _clear_fit(self) -> None:
-        for name in (*self._info_names, *self._fitted_shapes(0), "num_classes_", "_cache", "_ts_status", "_scale"):
+        fit_state = ("num_classes_", "_cache", "_ts_status", "_scale", "_fit_masked")
+        for name in (*self._info_names, *self._fitted_shapes(0), *fit_state):
             self.__dict__.pop(name, None)
 
     def _fit(self, z: torch.Tensor, y: torch.Tensor, image, seed: int, owned: bool) -> None:  # pragma: no cover

@@ -331,7 +331,7 @@ class VectorScaling(_LinearScaling):
         return [torch.full((C,), start.beta, **like), torch.zeros(C, **like)]
 
     def _logits(self, params, z):
-        return masked_affine(lambda t: t * params[0] + params[1], z)
+        return masked_affine(lambda t: t * params[0] + params[1], z, self.__dict__.get("_fit_masked"))
 
     def _penalty(self, params, start, lam):
         if not lam:
@@ -452,7 +452,7 @@ class MatrixScaling(_LinearScaling):
         return [start.beta * eye, torch.zeros(C, dtype=z.dtype, device=z.device)]
 
     def _logits(self, params, z):
-        return masked_affine(lambda t: torch.addmm(params[1], t, params[0].t()), z)
+        return masked_affine(lambda t: torch.addmm(params[1], t, params[0].t()), z, self.__dict__.get("_fit_masked"))
 
     def _penalty(self, params, start, odir):
         lam, mu = odir
