@@ -14,6 +14,7 @@ import torch
 __all__ = [
     "as_tensor",
     "check_probs",
+    "check_log_values",
     "check_logits",
     "check_labels",
     "check_scores",
@@ -111,6 +112,39 @@ def check_logits(logits: Any, name: str = "logits", *, min_ndim: int = 2) -> tor
     _check_rank(logits, name, min_ndim, "(N, C) or (N, C, ...)" if min_ndim == 2 else f"with >= {min_ndim} dims")
     _check_finite(logits, name)
     return logits
+
+
+def check_log_values(x: Any, name: str = "logits", *, class_dim: int = 1, min_ndim: int = 2,
+                     what: str = "(N, C) or (N, C, ...)") -> torch.Tensor:
+    """Validate logits or log-probabilities: float, non-empty, no NaN or +Inf — the one rule of every entry point.
+
+    -Inf (a masked class, or log 0) is allowed as long as every row has a finite entry over
+    ``class_dim``. ``Prediction.from_logits``, ``predict``, MCDropout, Ensemble, TTA, the
+    calibrators and the CLI's file reading all apply this rule.
+
+    Example:
+        >>> check_log_values(torch.tensor([[0.0, float("-inf")]])).shape
+        torch.Size([1, 2])
+    """
+    x = as_tensor(x, name)
+    _check_float(x, name)
+    _check_rank(x, name, min_ndim, what)
+    lo, hi = torch.aminmax(x)  # min/max propagate NaN: one allocation-free pass when all is finite
+    if bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)):
+        return x
+    nan = int(torch.isnan(x).sum())
+    if nan:
+        raise ValueError(f"`{name}` must not contain NaN, got {nan} NaN value(s)")
+    pos = int(torch.isposinf(x).sum())
+    if pos:
+        raise ValueError(f"`{name}` must be finite or -inf (a masked class), got {pos} +Inf value(s)")
+    empty = int((~torch.isfinite(x).any(class_dim)).sum())
+    if empty:
+        raise ValueError(
+            f"`{name}` must have a finite entry in every row over the class dimension (dim {class_dim}), "
+            f"got {empty} row(s) that are all -inf"
+        )
+    return x
 
 
 def check_probs(probs: Any, name: str = "probs", *, dim: int = 1, min_ndim: int = 2) -> torch.Tensor:

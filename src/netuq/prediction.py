@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ._checks import _check_float, _check_rank, as_tensor, check_probs, float_dtype, sum_tolerance
+from ._checks import as_tensor, check_log_values, check_probs, float_dtype, sum_tolerance
 from .measures import _add_votes, _entropy, _variation_ratio_from_votes
 
 __all__ = ["Prediction", "Statistics"]
@@ -51,26 +51,8 @@ def _check_log_values(x: Any, name: str, *, stacked: bool) -> torch.Tensor:
     -Inf (a masked class, or log 0) is allowed as long as every row has a finite entry over the
     class dimension (dim 1, or dim 2 when ``stacked``).
     """
-    x = as_tensor(x, name)
-    _check_float(x, name)
-    _check_rank(x, name, 3 if stacked else 2, "(k, N, C, ...)" if stacked else "(N, C) or (N, C, ...)")
-    lo, hi = torch.aminmax(x)  # min/max propagate NaN: one allocation-free pass when all is finite
-    if bool(torch.isfinite(lo)) and bool(torch.isfinite(hi)):
-        return x
-    nan = int(torch.isnan(x).sum())
-    if nan:
-        raise ValueError(f"`{name}` must not contain NaN, got {nan} NaN value(s)")
-    pos = int(torch.isposinf(x).sum())
-    if pos:
-        raise ValueError(f"`{name}` must be finite or -inf (a masked class), got {pos} +Inf value(s)")
-    dim = 2 if stacked else 1
-    empty = int((~torch.isfinite(x).any(dim)).sum())
-    if empty:
-        raise ValueError(
-            f"`{name}` must have a finite entry in every row over the class dimension (dim {dim}), "
-            f"got {empty} row(s) that are all -inf"
-        )
-    return x
+    return check_log_values(x, name, class_dim=2 if stacked else 1, min_ndim=3 if stacked else 2,
+                            what="(k, N, C, ...)" if stacked else "(N, C) or (N, C, ...)")
 
 
 def _logit_scores(z: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -366,10 +366,11 @@ def test_single_class_and_single_sample_warn_and_stay_finite(cls):
     assert torch.isfinite(one(z)).all() and math.isfinite(one.nll_after_)
 
 
-def test_minus_inf_log_probs_get_a_hint():
+def test_minus_inf_log_probs_are_a_masked_class():
+    # log 0 = -inf is the rule of Prediction.from_logits (a masked class): accepted, it stays at 0
     z = torch.tensor([[0.0, -math.inf], [-1.0, -0.5]])
-    with pytest.raises(ValueError, match="clamp first"):
-        TemperatureScaling().fit(z, torch.tensor([0, 1]))
+    ts = TemperatureScaling().fit(z, torch.tensor([0, 1]))
+    assert ts.predict_proba(z)[0, 1] == 0
     pred = netuq.Prediction.from_logits(torch.tensor([[3.0, 0.0], [0.0, 1.0], [2.0, 0.0]]))
     ts = TemperatureScaling().fit(pred.log_probs, torch.tensor([0, 1, 1]))
     assert 0.01 < ts.temperature_ < 100 and ts.nll_after_ < ts.nll_before_
@@ -427,7 +428,7 @@ def test_fit_and_call_validation():
         ts.fit(z, y, ignore_index=1.5)
     with pytest.raises(ValueError, match="at least 2 classes"):
         ts.fit(z[:, :1], y * 0)
-    with pytest.raises(ValueError, match="`logits` must be finite, got 1 NaN"):
+    with pytest.raises(ValueError, match="`logits` must not contain NaN, got 1 NaN"):
         ts.fit(torch.where(torch.arange(150).view(50, 3) == 4, torch.nan, z), y)
     with pytest.raises(TypeError, match="`logits` must be a floating-point tensor"):
         ts.fit(torch.ones(50, 3, dtype=torch.long), y)

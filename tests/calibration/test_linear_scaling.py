@@ -125,6 +125,44 @@ def test_objective_matches_autograd_for_any_chunking(n, c, kind, eps, pieces):
     torch.testing.assert_close(hdiag, h.diagonal(), rtol=1e-9, atol=1e-12)
 
 
+@given(st.integers(1, 40), st.integers(2, 6), st.sampled_from(["vector", "matrix"]), st.floats(0.0, 0.3),
+       st.integers(0, 10**6))
+def test_objective_with_masked_classes_matches_autograd_of_the_masked_loss(n, c, kind, eps, seed):
+    # Reference written directly: masked entries enter the map as 0 and leave it as -inf; the target
+    # is 1 - eps' on the label and eps'/(k - 1) on each other unmasked class (eps' = eps (C - 1) / C).
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, c, generator=g, dtype=torch.float64)
+    y = torch.randint(0, c, (n,), generator=g)
+    mask = torch.rand(n, c, generator=g) < 0.4
+    mask[torch.arange(n), y] = False  # never the label
+    z = z.masked_fill(mask, float("-inf"))
+    size = c * c + c if kind == "matrix" else 2 * c
+    x = torch.randn(size, generator=g, dtype=torch.float64)
+    obj = SoftmaxLinearObjective(z, y, kind, eps)
+    obj.rows = max(1, n // 3)
+    f, grad, hdiag = obj(x, diag=True)
+    live = (~mask).double()
+    k = live.sum(1, keepdim=True)
+    e = eps * (c - 1) / c
+    other = torch.where(k > 1, e / (k - 1).clamp_min(1), torch.zeros_like(k))
+    target = live * other
+    target[torch.arange(n), y] = (1 - other * (k - 1)).squeeze(1)
+    z0 = z.masked_fill(mask, 0.0)
+
+    def loss(v):
+        a = z0 @ v[: c * c].view(c, c).t() + v[c * c :] if kind == "matrix" else z0 * v[:c] + v[c:]
+        logp = torch.log_softmax(a.masked_fill(mask, float("-inf")), 1).masked_fill(mask, 0.0)
+        return -(target * logp).sum(1).mean()
+
+    xr = x.clone().requires_grad_(True)
+    want = loss(xr)
+    want.backward()
+    assert f == pytest.approx(want.detach().item(), abs=1e-12)
+    torch.testing.assert_close(grad, xr.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(hdiag, torch.autograd.functional.hessian(loss, x).diagonal(), rtol=1e-9, atol=1e-12)
+    assert torch.isneginf(obj.logits(x, z)[mask]).all()
+
+
 def test_auto_search_final_fit_is_the_optimum_at_the_chosen_penalty():
     from reference import linear_scaling_reference as ref
 

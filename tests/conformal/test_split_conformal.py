@@ -254,7 +254,7 @@ def test_errors_name_the_argument():
         SplitConformal().fit(z, y + 5)
     with pytest.raises(ValueError, match="`x` must have 3 classes"):
         SplitConformal().fit(z, y).predict(torch.randn(2, 4))
-    with pytest.raises(ValueError, match="`x` must be finite"):
+    with pytest.raises(ValueError, match="`x` must not contain NaN"):
         SplitConformal().fit(torch.full((3, 2), float("nan")), torch.tensor([0, 1, 0]))
     with pytest.raises(ValueError, match="`uniforms` must be floats of shape \\(50,\\)"):
         SplitConformal(score="aps", randomized=True).fit(z, y, uniforms=torch.rand(49))

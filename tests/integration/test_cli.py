@@ -167,7 +167,7 @@ def test_help_is_plain_text(capsys, command):
         (["evaluate", "{d}/empty.pt"], "{d}/empty.pt"),
         (["evaluate", "{d}/list.pt"], "{d}/list.pt"),
         (["evaluate", "{d}/truncated.npz"], "{d}/truncated.npz"),
-        (["evaluate", "{d}/nan.npz"], "{d}/nan.npz: array 'logits': `logits` must be finite"),
+        (["evaluate", "{d}/nan.npz"], "{d}/nan.npz: array 'logits': `logits` must not contain NaN"),
         (["calibrate", "{d}/bad_probs.npz"], "{d}/bad_probs.npz: array 'probs' read as probabilities"),
         (["calibrate", "{d}/p.npz", "--n-bins", "many"], "argument --n-bins: must be an integer"),
     ],

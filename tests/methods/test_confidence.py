@@ -408,3 +408,17 @@ def test_wrapper_errors_and_exports():
         "confidence_perturbation",
     ):
         assert name in netuq.__all__ and hasattr(netuq, name)
+
+
+def test_a_masked_class_follows_the_rule_of_prediction_from_logits():
+    """-inf for a masked class is accepted (as by Prediction.from_logits): probability 0, a finite loss."""
+    z = torch.tensor([[2.0, 0.0, -math.inf], [0.0, 1.0, -math.inf]], requires_grad=True)
+    s = torch.tensor([0.3, -0.2], requires_grad=True)
+    pred = confidence_predict(z, s)
+    torch.testing.assert_close(pred.probs, netuq.Prediction.from_logits(z.detach()).probs)
+    assert bool((pred.probs[:, 2] == 0).all())
+    loss = confidence_loss(z, s, torch.tensor([0, 1]), lmbda=0.1)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(z.grad).all() and torch.isfinite(s.grad).all()
+    with pytest.raises(ValueError, match="NaN"):
+        confidence_predict(torch.tensor([[0.0, math.nan]]), torch.tensor([0.0]))

@@ -490,3 +490,12 @@ def test_exported_names():
     for name in (*names, "heteroscedastic_nll"):
         assert name in netuq.__all__ and hasattr(netuq, name)
         assert name in netuq.methods.__all__ and hasattr(netuq.methods, name)
+
+
+def test_a_masked_class_follows_the_rule_of_prediction_from_logits():
+    """-inf in ``mu`` for a masked class is accepted; it keeps probability 0 and the NLL stays finite."""
+    mu = torch.tensor([[2.0, 0.0, -math.inf], [0.0, 1.0, -math.inf]])
+    sigma = torch.full((2, 3), 0.5)
+    pred = netuq.heteroscedastic_predict(mu, sigma, samples=8, generator=torch.Generator().manual_seed(0))
+    assert bool((pred.probs[:, 2] == 0).all()) and not torch.isnan(pred.probs).any()
+    assert math.isfinite(float(netuq.heteroscedastic_nll(mu, sigma, torch.tensor([0, 1]), samples=8)))

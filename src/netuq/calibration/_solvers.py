@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .base import masked_affine
+
 # Rows per chunk: about 2**19 elements, so one chunk's work buffer stays in cache.
 _CHUNK_ELEMENTS = 1 << 19
 
@@ -67,9 +69,18 @@ class TemperatureObjective:
         self.acc_device = torch.device("cpu") if zc.device.type == "mps" else zc.device
         self.zc_y = zc.gather(1, y.unsqueeze(1)).squeeze(1).to(self.acc_device, torch.float64)
         M, C = zc.shape
+        # A masked class (-inf) has e = exp(β·(-inf)) = 0 and contributes 0 to s0, s1, s2 (the
+        # limit of e·zc); 0·(-inf) = NaN is replaced by that 0 (only when a class is masked).
+        self.masked = not bool(torch.isfinite(zc.amin()))
         if smoothing:
-            rest = zc.sum(1, dtype=torch.float64).to(self.acc_device) - self.zc_y
-            self.zc_y = (1.0 - smoothing) * self.zc_y + smoothing / (C - 1) * rest
+            if self.masked:  # the smoothed target spreads ε over the k − 1 other unmasked classes of each row
+                finite = torch.isfinite(zc)
+                rest = zc.masked_fill(~finite, 0.0).sum(1, dtype=torch.float64).to(self.acc_device) - self.zc_y
+                others = (finite.sum(1).to(self.acc_device, torch.float64) - 1.0).clamp_min(1.0)
+                self.zc_y = (1.0 - smoothing) * self.zc_y + smoothing * rest / others
+            else:
+                rest = zc.sum(1, dtype=torch.float64).to(self.acc_device) - self.zc_y
+                self.zc_y = (1.0 - smoothing) * self.zc_y + smoothing / (C - 1) * rest
         self.rows = max(1, min(M, _CHUNK_ELEMENTS // C))
         self.buf = torch.empty(self.rows, C, dtype=zc.dtype, device=zc.device)
         self.ones = torch.ones(C, dtype=zc.dtype, device=zc.device)
@@ -87,8 +98,12 @@ class TemperatureObjective:
             e.exp_()
             torch.mv(e, ones, out=sums[0, start:stop])
             e.mul_(c)
+            if self.masked:
+                e.nan_to_num_(nan=0.0)
             torch.mv(e, ones, out=sums[1, start:stop])
             e.mul_(c)
+            if self.masked:
+                e.nan_to_num_(nan=0.0)
             torch.mv(e, ones, out=sums[2, start:stop])
         s0, s1, s2 = sums.to(self.acc_device, torch.float64)
         m1 = s1 / s0
@@ -133,7 +148,10 @@ def solve_temperature(
     if rtol is None:
         rtol = 1e-10 if z.dtype == torch.float64 else 1e-6
     zc = centred(z, inplace=inplace)
-    spread = -float(zc.amin())  # largest centred magnitude; 0 iff every row is constant
+    # largest centred magnitude over the unmasked (finite) entries; 0 iff every row is constant
+    spread = -float(zc.amin())
+    if math.isinf(spread):  # a masked class (-inf): it stays -inf under any β and any scale
+        spread = -float(zc.masked_fill(torch.isneginf(zc), 0.0).amin())
     if spread == 0.0:
         # Every row is constant over the classes: NLL = log C whatever β.
         evaluate = TemperatureObjective(zc, y, smoothing)
@@ -250,6 +268,11 @@ class SoftmaxLinearObjective:
     Σ_i P_ic (1 − P_ic) z_id² / M for W_cd (one more product, (P∘(1−P))ᵀ (z∘z)), and the same
     without z for b — the diagonal of the exact Hessian, whose off-diagonal part is dropped.
     Computed in ``z``'s dtype (float64 for the calibrators; float32 on MPS).
+
+    Masked classes (-inf in ``z``, see :func:`netuq.calibration.base.masked_affine`) enter the map
+    as 0 and leave it as -inf: probability 0, target 0, gradient 0 there. The smoothed target of a
+    row with k unmasked classes puts 1 − ε' on the label and ε'/(k − 1) on each other unmasked
+    class, with ε' = ε(C − 1)/C — for k = C exactly torch's ``label_smoothing`` target above.
     """
 
     def __init__(self, z, y, kind: str, smoothing: float = 0.0) -> None:
@@ -263,6 +286,7 @@ class SoftmaxLinearObjective:
         self.rows = linear_chunk_rows(self.M, self.C)
         self.buf = torch.empty(self.rows, self.C, dtype=first.dtype, device=first.device)
         self.evals = 0
+        self.masked = any(not bool(torch.isfinite(p[0].amin())) for p in self.pieces if p[0].numel())
 
     @property
     def size(self) -> int:
@@ -273,8 +297,18 @@ class SoftmaxLinearObjective:
         """Calibrated logits (N, C) of logits ``z`` (N, C) under parameters ``x``."""
         C = self.C
         if self.kind == "matrix":
-            return torch.addmm(x[C * C :], z, x[: C * C].view(C, C).t())
-        return z * x[:C] + x[C:]
+            return masked_affine(lambda t: torch.addmm(x[C * C :], t, x[: C * C].view(C, C).t()), z)
+        return masked_affine(lambda t: t * x[:C] + x[C:], z)
+
+    def _masked_target(self, a, yc, mask, eps):
+        """(R, C) target of rows with masked classes: 1 − ε' on the label, ε'/(k − 1) on other unmasked ones."""
+        if not eps:
+            return torch.zeros_like(a).scatter_(1, yc, 1.0)
+        eps_row = eps * (self.C - 1) / self.C
+        k = (~mask).sum(1, keepdim=True).to(a.dtype)
+        other = torch.where(k > 1, eps_row / (k - 1).clamp_min(1.0), torch.zeros_like(k))
+        t = (~mask).to(a.dtype).mul_(other)
+        return t.scatter_(1, yc, (1.0 - other * (k - 1)))
 
     def __call__(self, x: torch.Tensor, diag: bool = False):
         """(f, gradient) at ``x`` — plus the Hessian diagonal when ``diag`` — as (float, tensor[, tensor])."""
@@ -295,14 +329,23 @@ class SoftmaxLinearObjective:
         for zc, yc in chunks:
             yc = yc.unsqueeze(1)
             a = self.buf[: zc.shape[0]]
+            mask = None
+            if self.masked:
+                mask = torch.isneginf(zc)
+                zc = zc.masked_fill(mask, 0.0)  # a masked class enters the map as 0
             if matrix:
                 torch.addmm(b, zc, W.t(), out=a)
             else:
                 torch.mul(zc, w, out=a).add_(b)
-            # −Σ_c t_c a_c, then logsumexp; a becomes softmax(a) in place
-            total -= (1.0 - eps) * a.gather(1, yc).sum(dtype=torch.float64)
-            if eps:
-                total -= eps / C * a.sum(dtype=torch.float64)
+            if mask is not None:
+                target = self._masked_target(a, yc, mask, eps)
+                total -= (a.masked_fill(mask, 0.0) * target).sum(dtype=torch.float64)
+                a.masked_fill_(mask, -math.inf)  # ... and leaves it as -inf: probability 0
+            else:
+                # −Σ_c t_c a_c, then logsumexp; a becomes softmax(a) in place
+                total -= (1.0 - eps) * a.gather(1, yc).sum(dtype=torch.float64)
+                if eps:
+                    total -= eps / C * a.sum(dtype=torch.float64)
             amax = a.amax(1, keepdim=True)
             a.sub_(amax).exp_()
             s = a.sum(1, keepdim=True)
@@ -315,9 +358,12 @@ class SoftmaxLinearObjective:
                 else:
                     h[:C] += (q * zc * zc).sum(0)
                 h[C if not matrix else C * C :] += q.sum(0)
-            a.scatter_add_(1, yc, torch.full_like(yc, -(1.0 - eps), dtype=a.dtype))
-            if eps:
-                a.sub_(eps / C)
+            if mask is not None:
+                a.sub_(target)
+            else:
+                a.scatter_add_(1, yc, torch.full_like(yc, -(1.0 - eps), dtype=a.dtype))
+                if eps:
+                    a.sub_(eps / C)
             gb += a.sum(0)
             if matrix:
                 gw.addmm_(a.t(), zc)

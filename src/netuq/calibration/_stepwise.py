@@ -58,7 +58,7 @@ class StepwiseCalibrator(Calibrator):
         z64 = z.to(compute_dtype(z))
         self._fit_probs(torch.softmax(z64, 1), y)
         self.nll_before_ = nll64(z64, y)
-        self.nll_after_ = nll64(self._transform(z64), y)
+        self.nll_after_ = nll64(self._masked_transform(z64), y)
 
     def _transform(self, z: torch.Tensor) -> torch.Tensor:
         dtype = compute_dtype(z)

@@ -10,6 +10,12 @@ when loading), so the persistence below never branches on the class.
 
 Shapes: logits (N, C) with labels (N,), or segmentation logits (N, C, H, W, ...) with labels
 (N, H, W, ...); pixels whose label equals ``ignore_index`` are left out of the fit.
+
+Masked classes: logits follow the rule of every entry point (``netuq._checks.check_log_values``):
+finite, or -inf for a masked class with a finite entry left in every row. A masked class keeps
+probability 0 after calibration — z/T keeps -inf; vector and matrix scaling map a masked entry as
+absent (input 0) and set its output back to -inf (:func:`masked_affine`); the step-function
+calibrators' outputs are set back to -inf — and a label on a masked class is refused.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from .._checks import as_tensor, check_labels, check_logits, flatten_valid, float_dtype, sum_tolerance
+from .._checks import as_tensor, check_labels, check_log_values, flatten_valid, float_dtype, sum_tolerance
 from ..exceptions import NotFittedError
 from .registry import CALIBRATORS
 
@@ -39,7 +45,9 @@ PARAM_LIMIT = 1e6
 
 # ----------------------------------------------------------------------------- input handling
 def check_calibration_logits(logits: Any, *, reject_probs: bool = False) -> torch.Tensor:
-    """check_logits, with one allocation-free pass (min/max propagate NaN) when all is well.
+    """The logits rule of every entry point (:func:`netuq._checks.check_log_values`), with one
+    allocation-free pass (min/max propagate NaN) when all is finite: finite, or -inf for a masked
+    class with a finite entry left in every row; no NaN, no +inf.
 
     With ``reject_probs``, input that looks like probabilities (every value in [0, 1] and every
     row summing to 1 over dim 1) is refused: fitting a calibrator on probabilities is a known
@@ -54,15 +62,37 @@ def check_calibration_logits(logits: Any, *, reject_probs: bool = False) -> torc
             if reject_probs and float(lo) >= 0.0 and float(hi) <= 1.0:
                 _reject_probabilities(z)
             return z
-        if bool(torch.isneginf(z).any()) and not bool(torch.isnan(z).any()):
-            raise ValueError(
-                "`logits` must be finite, got -Inf value(s); for log-probabilities with log 0, clamp first, "
-                "e.g. log_probs.clamp_min(-100)"
-            )
-    z = check_logits(z, "logits")
+    z = check_log_values(z, "logits")
     if z.shape[1] < 2:
         raise ValueError(f"`logits` must have at least 2 classes (dim 1), got shape {tuple(z.shape)}")
     return z
+
+
+def masked_classes(z: torch.Tensor) -> torch.Tensor | None:
+    """The (N, C, ...) bool mask of -inf (masked) entries of checked logits ``z``, or None if there are none."""
+    if bool(torch.isfinite(z.amin())):
+        return None
+    return torch.isneginf(z)
+
+
+def masked_affine(fn, z: torch.Tensor, masked: bool | None = None) -> torch.Tensor:
+    """``fn(z)`` for an affine map of logits, with masked (-inf) classes kept masked.
+
+    A masked input entry enters the map as 0 (the class is absent, it carries no evidence) and the
+    same entry of the output is -inf again, so a masked class keeps probability 0 after vector or
+    matrix scaling (a plain affine map would give NaN from 0·(-inf) or mix -inf into other classes).
+    ``masked=False`` (known from the fit data) skips the check: the fits' objectives run it per step.
+
+    Example:
+        >>> masked_affine(lambda t: 2 * t + 1, torch.tensor([[0.0, float("-inf")]]))
+        tensor([[1., -inf]])
+    """
+    if masked is False:
+        return fn(z)
+    mask = masked_classes(z)
+    if mask is None:
+        return fn(z)
+    return fn(z.masked_fill(mask, 0.0)).masked_fill(mask, -math.inf)
 
 
 def _reject_probabilities(z: torch.Tensor) -> None:
@@ -92,6 +122,13 @@ def _prepare(logits, labels, ignore_index, max_samples, seed):
     # Image index of every label, flattened in the same (N, H, W, ...) order as flatten_valid.
     image = torch.arange(z.shape[0], device=z.device).view(-1, *([1] * (y.ndim - 1))).expand_as(y).reshape(-1)
     zf, yf = flatten_valid(z, y, ignore_index)
+    if not bool(torch.isfinite(zf.amin())):
+        bad = int(torch.isneginf(zf.gather(1, yf.unsqueeze(1))).sum())
+        if bad:
+            raise ValueError(
+                f"`labels` must not name a masked class: {bad} label(s) fall on a class whose logit is -inf "
+                "(probability 0, an infinite NLL)"
+            )
     if ignore_index is not None:
         image = image[y.reshape(-1) != ignore_index]
     if max_samples is not None and yf.numel() > max_samples:
@@ -209,7 +246,8 @@ class Calibrator:
         """Fit on held-out logits by minimising the NLL.
 
         Args:
-            logits: (N, C) or (N, C, H, W, ...) logits (not probabilities) collected in eval mode.
+            logits: (N, C) or (N, C, H, W, ...) logits (not probabilities) collected in eval mode;
+                -inf marks a masked class (probability 0, kept at 0 after calibration).
             labels: (N,) or (N, H, W, ...) integer labels in [0, C) or ``ignore_index``.
             ignore_index: label value whose pixels are left out of the fit.
             max_samples: fit on a uniform random subsample of at most this many valid pixels
@@ -234,6 +272,7 @@ class Calibrator:
             self._clear_fit()
             self.num_classes_ = int(z.shape[1])
             self.n_samples_ = int(y.numel())
+            self._fit_masked = not bool(torch.isfinite(z.amin()))  # a masked class (-inf) in the fit data
             self._fit(z, y, image, seed, owned)
         problem = self._check_fitted_values()
         if problem is not None:  # the solvers keep to these rules; never hand out such a fit
@@ -249,7 +288,8 @@ class Calibrator:
         """
 
     def _clear_fit(self) -> None:
-        for name in (*self._info_names, *self._fitted_shapes(0), "num_classes_", "_cache", "_ts_status", "_scale"):
+        fit_state = ("num_classes_", "_cache", "_ts_status", "_scale", "_fit_masked")
+        for name in (*self._info_names, *self._fitted_shapes(0), *fit_state):
             self.__dict__.pop(name, None)
 
     def _fit(self, z: torch.Tensor, y: torch.Tensor, image, seed: int, owned: bool) -> None:  # pragma: no cover
@@ -313,7 +353,7 @@ class Calibrator:
         """
         z = self._validated_input(logits)
         with torch.no_grad():
-            return self._transform(z.to(float_dtype(z))).to(z.dtype)
+            return self._masked_transform(z.to(float_dtype(z))).to(z.dtype)
 
     def predict_proba(self, logits) -> torch.Tensor:
         """Calibrated probabilities softmax(calibrated logits) over dim 1, shape (N, C, ...).
@@ -322,7 +362,13 @@ class Calibrator:
         """
         z = self._validated_input(logits)
         with torch.no_grad():
-            return torch.softmax(self._transform(z.to(float_dtype(z))), dim=1).to(z.dtype)
+            return torch.softmax(self._masked_transform(z.to(float_dtype(z))), dim=1).to(z.dtype)
+
+    def _masked_transform(self, z: torch.Tensor) -> torch.Tensor:
+        """``_transform``, with every masked (-inf) input class -inf in the output (probability 0)."""
+        out = self._transform(z)
+        mask = masked_classes(z)
+        return out if mask is None else out.masked_fill(mask, -math.inf)
 
     # -------------------------------------------------------------- persistence
     def to_dict(self) -> dict[str, Any]:

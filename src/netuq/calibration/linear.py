@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from .._checks import check_positive_int
 from .._memory import check_fit_memory
 from ._solvers import LbfgsResult, SoftmaxLinearObjective, lbfgs_minimize, linear_chunk_rows, solve_temperature
-from .base import Calibrator, check_positive_float, nll64, separable_smoothing
+from .base import Calibrator, check_positive_float, masked_affine, nll64, separable_smoothing
 
 __all__ = ["VectorScaling", "MatrixScaling", "ODIR_GRID", "L2_GRID"]
 
@@ -67,6 +67,8 @@ _INNER_TOL = 1e-5
 def _unit_scale(z: torch.Tensor) -> float:
     """The power of two s with max |z| / s in [1, 2) (1 for all-zero z): z / s is exact."""
     top = float(z.abs().max()) if z.numel() else 0.0
+    if math.isinf(top):  # masked classes (-inf) keep out of the scale
+        top = float(z.masked_fill(torch.isneginf(z), 0.0).abs().max())
     return math.ldexp(1.0, math.frexp(top)[1] - 1) if top > 0 else 1.0
 
 
@@ -472,7 +474,8 @@ class VectorScaling(_LinearScaling):
 
     def _transform(self, z: torch.Tensor) -> torch.Tensor:
         shape = (1, -1) + (1,) * (z.ndim - 2)
-        return z * self._param("weight_", z).view(shape) + self._param("bias_", z).view(shape)
+        w, b = self._param("weight_", z).view(shape), self._param("bias_", z).view(shape)
+        return masked_affine(lambda t: t * w + b, z)
 
 
 def _check_l2(l2):
@@ -614,6 +617,9 @@ class MatrixScaling(_LinearScaling):
         self._finish(z0, y, start, res, extra)
 
     def _transform(self, z: torch.Tensor) -> torch.Tensor:
+        return masked_affine(self._affine, z)
+
+    def _affine(self, z: torch.Tensor) -> torch.Tensor:
         W, b = self._param("weight_", z), self._param("bias_", z)
         if z.ndim == 2:
             return torch.addmm(b, z, W.t())

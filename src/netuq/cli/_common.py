@@ -89,7 +89,7 @@ class Predictions:
 
 def read_predictions(args) -> Predictions:
     """Read ``args.file`` with the shared flags and apply the logits-or-probabilities rule (see the module)."""
-    from .._checks import check_logits, check_probs
+    from .._checks import check_log_values, check_probs
     from ..io import load_arrays
 
     path = Path(args.file)
@@ -105,7 +105,7 @@ def read_predictions(args) -> Predictions:
     name = path.name if npy else (args.logits_key if data.kind == "logits" else args.probs_key)
     if data.kind == "logits":
         try:
-            values = check_logits(data.values, "logits")
+            values = check_log_values(data.values, "logits")  # -inf: a masked class (the rule of every entry point)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{path}: array {name!r}: {err}") from None
         if args.input is None and looks_like_probs(values):

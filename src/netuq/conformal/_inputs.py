@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .._checks import as_tensor, check_labels, check_logits, check_probs, looks_like_probs
+from .._checks import as_tensor, check_labels, check_log_values, check_probs, looks_like_probs
 
 __all__ = ["INPUT_KINDS", "as_probs64", "labels_for"]
 
@@ -50,7 +50,7 @@ def as_probs64(x: Any, *, input: str = "auto", name: str = "x") -> torch.Tensor:
         # Used as given (cast to float64, not renormalised): calibration and prediction score the
         # same numbers, which is all the guarantee needs.
         return check_probs(t, name).to(torch.float64)
-    z = check_logits(t, name)
+    z = check_log_values(t, name)  # the rule of every entry point: -inf for a masked class
     return torch.softmax(z.to(torch.float64), dim=1)
 
 

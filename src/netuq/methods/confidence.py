@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import _check_finite, _check_float, check_ignore_index, check_labels, check_logits, float_dtype
+from .._checks import _check_finite, _check_float, check_ignore_index, check_labels, check_log_values, float_dtype
 from .._checks import check_positive_int as _check_positive_int
 from .._modes import eval_mode
 from ..prediction import Prediction
@@ -193,7 +193,7 @@ def confidence_loss(
     if reduction not in _REDUCTIONS:
         raise ValueError(f"`reduction` must be one of {list(_REDUCTIONS)}, got {reduction!r}")
     if validate_args:
-        logits = check_logits(logits, "logits")
+        logits = check_log_values(logits, "logits")
     s = _check_confidence_logit(confidence_logit, logits, validate_args)
     z = logits.to(float_dtype(logits))
     if validate_args:
@@ -325,7 +325,7 @@ def confidence_predict(
         (tensor([0]), tensor([0.5000]))
     """
     if validate_args:
-        logits = check_logits(logits, "logits")
+        logits = check_log_values(logits, "logits")
     s = _check_confidence_logit(confidence_logit, logits, validate_args)
     return Prediction.from_logits(logits.detach(), scores={"confidence": torch.sigmoid(s.detach())})
 

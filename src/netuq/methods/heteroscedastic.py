@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .._checks import _check_finite, _check_float, check_ignore_index, check_labels, check_logits, float_dtype
+from .._checks import _check_finite, _check_float, check_ignore_index, check_labels, check_log_values, float_dtype
 from .._checks import check_positive_int as _check_positive_int
 from .._modes import eval_mode
 from .._random import generator as _generator
@@ -136,7 +136,7 @@ def _check_mu_sigma(mu: torch.Tensor, sigma: torch.Tensor, validate_args: bool) 
         bad = "mu" if not isinstance(mu, torch.Tensor) else "sigma"
         raise TypeError(f"`{bad}` must be a tensor, got {type(mu if bad == 'mu' else sigma).__name__}")
     if validate_args:
-        mu = check_logits(mu, "mu")
+        mu = check_log_values(mu, "mu")
         _check_float(sigma, "sigma")
     full = tuple(mu.shape)
     single = (full[0], 1, *full[2:])
