@@ -216,7 +216,6 @@ class ViewAccumulator:
         self.entropy_sum = _Sum(shape[:1] + (1,) + shape[2:], dtype, device)  # (N, 1, ...): like Σ_c
         # argmax counts: uint8 while they fit (adds 3x faster than int32), int32 in the Prediction
         self.votes = _Sum(shape, torch.uint8 if views <= 255 else torch.int32, device)
-        self.float_votes: _Sum | None = None  # the fast pass's counts (float, see add_logits)
         self._votes_total: torch.Tensor | None = None
         self.samples = torch.empty((views, *shape), dtype=dtype, device=device) if keep_samples else None
         self.merged: torch.Tensor | LogSum | None = None
@@ -314,36 +313,20 @@ class ViewAccumulator:
         shape = tuple(z.shape[:-2]) + tuple(z.shape[-2:][::-1]) if transposed else tuple(z.shape)
         if shape != self.shape:
             raise ValueError(f"`z` must have shape ({', '.join(map(str, self.shape))}), got {shape}")
+        s, e, total, mask = softmax_parts(z, buffer, own=own)
+        log_total = total.log()
         if self.merge == "mean" and self.samples is None and self.log_sum.mode == "linear":
-            # the argmax mask is added as the float 0/1 tensor it is computed as (a float add into
-            # float counts, exact below 2**24 views: ~2x faster than a bool copy and a uint8 add)
-            s, e, total, mask = softmax_parts(z, buffer, own=own, votes=self._float_votes(z, transposed))
-            if mask is not None:
-                self._add_votes(mask, transposed=transposed)
-            log_total = total.log()
             weighted = s.mul_(e).sum(1, keepdim=True)  # Σ_c e·s <= 0; s is not needed after it
             self.log_sum.linear.addcdiv_(e, total, transposed=transposed)
+            self._add_votes(mask, transposed=transposed)
             self.entropy_sum.add_(log_total, transposed=transposed)
             self.entropy_sum.addcdiv_(weighted, total, value=-1.0, transposed=transposed)
             self.count += 1
             return
-        s, e, total, mask = softmax_parts(z, buffer, own=own)
-        log_total = total.log()
         weighted = (s * e).sum(1, keepdim=True)  # s stays: the merges below may need log p = s - log S
         frame = (lambda y: y.mT) if transposed else (lambda y: y)
         probs, entropy = frame(e / total), frame(log_total - weighted / total).squeeze(1)
         self.add(probs, entropy, frame(mask), lambda: frame(s - log_total), index)
-
-    def _float_votes(self, z: torch.Tensor, transposed: bool) -> Callable[[torch.Tensor], None] | None:
-        """The adder of a float argmax mask (1.0 at the maximum) into float counts, or None where
-        the counts could pass 2**24 (float32 integers stop being exact)."""
-        if self.views >= 2**24 or z.dtype not in (torch.float32, torch.float64):
-            return None
-        if self.float_votes is None or self.float_votes.dtype != z.dtype:
-            if self.float_votes is not None:  # another dtype mid-batch: fold the counts so far in
-                self.votes.add_(self.float_votes.total().to(self.votes.dtype))
-            self.float_votes = _Sum(self.shape, z.dtype, z.device)
-        return lambda mask: self.float_votes.add_(mask, transposed=transposed)
 
     def _add_votes(self, argmax: torch.Tensor, *, transposed: bool | None = None) -> None:
         self.votes.add_(argmax.view(torch.uint8) if self.votes.dtype == torch.uint8 else argmax, transposed=transposed)
@@ -352,9 +335,6 @@ class ViewAccumulator:
         """The vote counts, int32 (what Prediction holds)."""
         if self._votes_total is None:
             self._votes_total = self.votes.total(torch.int32)
-            if self.float_votes is not None:
-                self._votes_total.add_(self.float_votes.total().to(torch.int32))
-                self.float_votes = None
         return self._votes_total
 
     def one_vote_each_and_finite(self) -> bool:
@@ -364,12 +344,8 @@ class ViewAccumulator:
         # finite entropies mean finite logits, so every view gave each pixel at least one vote: the
         # count is exactly one per pixel and view iff the total number of votes is
         # (sums: NaN and inf propagate into the entropies' sum, which cannot overflow: H <= V log C)
-        parts = [self.votes.plain, self.votes.flipped]
-        if self.float_votes is not None:
-            parts += [self.float_votes.plain, self.float_votes.flipped]
-        # float counts are integers below 2**24, their sum in float64 exact (below 2**53)
-        votes = sum(part.sum(dtype=torch.int64 if not part.is_floating_point() else torch.float64)
-                    for part in parts if part is not None)
+        parts = (self.votes.plain, self.votes.flipped)
+        votes = sum(part.sum(dtype=torch.int64) for part in parts if part is not None)
         pixels = math.prod(self.shape) // self.shape[1] if self.shape[1] else 0
         ok = torch.isfinite(self.entropy_sum.total().sum()) & (votes == self.count * pixels)
         return bool(ok)
@@ -428,12 +404,8 @@ def _fresh(name: str, like: torch.Tensor, dtype: torch.dtype | None = None) -> t
 
 
 def softmax_parts(
-    z: torch.Tensor,
-    buffer: Callable[..., torch.Tensor] = _fresh,
-    *,
-    own: bool = False,
-    votes: Callable[[torch.Tensor], None] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    z: torch.Tensor, buffer: Callable[..., torch.Tensor] = _fresh, *, own: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The softmax over dim 1 up to its division, and the argmax mask, from one shifted pass.
 
     Args:
@@ -441,8 +413,6 @@ def softmax_parts(
         buffer: ``buffer(name, like, dtype=None)`` returns a reusable tensor like ``like``; default
             fresh tensors.
         own: compute the shifted logits in place in ``z`` (the caller's fresh copy).
-        votes: if given, called with the argmax mask as a float tensor (1.0 where s == 0, else
-            0.0; valid only during the call) instead of returning a bool mask (``mask`` is None).
 
     Returns:
         ``(s, e, S, mask)``: s = z − max_c z (N, C, ...), e = exp(s) (N, C, ...), S = Σ_c e
@@ -461,11 +431,7 @@ def softmax_parts(
     # argmax mask (s == 0, i.e. s >= 0 as s <= 0): a float compare then a float -> bool copy are
     # ~3x faster than a bool compare, and a float -> uint8 copy ~6x slower than to bool
     floats = torch.ge(s, 0.0, out=buffer("floats", z))
-    if votes is not None:
-        votes(floats)
-        mask = None
-    else:
-        mask = buffer("argmax", z, torch.bool).copy_(floats)
+    mask = buffer("argmax", z, torch.bool).copy_(floats)
     e = torch.exp(s, out=floats)  # the float buffer is free again
     return s, e, e.sum(1, keepdim=True), mask
 
