@@ -13,6 +13,16 @@ $(STAMP): pyproject.toml requirements-dev.txt constraints-dev.txt
 	$(BIN)/python -m pip install -q -e . -c constraints-dev.txt
 	touch $(STAMP)
 
+# The report's browser test (tests/integration/test_report_browser.py) drives headless Chromium:
+# Debian's chromium and chromium-driver, installed once if missing (root, or through sudo).
+BROWSER_STAMP := $(VENV)/.browser-installed
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+$(BROWSER_STAMP): $(STAMP)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		($(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver)
+	touch $(BROWSER_STAMP)
+
 install: $(STAMP)
 
 run: $(STAMP)
@@ -21,7 +31,7 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP)
+test: $(STAMP) $(BROWSER_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

@@ -19,7 +19,13 @@ digits = netuq.data.load_digits(seed=0)
 train = DataLoader(TensorDataset(*digits.train), batch_size=64, shuffle=True)
 val = DataLoader(TensorDataset(*digits.val), batch_size=256)
 test = DataLoader(TensorDataset(*digits.test), batch_size=256)
-ood = DataLoader(TensorDataset(torch.rand(200, 1, 8, 8)), batch_size=256)  # inputs of no class
+# Inputs of no class, two kinds (the report shows each kind and all pooled).
+noise = DataLoader(TensorDataset(torch.rand(200, 1, 8, 8)), batch_size=256)
+blank = DataLoader(TensorDataset(torch.rand(200, 1, 1, 1).expand(200, 1, 8, 8).clone()), batch_size=256)
+# The test set under a corruption, at the severities you care about.
+x_test, y_test = digits.test
+blurred = {s: DataLoader(TensorDataset(netuq.data.corrupt(x_test, "blur", s, seed=s), y_test), batch_size=256)
+           for s in (2, 4)}
 
 # Any model, trained your way.
 model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Dropout(0.3), nn.Linear(64, 10))
@@ -36,6 +42,8 @@ results = netuq.compare(
     test,
     calibration=val,  # None: the repeated 2-fold protocol on the test set
     calibrators=("none", "temperature"),
-    ood={"uniform noise": ood},
+    ood={"uniform noise": noise, "flat gray": blank},
+    shifts={"blur": blurred},
+    class_names=digits.class_names,
 )
 print(netuq.report.render_report(results, out))

@@ -79,3 +79,12 @@ def test_digits_network_is_unchanged():
     new = SmallCNN(1, 10, width=16, dropout=0.3)
     assert new.feature_dim == 32 and new.head[1].in_features == 32
     assert isinstance(new.features[4], torch.nn.AdaptiveAvgPool2d) and new.features[4].output_size == 1
+
+
+def test_method_notes_describe_the_network_of_the_task():
+    cls = method_notes(load_config(quick=True))
+    seg = method_notes(load_config(task="segmentation", quick=True))
+    assert any(n.startswith("MC dropout") and "before the classifier (p = 0.3)" in n for n in cls)
+    assert any(n.startswith("MC dropout") and "Dropout2d layers (p = 0.1 in every block)" in n for n in seg)
+    assert any(n.startswith("Networks: SmallUNet") for n in seg) and not any("SmallUNet" in n for n in cls)
+    assert "once (2 folds)" in cls[0] and "× repeated" not in cls[0]

@@ -213,3 +213,18 @@ def test_real_dataset_needs_a_folder(tmp_path, capsys):
     assert main(["benchmark", "--dataset", "mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "MNIST" in err
+
+
+def test_data_info_records_ood_kinds_and_labelled_pixels():
+    import torch
+
+    from netuq.benchmark import recipes
+    from netuq.benchmark.config import load_config
+    from netuq.benchmark.runner import prepare_data
+
+    cls = prepare_data(load_config(task="classification", quick=True))
+    assert sum(cls.info["ood"].values()) == len(cls.ood[1]) and len(cls.info["ood"]) == len(set(cls.ood[1]))
+    seg = prepare_data(load_config(task="segmentation", quick=True))
+    assert seg.info["pixels"] == int((seg.test[1] != recipes.IGNORE).sum())
+    assert seg.info["ood"] == {"anomaly": int(torch.as_tensor(seg.test_anomaly).sum())}
+    assert seg.info["ood"]["anomaly"] > 0

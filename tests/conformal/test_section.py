@@ -85,3 +85,16 @@ def test_segmentation_risk_equals_risk_control_by_hand():
     validate_results(res)
     proto = netuq.compare({"net": net}, test, repeats=1, max_pixels=500, conformal={"alpha": 0.3, "splits": 4})
     assert proto["methods"]["net"]["conformal"]["rows"][0]["n_calibration"] == 6
+
+
+def test_rendered_text_names_the_calibration_source_and_the_scores():
+    from netuq.conformal._section import _render
+
+    row = {"score": "aps", "alpha": 0.1, "coverage": 0.9, "set_size": 2.0, "worst_class_coverage": 0.8}
+    held = {"methods": {"net": {"conformal": {"task": "classification", "protocol": "calibration loader",
+                                              "rows": [row]}}}}
+    halves = {"methods": {"net": {"conformal": {"task": "classification",
+                                                "protocol": "5 random halves of the test set", "rows": [row]}}}}
+    text, table = _render(held)
+    assert "calibrated on the calibration loader." in text.text and table.rows[0][1] == "APS"
+    assert "calibrated on 5 random halves of the test set." in _render(halves)[0].text

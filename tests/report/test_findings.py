@@ -9,6 +9,7 @@ from netuq.report.findings import (
     ensemble_best_nll,
     ensemble_degrades_least,
     findings,
+    members,
     mi_detects_ood,
     ts_lowers_ece,
     verdict,
@@ -58,13 +59,32 @@ def test_ts_lowers_ece():
     assert ts_lowers_ece({"a": ind(uncalibrated=(1, 0.10), temperature=(1, 0.05))}) is True
 
 
+def ens(m: dict, members: int = 5) -> dict:
+    """A method recorded as an ensemble (its traits), whatever its name."""
+    return {**m, "traits": {"family": "ensemble", "members": members}}
+
+
 def test_ensemble_best_nll():
-    assert ensemble_best_nll({"ensemble": ind(none=(0.5, 0), temperature=(0.2, 0)),
+    assert ensemble_best_nll({"ensemble": ens(ind(none=(0.5, 0), temperature=(0.2, 0))),
                               "mc_dropout": ind(none=(0.3, 0))}) is True
-    assert ensemble_best_nll({"ensemble": ind(none=(0.5, 0)), "mc_dropout": ind(none=(0.3, 0))}) is False
-    assert ensemble_best_nll({"ensemble": ind(none=(0.3, 0)), "mc_dropout": ind(none=(0.3, 0))}) is False
+    assert ensemble_best_nll({"ensemble": ens(ind(none=(0.5, 0))), "mc_dropout": ind(none=(0.3, 0))}) is False
+    assert ensemble_best_nll({"ensemble": ens(ind(none=(0.3, 0))), "mc_dropout": ind(none=(0.3, 0))}) is False
     assert ensemble_best_nll({"mc_dropout": ind(none=(0.3, 0))}) is None
-    assert ensemble_best_nll({"ensemble": ind(none=(0.3, 0))}) is None
+    assert ensemble_best_nll({"ensemble": ens(ind(none=(0.3, 0)))}) is None
+
+
+def test_ensembles_are_recognised_by_what_the_results_record_not_by_name():
+    # A method called "deep ensemble" is measured (issue 26: it used to get "not measured").
+    methods = {"deep ensemble": ens(ind(none=(0.2, 0))), "plain": ind(none=(0.3, 0))}
+    assert ensemble_best_nll(methods) is True
+    # compare's per-member metrics (two or more) say so too; the family alone as well.
+    assert ensemble_best_nll({"mine": {**ind(none=(0.2, 0)), "members": [{"nll": 0.3}, {"nll": 0.4}]},
+                              "plain": ind(none=(0.3, 0))}) is True
+    assert ensemble_best_nll({"mine": {**ind(none=(0.2, 0)), "traits": {"family": "ensemble"}},
+                              "plain": ind(none=(0.3, 0))}) is True
+    # ...and a method *named* "ensemble" that records no members is not one.
+    assert ensemble_best_nll({"ensemble": ind(none=(0.2, 0)), "plain": ind(none=(0.3, 0))}) is None
+    assert members({"traits": {"members": 3}}) == 3 and members({"members": [{}, {}]}) == 2 and members({}) == 0
 
 
 def test_calibration_degrades_under_shift():
@@ -79,10 +99,10 @@ def test_calibration_degrades_under_shift():
 
 
 def test_ensemble_degrades_least():
-    assert ensemble_degrades_least({"ensemble": shifted(0.02, [0.03, 0.04]), "mc": shifted(0.02, [0.05, 0.09])})
-    assert ensemble_degrades_least({"ensemble": shifted(0.02, [0.05, 0.09]),
+    assert ensemble_degrades_least({"my ens": ens(shifted(0.02, [0.03, 0.04])), "mc": shifted(0.02, [0.05, 0.09])})
+    assert ensemble_degrades_least({"ensemble": ens(shifted(0.02, [0.05, 0.09])),
                                     "mc": shifted(0.02, [0.03, 0.04])}) is False
-    assert ensemble_degrades_least({"ensemble": shifted(0.02, [0.05, 0.09])}) is None
+    assert ensemble_degrades_least({"ensemble": ens(shifted(0.02, [0.05, 0.09]))}) is None
     assert ensemble_degrades_least({"mc": shifted(0.02, [0.05, 0.09]), "det": shifted(0.0, [0.1])}) is None
 
 
@@ -98,7 +118,7 @@ def test_mi_detects_ood():
 
 def _seed(seed, ens_nll, mc_nll):
     r = {"task": "classification", "config": {"seed": seed},
-         "methods": {"ensemble": ind(none=(ens_nll, 0.1), temperature=(ens_nll, 0.05)),
+         "methods": {"ensemble": ens(ind(none=(ens_nll, 0.1), temperature=(ens_nll, 0.05))),
                      "mc_dropout": ind(none=(mc_nll, 0.1), temperature=(mc_nll, 0.05))}}
     return r
 
@@ -129,8 +149,13 @@ def test_findings_table_in_the_report():
     sec = next(s for s in report.sections if s.id == "findings")
     table = next(b for b in sec.blocks if hasattr(b, "rows"))
     assert table.header == ("claim", "source", "rule", "evidence", "verdict")
-    assert [r[0] for r in table.rows] == [c.claim for c in CLAIMS]
-    assert {r[4] for r in table.rows} <= {"holds", "does not hold", "inconclusive", "not measured"}
+    # Only measured claims are rows (issue 26); the others are named once, under the table.
+    measured = [f.claim for f in findings(example_results(methods=("deterministic", "ensemble"), seeds=2))
+                if f.verdict != "not measured"]
+    assert [r[0] for r in table.rows] == measured == [c.claim for c in CLAIMS][:4]
+    assert {r[4] for r in table.rows} <= {"holds", "does not hold", "inconclusive"}
+    assert sec.blocks[-1].text == ("Not checked (these results lack the methods or numbers they need): mutual "
+                                   "information detects OOD inputs.")
     single = build_report(example_results(methods=("deterministic", "ensemble")))
     table = next(b for s in single.sections if s.id == "findings" for b in s.blocks if hasattr(b, "rows"))
-    assert all(r[4].endswith("(1 seed: inconclusive)") or r[4] == "not measured" for r in table.rows)
+    assert all(r[4].endswith("(1 seed: inconclusive)") for r in table.rows)

@@ -10,6 +10,7 @@ import pytest
 from netuq.report import example_results, render_report, to_markdown
 from netuq.report.build import build_report
 from netuq.report.html import render_html
+from netuq.report.markdown import escape as md_escape
 from netuq.report.markdown import render_markdown
 from netuq.report.model import Bullets, Figure, Paragraph, Report, Section, Strong, Table
 
@@ -87,7 +88,9 @@ def test_html_and_markdown_have_the_same_sections_and_cells(cases, case):
     for sec in report.sections:
         for f in sec.figures():
             assert f"figures/{f.file}" in md.split(f"## {sec.title}")[1].split("\n## ")[0]
-            assert f'alt="{f.file}"' in page.split(f">{htmllib.escape(sec.title)}</h2>")[1].split("<h2")[0]
+            body = page.split(f">{htmllib.escape(sec.title)}</h2>")[1].split("<h2")[0]
+            assert f'alt="{htmllib.escape(f.alt_text)}"' in body and f.alt_text != f.file
+            assert f"![{md_escape(f.alt_text)}](figures/{f.file})" in md
 
 
 def test_markdown_has_the_sections_it_used_to_lack(cases):
@@ -108,7 +111,8 @@ def test_rendered_files_agree(cases, tmp_path):
         assert (tmp_path / link).read_bytes().startswith(b"\x89PNG")
     # Quick runs are labelled in the header and the summary of both formats.
     for text in (page, md):
-        head, summary = text.split("Summary")[0], text.split("Summary")[1].split("How to read")[0]
+        mark = '<h2 id="summary">' if text is page else "## Summary"
+        head, summary = text.split(mark)[0], text.split(mark)[1].split("How to read")[0]
         assert "numbers are not meaningful (smoke test)" in head.lower()
         assert "quick run: numbers are not meaningful (smoke test)" in summary.lower()
 
@@ -121,7 +125,9 @@ def test_model_blocks_render_in_both_formats():
                            Figure("f.png", "cap", draw=lambda: None)])])
     page = render_html(report, {"f.png": b"\x89PNG"})
     assert "<p>plain <b>bold</b></p>" in page and "<li>two <b>2</b></li>" in page
-    assert '<td class="best"><strong>3</strong></td>' in page and 'alt="f.png"' in page
+    assert '<td class="best"><strong>3</strong></td>' in page and 'alt="cap"' in page  # alt text: the caption
+    assert 'alt="what it shows"' in render_html(Report("T", sections=[Section("s", "S", [
+        Figure("f.png", "cap", draw=lambda: None, alt="what it shows")])]), {"f.png": b"\x89PNG"})
     md = render_markdown(report, ["f.png"])
     assert "plain **bold**" in md and "- two **2**" in md and "| y | **3** |" in md and "| | 2 |" not in md
     assert "|  | 2 |" in md and "![cap](figures/f.png)" in md

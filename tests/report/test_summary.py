@@ -117,3 +117,72 @@ def test_quick_runs_are_labelled(quick):
     assert (lines[0] == "Quick run: numbers are not meaningful (smoke test).") is quick
     header = " ".join(b.text for b in build_report(r).header)
     assert ("numbers are not meaningful (smoke test)" in header) is quick
+
+
+def _cal_results(ens: dict, other: dict) -> dict:
+    def block(cals):
+        return {cal: {"nll": {"mean": m, "std": s}, "ece": {"mean": 0.05, "std": 0.01}} for cal, (m, s) in cals.items()}
+
+    return {"task": "classification",
+            "methods": {"ensemble": {"in_distribution": block(ens)}, "mc_dropout": {"in_distribution": block(other)}}}
+
+
+def test_a_calibrator_is_named_only_when_it_too_wins_beyond_the_spread():
+    # The digits case of issue 26: the ensemble's lead is real, matrix over temperature scaling is not.
+    tied = _cal_results({"none": (0.5, 0.01), "temperature": (0.020, 0.010), "matrix": (0.019, 0.011)},
+                        {"none": (0.6, 0.01), "temperature": (0.3, 0.01)})
+    line = summary_lines(tied)[0]
+    assert line == "Lowest NLL: deep ensemble (temperature and matrix scaling tied) (0.019 ± 0.011)."
+    # Beyond the spread, the calibrator is named.
+    wins = _cal_results({"none": (0.5, 0.01), "temperature": (0.10, 0.01), "matrix": (0.019, 0.002)},
+                        {"none": (0.6, 0.01), "temperature": (0.3, 0.01)})
+    assert summary_lines(wins)[0] == "Lowest NLL: deep ensemble + matrix scaling (0.019 ± 0.002)."
+    # Uncalibrated can be one of the tied.
+    unc = _cal_results({"none": (0.10, 0.02), "temperature": (0.09, 0.02)}, {"none": (0.6, 0.01)})
+    assert summary_lines(unc)[0] == ("Lowest NLL: deep ensemble (uncalibrated and temperature scaling tied) "
+                                     "(0.090 ± 0.020).")
+
+
+def test_calibrator_ties_over_seeds():
+    # Over seeds: matrix has the lower mean and wins in every seed, but its lead is within the sd over seeds.
+    def seed(s, t, mx):
+        return {"task": "classification", "config": {"seed": s},
+                "methods": {"ensemble": {"in_distribution": {
+                    "temperature": {"nll": {"mean": t, "std": 0.0}}, "matrix": {"nll": {"mean": mx, "std": 0.0}}}},
+                    "plain": {"in_distribution": {"none": {"nll": {"mean": 0.9, "std": 0.0}}}}}}
+
+    agg = aggregate_seeds([seed(0, 0.200, 0.150), seed(1, 0.200, 0.2005), seed(2, 0.200, 0.2005)])
+    line = summary_lines(agg)[1]
+    assert line == ("Lowest NLL: deep ensemble (temperature and matrix scaling tied) (0.184 ± 0.029, best in 3 "
+                    "of 3 seeds).")
+
+
+def test_no_spread_is_said_once_at_the_top():
+    held = {"task": "classification", "methods": {
+        "a": {"in_distribution": {"none": {"nll": {"mean": 0.3, "std": None}, "ece": {"mean": 0.1, "std": None}}}},
+        "b": {"in_distribution": {"none": {"nll": {"mean": 0.4, "std": None}, "ece": {"mean": 0.2, "std": None}}}}}}
+    lines = summary_lines(held)
+    assert lines[0].startswith("No spread was recorded (one calibration fit, one seed)")
+    assert sum("No spread" in line for line in lines) == 1
+    cv = example_results(methods=("mc_dropout", "ensemble"))
+    assert not any("No spread" in line for line in summary_lines(cv))
+
+
+def test_a_lead_too_small_for_the_digits_shown_names_no_calibrator():
+    # One fit on a calibration set (no spread): matrix scaling "wins" by 0.0001, printed as the same 0.147.
+    r = {"task": "classification", "methods": {"ensemble": {"in_distribution": {
+        "none": {"nll": {"mean": 0.174}}, "temperature": {"nll": {"mean": 0.1472}},
+        "matrix": {"nll": {"mean": 0.1471}}}}, "mc_dropout": {"in_distribution": {"none": {"nll": {"mean": 0.2}}}}}}
+    line = next(x for x in summary_lines(r) if x.startswith("Lowest NLL"))
+    assert line == "Lowest NLL: deep ensemble (temperature and matrix scaling tied) (0.147)."
+    r["methods"]["ensemble"]["in_distribution"]["matrix"]["nll"]["mean"] = 0.140
+    line = next(x for x in summary_lines(r) if x.startswith("Lowest NLL"))
+    assert line == "Lowest NLL: deep ensemble + matrix scaling (0.140)."
+    assert rank([Entry("a", "A", 0.1471), Entry("b", "B", 0.1472)], higher=False)[1] == "equal to the digits shown"
+
+
+def test_equal_numbers_without_spread_are_tied_for_that_reason():
+    # Two methods sharing one network's features score exactly alike: no spread, so the reason is the digits.
+    r = _ood(a={"mahalanobis": 0.995}, b={"mahalanobis": 0.995})
+    line = next(x for x in summary_lines(r) if x.startswith("Best out-of-distribution"))
+    assert line.endswith("(equal to the digits shown).") and "standard deviation" not in line

@@ -37,6 +37,9 @@ BenchmarkConfig = Any
 __all__ = ["RECIPES", "Recipe", "IGNORE", "make_network", "train_base", "train_augmented", "tta_transforms",
            "augmenting_loader", "method_notes", "pooling_grid", "save_weights", "load_weights"]
 
+#: dropout of the reference networks (the method notes say these numbers)
+CNN_DROPOUT, UNET_DROPOUT = 0.3, 0.1
+
 Predictor = Callable[[torch.Tensor], Prediction]
 
 IGNORE = 255
@@ -62,8 +65,8 @@ def load_weights(model: nn.Module, path: Path) -> None:
 def make_network(config: BenchmarkConfig, num_classes: int, in_channels: int = 1) -> nn.Module:
     """The reference network of the task: SmallCNN (classification) or SmallUNet (digit scenes)."""
     if config.task == "segmentation":
-        return SmallUNet(in_channels, num_classes, width=config.width, dropout=0.1)
-    return SmallCNN(in_channels, num_classes, width=config.width, dropout=0.3, grid=pooling_grid(config))
+        return SmallUNet(in_channels, num_classes, width=config.width, dropout=UNET_DROPOUT)
+    return SmallCNN(in_channels, num_classes, width=config.width, dropout=CNN_DROPOUT, grid=pooling_grid(config))
 
 
 def pooling_grid(config: BenchmarkConfig) -> int:
@@ -382,14 +385,18 @@ def method_notes(config: BenchmarkConfig) -> list[str]:
     notes = [
         f"Sizes: {config.seeds} seed{'s' if config.seeds > 1 else ''} ({seeds}), each with its own data split, "
         f"training and sampling; {config.epochs} epochs per network{stop} (the epoch with the lowest validation "
-        f"loss is kept){sub}; calibration by {config.cv_repeats} × repeated 2-fold cross-validation on the test set "
-        "within each seed.",
+        f"loss is kept){sub}; calibration by 2-fold cross-validation on the test set within each seed, "
+        + ("once (2 folds)." if config.cv_repeats == 1 else f"repeated {config.cv_repeats} times "
+                                                             f"({2 * config.cv_repeats} folds)."),
     ]
     if config.task == "classification":
         grid = pooling_grid(config)
         pool = "global average pooling" if grid == 1 else f"average pooling over a {grid} × {grid} grid"
-        notes.append(f"Networks: SmallCNN of width {config.width} (three 3 × 3 conv blocks, {pool}, dropout p = 0.3, "
-                     f"linear), Adam lr {config.lr:g}, batch {config.batch_size}.")
+        notes.append(f"Networks: SmallCNN of width {config.width} (three 3 × 3 conv blocks, {pool}, "
+                     f"dropout p = {CNN_DROPOUT:g}, linear), Adam lr {config.lr:g}, batch {config.batch_size}.")
+    else:
+        notes.append(f"Networks: SmallUNet of width {config.width} (two levels, Dropout2d p = {UNET_DROPOUT:g} in "
+                     f"every block), Adam lr {config.lr:g}, batch {config.batch_size}.")
     m = set(config.methods)
     if "tta" in m:
         notes.append(f"TTA: its network is trained with the augmentations it averages at test time "
@@ -408,8 +415,10 @@ def method_notes(config: BenchmarkConfig) -> list[str]:
         notes.append("Heteroscedastic head (Kendall & Gal 2017): σ models aleatoric noise, so it is reported but not "
                      "ranked as an OOD detector.")
     if "mc_dropout" in m:
-        notes.append(f"MC dropout (Gal & Ghahramani 2016): {config.mc_samples} samples of the dropout layer before "
-                     "the classifier (p = 0.3 for classification).")
+        where = (f"of the dropout layer before the classifier (p = {CNN_DROPOUT:g})"
+                 if config.task == "classification" else
+                 f"of the U-Net's Dropout2d layers (p = {UNET_DROPOUT:g} in every block)")
+        notes.append(f"MC dropout (Gal & Ghahramani 2016): {config.mc_samples} samples {where}.")
     cals = [c for c in config.calibrators if c != "none"]
     if {"vector", "matrix"} & set(cals):
         notes.append("Calibrators as netuq.calibration.CALIBRATORS recommends: vector scaling with an L2 penalty "

@@ -22,6 +22,7 @@ import torch
 
 from .._checks import check_positive_int
 from ..engine import compare
+from ..results.schema import protocol_record
 from . import recipes
 from .config import BenchmarkConfig
 from .results import RunDir, atomic_write_json
@@ -79,9 +80,15 @@ def prepare_data(config: BenchmarkConfig) -> BenchData:
     bench.in_channels = int(test_x.shape[1])
     bench.info = {"dataset": config.dataset if config.task == "classification" else "digit scenes",
                   "train": len(bench.train[1]), "val": len(bench.val[1]), "test": len(bench.test[1]),
-                  "num_classes": bench.num_classes}
-    if bench.ood is not None:
-        bench.info["ood"] = len(bench.ood[1])
+                  "num_classes": bench.num_classes,
+                  "class_names": [str(n) for n in (ds if config.task == "classification" else sc).class_names]}
+    if bench.ood is not None:  # per kind, in the order they come (the report's data sentence lists them)
+        bench.info["ood"] = dict(Counter(str(k) for k in bench.ood[1]))
+    if config.task == "segmentation":
+        y = bench.test[1]
+        bench.info["pixels"] = int((y != recipes.IGNORE).sum())
+        if bench.test_anomaly is not None:
+            bench.info["ood"] = {"anomaly": int(torch.as_tensor(bench.test_anomaly).sum())}
     return bench
 
 
@@ -223,6 +230,8 @@ def _run_seed_methods(config: BenchmarkConfig, run: RunDir, say: Callable[[str],
         "task": config.task,
         "config": config.to_dict(),
         "data": data.info,
+        "protocol": protocol_record(source="benchmark", held_out=False, repeats=config.cv_repeats,
+                                    calibrators=config.calibrators, shifts=data.shifted),
         "methods": methods,
         "runtime_s": {"methods": {m: p.get("runtime_s", {}) for m, p in methods.items()}},
     }

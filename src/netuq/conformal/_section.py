@@ -192,6 +192,11 @@ def _fmt(row: Mapping[str, Any], key: str) -> str:
     return f"{v:.3f}" if sd is None else f"{v:.3f} ± {sd:.3f}"
 
 
+def _on(protocol: str) -> str:
+    """``"the calibration loader"``; ``"20 random halves of the test set"`` as recorded."""
+    return f"the {protocol}" if protocol == "calibration loader" else protocol
+
+
 def _render(results: Mapping[str, Any]) -> list:
     from ..report.model import Paragraph, Table
 
@@ -201,18 +206,18 @@ def _render(results: Mapping[str, Any]) -> list:
     first = next(iter(methods.values()))
     if first["task"] == "classification":
         header = ("method", "score", "α", "coverage", "mean set size", "worst-class coverage")
-        rows = [(n, r["score"] + (" (randomised)" if r.get("randomized") else ""), f"{r['alpha']:g}",
+        rows = [(n, str(r["score"]).upper() + (" (randomised)" if r.get("randomized") else ""), f"{r['alpha']:g}",
                  _fmt(r, "coverage"), _fmt(r, "set_size"), _fmt(r, "worst_class_coverage"))
                 for n, v in methods.items() for r in v["rows"]]
         text = ("Split conformal prediction sets (Vovk et al. 2005; LAC: Sadinle et al. 2019; APS: Romano et al. "
-                "2020; RAPS: Angelopoulos et al. 2021), calibrated on " + first["protocol"] + ". Coverage ≥ 1 − α "
+                "2020; RAPS: Angelopoulos et al. 2021), calibrated on " + _on(first["protocol"]) + ". Coverage ≥ 1 − α "
                 "is guaranteed on average over calibration draws; at equal coverage, smaller sets are better.")
     else:
         header = ("method", "α", "risk", "mean set size (per pixel)", "threshold 1 − λ̂")
         rows = [(n, f"{r['alpha']:g}", _fmt(r, "risk"), _fmt(r, "set_size"), _fmt(r, "threshold"))
                 for n, v in methods.items() for r in v["rows"]]
         text = (f"Conformal risk control (Angelopoulos et al. 2022) of the per-image {first['loss']}, calibrated on "
-                + first["protocol"] + ". The expected loss of a new image is ≤ α; the guarantee is over images, "
+                + _on(first["protocol"]) + ". The expected loss of a new image is ≤ α; the guarantee is over images, "
                 "not pixels.")
     return [Paragraph(text), Table(header, rows, group_rows=True)]
 

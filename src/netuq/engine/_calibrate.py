@@ -83,13 +83,20 @@ def calibrate(run: MethodRun, loader) -> Fitted:
     return fitted
 
 
+def bins_with_ece(p: torch.Tensor, y: torch.Tensor, n_bins: int) -> dict[str, Any]:
+    """Reliability bins of (p, y) with their ECE (shown in the diagram's title)."""
+    bins = M.reliability_bins(p, y, n_bins=n_bins, validate_args=False).to_dict()
+    bins["ece"] = M.ece(p, y, n_bins=n_bins, validate_args=False)
+    return bins
+
+
 def protocol(sample: Reservoir, groups: int, options) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The repeated 2-fold protocol on the test sample, split by image (Ashukha et al. 2020).
 
     Same splits, fit seeds and scores as :func:`netuq.calibration.cross_validate`; for
     classification (the sample is every example, in order) its numbers are identical.
-    Returns ``in_distribution`` (in the registry's display order) and the reliability bins of
-    repeat 0's cross-fitted reference calibrator (None when it was not asked for).
+    Returns ``in_distribution`` (in the registry's display order) and, per calibrator, the
+    reliability bins (with their ECE) of repeat 0's cross-fitted predictions.
     """
     from ..calibration.crossval import split_indices
 
@@ -99,7 +106,8 @@ def protocol(sample: Reservoir, groups: int, options) -> tuple[dict[str, Any], d
         raise ValueError(f"`test_loader` must hold at least 2 examples (images) for the 2-fold protocol, got {groups}")
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     rows[registry.NONE] = []
-    cross_p, cross_y = [], []
+    cross: dict[str, list[torch.Tensor]] = {}
+    cross_y: list[torch.Tensor] = []
     for r, k, held in split_indices(groups, folds=2, repeats=options.repeats, seed=seed):
         in_held = torch.isin(g, held)
         z_fit, y_fit, z_eval, y_eval = z[~in_held], y[~in_held], z[in_held], y[in_held]
@@ -116,9 +124,10 @@ def protocol(sample: Reservoir, groups: int, options) -> tuple[dict[str, Any], d
                 raise ValueError(f"the 2-fold protocol: repeat {r}, fold {k}: {err}") from err
             p = torch.softmax(cal(z_eval), 1)
             rows[name].append(held_out_scores(p, y_eval, n_bins))
-            if name == REFERENCE_CALIBRATOR and r == 0:
-                cross_p.append(p)
-                cross_y.append(y_eval)
+            if r == 0:
+                cross.setdefault(name, []).append(p)
+        if r == 0:
+            cross_y.append(y_eval)
     summary = {}
     for name, values in rows.items():
         if name == registry.NONE or name in names:
@@ -126,7 +135,5 @@ def protocol(sample: Reservoir, groups: int, options) -> tuple[dict[str, Any], d
             for key in PROTOCOL_KEYS:
                 v = torch.tensor([row[key] for row in values], dtype=torch.float64)
                 summary[name][key] = {"mean": float(v.mean()), "std": float(v.std(unbiased=False))}
-    rel = None
-    if cross_p:
-        rel = M.reliability_bins(torch.cat(cross_p), torch.cat(cross_y), n_bins=n_bins, validate_args=False).to_dict()
+    rel = {name: bins_with_ece(torch.cat(ps), torch.cat(cross_y), n_bins) for name, ps in cross.items()}
     return {n: summary[n] for n in sorted(summary, key=registry.order_key)}, rel

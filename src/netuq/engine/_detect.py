@@ -16,6 +16,7 @@ from ._run import MethodRun
 from ._sample import Reservoir, flat_rows, per_row, sampled_scores, take_rows
 from ._scoring import detection, downsample, histogram, uncertainty_scores
 from ._test_pass import TestPass
+from ._views import kind_curves
 
 __all__ = ["detect"]
 
@@ -35,7 +36,8 @@ def _score_loader(run: MethodRun, loader, name: str, cap: int | None, fitted_sco
 
 
 def detect(run: MethodRun, test: TestPass, ood: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
-    """``(part entries "ood", "ood_hist", "roc", "ood_kinds", OOD images per kind)``; empty without OOD data."""
+    """``(part entries "ood", "ood_hist", "roc", "ood_kinds", "ood_kinds_hist", "ood_kinds_roc", OOD images
+    per kind)``; empty without OOD data."""
     in_scores = test.scores()
     fitted_scores = None if test.fitted is None else test.fitted.scores
     out_by_kind: dict[str, dict[str, torch.Tensor]] = {}
@@ -64,4 +66,5 @@ def detect(run: MethodRun, test: TestPass, ood: dict[str, Any]) -> tuple[dict[st
         fpr, tpr = M.roc_curve(u_out, u_in)
         f, t = downsample(fpr, tpr)
         part["roc"][k] = {"fpr": f, "tpr": t}
+    part["ood_kinds_hist"], part["ood_kinds_roc"] = kind_curves(in_ood, out_by_kind)
     return part, seen

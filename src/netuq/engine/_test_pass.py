@@ -20,6 +20,7 @@ from ._calibrate import Fitted
 from ._run import MethodRun
 from ._sample import Reservoir, flat_rows, per_row, sampled_scores, take_rows
 from ._scoring import streaming, uncertainty_scores
+from ._views import ClassCounts
 
 __all__ = ["TestPass", "image_for_display"]
 
@@ -108,6 +109,7 @@ class TestPass:
         c = self.num_classes = lp.shape[1]
         self.metrics = streaming(c, o.n_bins, o.ignore_index, full=True, validate=True)
         self.members = [streaming(c, o.n_bins, o.ignore_index) for _ in self.run.members]
+        self.class_counts = ClassCounts(c)
         if self.fitted is not None:
             self.calibrated = {k: streaming(c, o.n_bins, o.ignore_index, full=True) for k in self.fitted.by_name}
             ref = self.calibrated.get(self.fitted.reference_name)
@@ -147,6 +149,7 @@ class TestPass:
             for member_pred, m in zip(member_preds, self.members):
                 m.update(member_pred.probs, y)
             valid = torch.ones_like(y, dtype=torch.bool) if o.ignore_index is None else y != o.ignore_index
+            self.class_counts.update(pred.prediction, y, valid)
             self.n_valid += int(valid.sum())
             self.errors += int(((pred.prediction != y) & valid).sum())
             self._warn_unregistered(pred)

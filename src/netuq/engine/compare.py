@@ -34,7 +34,7 @@ from ..detectors.features import find_module
 from ..distributed import is_distributed
 from ..results import sections as result_sections
 from ..results.plain import to_plain
-from ..results.schema import REFERENCE_CALIBRATOR, SCHEMA_VERSION, validate_results
+from ..results.schema import REFERENCE_CALIBRATOR, SCHEMA_VERSION, protocol_record, validate_results
 from ._batches import DEFAULT_KEYS, check_reiterable
 from ._calibrate import PROTOCOL_KEYS, Fitted, calibrate, fit_on, protocol
 from ._detect import detect
@@ -42,6 +42,7 @@ from ._run import MethodRun, Options
 from ._scoring import downsample, metric_values, reliability_dict
 from ._shift import shift
 from ._test_pass import TestPass
+from ._views import per_class
 
 __all__ = ["compare"]
 
@@ -64,20 +65,20 @@ def _calibration_results(test: TestPass, fitted: Fitted | None, values: dict) ->
     z, y = test.sample.get("logits"), test.sample.get("y")
     part: dict[str, Any] = {}
     if fitted is None:
-        part["in_distribution"], rel_ref = protocol(test.sample, test.images, o)
+        part["in_distribution"], rel = protocol(test.sample, test.images, o)
         fitted = fit_on(z, y, (REFERENCE_CALIBRATOR,), o.calibration_samples, o.seed)
-        if rel_ref is None:
-            p = torch.softmax(fitted.reference(z).double(), 1)
-            rel_ref = M.reliability_bins(p, y, n_bins=o.n_bins, validate_args=False).to_dict()
     else:
         part["in_distribution"] = {registry.NONE: {k: {"mean": values[k], "std": None} for k in PROTOCOL_KEYS}}
+        rel = {}
         for k in o.calibrators:
             if k != registry.NONE:
                 v = metric_values(test.calibrated[k])
                 part["in_distribution"][k] = {m: {"mean": v[m], "std": None} for m in PROTOCOL_KEYS}
-        rel_ref = reliability_dict(test.reference)
+                rel[k] = {**reliability_dict(test.calibrated[k]), "ece": v["ece"]}
     part[REFERENCE_CALIBRATOR] = float(getattr(fitted.reference, f"{REFERENCE_CALIBRATOR}_"))
-    part["reliability"] = {"uncalibrated": reliability_dict(test.metrics), REFERENCE_CALIBRATOR: rel_ref}
+    # One diagram per calibrator that ran, each with its ECE (held out: the calibration loader's fit
+    # on the test set; protocol: repeat 0's cross-fitted halves).
+    part["reliability"] = {"uncalibrated": {**reliability_dict(test.metrics), "ece": values["ece"]}, **rel}
     return part, fitted
 
 
@@ -105,6 +106,7 @@ def _evaluate(run: MethodRun, test_loader, calibration, ood: dict, shifts: Mappi
     part: dict[str, Any] = {"label": run.name, "traits": run.traits.to_dict()}
     values = _metrics(test)
     part["metrics"] = {k: values[k] for k in METRIC_KEYS if k in values}
+    part["per_class"] = per_class(test.class_counts, test.metrics)
     if test.members:
         part["members"] = [{k: metric_values(m)[k] for k in ("accuracy", "nll", "brier", "ece")}
                            for m in test.members]
@@ -195,6 +197,7 @@ def compare(
     distributed: bool | None = None,
     scores: Sequence[str] | None = None,
     sections: Sequence[str] | Mapping[str, Mapping[str, Any]] | None = None,
+    class_names: Sequence[str] | None = None,
     conformal: bool | Mapping[str, Any] | None = None,
     features: str | None = None,
 ) -> dict[str, Any]:
@@ -241,6 +244,7 @@ def compare(
             registered score reads is not reported, with a warning.
         sections: the extra result sections (:mod:`netuq.results.sections`) to compute: a list of
             keys or a dict key -> options (default: every registered section marked ``default``).
+        class_names: one display name per class (C), recorded for the report's per-class view.
         conformal: prediction sets for every method (the ``conformal`` section,
             :mod:`netuq.conformal`): True for the defaults or a dict of options (``alpha``,
             ``scores``, ``randomized``, ``splits``, ``loss``, ``target_class``, ``grid_size``);
@@ -307,6 +311,8 @@ def compare(
         examples=int(examples), distributed=distributed, scores=scores,
         sections=_with_conformal(result_sections.selected(sections), conformal, calibration), features=features)
     ood_loaders = _loaders(ood, "ood")
+    if class_names is not None and (isinstance(class_names, str) or not isinstance(class_names, Sequence)):
+        raise TypeError(f"`class_names` must be a sequence of names, got {type(class_names).__name__}")
     is_distributed(distributed)  # checks the argument before any pass
     loaders = {"test_loader": test_loader, "calibration": calibration,
                **{f"ood[{k!r}]": v for k, v in ood_loaders.items()},
@@ -326,8 +332,17 @@ def compare(
            "methods": list(parts)},
         "data": {k: v for k, v in info.items() if k != "task" and v is not None},
         "vocabulary": _vocabulary(parts, options.calibrators),
+        # How the numbers were made, for the report's sentences (netuq.results.schema: "protocol").
+        "protocol": protocol_record(source="compare", held_out=calibration is not None, repeats=options.repeats,
+                                    calibrators=options.calibrators,
+                                    shifts={k: list(v) for k, v in (shifts or {}).items()}),
         "methods": parts,
         "runtime_s": {"total_this_run": time.perf_counter() - start,
                       "methods": {k: p["runtime_s"] for k, p in parts.items()}},
     }
+    if class_names is not None:
+        if len(class_names) != info["num_classes"]:
+            raise ValueError(f"`class_names` must have one name per class ({info['num_classes']}), "
+                             f"got {len(class_names)}")
+        results["data"]["class_names"] = [str(n) for n in class_names]
     return validate_results(to_plain(results))

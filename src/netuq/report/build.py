@@ -6,7 +6,7 @@ renderers only turn the model into markup.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..results import sections as result_sections
@@ -28,6 +28,19 @@ from ._text import (
 from .figures import figure_blocks
 from .findings import findings
 from .model import Bullets, Paragraph, Report, Section, Strong, Table
+from .sentences import (
+    calibration_howto,
+    calibration_sentence,
+    data_sentence,
+    idle_settings,
+    ood_kinds,
+    ood_sentence,
+    protocol,
+    run_meta,
+    shift_sentence,
+    temperature_sentence,
+)
+from .sentences import title as _title
 from .summary import _summary_lines
 from .tables import (
     MAIN_METRICS,
@@ -36,6 +49,7 @@ from .tables import (
     calibrations,
     kind_rows,
     main_table,
+    per_class_rows,
     score_rows,
     shift_stats,
 )
@@ -43,23 +57,25 @@ from .tables import (
 __all__ = ["build_report"]
 
 _S = Strong
-HOW_TO_READ = (
-    "Each method is evaluated on the held-out test set, before and after post-hoc calibration. ", _S("NLL"),
-    " (negative log-likelihood) and the ", _S("Brier score"), " rate the whole predicted distribution (lower is "
-    "better); ", _S("ECE"), " (expected calibration error, 15 equal-width bins) is the average gap between "
-    "confidence and accuracy (lower is better; 0 = a predicted 80% is right 80% of the time). Calibrated numbers "
-    "follow Ashukha et al. (2020): the test set is split in two halves at random, the calibrator is fitted on one "
-    "half and scored on the other, both ways, repeated. With one seed the tables show mean ± standard deviation "
-    "over these folds; with several seeds, mean ± standard deviation over the seeds. The best value of each "
-    "column is in bold. A method is only clearly better when the gap exceeds the standard deviations: the summary "
-    "names a winner only then, and otherwise says which methods are tied. ", _S("OOD detection"), " asks whether "
-    "an uncertainty score ranks unfamiliar inputs above familiar ones: AUROC 1 is perfect, 0.5 is chance, below "
-    "0.5 the score is ", _S("inverted"), " (it finds OOD inputs more familiar); FPR95 is the share of unfamiliar "
-    "inputs still accepted when 95% of familiar ones are (lower is better). The heteroscedastic σ measures noise "
-    "in the data (aleatoric), not the model's ignorance, so it is shown but not ranked as an OOD detector. Under ",
-    _S("shift"), ", good uncertainty keeps ECE low as corruption grows, even while accuracy falls. In a ",
-    _S("reliability diagram"), ", bars below the diagonal mean over-confidence.",
-)
+
+
+def _how_to_read(results: Mapping) -> tuple:
+    """The "How to read" paragraph; its protocol sentence follows what the results record."""
+    return (
+        "Each method is evaluated on the held-out test set, before and after post-hoc calibration. ", _S("NLL"),
+        " (negative log-likelihood) and the ", _S("Brier score"), " rate the whole predicted distribution (lower is "
+        "better); ", _S("ECE"), " (expected calibration error, 15 equal-width bins) is the average gap between "
+        "confidence and accuracy (lower is better; 0 = a predicted 80% is right 80% of the time). ",
+        calibration_howto(results), " The best value of each column is in bold; click a column's header to sort "
+        "the table by it. A method is only clearly better when the gap exceeds the standard deviations: the summary "
+        "names a winner only then, and otherwise says which methods are tied. ", _S("OOD detection"), " asks whether "
+        "an uncertainty score ranks unfamiliar inputs above familiar ones: AUROC 1 is perfect, 0.5 is chance, below "
+        "0.5 the score is ", _S("inverted"), " (it finds OOD inputs more familiar); FPR95 is the share of unfamiliar "
+        "inputs still accepted when 95% of familiar ones are (lower is better). A score that measures noise in the "
+        "data (aleatoric, like the heteroscedastic σ), not the model's ignorance, is shown but not ranked as an OOD "
+        "detector. Under ", _S("shift"), ", good uncertainty keeps ECE low as corruption grows, even while accuracy "
+        "falls. In a ", _S("reliability diagram"), ", bars below the diagonal mean over-confidence.",
+    )
 
 
 def _spread_cell(stat: Mapping | None) -> str:
@@ -90,24 +106,11 @@ def _flat(d: Mapping, prefix: str = "") -> list[tuple[str, str]]:
     return out
 
 
-def _spread_words(results: Mapping) -> str:
-    n = n_seeds(results)
-    if n >= 2:
-        return f"mean ± standard deviation over {n} seeds"
-    return "mean ± standard deviation over the folds of repeated 2-fold cross-validation (Ashukha et al. 2020)"
-
-
 def _header(results: Mapping) -> list:
-    data = results.get("data") or {}
-    meta = [f"{len(results['methods'])} methods"]
+    blocks: list = [Paragraph(run_meta(results), style="meta")]
+    data = data_sentence(results)
     if data:
-        meta.append(", ".join(f"{k} {fmt(v)}" for k, v in data.items()))
-    if results.get("seeds"):
-        meta.append(f"{n_seeds(results)} seeds ({', '.join(results['seeds'])})")
-    total = (results.get("runtime_s") or {}).get("total_this_run")
-    if isinstance(total, (int, float)) and not isinstance(total, bool):
-        meta.append(f"run time {fmt(float(total), 1)} s")
-    blocks: list = [Paragraph(" · ".join(meta), style="meta")]
+        blocks.append(Paragraph(data, style="meta"))
     if is_quick(results):
         blocks.append(Paragraph(_S(QUICK_NOTE[0].upper() + QUICK_NOTE[1:] + "."), style="note"))
     notes = [str(n) for n in (results.get("notes") or []) if isinstance(n, str)]
@@ -118,7 +121,8 @@ def _header(results: Mapping) -> list:
 
 def _findings_section(results: Mapping) -> Section | None:
     rows = findings(results)
-    if all(f.verdict == "not measured" for f in rows):
+    measured = [f for f in rows if f.verdict != "not measured"]
+    if not measured:
         return None
     n = n_seeds(results)
     sec = Section("findings", "Findings from the literature")
@@ -127,7 +131,11 @@ def _findings_section(results: Mapping) -> Section | None:
         "hold if it fails in every seed, and is inconclusive otherwise"
         + (" (with one seed every verdict is inconclusive)." if n < 2 else ".")))
     sec.blocks.append(Table(["claim", "source", "rule", "evidence", "verdict"],
-                            [[f.claim, f.source, f.rule, f.evidence, f.verdict] for f in rows]))
+                            [[f.claim, f.source, f.rule, f.evidence, f.verdict] for f in measured]))
+    missing = [f.claim for f in rows if f.verdict == "not measured"]
+    if missing:
+        sec.blocks.append(Paragraph("Not checked (these results lack the methods or numbers they need): "
+                                    + "; ".join(missing) + "."))
     return sec
 
 
@@ -152,7 +160,7 @@ def _calibration_section(results: Mapping, figs) -> Section | None:
     rows = main_table(results)
     sec = Section("calibration", "In-distribution calibration")
     if rows:
-        sec.blocks.append(Paragraph(f"Test set, {_spread_words(results)}; best per column in bold."))
+        sec.blocks.append(Paragraph(calibration_sentence(results)))
         body = [[method_label(results, r["method"]), cal_label(r["calibration"], results)]
                 + [fmt_stat(r[k]) for k in MAIN_METRICS] for r in rows]
         best = [set(), set()] + [best_indices(_means(rows, k), k) for k in MAIN_METRICS]
@@ -161,13 +169,48 @@ def _calibration_section(results: Mapping, figs) -> Section | None:
         words = _prediction_words(results, [c for c in calibrations(results) if c not in ("none", "uncalibrated")])
         if words:
             sec.blocks.append(Paragraph(words))
-    temps = [(n, m["temperature"]) for n, m in results["methods"].items() if m.get("temperature") is not None]
+    temps = temperature_sentence(results)
     if temps:
-        over = f" (mean over {n_seeds(results)} seeds)" if results.get("seeds") else ""
-        sec.blocks.append(Paragraph(f"Temperature fitted on the validation set{over}: "
-                                    + ", ".join(f"{method_label(results, n)} T = {fmt(t)}" for n, t in temps) + "."))
+        sec.blocks.append(Paragraph(temps))
     sec.blocks += figs.get("reliability", [])
     return sec if sec.blocks else None
+
+
+def _per_class_section(results: Mapping, figs, class_names) -> Section | None:
+    names, methods, rows, best = per_class_rows(results, class_names)
+    if not rows:
+        return None
+    sec = Section("per-class", "Per class")
+    seeds = results.get("seeds")
+    first = f" Seed {next(iter(seeds))} of {n_seeds(results)}." if seeds else ""
+    unit = "pixels" if results.get("task") == "segmentation" else "images"
+    where = ("the class_names argument" if class_names is not None else
+             ("the class_names given to compare" if protocol(results).get("source") == "compare" else "the data set")
+             if (results.get("data") or {}).get("class_names") else "their indices (no names recorded)")
+    sec.blocks.append(Paragraph(
+        f"Each class (named from {where}): how many test {unit} it has, the share of them each method predicts "
+        "right (accuracy, i.e. recall) and the class-wise ECE of the class's own probability (Kull et al. 2019; "
+        "the mean over classes is the class-wise ECE of the metrics table), uncalibrated." + first))
+    worst = []
+    for m in methods:
+        accs = [(r[f"{m}:accuracy"], r["class"]) for r in rows if r.get(f"{m}:accuracy") is not None]
+        if accs:
+            a, c = min(accs)
+            worst.append(f"{method_label(results, m)}: class {c} ({fmt(a)})")
+    if worst:
+        sec.blocks.append(Paragraph("Least accurate class: " + "; ".join(worst) + "."))
+    header = ["class", f"test {unit}"]
+    for m in methods:
+        header += [f"{method_label(results, m)}: accuracy ↑", f"{method_label(results, m)}: ECE ↓"]
+    body = [[r["class"], str(r["support"])] + [c for m in methods for c in
+                                                (fmt(r.get(f"{m}:accuracy")), fmt(r.get(f"{m}:ece")))]
+            for r in rows]
+    sec.blocks.append(Table(header, body))
+    if best is not None:
+        sec.blocks.append(Paragraph(f"Confusion matrix of {method_label(results, best)} (the lowest NLL in the "
+                                    "calibration table): rows are the true class, columns the predicted one."))
+    sec.blocks += figs.get("per-class", [])
+    return sec
 
 
 def _score_table(results: Mapping, rows: list[dict], metrics, *, rank_aleatoric: bool) -> Table:
@@ -191,16 +234,13 @@ def _ood_section(results: Mapping, figs) -> Section | None:
     rows = score_rows(results, "ood")
     sec = Section("ood", "Out-of-distribution detection")
     if rows:
-        what = "unknown-object pixels against in-distribution pixels" if results.get("task") == "segmentation" \
-            else "OOD inputs against the test set"
-        sec.blocks.append(Paragraph(
-            f"Scores rank {what}, all kinds of OOD input pooled; higher score = less sure; "
-            f"{_spread_words(results) if results.get('seeds') else 'one seed'}. Best per column in bold; "
-            "AUROC below 0.5 is marked inverted; the aleatoric σ is shown but not ranked."))
+        sec.blocks.append(Paragraph(ood_sentence(results)))
         sec.blocks.append(_score_table(results, rows, OOD_METRICS, rank_aleatoric=False))
+    sec.blocks += figs.get("ood", [])
     kinds, krows = kind_rows(results)
-    if krows:
-        sec.blocks.append(Paragraph("AUROC per kind of OOD input."))
+    if krows and len(ood_kinds(results)) > 1:  # with one kind, the pooled table is the per-kind one
+        sec.blocks.append(Paragraph(f"AUROC per kind of OOD input ({len(kinds)} kinds), then each kind's ROC "
+                                    "curves and score histograms."))
         body = [[method_label(results, r["method"]), score_label(r["score"], results)
                  + (" (aleatoric, not ranked)" if is_aleatoric(r["score"], results) else "")]
                 + [_auroc_cell(r.get(k)) for k in kinds] for r in krows]
@@ -209,7 +249,7 @@ def _ood_section(results: Mapping, figs) -> Section | None:
                                                                    for i in ranked], "auroc")} for k in kinds]
         sec.blocks.append(Table(["method", "score"] + [f"{k.replace('_', ' ')}: AUROC ↑" for k in kinds], body, best,
                                 group_rows=True))
-    sec.blocks += figs.get("ood", [])
+        sec.blocks += figs.get("ood-kinds", [])
     return sec if sec.blocks else None
 
 
@@ -219,10 +259,7 @@ def _shift_section(results: Mapping, figs) -> Section | None:
     if stats:
         metrics = [k for k in SHIFT_METRICS if any(k in v for v in stats.values())]
         rows = [{"method": n, **v} for n, v in stats.items()]
-        sev = (results.get("config") or {}).get("severities") or [1, 2, 3, 4, 5]
-        sev_text = ", ".join(map(str, sev)) if isinstance(sev, (list, tuple)) else str(sev)
-        over = f"; {_spread_words(results)}" if results.get("seeds") else ""
-        sec.blocks.append(Paragraph(f"Averaged over all kinds of shift and severities {sev_text}{over}."))
+        sec.blocks.append(Paragraph(shift_sentence(results) or ""))
         sec.blocks.append(Table(["method"] + [column_label(k) for k in metrics],
                                 [[method_label(results, r["method"])] + [_spread_cell(r.get(k)) for k in metrics]
                                  for r in rows],
@@ -276,31 +313,45 @@ def _run_section(results: Mapping) -> Section:
                                     "protocol, for example, makes the calibrators' parameters run to their bounds):"))
         sec.blocks.append(Bullets([f"{method_label(results, name)}: {w.get('message', '')} (× {w.get('count', 1)})"
                                    for name, w in notes]))
-    cfg = _flat(results.get("config") or {})
+    idle = idle_settings(results)
+    cfg = _flat({k: v for k, v in (results.get("config") or {}).items() if k not in idle})
     if cfg:
         sec.blocks.append(Paragraph("Configuration:"))
         sec.blocks.append(Table(["setting", "value"], [list(kv) for kv in cfg], style="kv"))
+    if idle:
+        why: dict[str, list[str]] = {}
+        for k, reason in idle.items():
+            why.setdefault(reason, []).append(k)
+        sec.blocks.append(Paragraph("Settings without effect in this run (left out above): " + "; ".join(
+            f"{', '.join(keys)} ({reason})" for reason, keys in why.items()) + "."))
     sec.blocks.append(Paragraph(f"results schema {results.get('schema', '')}; numbers from results.json, also in "
                                 "results.csv.", style="meta"))
     return sec
 
 
-def build_report(results: Mapping[str, Any]) -> Report:
+def build_report(results: Mapping[str, Any], *, title: str | None = None,
+                 class_names: Sequence[str] | None = None) -> Report:
     """The report of a (validated) results dict as a :class:`~netuq.report.model.Report`.
+
+    Args:
+        results: a results dict.
+        title: the page's title (default: :func:`netuq.report.sentences.title`).
+        class_names: one name per class, over the names the results record.
 
     Example:
         >>> from netuq.report import example_results
         >>> [s.title for s in build_report(example_results(methods=("ensemble",))).sections][:3]
         ['Summary', 'How to read this report', 'Findings from the literature']
     """
-    figs = figure_blocks(results)
-    report = Report(f"netuq benchmark report: {results.get('task', '')}", _header(results))
+    figs = figure_blocks(results, class_names=class_names)
+    report = Report(title or _title(results), _header(results))
     lines = _summary_lines(results)
     summary = Section("summary", "Summary")
     summary.blocks.append(Bullets(lines, style="summary") if lines else
                           Paragraph("No comparable numbers in these results."))
     report.sections.append(summary)
-    report.sections.append(Section("how-to-read", "How to read this report", [Paragraph(HOW_TO_READ, "howto")]))
+    report.sections.append(Section("how-to-read", "How to read this report",
+                                   [Paragraph(_how_to_read(results), "howto")]))
     found = _findings_section(results)
     if found is not None:
         report.sections.append(found)
@@ -308,6 +359,10 @@ def build_report(results: Mapping[str, Any]) -> Report:
         sec = make(results, figs)
         if sec is not None:
             report.sections.append(sec)
+            if make is _calibration_section:
+                per = _per_class_section(results, figs, class_names)
+                if per is not None:
+                    report.sections.append(per)
     if figs.get("segmentation"):
         report.sections.append(Section("segmentation", "Segmentation examples", list(figs["segmentation"])))
     for key, section in list(result_sections.SECTIONS.items()):  # registered result sections, read now

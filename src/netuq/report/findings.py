@@ -23,7 +23,7 @@ from ._text import seed_results
 
 __all__ = [
     "Finding", "CLAIMS", "verdict", "findings", "ts_lowers_ece", "ensemble_best_nll",
-    "calibration_degrades_under_shift", "ensemble_degrades_least", "mi_detects_ood",
+    "calibration_degrades_under_shift", "ensemble_degrades_least", "mi_detects_ood", "members",
 ]
 
 HOLDS, FAILS, INCONCLUSIVE, NOT_MEASURED = "holds", "does not hold", "inconclusive", "not measured"
@@ -65,16 +65,21 @@ def ts_lowers_ece(methods: Mapping) -> bool | None:
     return all(pairs) if pairs else None
 
 
-def _family(name: str, m: Mapping) -> str:
-    """A method's family: its ``traits`` in the results; results written before traits were
-    recorded name the benchmark's methods by their family (``"ensemble"``)."""
-    traits = m.get("traits") if isinstance(m, Mapping) else None
-    return str((traits or {}).get("family") or name)
+def members(m: Mapping) -> int:
+    """How many members a method's results record (``traits.members``, or the per-member metrics
+    ``compare`` writes for an ensemble); 0 when none are recorded. Never read from the name."""
+    traits = m.get("traits") or {}
+    n = traits.get("members") if isinstance(traits, Mapping) else None
+    if isinstance(n, int) and not isinstance(n, bool):
+        return n
+    return len(m.get("members") or [])
 
 
 def _ensembles(methods: Mapping) -> list[str]:
-    """The methods whose traits say they are ensembles (whatever their name)."""
-    return [n for n, m in methods.items() if _family(n, m) == "ensemble"]
+    """The methods recorded as ensembles (``traits.family == "ensemble"`` or two or more members),
+    whatever they are called."""
+    return [n for n, m in methods.items()
+            if (m.get("traits") or {}).get("family") == "ensemble" or members(m) >= 2]
 
 
 def _best_nll(m: Mapping) -> float | None:

@@ -13,7 +13,7 @@ from collections.abc import Container
 
 from .model import Bullets, Figure, Paragraph, Report, Strong, Table
 
-__all__ = ["render_markdown", "escape"]
+__all__ = ["render_markdown", "escape", "anchor"]
 
 _SPECIAL = re.compile(r"([\\`*_\[\]<>#|~&])")
 _LEADING = re.compile(r"^(\s*)([-+=]|\d+(?=[.)]))")
@@ -27,6 +27,16 @@ def escape(text: str) -> str:
         \<b\>a\|b\</b\> \*x\*
     """
     return _SPECIAL.sub(r"\\\1", re.sub(r"[\r\n]+", " ", str(text)))
+
+
+def anchor(title: str) -> str:
+    """The anchor GitHub and most Markdown viewers give a heading: ``"Per class"`` -> ``"per-class"``.
+
+    Example:
+        >>> anchor("Out-of-distribution detection"), anchor("How to read this report")
+        ('out-of-distribution-detection', 'how-to-read-this-report')
+    """
+    return re.sub(r"[^\w\- ]", "", str(title).strip().lower()).replace(" ", "-")
 
 
 def _lead(text: str) -> str:
@@ -66,7 +76,7 @@ def _block(b, figures: Container[str] | None) -> list[str]:
         if figures is None or (b.file not in figures and f"figures/{b.file}" not in figures):
             return []
         # The file name comes from figures.slug (safe characters only); the caption is escaped.
-        return [f"![{escape(b.caption)}](figures/{b.file})", "", f"*{escape(b.caption)}*"]
+        return [f"![{escape(b.alt_text)}](figures/{b.file})", "", f"*{escape(b.caption)}*"]
     raise TypeError(f"unknown report block {type(b).__name__}")
 
 
@@ -87,6 +97,9 @@ def render_markdown(report: Report, figures: Container[str] | None = None) -> st
     out = [f"# {escape(report.title)}"]
     for b in report.header:
         out += ["", *_block(b, figures)]
+    if len(report.sections) > 1:
+        out += ["", "**Contents**", ""]
+        out += [f"{i}. [{escape(sec.title)}](#{anchor(sec.title)})" for i, sec in enumerate(report.sections, 1)]
     for sec in report.sections:
         out += ["", f"## {escape(sec.title)}"]
         for b in sec.blocks:

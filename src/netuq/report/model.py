@@ -103,15 +103,21 @@ class Table:
 
 @dataclass(frozen=True)
 class Figure:
-    """A figure: a PNG file name under ``figures/``, its caption, and how to draw it.
+    """A figure: a PNG file name under ``figures/``, its caption, how to draw it and its alt text.
 
     ``draw()`` returns a matplotlib ``Figure``; it is only called when the PNG is rendered, so
-    building the model (e.g. for Markdown alone) never imports matplotlib.
+    building the model (e.g. for Markdown alone) never imports matplotlib. ``alt`` says what the
+    image shows, with its key numbers, for a reader who cannot see it (default: the caption).
     """
 
     file: str
     caption: str
     draw: Callable[[], Any] = field(compare=False, repr=False)
+    alt: str = ""
+
+    @property
+    def alt_text(self) -> str:
+        return self.alt or self.caption
 
 
 Block = Union[Paragraph, Bullets, Table, Figure]

@@ -23,6 +23,7 @@ __all__ = [
     "ood_histogram",
     "roc_plot",
     "segmentation_grid",
+    "confusion_plot",
     "method_colors",
     "grid_figure",
     "METRIC_LABELS",
@@ -199,7 +200,7 @@ def reliability_diagram(bins, *, ax=None, title: str | None = None, color: Any =
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence (top-1 probability)")
     ax.set_ylabel("accuracy")
-    ax.legend(loc="upper left", fontsize="x-small", frameon=False)
+    ax.legend(loc="upper left", fontsize="small", frameon=False)
     if title:
         ax.set_title(title, fontsize="medium")
     return fig
@@ -214,6 +215,8 @@ def _shift_curves(method: Mapping, metric: str):
         if vals:
             per_kind[kind] = vals
     clean = (method.get("metrics") or {}).get(metric)
+    if clean is None and metric == "ece_temperature":  # clean: the calibrated test-set ECE of the main table
+        clean = (((method.get("in_distribution") or {}).get("temperature") or {}).get("ece") or {}).get("mean")
     if per_kind and clean is not None:
         for vals in per_kind.values():
             vals.setdefault(0, float(clean))
@@ -234,7 +237,8 @@ def shift_plot(
     legend: bool = True,
 ):
     """A metric against shift severity, one line per method, averaged over the kinds of shift
-    (Ovadia et al. 2019). Severity 0 is the clean test set (taken from ``metrics`` when present).
+    (Ovadia et al. 2019). Severity 0 is the clean test set (taken from ``metrics`` when present;
+    for ``"ece_temperature"`` the temperature-scaled ECE of ``in_distribution``).
 
     Args:
         results: a results dict (``results["methods"][m]["shift"][kind]`` rows).
@@ -269,7 +273,7 @@ def shift_plot(
     fig, ax = _figure_ax(ax)
     for m, (sev, kinds, mean) in curves.items():
         color = colors.get(m)
-        if per_kind:
+        if per_kind and len(kinds) > 1:
             for vals in kinds.values():
                 s = sorted(vals)
                 ax.plot(s, [vals[k] for k in s], color=color, alpha=0.25, linewidth=0.8)
@@ -278,10 +282,11 @@ def shift_plot(
     ticks = sorted({s for c in curves.values() for s in c[0]})
     ax.set_xticks(ticks, ["clean" if s == 0 else str(s) for s in ticks])
     ax.set_xlabel("shift severity")
-    ax.set_ylabel(_label(METRIC_LABELS, metric) + " (mean over shifts)")
+    n_kinds = len({k for c in curves.values() for k in c[1]})
+    ax.set_ylabel(_label(METRIC_LABELS, metric) + (" (mean over shifts)" if n_kinds > 1 else ""))
     ax.grid(alpha=0.3)
     if legend:
-        ax.legend(fontsize="x-small", frameon=False)
+        ax.legend(fontsize="small", frameon=False)
     if title:
         ax.set_title(title, fontsize="medium")
     return fig
@@ -347,7 +352,7 @@ def risk_coverage_plot(
     ax.set_ylabel("selective risk (error rate)")
     ax.grid(alpha=0.3)
     if any(curves):
-        ax.legend(fontsize="x-small", frameon=False)
+        ax.legend(fontsize="small", frameon=False)
     if title:
         ax.set_title(title, fontsize="medium")
     return fig
@@ -390,7 +395,7 @@ def ood_histogram(
     fractions = abs(np.nansum(h_in) - 1) < 1e-3 and abs(np.nansum(h_out) - 1) < 1e-3
     ax.set_ylabel("fraction of inputs" if fractions else "count")
     ax.set_xlabel(xlabel)
-    ax.legend(fontsize="x-small", frameon=False)
+    ax.legend(fontsize="small", frameon=False)
     if title:
         ax.set_title(title, fontsize="medium")
     return fig
@@ -435,7 +440,7 @@ def roc_plot(
     ax.set_ylabel("true positive rate (OOD flagged)")
     ax.grid(alpha=0.3)
     if any(curves):
-        ax.legend(fontsize="x-small", frameon=False, loc="lower right")
+        ax.legend(fontsize="small", frameon=False, loc="lower right")
     if title:
         ax.set_title(title, fontsize="medium")
     return fig
@@ -469,6 +474,7 @@ def segmentation_grid(
     max_rows: int = 4,
     axes=None,
     title: str | None = None,
+    class_names: Sequence[str] | None = None,
 ):
     """A grid of segmentation examples: image, ground truth, prediction and uncertainty maps.
 
@@ -488,6 +494,7 @@ def segmentation_grid(
         max_rows: draw at most this many examples.
         axes: optional (rows, columns) array of matplotlib axes to draw into.
         title: figure title.
+        class_names: one name per class: a legend of the class colours under the grid.
 
     Returns:
         The matplotlib ``Figure``.
@@ -523,8 +530,14 @@ def segmentation_grid(
 
     valid = lab[lab != ignore_index]
     n_cls = int(num_classes) if num_classes else int(max(valid.max(initial=0), pred.max(initial=0))) + 1
-    base = matplotlib.colormaps["tab20" if n_cls > 10 else "tab10"]
-    colors = [(0.08, 0.08, 0.08)] + [base(i % base.N) for i in range(max(n_cls - 1, 1))]
+    # Up to 10 classes besides background: tab10's distinct hues; more: tab20's dark shades first,
+    # then the light ones (tab20's own order puts each light shade beside its dark one).
+    if n_cls - 1 <= 10:
+        hues = [matplotlib.colormaps["tab10"](i) for i in range(10)]
+    else:
+        tab20 = matplotlib.colormaps["tab20"]
+        hues = [tab20(i) for i in [*range(0, 20, 2), *range(1, 20, 2)]]
+    colors = [(0.08, 0.08, 0.08)] + [hues[i % len(hues)] for i in range(max(n_cls - 1, 1))]
     cmap = ListedColormap(colors).with_extremes(bad="white")
     emax = max(float(np.nanmax(ent[:rows])), 1e-6)
     titles = ["image", "labels", "prediction", "entropy", "epistemic"][:cols]
@@ -547,6 +560,58 @@ def segmentation_grid(
     fig.colorbar(im, ax=list(axes[:rows, 3]), shrink=0.8, fraction=0.05)
     if epi is not None:
         fig.colorbar(im2, ax=list(axes[:rows, 4]), shrink=0.8, fraction=0.05)
+    if class_names is not None:
+        from matplotlib.patches import Patch
+
+        present = sorted({int(v) for v in np.unique(lab[:rows]) if v != ignore_index}
+                         | {int(v) for v in np.unique(pred[:rows])})
+        handles = [Patch(facecolor=colors[c % len(colors)], edgecolor="0.5", label=str(class_names[c]))
+                   for c in present if 0 <= c < len(class_names)]
+        handles.append(Patch(facecolor="white", edgecolor="0.5", label="ignored"))
+        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 8), fontsize="small",
+                   frameon=False, title="classes", title_fontsize="small")
     if title:
         fig.suptitle(title, fontsize="medium")
+    return fig
+
+
+def confusion_plot(confusion, class_names: Sequence[str], *, ax=None, title: str | None = None):
+    """A confusion matrix: rows the true class, columns the predicted one, shaded by the row's share.
+
+    Args:
+        confusion: (C, C) counts ``[true][predicted]``.
+        class_names: C names.
+        ax: matplotlib axes to draw into (a new figure when ``None``).
+        title: axes title.
+
+    Example:
+        >>> fig = confusion_plot([[3, 1], [0, 4]], ["cat", "dog"])
+        >>> [t.get_text() for t in fig.axes[0].get_yticklabels()]
+        ['cat', 'dog']
+    """
+    m = np.asarray(confusion, dtype=np.float64)
+    if m.ndim != 2 or m.shape[0] != m.shape[1] or len(class_names) != m.shape[0]:
+        raise ValueError(f"`confusion` must be C x C with C = len(class_names) = {len(class_names)}, "
+                         f"got shape {m.shape}")
+    c = m.shape[0]
+    if ax is None:
+        side = min(9.0, max(3.6, 0.42 * c + 1.6))
+        fig, axes = grid_figure(1, 1, panel=(side, side), margins=(1.1, 0.9, 1.0, 0.45))
+        ax = axes[0, 0]
+    fig = ax.figure
+    share = m / np.maximum(m.sum(1, keepdims=True), 1)
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(c), [str(n) for n in class_names], rotation=90 if c > 6 else 0, fontsize="small")
+    ax.set_yticks(range(c), [str(n) for n in class_names], fontsize="small")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if c <= 15:
+        for i in range(c):
+            for j in range(c):
+                if m[i, j]:
+                    ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize="small",
+                            color="white" if share[i, j] > 0.6 else "0.1")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    if title:
+        ax.set_title(title, fontsize="medium")
     return fig

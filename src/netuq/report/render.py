@@ -8,7 +8,7 @@ output path is replaced by a regular file and its target is never written.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from .._files import atomic_write_bytes, atomic_write_text, inside
@@ -24,20 +24,23 @@ from .tables import main_table
 __all__ = ["render_report", "write_csv", "summary_lines", "to_markdown", "main_table"]
 
 
-def to_markdown(results: Mapping, figures: Collection[str] | None = None) -> str:
+def to_markdown(results: Mapping, figures: Collection[str] | None = None, *, title: str | None = None,
+                class_names: Sequence[str] | None = None) -> str:
     """report.md: the same sections, tables and summary as report.html, in Markdown.
 
     Args:
         results: a results dict (validated first).
         figures: file names (``"roc.png"`` or ``"figures/roc.png"``) of figures that exist next
             to the report: those are linked; ``None`` links none.
+        title: the report's title (default: made from what the results record).
+        class_names: one name per class (default: the names the results record).
 
     Example:
         >>> from netuq.report.schema import example_results
         >>> print(to_markdown(example_results(methods=("ensemble",))).splitlines()[0])
-        # netuq benchmark report: classification
+        # netuq benchmark: synthetic (classification)
     """
-    return render_markdown(build_report(validate_results(results)), figures)
+    return render_markdown(build_report(validate_results(results), title=title, class_names=class_names), figures)
 
 
 def _figure_dir(out: Path) -> Path:
@@ -54,7 +57,8 @@ def _figure_dir(out: Path) -> Path:
     return fig_dir
 
 
-def render_report(results: Mapping, out_dir: str | Path, *, dpi: int = 100, csv: bool = True) -> Path:
+def render_report(results: Mapping, out_dir: str | Path, *, dpi: int = 100, csv: bool = True,
+                  title: str | None = None, class_names: Sequence[str] | None = None) -> Path:
     """Write the report of a benchmark run into ``out_dir`` and return the path of report.html.
 
     Files: ``report.html`` (self-contained: figures embedded as base64 PNG data URIs, tables,
@@ -69,9 +73,13 @@ def render_report(results: Mapping, out_dir: str | Path, *, dpi: int = 100, csv:
         out_dir: output folder (created if needed).
         dpi: resolution of the PNG figures.
         csv: also write results.csv (:func:`write_csv`).
+        title: the report's title (default: made from what the results record: "netuq benchmark:
+            digits (classification)" for the benchmark, "Uncertainty of A and B (task)" for compare).
+        class_names: one name per class for the per-class view (default: ``data["class_names"]``).
 
     Raises:
-        ValueError: ``results`` does not follow the schema, or ``out_dir/figures`` is a file.
+        ValueError: ``results`` does not follow the schema, ``class_names`` has not one name per
+            class, or ``out_dir/figures`` is a file.
 
     Example:
         >>> import tempfile
@@ -84,7 +92,7 @@ def render_report(results: Mapping, out_dir: str | Path, *, dpi: int = 100, csv:
     validate_results(results)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = build_report(results)
+    report = build_report(results, title=title, class_names=class_names)
     fig_dir = _figure_dir(out)
     images: dict[str, bytes] = {}
     for fig in report.figures():

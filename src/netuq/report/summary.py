@@ -7,10 +7,17 @@ when
 1. its lead over every other method is larger than the spread of both:
    ``|mean_best − mean_other| > max(sd_best, sd_other)`` (sd over seeds for several seeds, over
    the folds of the 2-fold protocol for one seed; a missing sd counts as 0), and
-2. with several seeds, it is the best in a strict majority of the seeds.
+2. with several seeds, it is the best in a strict majority of the seeds, and
+3. its mean differs from every other's in the digits shown (so one fit without any spread
+   still names no winner by a lead of 0.0004).
 
 Otherwise the line says ``"tied: A; B; C"``: the best method, every method within one of the
 spreads, and (when 2 fails) every method that is best in at least one seed.
+
+The same rule then picks the calibration of each method named: a calibrator is named only when
+it wins over that method's other calibrations beyond the spread; otherwise the line says
+``"deep ensemble (matrix and temperature scaling tied)"``. Without any spread (one fit on a
+calibration set, one seed) the line says that its differences are not tested.
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ from ._text import (
     score_label,
 )
 from .schema import HIGHER_IS_BETTER, validate_results
-from .tables import main_table, score_rows, shift_stats
+from .sentences import shift_scope
+from .tables import calibrations, main_table, score_rows, shift_stats
 
 __all__ = ["Entry", "rank", "summary_lines", "error_counts"]
 
@@ -65,8 +73,14 @@ def rank(entries: Sequence[Entry], higher: bool) -> tuple[list[Entry], str]:
         return [], ""
     order = sorted(entries, key=lambda e: -e.mean if higher else e.mean)
     best = order[0]
-    tied = [e for e in order[1:] if abs(best.mean - e.mean) <= max(best.std or 0.0, e.std or 0.0)]
+    tied = [e for e in order[1:] if abs(best.mean - e.mean) <= max(best.std or 0.0, e.std or 0.0)
+            and max(best.std or 0.0, e.std or 0.0) > 0]
     reason = "the lead is within one standard deviation" if tied else ""
+    # A lead too small for the digits shown is no lead, spread or not (one fit has no spread).
+    same = [e for e in order[1:] if e not in tied and (e.mean == best.mean or fmt(e.mean) == fmt(best.mean))]
+    if same:
+        tied += same
+        reason = reason or "equal to the digits shown"
     n = max((len(e.values) for e in entries if e.values), default=0)
     if n >= 2:
         wins = _count_wins(list(entries), higher)
@@ -118,18 +132,42 @@ def _scored_by(results: Mapping):
     return lambda r: f"{method_label(results, r['method'])} scored by {score_label(r['score'], results)}"
 
 
-def _ranked_line(phrase: str, entries: list[Entry], metric: str, show, n: int) -> str | None:
+def _ranked_line(phrase: str, entries: list[Entry], metric: str, show, n: int, who=None) -> str | None:
     higher = metric in HIGHER_IS_BETTER
     ranked, reason = rank(entries, higher)
     if not ranked:
         return None
+    who = who or (lambda e: e.who)
     if len(ranked) == 1:
         e = ranked[0]
         wins = ""
         if n >= 2 and e.values:
             wins = f", best in {_count_wins(entries, higher)[e.method]} of {n} seeds"
-        return f"{phrase}: {e.who} ({show(e)}{wins})."
-    return f"{phrase}: tied: " + "; ".join(f"{e.who} ({show(e)})" for e in ranked) + f" ({reason})."
+        return f"{phrase}: {who(e)} ({show(e)}{wins})."
+    return f"{phrase}: tied: " + "; ".join(f"{who(e)} ({show(e)})" for e in ranked) + f" ({reason})."
+
+
+def _cal_names(cals: list[str], results: Mapping) -> str:
+    """``"matrix and temperature scaling"``, ``"uncalibrated and temperature scaling"``."""
+    from .sentences import words
+
+    labels = [cal_label(c, results) for c in cals]
+    if len(labels) > 1 and all(lab.endswith(" scaling") for lab in labels):
+        return words([lab[: -len(" scaling")] for lab in labels]) + " scaling"
+    return words(labels)
+
+
+def _calibrated_who(results: Mapping, rows: list[dict], metric: str, entry: Entry) -> str:
+    """The method with its calibration when that calibration wins beyond the spread, else the tied ones."""
+    own = [Entry(r["calibration"], r["calibration"], float(r[metric]["mean"]), r[metric].get("std"),
+                 tuple(r[metric]["values"]) if r[metric].get("values") else None)
+           for r in rows if r["method"] == entry.method and (r.get(metric) or {}).get("mean") is not None]
+    ranked, _ = rank(own, metric in HIGHER_IS_BETTER)
+    if len(ranked) <= 1:
+        return entry.who
+    order = calibrations(results)
+    tied = sorted((e.method for e in ranked), key=lambda c: order.index(c) if c in order else len(order))
+    return f"{method_label(results, entry.method)} ({_cal_names(tied, results)} tied)"
 
 
 def error_counts(results: Mapping) -> str | None:
@@ -182,10 +220,14 @@ def _summary_lines(results: Mapping) -> list[str]:
         lines.append(f"{n} seeds ({', '.join(results['seeds'])}): numbers are mean ± sd over the seeds; a method is "
                      "named best only when its lead exceeds both spreads and it is the best in a majority of seeds.")
     rows = main_table(results)
+    if n == 1 and rows and all((r.get(k) or {}).get("std") is None for r in rows for k in ("nll", "ece")):
+        lines.append("No spread was recorded (one calibration fit, one seed): the best numbers below are named, "
+                     "but their differences are not tested.")
     for metric, phrase in (("nll", "Lowest NLL"), ("ece", "Lowest ECE"), ("accuracy", "Highest accuracy")):
         entries = _best_per_method(rows, metric, metric in HIGHER_IS_BETTER,
                                    lambda r: _who(results, r["method"], r["calibration"]))
-        line = _ranked_line(phrase, entries, metric, lambda e: fmt_stat(e.mean, e.std), n)
+        line = _ranked_line(phrase, entries, metric, lambda e: fmt_stat(e.mean, e.std), n,
+                            who=lambda e, metric=metric: _calibrated_who(results, rows, metric, e))
         if line:
             lines.append(line)
     errors = error_counts(results)
@@ -239,10 +281,12 @@ def _summary_lines(results: Mapping) -> list[str]:
     def show_shift(e: Entry) -> str:
         v = shift[e.method]
         keys = [key] + [k for k in ("ece", "accuracy") if k != key and k in v]
-        return ", ".join(f"{metric_label(k)} {fmt_stat(v[k]['mean'], v[k]['std'])}" for k in keys) + \
-            ", averaged over all shifts and severities"
+        return ", ".join(f"{metric_label(k)} {fmt_stat(v[k]['mean'], v[k]['std'])}" for k in keys)
 
-    line = _ranked_line(f"Best under distribution shift (lowest {metric_label(key)})", entries, key, show_shift, n)
+    over = shift_scope(results)
+
+    line = _ranked_line(f"Best under distribution shift (lowest {metric_label(key)}, averaged over {over})", entries,
+                        key, show_shift, n)
     if line:
         lines.append(line)
     mis = score_rows(results, "misclassification")

@@ -6,7 +6,7 @@ the summary, the findings, the HTML and Markdown tables and results.csv agree on
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..calibration import registry
@@ -14,7 +14,7 @@ from ._text import sd
 
 __all__ = [
     "MAIN_METRICS", "OOD_METRICS", "SHIFT_METRICS", "calibrations", "main_table",
-    "score_rows", "kind_rows", "shift_means", "shift_stats",
+    "score_rows", "kind_rows", "shift_means", "shift_stats", "class_names", "per_class_rows", "best_method",
 ]
 
 MAIN_METRICS = ("nll", "ece", "brier", "accuracy")
@@ -134,3 +134,62 @@ def shift_stats(results: Mapping) -> dict[str, dict[str, dict[str, Any]]]:
             values = [p.get(name, {}).get(metric) for p in per_seed] if per_seed else None
             out[name][metric] = _with_spread(mean, values)
     return out
+
+
+def class_names(results: Mapping, names: Sequence[str] | None = None, num_classes: int | None = None) -> list[str]:
+    """Display names of the classes: ``names`` if given, else ``data["class_names"]``, else indices.
+
+    Raises:
+        ValueError: ``names`` does not have one name per class.
+    """
+    recorded = (results.get("data") or {}).get("class_names")
+    c = num_classes if num_classes is not None else (results.get("data") or {}).get("num_classes")
+    if names is not None:
+        if isinstance(names, str) or not isinstance(names, Sequence):
+            raise TypeError(f"`class_names` must be a sequence of names, got {type(names).__name__}")
+        if c is not None and len(names) != c:
+            raise ValueError(f"`class_names` must have one name per class ({c}), got {len(names)}")
+        return [str(n) for n in names]
+    if recorded and (c is None or len(recorded) == c):
+        return [str(n) for n in recorded]
+    return [str(i) for i in range(int(c or 0))]
+
+
+def best_method(results: Mapping, *, need: str | None = None) -> str | None:
+    """The method with the lowest mean NLL in the main table (any calibration); with ``need``,
+    only methods whose results have that key (e.g. ``"per_class"``)."""
+    best = None
+    for r in main_table(results):
+        if need and not (results["methods"][r["method"]].get(need)):
+            continue
+        v = (r.get("nll") or {}).get("mean")
+        if v is not None and (best is None or v < best[0]):
+            best = (v, r["method"])
+    return best[1] if best else None
+
+
+def per_class_rows(results: Mapping, names: Sequence[str] | None = None):
+    """The per-class table: ``(names, methods, rows, best)``.
+
+    ``rows`` hold ``{"class", "support", "METHOD:accuracy", "METHOD:ece"}`` per class;
+    ``best`` is :func:`best_method` among the methods with a confusion matrix (or ``None``).
+    """
+    methods = [n for n, m in results["methods"].items() if m.get("per_class")]
+    if not methods:
+        return [], [], [], None
+    first = results["methods"][methods[0]]["per_class"]
+    c = len(first["support"])
+    labels = class_names(results, names, c)
+    rows = []
+    for i in range(c):
+        row: dict[str, Any] = {"class": labels[i], "support": first["support"][i]}
+        for m in methods:
+            pc = results["methods"][m]["per_class"]
+            row[f"{m}:accuracy"] = (pc.get("accuracy") or [None] * c)[i]
+            row[f"{m}:ece"] = (pc.get("ece") or [None] * c)[i]
+        rows.append(row)
+    with_conf = [m for m in methods if results["methods"][m]["per_class"].get("confusion")]
+    best = best_method({**results, "methods": {m: results["methods"][m] for m in with_conf}}) if with_conf else None
+    if best is None and with_conf:
+        best = with_conf[0]
+    return labels, methods, rows, best

@@ -18,7 +18,8 @@ __all__ = ["aggregate_seeds"]
 
 _SCALAR_GROUPS = (("metrics", 1), ("ood", 2), ("misclassification", 2), ("ood_kinds", 3))
 # Per-seed things that are not averaged: seed 0's are shown (captions say so).
-_FROM_FIRST = ("reliability", "risk_coverage", "ood_hist", "roc", "segmentation_examples")
+_FROM_FIRST = ("reliability", "risk_coverage", "ood_hist", "roc", "segmentation_examples", "per_class",
+               "ood_kinds_hist", "ood_kinds_roc")
 
 
 def _mean(values: Sequence[float | None]) -> float | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from .aggregate import aggregate_seeds
-from .schema import SCHEMA_VERSION, TASKS
+from .schema import SCHEMA_VERSION, TASKS, protocol_record
 
 __all__ = ["example_results"]
 
@@ -141,6 +141,8 @@ def _example(task: str, methods: tuple, seed: int) -> dict:
             "ood_hist": hist,
             "roc": roc,
             "runtime_s": {"train": 1.5 + j, "evaluate": 0.3 + 0.2 * j},
+            "traits": {"family": name, "members": 5 if name == "ensemble" else None,
+                       "epistemic": name in ("mc_dropout", "ensemble", "tta")},
         }
         if task == "segmentation":
             k, h = 2, 16
@@ -162,7 +164,11 @@ def _example(task: str, methods: tuple, seed: int) -> dict:
         "schema": SCHEMA_VERSION,
         "task": task,
         "config": {"task": task, "methods": list(methods), "seed": seed, "epochs": 3, "n_bins": 15},
-        "data": {"train": 988, "val": 270, "test": n, "num_classes": c},
+        "data": {"dataset": "synthetic", "train": 988, "val": 270, "test": n, "num_classes": c},
+        "protocol": protocol_record(source="benchmark", held_out=False, repeats=5,
+                                    calibrators=("none", "temperature"),
+                                    shifts={k: (1, 2, 3, 4, 5) for k in ("rotation", "gaussian_noise", "blur",
+                                                                         "pixel_dropout")}),
         "runtime_s": {
             "total_this_run": float(sum(2.0 + 1.2 * j for j in range(len(methods)))),
             "methods": {m: out[m]["runtime_s"] for m in methods},

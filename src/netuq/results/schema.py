@@ -23,8 +23,23 @@ Top level::
       "vocabulary": {                            # optional: labels and traits of the names used
         "scores": {SCORE: {"label": str, "kind": "total"|"aleatoric"|"epistemic"}},
         "calibrators": {CAL: {"label": str, "changes_prediction": bool|null}}
-      }                                          #   (netuq.compare writes it; else the registries)
+      },                                         #   (netuq.compare writes it; else the registries)
+      "protocol": Protocol                       # optional: how the numbers were made (below)
     }
+
+    Protocol = {"source": "compare" | "benchmark" | str,   # what produced the results
+                "calibration": "cross_validation"          # in_distribution's calibrated numbers: the
+                             | "held_out",                 #   repeated 2-fold protocol on the test set, or
+                                                           #   calibrators fitted on a calibration set
+                "folds"?: int, "repeats"?: int,            # cross_validation: 2 folds x repeats
+                "calibrators"?: [CAL, ...],                # what was asked for
+                "temperature"?: "test" | "calibration",    # where `temperature` (and the shifts'
+                                                           #   ece_temperature) was fitted
+                "shifts"?: {KIND: [severity, ...]}}        # the severities each shift ran at
+
+``data`` keys the report reads when present: ``dataset`` (str), ``train``, ``val``, ``test``,
+``calibration`` (examples), ``pixels`` (valid test pixels), ``num_classes``, ``ood`` (an int or
+``{KIND: examples}``), ``class_names`` ([C] str); any other key is listed as it is.
 
 ``METHOD`` is a method key (``"deterministic"``, ``"mc_dropout"``, ``"ensemble"``, ``"tta"``,
 ``"heteroscedastic"``, ``"confidence"`` or anything else). ``MethodResults``::
@@ -36,11 +51,16 @@ Top level::
       "metrics": {NAME: float|null},             # uncalibrated, whole test set: netuq.metrics.evaluate()
                                                  #   accuracy, nll, brier, ece, mce, adaptive_ece,
                                                  #   classwise_ece, aurc
-      "in_distribution": {                       # the main table: repeated 2-fold CV on the test set
-        CAL: {METRIC: Stat}                      #   CAL in "none", "temperature", "vector", "matrix";
-      },                                         #   METRIC at least nll, ece, brier, accuracy
-      "temperature": float,                      # optional: T of temperature scaling fitted on val
-      "reliability": {NAME: Bins},               # optional: NAME "uncalibrated", "temperature", ...
+      "in_distribution": {                       # the main table (protocol.calibration says how:
+        CAL: {METRIC: Stat}                      #   repeated 2-fold CV on the test set, or held out);
+      },                                         #   CAL "none" or a calibrator registry name;
+                                                 #   METRIC at least nll, ece, brier, accuracy
+      "temperature": float,                      # optional: T of temperature scaling (protocol.temperature)
+      "reliability": {NAME: Bins},               # optional: one per calibrator that ran, NAME
+                                                 #   "uncalibrated" or a registry name; each with its
+                                                 #   "ece" (held out: on the test set; 2-fold protocol:
+                                                 #   repeat 0's cross-fitted halves). Stable: read by
+                                                 #   the report and by `netuq benchmark --logits`
       "risk_coverage": {"coverage": [float], "risk": [float]},            # optional, downsampled
       "misclassification": {SCORE: {"auroc": float|null, "aupr"?: float|null}},  # optional
       "shift": {KIND: [ShiftRow, ...]},          # optional: KIND in netuq.data.SHIFTS
@@ -55,6 +75,13 @@ Top level::
                                                  #   for segmentation); totals over seeds in an aggregate
       "seed_values": SeedValues,                 # optional: per-seed numbers of an aggregate
       "warnings": [{"message": str, "count": int}],  # optional: warnings raised during the run
+      "members": [{METRIC: float|null}],         # optional: an ensemble's members alone (compare)
+      "per_class": {"support": [C] ints,         # optional: valid test rows (pixels) per true class,
+                    "accuracy": [C] float|null,  #   the share of them predicted right (recall),
+                    "ece"?: [C] float|null,      #   class-wise ECE of p_c (Kull et al. 2019; mean = classwise_ece),
+                    "confusion"?: C x C ints},   #   counts [true][predicted]
+      "ood_kinds_hist": {KIND: {SCORE: Hist}},   # optional: as ood_hist, per kind of OOD input
+      "ood_kinds_roc": {KIND: {SCORE: {"fpr": [float], "tpr": [float]}}},  # optional: per kind
       KEY: ...                                   # optional: a registered result section
     }                                            #   (netuq.results.sections validates it)
 
@@ -91,7 +118,8 @@ In an aggregate, ``Stat["mean"]`` is the mean over seeds of each seed's mean, ``
 the sample standard deviation (n − 1) over seeds and ``Stat["values"]`` the per-seed means;
 scalars (``metrics``, ``ood``, ``misclassification``, ``ood_kinds``, ``temperature``, shift
 rows) are means over the seeds that have them, with the per-seed values in ``seed_values``;
-curves, histograms, reliability bins and segmentation examples are seed 0's (the first seed).
+curves, histograms, reliability bins, per-class numbers and segmentation examples are seed 0's
+(the first seed).
 
 Conventions:
 
@@ -124,6 +152,7 @@ __all__ = [
     "HIGHER_IS_BETTER",
     "validate_results",
     "REFERENCE_CALIBRATOR",
+    "protocol_record",
 ]
 
 SCHEMA_VERSION = 1
@@ -208,6 +237,10 @@ def validate_results(results: Any) -> dict:
     if "vocabulary" in results:
         _vocabulary(results["vocabulary"], "results['vocabulary']")
     _validate_methods(methods, "results['methods']")
+    if "protocol" in results:
+        _protocol(results["protocol"])
+    if "data" in results:
+        _class_names(results["data"])
     if "seeds" in results:
         seeds = _mapping(results["seeds"], "results['seeds']")
         if not seeds:
@@ -294,6 +327,68 @@ def _seed_values(sv: Any, path: str) -> None:
                 _count(c, f"{p}[{i}]", nullable=True)
 
 
+def protocol_record(*, source: str, held_out: bool, repeats: int | None = None, calibrators=(),
+                    shifts: Mapping[str, Any] | None = None) -> dict:
+    """The ``protocol`` entry of a results dict (written by ``netuq.compare`` and the benchmark).
+
+    Example:
+        >>> protocol_record(source="compare", held_out=False, repeats=5, shifts={"blur": [4, 2]})["shifts"]
+        {'blur': [2, 4]}
+    """
+    out: dict[str, Any] = {"source": str(source), "calibration": "held_out" if held_out else "cross_validation",
+                           "calibrators": [str(c) for c in calibrators],
+                           "temperature": "calibration" if held_out else "test"}
+    if not held_out:
+        out.update(folds=2, repeats=int(repeats or 1))
+    out["shifts"] = {str(k): sorted(int(s) for s in v) for k, v in (shifts or {}).items()}
+    return out
+
+
+def _per_class(pc: Any, path: str) -> None:
+    _mapping(pc, path)
+    support = pc.get("support")
+    if not isinstance(support, (list, tuple)):
+        _fail(path + "['support']", "a list of counts, one per class", support)
+    for i, c in enumerate(support):
+        _count(c, f"{path}['support'][{i}]")
+    for key in ("accuracy", "ece"):
+        if key in pc:
+            _numbers(pc[key], f"{path}[{key!r}]", len(support))
+    if "confusion" in pc:
+        conf = pc["confusion"]
+        if not isinstance(conf, (list, tuple)) or len(conf) != len(support):
+            _fail(path + "['confusion']", f"{len(support)} rows of counts (C x C)", conf)
+        for i, row in enumerate(conf):
+            if not isinstance(row, (list, tuple)) or len(row) != len(support):
+                _fail(f"{path}['confusion'][{i}]", f"a row of {len(support)} counts", row)
+            for j, c in enumerate(row):
+                _count(c, f"{path}['confusion'][{i}][{j}]")
+
+
+def _protocol(pr: Any) -> None:
+    _mapping(pr, "results['protocol']")
+    cal = pr.get("calibration")
+    if cal is not None and cal not in ("cross_validation", "held_out"):
+        raise ValueError(f"`results['protocol']['calibration']` must be 'cross_validation' or 'held_out', got {cal!r}")
+    for key in ("folds", "repeats"):
+        if key in pr:
+            _count(pr[key], f"results['protocol'][{key!r}]")
+    for kind, sev in _mapping(pr.get("shifts", {}), "results['protocol']['shifts']").items():
+        if not isinstance(sev, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int) for v in sev):
+            _fail(f"results['protocol']['shifts'][{kind!r}]", "a list of integer severities", sev)
+
+
+def _class_names(data: Mapping) -> None:
+    names = data.get("class_names")
+    if names is None:
+        return
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        _fail("results['data']['class_names']", "a list of strings", names)
+    c = data.get("num_classes")
+    if isinstance(c, int) and not isinstance(c, bool) and len(names) != c:
+        raise ValueError(f"`results['data']['class_names']` must have num_classes = {c} names, got {len(names)}")
+
+
 def _validate_methods(methods: Mapping, where: str) -> None:
     for name, m in methods.items():
         base = f"{where}[{name!r}]"
@@ -352,6 +447,14 @@ def _validate_methods(methods: Mapping, where: str) -> None:
                     _numbers(curve.get("edges"), f"{p}['edges']", n + 1)
         for key in ("ood", "misclassification"):
             _scores(m.get(key, {}), f"{base}[{key!r}]")
+        for key, (a, b) in (("ood_kinds_hist", ("in", "out")), ("ood_kinds_roc", ("fpr", "tpr"))):
+            for kind, per_score in _mapping(m.get(key, {}), f"{base}[{key!r}]").items():
+                for score, curve in _mapping(per_score, f"{base}[{key!r}][{kind!r}]").items():
+                    p = f"{base}[{key!r}][{kind!r}][{score!r}]"
+                    n = _numbers(_mapping(curve, p).get(a), f"{p}[{a!r}]")
+                    _numbers(curve.get(b), f"{p}[{b!r}]", n)
+        if "per_class" in m:
+            _per_class(m["per_class"], f"{base}['per_class']")
         for kind, rows in _mapping(m.get("shift", {}), f"{base}['shift']").items():
             if not isinstance(rows, (list, tuple)):
                 _fail(f"{base}['shift'][{kind!r}]", "a list of rows", rows)

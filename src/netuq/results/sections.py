@@ -46,9 +46,9 @@ __all__ = ["Section", "Pass", "Context", "SECTIONS", "register", "unregister"]
 _RESERVED = frozenset({
     "label", "traits", "metrics", "in_distribution", "temperature", "reliability", "risk_coverage",
     "misclassification", "shift", "ood", "ood_hist", "roc", "segmentation_examples", "runtime_s", "ood_kinds",
-    "counts", "seed_values", "warnings", "members", "method",
+    "counts", "seed_values", "warnings", "members", "method", "per_class", "ood_kinds_hist", "ood_kinds_roc",
     # ids of the report's own sections
-    "summary", "how_to_read", "findings", "calibration", "selective", "segmentation", "run",
+    "summary", "how_to_read", "findings", "calibration", "selective", "segmentation", "run", "per-class",
 })
 
 
