@@ -32,7 +32,7 @@ def _validate(value: Any, path: str) -> None:
 
 
 def _render(results: Mapping[str, Any]) -> list:
-    from ..report._text import cal_label
+    from ..report import cal_label
     from ..report.model import Paragraph, Table
 
     nets = {n: m[KEY] for n, m in results.get("methods", {}).items() if KEY in m}

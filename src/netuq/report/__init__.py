@@ -21,6 +21,7 @@ Example:
     Lowest NLL: tied: MC dropout + temperature scaling (0.736 ± 0.008)
 """
 
+from ._text import cal_label
 from .aggregate import aggregate_seeds
 from .findings import findings
 from .plots import (
@@ -53,4 +54,5 @@ __all__ = [
     "roc_plot",
     "segmentation_grid",
     "method_colors",
+    "cal_label",
 ]
