@@ -339,7 +339,7 @@ class SoftmaxLinearObjective:
                 torch.mul(zc, w, out=a).add_(b)
             if mask is not None:
                 target = self._masked_target(a, yc, mask, eps)
-                total -= (a.masked_fill(mask, 0.0) * target).sum(dtype=torch.float64)
+                total -= (a * target).sum(dtype=torch.float64)  # a is finite here; target is 0 where masked
                 a.masked_fill_(mask, -math.inf)  # ... and leaves it as -inf: probability 0
             else:
                 # −Σ_c t_c a_c, then logsumexp; a becomes softmax(a) in place
